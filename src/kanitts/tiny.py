@@ -1,0 +1,122 @@
+"""Tiny random-initialised stand-ins for the real models, saved in the real on-disk layouts.
+
+Nothing can be downloaded in CI or in the offline demo, yet every loader in the project is the
+real one: these builders write a tokenizer, an LFM2 model and a codec into local folders that
+`from_pretrained` reads exactly as it would read a Hub snapshot. Used by the tests, `make demo`
+and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kanitts.config import CodecSection, ModelConfig, SpecialTokens, TokenizerSection
+
+# Text the tiny tokenizer learns its merges from: enough to give English-like token counts.
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Speech synthesis on a small machine can still be tested quickly.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "Hello, this is a test of the text to speech system.",
+    "alice: bob: carol: speaker voice model data train evaluate report",
+]
+
+# The LFM2 tokenizer's first ids: pad 0, start_of_text 1, end_of_text 2.
+TINY_SPECIAL_TOKENS = ["<|pad|>", "<|startoftext|>", "<|endoftext|>"]
+
+
+def build_tokenizer(out_dir: Path | str, vocab_size: int = 384):
+    """A byte-level BPE tokenizer that, like LFM2's, prepends <|startoftext|> (id 1)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=TINY_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A", special_tokens=[("<|startoftext|>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def tiny_model_config(text_vocab_size: int, codebook_size: int = 4032, num_codebooks: int = 4) -> ModelConfig:
+    """A model_config whose specials and audio ids follow a tiny text vocabulary, reference-style.
+
+    The offsets mirror the real layout (specials at vocab+1.., audio at vocab+10).
+    """
+    v = text_vocab_size
+    return ModelConfig(
+        tokenizer=TokenizerSection(vocab_size=v),
+        special_tokens=SpecialTokens(
+            start_of_text=1, end_of_text=2, start_of_speech=v + 1, end_of_speech=v + 2,
+            start_of_human=v + 3, end_of_human=v + 4, start_of_ai=v + 5, end_of_ai=v + 6, pad_token=v + 7,
+        ),
+        codec=CodecSection(
+            num_codebooks=num_codebooks, codebook_size=codebook_size, audio_tokens_start=v + 10
+        ),
+    )
+
+
+def build_lfm2(
+    out_dir: Path | str,
+    vocab_size: int,
+    hidden_size: int = 64,
+    layer_types: tuple[str, ...] = ("conv", "full_attention", "conv", "full_attention"),
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int = 128,
+    seed: int = 0,
+    tokenizer=None,
+):
+    """A random LFM2 causal LM with both layer kinds (short conv and attention), saved to out_dir."""
+    import torch
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Lfm2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=len(layer_types),
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        layer_types=list(layer_types),
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    model = Lfm2ForCausalLM(config)
+    model.save_pretrained(str(out_dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return model
+
+
+def build_tiny_tts(out_dir: Path | str, **lfm2_kwargs) -> ModelConfig:
+    """Tokenizer + LFM2 sized for its token layout, in one folder: a stand-in base model.
+
+    Returns the model_config that matches the folder.
+    """
+    from kanitts.tokens import TokenLayout
+
+    tokenizer = build_tokenizer(out_dir)
+    cfg = tiny_model_config(len(tokenizer))
+    layout = TokenLayout.from_config(cfg)
+    build_lfm2(out_dir, vocab_size=layout.vocab_size, tokenizer=tokenizer, **lfm2_kwargs)
+    return cfg

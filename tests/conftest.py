@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random models saved in the real layouts, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_tts(tmp_path_factory):
+    """(folder, ModelConfig): a tiny LFM2 + tokenizer standing in for a KaniTTS base model."""
+    from kanitts.tiny import build_tiny_tts
+
+    folder = tmp_path_factory.mktemp("tiny_tts")
+    cfg = build_tiny_tts(folder)
+    return folder, cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tts):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tts[0]))
+
+
+@pytest.fixture(scope="session")
+def tiny_layout(tiny_tts):
+    from kanitts.tokens import TokenLayout
+
+    return TokenLayout.from_config(tiny_tts[1])

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kanitts.config import ModelConfig
+from kanitts.tokens import TokenLayout
+
+LAYOUT = TokenLayout.from_config(ModelConfig())
+
+
+def test_reference_token_space():
+    assert LAYOUT.codebook_offsets.tolist() == [64410, 68442, 72474, 76506]
+    assert LAYOUT.audio_tokens_end == 80538
+    assert LAYOUT.vocab_size == 80538
+
+
+def test_frames_to_ids_interleaves_codebooks_with_offsets():
+    codes = np.array([[0, 5], [1, 6], [2, 7], [4031, 8]])  # (codebooks, frames)
+    ids = LAYOUT.frames_to_ids(codes)
+    assert ids.tolist() == [64410, 68443, 72476, 80537, 64415, 68448, 72481, 76514]
+
+
+def test_consecutive_duplicate_frames_are_dropped_but_not_repeats_later():
+    frames = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4], [1, 2, 3, 4]])
+    ids = LAYOUT.frames_to_ids(frames.T)
+    assert len(ids) == 3 * 4
+    assert LAYOUT.frames_to_ids(frames.T, dedup=False).shape == (20,)
+
+
+def test_training_sequence_matches_reference_layout():
+    seq = LAYOUT.training_ids([1, 100, 101], [64410, 68442, 72474, 76506])
+    assert seq == [64403, 1, 100, 101, 2, 64404, 64405, 64401, 64410, 68442, 72474, 76506, 64402, 64406]
+    assert LAYOUT.prompt_ids([1, 100]) == [64403, 1, 100, 2, 64404]
+    assert seq[: LAYOUT.num_prompt_tokens(3)] == LAYOUT.prompt_ids([1, 100, 101])
+
+
+def test_speaker_prefix_is_lower_cased_like_the_reference():
+    assert LAYOUT.text_prompt("Hi there", "Alice") == "alice: Hi there"
+    assert LAYOUT.text_prompt("Hi there", None) == "Hi there"
+
+
+def test_frames_shape_is_checked():
+    with pytest.raises(ValueError, match="shape"):
+        LAYOUT.frames_to_ids(np.zeros((3, 5), dtype=int))
+
+
+frames_strategy = st.lists(
+    st.lists(st.integers(0, 4031), min_size=4, max_size=4), min_size=0, max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames_strategy)
+def test_round_trip_is_identity_after_dedup(frames):
+    codes = np.array(frames, dtype=np.int64).reshape(-1, 4).T
+    stream = [LAYOUT.start_of_ai, LAYOUT.start_of_speech, *LAYOUT.frames_to_ids(codes).tolist(), LAYOUT.end_of_speech]
+    decoded = LAYOUT.ids_to_frames(stream)
+    expected = LAYOUT.dedup_frames(codes.T).T
+    assert np.array_equal(decoded.codes, expected.reshape(4, -1))
+    assert not decoded.truncated and decoded.problems == []
+
+
+def _stream(codes):
+    return [LAYOUT.start_of_speech, *LAYOUT.frames_to_ids(np.array(codes).T, dedup=False).tolist()]
+
+
+def test_missing_end_of_speech_keeps_audio_and_marks_truncated():
+    decoded = LAYOUT.ids_to_frames(_stream([[1, 2, 3, 4], [5, 6, 7, 8]]))
+    assert decoded.num_frames == 2 and decoded.truncated
+    assert "end_of_speech" in decoded.problems[0]
+
+
+def test_token_of_wrong_codebook_drops_broken_tail():
+    stream = _stream([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+    stream[1 + 4 + 2] = 64410 + 3  # frame 1, slot 2 holds a codebook-0 token
+    stream.append(LAYOUT.end_of_speech)
+    decoded = LAYOUT.ids_to_frames(stream)
+    assert decoded.codes.T.tolist() == [[1, 2, 3, 4]]
+    assert decoded.truncated and "frame 1" in decoded.problems[0] and "codebook-2" in decoded.problems[0]
+
+
+def test_text_token_inside_audio_is_reported():
+    stream = _stream([[1, 2, 3, 4]]) + [500, 64410, LAYOUT.end_of_speech]
+    decoded = LAYOUT.ids_to_frames(stream)
+    assert decoded.num_frames == 1 and "token 500" in decoded.problems[0]
+
+
+def test_partial_last_frame_is_dropped():
+    stream = _stream([[1, 2, 3, 4], [5, 6, 7, 8]])[:-1] + [LAYOUT.end_of_speech]
+    decoded = LAYOUT.ids_to_frames(stream)
+    assert decoded.num_frames == 1 and "partial" in decoded.problems[0]
+
+
+def test_empty_and_garbage_streams_do_not_raise():
+    assert LAYOUT.ids_to_frames([]).num_frames == 0
+    garbage = LAYOUT.ids_to_frames([5, 6, 7])
+    assert garbage.num_frames == 0 and garbage.truncated
+
+
+def test_tiny_layout_matches_tiny_tokenizer(tiny_tokenizer, tiny_layout):
+    ids = tiny_tokenizer.encode("alice: hello", add_special_tokens=True)
+    assert ids[0] == tiny_layout.start_of_text
+    assert max(ids) < tiny_layout.text_vocab_size < tiny_layout.start_of_speech
