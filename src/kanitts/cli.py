@@ -46,6 +46,18 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- login --------------------------------------------------------------------------------
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    from kanitts.accounts import login_all
+
+    results = login_all(interactive=not args.non_interactive)
+    for r in results:
+        print(f"{r.service}: {r.detail}")
+    return 0 if all(r.ok or r.detail.startswith("skipped") for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kanitts",
@@ -57,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate the six config files and their cross-references")
     _add_config_dir(p)
     p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("login", help="log in to the Hugging Face Hub and W&B (HF_TOKEN / WANDB_API_KEY or a prompt)")
+    p.add_argument("--non-interactive", action="store_true", help="only use HF_TOKEN / WANDB_API_KEY; never prompt")
+    p.set_defaults(func=_cmd_login)
 
     return parser
 

@@ -1,0 +1,82 @@
+# kanitts: every step of the pipeline as a make target. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KANITTS := $(VENV)/bin/kanitts
+CONFIG_DIR ?= config
+
+CYAN := \033[0;36m
+GREEN := \033[0;32m
+YELLOW := \033[1;33m
+NC := \033[0m
+
+.DEFAULT_GOAL := help
+.PHONY: help setup login prepare data train eval report synthesize test-config upload-model \
+        test demo bench clean clean-all
+
+help: ## show this list
+	@printf "$(CYAN)kanitts$(NC): fine-tune, evaluate and publish LLM-based TTS models\n\n"
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  $(YELLOW)make %-13s$(NC) %s\n", $$1, $$2}'
+	@printf "\nVariables: CONFIG_DIR=$(CONFIG_DIR) (every pipeline target), MODEL_ID, REPO, PRIVATE=1 (upload-model),\n"
+	@printf "           INPUT, OUTPUT, SPEAKER (prepare), TEXT, MODEL, OUT (synthesize), YES=1 (clean-all)\n"
+
+$(PY):
+	@printf "$(YELLOW)No environment found: run 'make setup' first.$(NC)\n"; exit 1
+
+setup: ## install everything into .venv (torch for this machine, the package, test tools); re-run is quick
+	@bash scripts/setup.sh
+
+login: $(PY) ## log in to the Hugging Face Hub and W&B (reads HF_TOKEN / WANDB_API_KEY if set)
+	@$(KANITTS) login
+
+test-config: $(PY) ## validate the config files: every error with file and key path
+	@$(KANITTS) check-config --config-dir $(CONFIG_DIR)
+
+prepare: $(PY) ## audio folder or HF audio dataset -> codec dataset (INPUT=... OUTPUT=... [SPEAKER=...])
+	@if [ -z "$(INPUT)" ] || [ -z "$(OUTPUT)" ]; then \
+	  echo "usage: make prepare INPUT=path/to/audio_folder_or_dataset OUTPUT=data/my-codec-dataset [SPEAKER=name]"; exit 2; fi
+	@$(KANITTS) prepare "$(INPUT)" --output "$(OUTPUT)" $(if $(SPEAKER),--speaker "$(SPEAKER)")
+
+data: $(PY) ## build (and cache) the training sequences from dataset_config.yaml, with a summary
+	@$(KANITTS) data --config-dir $(CONFIG_DIR)
+
+train: $(PY) ## run every experiment in experiments.yaml (skips finished ones; FORCE=1 redoes them)
+	@$(KANITTS) train --config-dir $(CONFIG_DIR) $(if $(FORCE),--force) $(if $(ONLY),--only $(ONLY))
+
+eval: $(PY) ## base model + every checkpoint speak the eval set; metrics, dataset, HTML report
+	@$(KANITTS) eval --config-dir $(CONFIG_DIR) $(if $(FORCE),--force)
+
+report: $(PY) ## rebuild the HTML report from existing eval outputs
+	@$(KANITTS) report --config-dir $(CONFIG_DIR)
+
+synthesize: $(PY) ## speak TEXT with MODEL (a checkpoint folder or Hub id) into OUT (default out.wav)
+	@if [ -z "$(TEXT)" ] || [ -z "$(MODEL)" ]; then echo 'usage: make synthesize TEXT="alice: Hello" MODEL=checkpoints/<model_id> [OUT=out.wav]'; exit 2; fi
+	@$(KANITTS) synthesize "$(TEXT)" --model "$(MODEL)" --config-dir $(CONFIG_DIR) -o "$(or $(OUT),out.wav)"
+
+upload-model: $(PY) ## publish checkpoints/MODEL_ID to the Hub repo REPO with a model card [PRIVATE=1]
+	@model_id="$(MODEL_ID)"; repo="$(REPO)"; \
+	if [ -z "$$model_id" ]; then read -r -p "Checkpoint name (model_id from experiments.yaml): " model_id; fi; \
+	if [ -z "$$repo" ]; then read -r -p "Hugging Face repo (user/name): " repo; fi; \
+	$(KANITTS) upload-model --model-id "$$model_id" --repo "$$repo" --config-dir $(CONFIG_DIR) $(if $(PRIVATE),--private)
+
+test: $(PY) ## run the test suite (offline, CPU, tiny models)
+	@HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+demo: $(PY) ## offline end to end: espeak clips -> prepare -> train 2 experiments -> eval -> report
+	@bash examples/run_demo.sh
+
+bench: $(PY) ## run the benchmarks (ratios against baselines measured in the same run)
+	@for b in benchmarks/bench_*.py; do printf "\n$(CYAN)== $$b$(NC)\n"; $(PY) $$b || exit 1; done
+
+clean: ## remove caches (Python, pytest, processed-data cache)
+	@find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} + 2>/dev/null || true
+	@rm -rf .pytest_cache .hypothesis .mypy_cache .ruff_cache .cache build dist src/*.egg-info
+	@printf "$(GREEN)cleaned caches$(NC)\n"
+
+clean-all: clean ## also remove checkpoints, audio samples, reports and .venv (asks first; YES=1 skips)
+	@if [ "$(YES)" != 1 ]; then \
+	  read -r -p "Delete checkpoints/, audio_samples/, report/ and $(VENV)/? [y/N] " ans; \
+	  case "$$ans" in y|Y|yes) ;; *) echo "nothing deleted"; exit 1;; esac; fi
+	@rm -rf checkpoints audio_samples report $(VENV) examples/work
+	@printf "$(GREEN)removed checkpoints, audio samples, reports and $(VENV)$(NC)\n"
