@@ -12,8 +12,9 @@ from conftest import REPO_ROOT
 REFERENCE = REPO_ROOT / "tests" / "data" / "reference_configs"
 
 
-def test_shipped_configs_are_valid():
-    report = check_config_dir(REPO_ROOT / "config")
+@pytest.mark.parametrize("folder", ["config", "examples/config"])
+def test_shipped_configs_are_valid(folder):
+    report = check_config_dir(REPO_ROOT / folder)
     assert report.errors == [] and report.warnings == []
     assert len(report.checked) == 6
 

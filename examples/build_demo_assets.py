@@ -1,0 +1,72 @@
+"""Make everything the offline demo needs, without a network: two synthetic voices reading
+sentences (espeak-ng), a tiny random base model with its tokenizer, and a tiny random NanoCodec.
+
+The models are untrained, so the demo's audio is noise: the point is to run every step of the
+pipeline for real (the same loaders, commands and file layouts as with real models) in minutes
+on a laptop CPU.
+
+    python examples/build_demo_assets.py --work examples/work
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import subprocess
+from pathlib import Path
+
+from kanitts.tiny import build_tiny_nanocodec, build_tiny_tts
+
+VOICES = {"alice": "en-us", "bob": "en-us+f3"}
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Speech synthesis on a small machine can still be tested quickly.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "A rainbow is a division of white light into many beautiful colors.",
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It is easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "Four hours of steady work faced us.",
+]
+
+
+def speak(text: str, voice: str, path: Path) -> None:
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(path), text], check=True)
+
+
+def build_recordings(root: Path) -> None:
+    """One LJSpeech-style folder per speaker: wavs/<id>.wav and metadata.csv (`id|text`)."""
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("espeak-ng is needed for the demo: run `make setup` (or apt-get install espeak-ng)")
+    for speaker, voice in VOICES.items():
+        folder = root / speaker
+        (folder / "wavs").mkdir(parents=True, exist_ok=True)
+        with open(folder / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="|", quoting=csv.QUOTE_NONE, escapechar="\\")
+            for i, text in enumerate(SENTENCES):
+                clip_id = f"{speaker}_{i:03d}"
+                speak(text, voice, folder / "wavs" / f"{clip_id}.wav")
+                writer.writerow([clip_id, text])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("examples/work"))
+    args = parser.parse_args()
+    work: Path = args.work
+    build_recordings(work / "recordings")
+    print(f"recordings: {work / 'recordings'} ({len(VOICES)} speakers x {len(SENTENCES)} sentences)")
+    cfg = build_tiny_tts(work / "base_model")
+    print(f"base model: {work / 'base_model'} (text vocabulary {cfg.tokenizer.vocab_size})")
+    build_tiny_nanocodec(work / "codec")
+    print(f"codec:      {work / 'codec'}")
+
+
+if __name__ == "__main__":
+    main()
