@@ -39,3 +39,18 @@ def tiny_layout(tiny_tts):
     from kanitts.tokens import TokenLayout
 
     return TokenLayout.from_config(tiny_tts[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_codec_dir(tmp_path_factory):
+    """A small random NanoCodec saved as a local folder (config.json + model.safetensors)."""
+    from kanitts.tiny import build_tiny_nanocodec
+
+    return build_tiny_nanocodec(tmp_path_factory.mktemp("tiny_codec"))
+
+
+@pytest.fixture(scope="session")
+def tiny_codec(tiny_codec_dir):
+    from kanitts.codecs import load_codec
+
+    return load_codec("nanocodec", tiny_codec_dir, device="cpu")

@@ -252,7 +252,9 @@ class SpeakerSimilarity(_Strict):
     """Reference recordings per speaker prefix, for the speaker-similarity metric."""
 
     references: dict[str, list[str]] = {}
-    embedder: str = "kanade"
+    # A name from kanitts.evaluation.speaker (`mfcc-stats` works offline with no weights;
+    # `kanade:<folder or Hub id>` uses the Kanade tokenizer's global embedding).
+    embedder: str = "mfcc-stats"
 
 
 class EvalConfig(_Strict):
@@ -319,6 +321,10 @@ class GenerationSection(_Strict):
     num_return_sequences: PositiveInt = 1
     # Added here: prompts generated together in one batch.
     batch_size: PositiveInt = 8
+    # Added here: allow only the token the layout expects at each step (start_of_ai,
+    # start_of_speech, then codebook 0..K-1 tokens, end_of_speech at frame boundaries).
+    # Off by default, as in the reference; on, a stream can never be malformed.
+    constrained_decoding: bool = False
 
 
 class InferenceConfig(_Strict):

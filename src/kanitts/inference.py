@@ -1,0 +1,357 @@
+"""Text to speech with a KaniTTS model: prompt, batched generation, robust decoding to audio.
+
+The prompt is the one the reference pipeline builds (``TokenLayout.prompt_ids``), so any
+KaniTTS checkpoint speaks here as it does there. What differs is how the work is done:
+
+- **Batches.** Prompts are left-padded (the model continues from the right edge) and generated
+  together, ``generation.batch_size`` at a time; the reference generates one prompt at a time.
+  LFM2 zeroes padded positions before its short convolutions and attention masks them, so a
+  prompt's continuation does not depend on its neighbours.
+- **Decoding never fails a batch.** A model can stop early, run out of ``max_new_tokens``, or
+  emit a token of the wrong codebook. ``TokenLayout.ids_to_frames`` keeps what is valid and says
+  what went wrong; each :class:`SynthesisResult` carries that as ``truncated`` and ``problems``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from kanitts.codecs.base import Codec
+from kanitts.config import GenerationSection, InferenceConfig, ModelConfig
+from kanitts.errors import UserError
+from kanitts.tokens import TokenLayout
+
+
+@dataclass
+class SynthesisResult:
+    """One generated utterance: the audio and what happened on the way."""
+
+    text: str
+    audio: np.ndarray
+    sample_rate: int
+    num_frames: int
+    truncated: bool
+    problems: list[str] = field(default_factory=list)
+    num_generated_tokens: int = 0
+
+    @property
+    def duration_sec(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def ok(self) -> bool:
+        """True when there is audio; it may still be truncated (see ``problems``)."""
+        return self.num_frames > 0
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/``"auto"`` means the GPU when there is one; anything else is taken as named."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for, but PyTorch sees no CUDA GPU")
+    return str(device)
+
+
+def resolve_dtype(name: str, device: str):
+    """bf16/fp16 where the device computes in them (CUDA); fp32 on the CPU, where they are slow."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return torch.float32
+    if name in ("auto", "bfloat16"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"float16": torch.float16, "float32": torch.float32}[name]
+
+
+def write_wav(path: Path | str, audio: np.ndarray, sample_rate: int) -> Path:
+    """16-bit PCM WAV (plays in every browser and tool), written to a temporary name then renamed."""
+    import soundfile as sf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate,
+             format="WAV", subtype="PCM_16")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+class KaniTTS:
+    """A KaniTTS language model, its tokenizer and the codec that turns its tokens into audio."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        codec: Codec,
+        layout: TokenLayout,
+        generation: GenerationSection,
+        name_or_path: str = "",
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.codec = codec
+        self.layout = layout
+        self.generation = generation
+        self.name_or_path = name_or_path
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = layout.pad if pad is None else int(pad)
+        _check_compatible(model, codec, layout, name_or_path)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str | Path,
+        codec: Codec | str | Path | None = None,
+        model_cfg: ModelConfig | None = None,
+        inference_cfg: InferenceConfig | None = None,
+        device: str | None = None,
+    ) -> KaniTTS:
+        """Load a merged checkpoint or a base model (local folder or Hub id) and its codec.
+
+        ``codec`` is a loaded :class:`Codec`, a folder or Hub id of codec weights, or None for
+        ``model_cfg.codec.weights``. ``model_cfg`` must describe the model's token space (the
+        reference KaniTTS layout when None).
+        """
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from kanitts.codecs import load_codec
+
+        model_cfg = model_cfg or ModelConfig()
+        inference_cfg = inference_cfg or InferenceConfig()
+        device = resolve_device(device or inference_cfg.model.device_map)
+        dtype = resolve_dtype(inference_cfg.model.torch_dtype, device)
+        name = str(model_path)
+        if _looks_local(name) and not Path(name).is_dir():
+            raise UserError(f"model folder not found: {name}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"cannot load the model {name!r}: {first_line}. It must be a folder (or Hub id) "
+                "with config.json, the weights and the tokenizer files"
+            ) from None
+        model.to(device).eval()
+        if not isinstance(codec, Codec):
+            weights = model_cfg.codec.weights if codec is None else str(codec)
+            codec = load_codec(model_cfg.codec.kind, weights, device=device)
+        torch.set_grad_enabled(False)
+        return cls(model, tokenizer, codec, TokenLayout.from_config(model_cfg), inference_cfg.generation, name)
+
+    # --- prompts and generation -----------------------------------------------------------
+
+    def prompt_ids(self, text: str, speaker: str | None = None) -> list[int]:
+        text_ids = self.tokenizer(self.layout.text_prompt(text, speaker)).input_ids
+        return self.layout.prompt_ids(text_ids)
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], **generate_kwargs: Any) -> list[np.ndarray]:
+        """Generate after a batch of prompts; returns the new tokens of every sequence.
+
+        With ``num_return_sequences = n`` the result holds n sequences per prompt, prompt-major.
+        Keyword arguments go to ``model.generate`` and override the configured sampling.
+        """
+        import torch
+
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[row, width - len(prompt):] = 1
+        device = self.model.device
+        settings = self.sampling_kwargs()
+        if self.generation.constrained_decoding:
+            from transformers import LogitsProcessorList
+
+            settings["logits_processor"] = LogitsProcessorList([LayoutConstraint(self.layout, width)])
+        settings.update(generate_kwargs)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                eos_token_id=self.layout.end_of_speech,
+                pad_token_id=self.pad_token_id,
+                **settings,
+            )
+        return [row.numpy() for row in out[:, width:].to("cpu")]
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The configured generation settings as ``generate`` keywords."""
+        g = self.generation
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": g.max_new_tokens,
+            "do_sample": g.do_sample,
+            "repetition_penalty": g.repetition_penalty,
+            "num_return_sequences": g.num_return_sequences,
+        }
+        if g.do_sample:
+            kwargs.update(temperature=g.temperature, top_p=g.top_p)
+        return kwargs
+
+    # --- decoding ---------------------------------------------------------------------------
+
+    def decode_ids(self, texts: Sequence[str], generated: Sequence[np.ndarray]) -> list[SynthesisResult]:
+        """Turn generated token streams into audio; a broken stream gives what it can, never raises."""
+        # Generation pads finished sequences after end_of_speech; ids_to_frames stops at the first
+        # end_of_speech, so that padding is never read as audio.
+        decoded = [self.layout.ids_to_frames(ids) for ids in generated]
+        audios = self._decode_frames([d.codes for d in decoded])
+        results = []
+        for text, ids, frames, (audio, codec_problem) in zip(texts, generated, decoded, audios):
+            problems = list(frames.problems)
+            if codec_problem:
+                problems.append(codec_problem)
+            elif frames.num_frames == 0:
+                problems.append("no audio frames generated")
+            results.append(
+                SynthesisResult(
+                    text=text,
+                    audio=audio,
+                    sample_rate=self.codec.sample_rate,
+                    num_frames=frames.num_frames if not codec_problem else 0,
+                    truncated=frames.truncated,
+                    problems=problems,
+                    num_generated_tokens=_count_generated(ids, self.pad_token_id, self.layout.end_of_speech),
+                )
+            )
+        return results
+
+    def _decode_frames(self, codes: list[np.ndarray]) -> list[tuple[np.ndarray, str | None]]:
+        """Codec-decode many (K, F) code arrays in one padded batch; fall back to one at a time."""
+        import torch
+
+        empty = np.zeros(0, dtype=np.float32)
+        out: list[tuple[np.ndarray, str | None]] = [(empty, None)] * len(codes)
+        todo = [i for i, c in enumerate(codes) if c.shape[1] > 0]
+        if not todo:
+            return out
+        lengths = torch.tensor([codes[i].shape[1] for i in todo], dtype=torch.long)
+        batch = torch.zeros((len(todo), self.layout.num_codebooks, int(lengths.max())), dtype=torch.long)
+        for row, i in enumerate(todo):
+            batch[row, :, : codes[i].shape[1]] = torch.from_numpy(codes[i])
+        try:
+            waves, sample_lengths = self.codec.decode(batch, lengths)
+        except (RuntimeError, ValueError) as exc:
+            if len(todo) == 1:
+                out[todo[0]] = (empty, f"codec decoding failed: {exc}")
+                return out
+            for i in todo:
+                out[i] = self._decode_frames([codes[i]])[0]
+            return out
+        waves = waves.float().to("cpu").numpy()
+        for row, i in enumerate(todo):
+            out[i] = (waves[row, : int(sample_lengths[row])].astype(np.float32), None)
+        return out
+
+    # --- the whole way ----------------------------------------------------------------------
+
+    def synthesize(
+        self,
+        texts: str | Sequence[str],
+        speaker: str | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+        **generate_kwargs: Any,
+    ) -> list[SynthesisResult]:
+        """Speak each text (``"speaker: "`` is prepended when ``speaker`` is given).
+
+        Returns one result per text, or ``num_return_sequences`` per text, text-major.
+        """
+        from tqdm.auto import tqdm
+
+        if isinstance(texts, str):
+            texts = [texts]
+        batch_size = batch_size or self.generation.batch_size
+        copies = generate_kwargs.get("num_return_sequences", self.generation.num_return_sequences)
+        results: list[SynthesisResult] = []
+        bar = tqdm(total=len(texts), unit="text", desc="synthesize", disable=not progress)
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start: start + batch_size])
+            spoken = [self.layout.text_prompt(t, speaker) for t in chunk]
+            generated = self.generate_ids([self.prompt_ids(t, speaker) for t in chunk], **generate_kwargs)
+            results.extend(self.decode_ids([t for t in spoken for _ in range(copies)], generated))
+            bar.update(len(chunk))
+        bar.close()
+        return results
+
+
+class LayoutConstraint:
+    """A logits processor that allows only the token the layout expects at each step.
+
+    After the prompt a KaniTTS model writes start_of_ai, start_of_speech, then frames of one
+    token per codebook in order, and may stop (end_of_speech) only between frames. Masking
+    everything else makes a malformed stream impossible, which an untrained or barely trained
+    model otherwise produces almost always. Prompts are left-padded to one width, so every row
+    is at the same step and one mask serves the batch.
+    """
+
+    def __init__(self, layout: TokenLayout, prompt_width: int):
+        self.layout = layout
+        self.prompt_width = prompt_width
+
+    def allowed(self, step: int) -> list[tuple[int, int]]:
+        """Half-open id ranges allowed at generation step ``step`` (0 = first new token)."""
+        lay = self.layout
+        if step == 0:
+            return [(lay.start_of_ai, lay.start_of_ai + 1)]
+        if step == 1:
+            return [(lay.start_of_speech, lay.start_of_speech + 1)]
+        position = step - 2
+        low = int(lay.codebook_offsets[position % lay.num_codebooks])
+        ranges = [(low, low + lay.codebook_size)]
+        if position % lay.num_codebooks == 0 and position > 0:
+            ranges.append((lay.end_of_speech, lay.end_of_speech + 1))
+        return ranges
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        mask = torch.full_like(scores, float("-inf"))
+        for low, high in self.allowed(input_ids.shape[1] - self.prompt_width):
+            mask[:, low:high] = 0.0
+        return scores + mask
+
+
+def _count_generated(ids: np.ndarray, pad: int, end_of_speech: int) -> int:
+    """Tokens the model produced, up to and including end_of_speech (not the padding after it)."""
+    ends = np.flatnonzero(ids == end_of_speech)
+    if len(ends):
+        return int(ends[0]) + 1
+    trailing = len(ids)
+    while trailing and ids[trailing - 1] == pad:
+        trailing -= 1
+    return trailing
+
+
+def _looks_local(name: str) -> bool:
+    """Hub ids are ``owner/name``; paths start with / . ~ or have more (or fewer) parts."""
+    return name.startswith(("/", ".", "~")) or name.count("/") != 1 or Path(name).exists()
+
+
+def _check_compatible(model: Any, codec: Codec, layout: TokenLayout, name: str) -> None:
+    """Refuse a model_config that does not fit the model or the codec, before any generation."""
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    if vocab < layout.vocab_size:
+        raise UserError(
+            f"model {name!r} has {vocab} token embeddings, but the token layout of model_config.yaml "
+            f"uses ids up to {layout.vocab_size - 1}; use the model_config.yaml this model was trained with"
+        )
+    if codec.num_codebooks != layout.num_codebooks or codec.codebook_size != layout.codebook_size:
+        raise UserError(
+            f"the codec ({codec.kind}, {codec.num_codebooks} x {codec.codebook_size} codes) does not match "
+            f"model_config.yaml codec ({layout.num_codebooks} x {layout.codebook_size})"
+        )
