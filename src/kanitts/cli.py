@@ -58,6 +58,58 @@ def _cmd_login(args: argparse.Namespace) -> int:
     return 0 if all(r.ok or r.detail.startswith("skipped") for r in results) else 1
 
 
+# --- synthesize, eval, report, upload-model --------------------------------------------------
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> int:
+    from kanitts.config import load_configs
+    from kanitts.inference import KaniTTS, write_wav
+
+    configs = load_configs(args.config_dir, kinds=("model", "inference"))
+    tts = KaniTTS.from_pretrained(
+        args.model, codec=args.codec, model_cfg=configs.model, inference_cfg=configs.inference, device=args.device
+    )
+    result = tts.synthesize([args.text], speaker=args.speaker)[0]
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not result.ok:
+        print("error: the model produced no audio", file=sys.stderr)
+        return 1
+    write_wav(args.output, result.audio, result.sample_rate)
+    print(f"{args.output}: {result.duration_sec:.2f} s ({result.num_frames} frames)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from kanitts.config import load_configs
+    from kanitts.evaluation.runner import run_eval
+
+    configs = load_configs(args.config_dir, kinds=("experiments", "eval", "eval_set", "model", "inference"))
+    for line in configs.warnings:
+        print(f"warning: {line}")
+    summary = run_eval(configs, force=args.force, only=args.only, device=args.device, report=not args.no_report)
+    print(summary.describe())
+    return 0 if summary.succeeded else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kanitts.config import load_configs
+    from kanitts.evaluation.report import build_report_from_config
+
+    configs = load_configs(args.config_dir, kinds=("eval", "eval_set"))
+    index = build_report_from_config(configs.eval)
+    print(f"report: {index}")
+    return 0
+
+
+def _cmd_upload_model(args: argparse.Namespace) -> int:
+    from kanitts.hub import upload_model_from_config
+
+    url = upload_model_from_config(args.config_dir, args.model_id, args.repo, private=args.private)
+    print(f"uploaded {args.model_id} to {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kanitts",
@@ -73,6 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("login", help="log in to the Hugging Face Hub and W&B (HF_TOKEN / WANDB_API_KEY or a prompt)")
     p.add_argument("--non-interactive", action="store_true", help="only use HF_TOKEN / WANDB_API_KEY; never prompt")
     p.set_defaults(func=_cmd_login)
+
+    p = sub.add_parser("synthesize", help="speak a text with a checkpoint or base model into a WAV file")
+    p.add_argument("text", help='what to say, e.g. "Hello there" (or "alice: Hello there")')
+    p.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    p.add_argument("--speaker", default=None, help="speaker prefix the model was trained with (e.g. alice)")
+    p.add_argument("-o", "--output", type=Path, default=Path("out.wav"), help="WAV file to write")
+    p.add_argument("--codec", default=None, help="codec weights (folder or Hub id); default: model_config.yaml")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: inference_config.yaml)")
+    _add_config_dir(p)
+    p.set_defaults(func=_cmd_synthesize)
+
+    p = sub.add_parser("eval", help="the base model and every checkpoint speak the eval set; metrics, dataset, report")
+    p.add_argument("--force", action="store_true", help="regenerate audio that already exists")
+    p.add_argument("--only", nargs="+", default=None, metavar="ID", help="evaluate only these ids ('base' = base model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: inference_config.yaml)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    _add_config_dir(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("report", help="(re)build the HTML listening report from the eval outputs")
+    _add_config_dir(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("upload-model", help="publish checkpoints/<model_id> to the Hub with a model card")
+    p.add_argument("--model-id", required=True, help="the experiment's model_id (its checkpoint folder)")
+    p.add_argument("--repo", required=True, help="Hub repo id, user/name")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    _add_config_dir(p)
+    p.set_defaults(func=_cmd_upload_model)
 
     return parser
 
