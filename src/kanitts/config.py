@@ -154,6 +154,9 @@ class DatasetConfig(_Strict):
     num_proc: PositiveInt | None = None
     seed: int = 42
     cache_dir: str = ".cache/kanitts/sequences"
+    # The reference drops each codec frame equal to the one before it (shortens silences);
+    # false keeps every frame, so the model learns true durations.
+    dedup_frames: bool = True
 
 
 # --- experiments.yaml -----------------------------------------------------------------------
@@ -279,6 +282,11 @@ class EvalSentence:
         if sep and head.strip() and " " not in head.strip():
             return head.strip()
         return None
+
+    @property
+    def spoken_text(self) -> str:
+        """The words to be said: the text without its speaker prefix."""
+        return self.text.partition(":")[2].strip() if self.speaker else self.text.strip()
 
 
 class EvalSetConfig(_Strict):
