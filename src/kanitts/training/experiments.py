@@ -1,0 +1,424 @@
+"""`kanitts train`: every experiment of experiments.yaml on one base model, one after another.
+
+The seed's workflow (data processed once, then LoRA + merge + save per experiment), made safe
+to leave running:
+
+- **isolation**: an experiment that fails is reported with its traceback and the next one
+  runs; the summary lists every experiment and the exit code says whether any failed;
+- **nothing half-written looks finished**: a checkpoint is written to a temporary sibling folder
+  and renamed to ``<checkpoints_dir>/<model_id>`` when complete, so that folder existing means
+  done, and a re-run skips it (unless ``force``);
+- **resume**: intermediate checkpoints go to ``<checkpoints_dir>/.runs/<model_id>/`` (every
+  ``save_steps``, and on Ctrl-C); a re-run continues from the newest complete one, provided the
+  experiment, base model and data are unchanged;
+- GPU memory is released between experiments.
+
+Everything is a function: ``run_experiments`` is what the CLI calls and what tests call.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+from kanitts.config import ConfigSet, Experiment, ExperimentsConfig, translate_trainer_args, training_argument_names
+from kanitts.errors import UserError
+from kanitts.tokens import TokenLayout
+
+RUNS_FOLDER = ".runs"
+EXPERIMENT_FILE = "experiment.yaml"
+METRICS_FILE = "metrics.json"
+# What a run folder records about the run it holds, to refuse resuming a different one.
+RUN_STAMP = "kanitts_run.json"
+
+Status = Literal["done", "skipped", "failed", "interrupted", "not run"]
+
+# TrainingArguments this runner sets unless the experiment does: frequent loss logging for the
+# loss curve in metrics.json, and a bounded number of intermediate checkpoints.
+RUNNER_DEFAULTS: dict[str, Any] = {"logging_steps": 10, "save_total_limit": 2}
+
+
+@dataclass
+class ExperimentResult:
+    model_id: str
+    status: Status
+    seconds: float = 0.0
+    final_loss: float | None = None
+    path: Path | None = None
+    error: str | None = None
+    resumed_from: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def select_experiments(config: ExperimentsConfig, only: Sequence[str] | None) -> list[Experiment]:
+    """The experiments named in ``only`` (all when None), in file order; unknown names are an error."""
+    if not only:
+        return list(config.experiments)
+    known = {exp.model_id: exp for exp in config.experiments}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise UserError(
+            f"--only: no experiment with model_id {', '.join(map(repr, unknown))} in experiments.yaml; "
+            f"it has {', '.join(known)}"
+        )
+    return [exp for exp in config.experiments if exp.model_id in set(only)]
+
+
+def run_fingerprint(experiment: Experiment, base_model: str, dataset_fingerprint: str) -> str:
+    """Identifies what a run trains, so a checkpoint is only resumed by the same run."""
+    payload = json.dumps(
+        {"experiment": experiment.model_dump(mode="json"), "base_model": base_model, "data": dataset_fingerprint},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` with its trainer_state.json (written last); partial ones are removed."""
+    if not run_dir.is_dir():
+        return None
+    found = []
+    for path in run_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if not (path.is_dir() and step.isdigit()):
+            continue
+        if (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return max(found)[1] if found else None
+
+
+def prepare_run_dir(run_dir: Path, fingerprint: str, force: bool) -> tuple[Path | None, list[str]]:
+    """Makes the run folder ready; returns the checkpoint to resume from, if any, and notes."""
+    notes = []
+    stamp = run_dir / RUN_STAMP
+    if run_dir.exists():
+        recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
+        if force or recorded != fingerprint:
+            if not force:
+                notes.append("the experiment, base model or data changed since the last run: starting afresh")
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+    return last_complete_checkpoint(run_dir), notes
+
+
+def peak_memory() -> tuple[int, str]:
+    """Peak memory of this process so far: CUDA allocations on a GPU, else resident set size."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_memory_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
+
+
+def release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def write_atomically(final: Path, write) -> None:
+    """Calls ``write(folder)`` on a temporary sibling of ``final``, then renames it into place."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def training_arguments(
+    experiment: Experiment,
+    run_dir: Path,
+    report_to: list[str],
+    project_name: str | None,
+) -> tuple[Any, Any, list[str]]:
+    """TrainingArguments for one experiment (every ``trainer_args`` key, translated, plus ours).
+
+    Also returns the dtype to load the base model in, which follows the precision chosen.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    from kanitts.training.lora import choose_precision
+
+    args, notes = translate_trainer_args(experiment.trainer_args)
+    args, dtype, precision_notes = choose_precision(args)
+    notes += precision_notes
+    names = training_argument_names()
+    for key, value in RUNNER_DEFAULTS.items():
+        args.setdefault(key, value)
+    if project_name and "project" in names:
+        args.setdefault("project", project_name)
+    if experiment.training.group_by_length and not experiment.training.packing:
+        if "train_sampling_strategy" in names:
+            args.setdefault("train_sampling_strategy", "group_by_length")
+        else:
+            args.setdefault("group_by_length", True)
+    if not torch.cuda.is_available():
+        args.setdefault("dataloader_pin_memory", False)
+    args.update(
+        output_dir=str(run_dir),
+        run_name=experiment.base.run_name or experiment.model_id,
+        report_to=report_to,
+        remove_unused_columns=False,
+    )
+    return TrainingArguments(**args), dtype, notes
+
+
+@dataclass
+class TrainingRun:
+    """What every experiment of one `kanitts train` shares: base model, tokenizer, data, folders."""
+
+    base_model: str
+    project_name: str | None
+    tokenizer: Any
+    layout: TokenLayout
+    dataset: Any
+    checkpoints_dir: Path
+    callbacks: Sequence[Any] = ()
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return getattr(self.dataset, "_fingerprint", None) or "unknown"
+
+    def train(self, experiment: Experiment, force: bool = False) -> ExperimentResult:
+        """Train, merge and save one experiment (callers catch its exceptions)."""
+        import torch
+
+        from kanitts.data.collate import PackingCollator, PaddingCollator
+        from kanitts.training.lora import choose_attention, load_base_model, wrap_with_lora
+        from kanitts.training.packing import disable_exact_packing, enable_exact_packing
+        from kanitts.training.trainer import ExperimentTrainer, GracefulInterrupt
+        from kanitts.training.tracking import resolve_tracking
+
+        start = time.perf_counter()
+        options = experiment.training
+        run_dir = self.checkpoints_dir / RUNS_FOLDER / experiment.model_id
+        fingerprint = run_fingerprint(experiment, self.base_model, self.dataset_fingerprint)
+        resume_from, notes = prepare_run_dir(run_dir, fingerprint, force)
+
+        tracking = resolve_tracking(experiment.trainer_args.get("report_to"), self.project_name)
+        tracking.apply_environment()
+        notes += tracking.notes
+        args, dtype, arg_notes = training_arguments(experiment, run_dir, tracking.report_to, self.project_name)
+        notes += arg_notes
+        attention, attention_notes = choose_attention(options.attn_implementation)
+        notes += attention_notes
+        for note in notes:
+            print(f"  note: {note}", flush=True)
+
+        model = load_base_model(self.base_model, attention, dtype)
+        if options.packing:
+            attention = enable_exact_packing(model)
+            collator = PackingCollator(start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on)
+        else:
+            collator = PaddingCollator(
+                pad_token_id=self.layout.pad, start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on
+            )
+        model = wrap_with_lora(model, experiment.lora_args)
+        interrupt = GracefulInterrupt()
+        trainer = ExperimentTrainer(
+            model=model,
+            args=args,
+            train_dataset=self.dataset,
+            data_collator=collator,
+            callbacks=[*self.callbacks, interrupt],
+            max_tokens_per_batch=options.max_tokens_per_batch if options.packing else None,
+        )
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        tokens = trainer.total_tokens_trained()
+        resumed = resume_from.name if resume_from else None
+        if interrupt.interrupted:
+            return ExperimentResult(
+                experiment.model_id, "interrupted", time.perf_counter() - start, resumed_from=resumed, notes=notes
+            )
+
+        memory, memory_kind = peak_memory()
+        losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+        runtime = float(result.metrics.get("train_runtime", 0.0))
+        metrics = {
+            "loss_history": losses,
+            "final_loss": losses[-1]["loss"] if losses else result.training_loss,
+            "mean_train_loss": result.training_loss,
+            "global_step": result.global_step,
+            "train_runtime": runtime,
+            "tokens_trained": tokens,
+            "tokens_per_second": tokens / runtime if runtime else None,
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "num_sequences": len(self.dataset),
+            "attn_implementation": attention,
+            "packing": options.packing,
+            "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+            "resumed_from": resumed,
+            "notes": notes,
+        }
+        final = self.checkpoints_dir / experiment.model_id
+        if trainer.is_world_process_zero():
+            if options.packing:
+                disable_exact_packing(model.get_base_model())
+            write_atomically(final, lambda folder: self._save(model, experiment, metrics, folder))
+            shutil.rmtree(run_dir, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        return ExperimentResult(
+            experiment.model_id,
+            "done",
+            time.perf_counter() - start,
+            final_loss=metrics["final_loss"],
+            path=final,
+            resumed_from=resumed,
+            notes=notes,
+        )
+
+    def _save(self, model, experiment: Experiment, metrics: dict[str, Any], folder: Path) -> None:
+        """Merged model (safetensors), tokenizer, experiment.yaml, metrics.json; the adapter if asked."""
+        if experiment.training.keep_adapter:
+            model.save_pretrained(str(folder / "adapter"))
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        record = {
+            "base_model": self.base_model,
+            "model_id": experiment.model_id,
+            "project_name": self.project_name,
+            "experiment": experiment.model_dump(mode="json"),
+        }
+        (folder / EXPERIMENT_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+
+def run_experiments(
+    configs: ConfigSet,
+    *,
+    only: Sequence[str] | None = None,
+    force: bool = False,
+    checkpoints_dir: Path | str | None = None,
+    train_dataset: Any = None,
+    callbacks: Sequence[Any] = (),
+) -> list[ExperimentResult]:
+    """Runs the selected experiments one after another; never lets one failure stop the rest.
+
+    ``configs`` needs experiments and model (and dataset unless ``train_dataset`` is given).
+    ``checkpoints_dir`` defaults to eval_config's ``paths.checkpoints_dir``, else ./checkpoints.
+    A Ctrl-C saves a resumable checkpoint, marks the interrupted experiment and the ones after
+    it, and returns (see :func:`exit_code`).
+    """
+    from transformers import AutoTokenizer
+
+    experiments_cfg = configs.experiments
+    if experiments_cfg is None or configs.model is None:
+        raise UserError("training needs experiments.yaml and model_config.yaml")
+    selected = select_experiments(experiments_cfg, only)
+    if checkpoints_dir is None:
+        checkpoints_dir = configs.eval.paths.checkpoints_dir if configs.eval is not None else "checkpoints"
+    checkpoints_dir = Path(checkpoints_dir)
+
+    results: list[ExperimentResult] = []
+    pending = []
+    for experiment in selected:
+        final = checkpoints_dir / experiment.model_id
+        if final.is_dir() and not force:
+            print(f"{experiment.model_id}: already trained ({final}), skipping (--force trains it again)")
+            results.append(ExperimentResult(experiment.model_id, "skipped", path=final))
+        else:
+            pending.append(experiment)
+    if not pending:
+        return results
+
+    base_model = experiments_cfg.base_model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"experiments.yaml: base_model {base_model!r}: its tokenizer could not be loaded: {exc}") from exc
+    if train_dataset is None:
+        train_dataset = _build_dataset(configs, tokenizer)
+    run = TrainingRun(
+        base_model=base_model,
+        project_name=experiments_cfg.project_name,
+        tokenizer=tokenizer,
+        layout=TokenLayout.from_config(configs.model),
+        dataset=train_dataset,
+        checkpoints_dir=checkpoints_dir,
+        callbacks=callbacks,
+    )
+    for position, experiment in enumerate(pending):
+        print(f"\n=== {experiment.model_id} ({position + 1}/{len(pending)}) ===", flush=True)
+        start = time.perf_counter()
+        try:
+            result = run.train(experiment, force=force)
+        except KeyboardInterrupt:
+            result = ExperimentResult(experiment.model_id, "interrupted", time.perf_counter() - start)
+        except Exception as exc:  # one experiment's failure must not cost the others
+            message = str(exc) if isinstance(exc, UserError) else traceback.format_exc()
+            print(f"{experiment.model_id} FAILED:\n{message}", flush=True)
+            result = ExperimentResult(experiment.model_id, "failed", time.perf_counter() - start, error=message)
+        finally:
+            release_memory()
+        results.append(result)
+        if result.status == "interrupted":
+            results.extend(ExperimentResult(e.model_id, "not run") for e in pending[position + 1:])
+            break
+    return results
+
+
+def _build_dataset(configs: ConfigSet, tokenizer):
+    from kanitts.data.sequences import build_training_dataset
+
+    if configs.dataset is None:
+        raise UserError("training needs dataset_config.yaml (or a prepared training dataset)")
+    return build_training_dataset(configs.dataset, configs.model, tokenizer)
+
+
+def summary_table(results: Sequence[ExperimentResult]):
+    """A rich table: experiment, status, time, final loss, path."""
+    from rich.table import Table
+
+    colours = {"done": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow", "not run": "dim"}
+    table = Table(title="Training summary")
+    for column in ("experiment", "status", "time", "final loss", "path"):
+        table.add_column(column)
+    for r in results:
+        minutes, seconds = divmod(int(round(r.seconds)), 60)
+        table.add_row(
+            r.model_id,
+            f"[{colours[r.status]}]{r.status}[/]",
+            f"{minutes}m{seconds:02d}s" if r.seconds else "-",
+            f"{r.final_loss:.4f}" if r.final_loss is not None else "-",
+            str(r.path) if r.path else "-",
+        )
+    return table
+
+
+def exit_code(results: Sequence[ExperimentResult]) -> int:
+    """0 when nothing failed; 130 when interrupted (like a shell), 1 when an experiment failed."""
+    if any(r.status == "interrupted" for r in results):
+        return 130
+    return 1 if any(r.status == "failed" for r in results) else 0

@@ -1,0 +1,87 @@
+"""The model side of one experiment: attention kernel, precision, base model, LoRA wrapping.
+
+The reference pipeline hard-coded flash-attention 2 and bf16 and, where either was missing,
+failed every experiment behind a bare "ERROR WITH ...". Here each choice is made from what the
+machine has, and every fallback is said out loud as a note.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+from kanitts.config import LoraArgs
+from kanitts.errors import UserError
+
+
+def flash_attention_available() -> bool:
+    """flash-attn 2 is usable: the package is installed and a CUDA GPU is present."""
+    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+
+
+def choose_attention(requested: str) -> tuple[str, list[str]]:
+    """The attention implementation to load the model with, and notes on the choice.
+
+    ``auto`` takes flash_attention_2 when it can run, else PyTorch's sdpa. An explicit choice is
+    honoured, but flash_attention_2 on a machine without it is a clear error, not a silent skip.
+    """
+    if requested == "auto":
+        if flash_attention_available():
+            return "flash_attention_2", []
+        return "sdpa", ["attention: sdpa (flash-attn 2 needs the flash_attn package and a CUDA GPU)"]
+    if requested == "flash_attention_2" and not flash_attention_available():
+        raise UserError(
+            "training.attn_implementation: flash_attention_2 was asked for, but "
+            + ("no CUDA GPU is available" if importlib.util.find_spec("flash_attn") else "flash_attn is not installed")
+            + "; use `auto` (flash-attn when available, else sdpa) or `sdpa`"
+        )
+    return requested, []
+
+
+def bf16_supported() -> bool:
+    """bfloat16 runs natively here: an Ampere-or-later GPU, or a CPU with AVX512-BF16 or AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def choose_precision(trainer_args: dict[str, Any]) -> tuple[dict[str, Any], torch.dtype, list[str]]:
+    """TrainingArguments with bf16/fp16 kept only where the hardware runs them; the weights' dtype.
+
+    Returns the adjusted arguments, the dtype to load the base model in (bf16 when training in
+    bf16, as the reference does, else fp32), and a note for every precision that was dropped.
+    """
+    args = dict(trainer_args)
+    notes = []
+    if args.get("bf16") and not bf16_supported():
+        args["bf16"] = False
+        where = "this GPU" if torch.cuda.is_available() else "this CPU"
+        notes.append(f"bf16: {where} has no native bfloat16, training in fp32 instead")
+    if args.get("fp16") and not torch.cuda.is_available():
+        args["fp16"] = False
+        notes.append("fp16: needs a CUDA GPU, training in fp32 instead")
+    dtype = torch.bfloat16 if args.get("bf16") else torch.float32
+    return args, dtype, notes
+
+
+def load_base_model(name_or_path: str, attn_implementation: str, dtype: torch.dtype):
+    """The base causal LM from a Hub id or a local folder, as a UserError when it cannot be read."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name_or_path, attn_implementation=attn_implementation, dtype=dtype
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"experiments.yaml: base_model {name_or_path!r} could not be loaded: {exc}") from exc
+
+
+def wrap_with_lora(model, lora_args: LoraArgs):
+    """The model with LoRA adapters from ``lora_args`` (every LoraConfig field passes through)."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(**lora_args.as_kwargs()))

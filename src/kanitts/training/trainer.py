@@ -1,0 +1,81 @@
+"""The Trainer one experiment runs in: our batching, token counting, and a clean Ctrl-C.
+
+On top of transformers' Trainer:
+
+- packed batches come from :class:`~kanitts.data.collate.PackedBatchSampler` (one pack per
+  step; the Trainer's own samplers only know fixed batch sizes);
+- the tokens actually trained on are counted (padding excluded), for tokens/s;
+- the first Ctrl-C finishes the current optimizer step, saves a checkpoint and stops, so the
+  next run resumes there; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+
+from kanitts.data.collate import PackedBatchSampler
+
+
+class ExperimentTrainer(Trainer):
+    """Trainer with packed batching (when ``max_tokens_per_batch`` is set) and a token counter."""
+
+    def __init__(self, *args: Any, max_tokens_per_batch: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.tokens_trained = 0
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.max_tokens_per_batch is None:
+            return super().get_train_dataloader()
+        sampler = PackedBatchSampler(self.train_dataset["length"], self.max_tokens_per_batch, seed=self.args.seed)
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        mask = inputs.get("attention_mask")
+        self.tokens_trained += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def total_tokens_trained(self) -> int:
+        """Tokens trained on by all processes together."""
+        count = torch.tensor(self.tokens_trained, device=self.args.device)
+        return int(self.accelerator.reduce(count, reduction="sum"))
+
+
+class GracefulInterrupt(TrainerCallback):
+    """First SIGINT: save a checkpoint after the current optimizer step and stop. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous_handler: Any = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, self._previous_handler or signal.default_int_handler)
+        print("\nInterrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)", flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
