@@ -58,6 +58,65 @@ def _cmd_login(args: argparse.Namespace) -> int:
     return 0 if all(r.ok or r.detail.startswith("skipped") for r in results) else 1
 
 
+# --- prepare ------------------------------------------------------------------------------
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from kanitts.data.prepare import PrepareOptions, prepare_dataset
+
+    fields = PrepareOptions.__dataclass_fields__
+    options = PrepareOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    result = prepare_dataset(options)
+    print(result.summary())
+    return 0
+
+
+def _add_prepare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="folder with metadata.csv, a .csv/.jsonl manifest (path,text[,speaker]), "
+                   "or a Hugging Face audio dataset (Hub id or local folder)")
+    p.add_argument("output", help="folder to write the codec dataset to (save_to_disk layout)")
+    g = p.add_argument_group("input")
+    g.add_argument("--input-kind", default="auto", choices=["auto", "folder", "manifest", "hf"])
+    g.add_argument("--text-field", default="normalized", choices=["normalized", "text"],
+                   help="metadata.csv: use the 3rd (normalized) column when present, or always the 2nd")
+    g.add_argument("--split", default="train", help="HF dataset split (default: train)")
+    g.add_argument("--config-name", default=None, help="HF dataset configuration (subset)")
+    g.add_argument("--audio-column", default="audio")
+    g.add_argument("--text-column", default="text")
+    g.add_argument("--speaker-column", default=None,
+                   help="HF dataset speaker column (default: 'speaker' when the dataset has one)")
+    g.add_argument("--speaker", default=None, help="one speaker name for the whole input")
+    g = p.add_argument_group("codec")
+    g.add_argument("--codec", default="nanocodec", help="codec kind (default: nanocodec)")
+    g.add_argument("--codec-model", default=None,
+                   help="Hub id or local folder of the codec weights (default: the codec's own, for "
+                        "nanocodec nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the GPU when there is one)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="encoder precision (auto: bf16 on GPU, fp32 on CPU)")
+    g = p.add_argument_group("audio")
+    g.add_argument("--normalize", default="none", choices=["none", "peak", "loudness"])
+    g.add_argument("--peak-dbfs", type=float, default=-1.0, help="peak target / ceiling (default: -1)")
+    g.add_argument("--loudness-lufs", type=float, default=-23.0, help="loudness target (default: -23 LUFS)")
+    g.add_argument("--trim-silence", action="store_true", help="cut leading and trailing silence")
+    g.add_argument("--trim-top-db", type=float, default=40.0)
+    g.add_argument("--silence-dbfs", type=float, default=-60.0,
+                   help="reject clips whose peak is below this (default: -60 dBFS)")
+    g.add_argument("--min-duration", type=float, default=0.3, help="seconds (default: 0.3)")
+    g.add_argument("--max-duration", type=float, default=40.0, help="seconds (default: 40)")
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-seconds", type=float, default=None,
+                   help="padded audio seconds per encoder batch (default: 600 on GPU, 60 on CPU)")
+    g.add_argument("--max-batch-size", type=int, default=64)
+    g.add_argument("--shard-size", type=int, default=500, help="clips per resumable shard")
+    g.add_argument("--num-workers", type=int, default=4, help="audio decoding threads")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run (same inputs/options)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output or interrupted run")
+    g.add_argument("--push-to-hub", default=None, metavar="REPO", help="also push the dataset to this Hub repo")
+    g.add_argument("--private", action="store_true", help="make the pushed dataset private")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+
+
 # --- synthesize, eval, report, upload-model --------------------------------------------------
 
 
@@ -110,6 +169,13 @@ def _cmd_upload_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from kanitts.training.experiments import train_command
+
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+    return train_command(args.config_dir, only=only, force=args.force, checkpoints_dir=args.checkpoints_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kanitts",
@@ -125,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("login", help="log in to the Hugging Face Hub and W&B (HF_TOKEN / WANDB_API_KEY or a prompt)")
     p.add_argument("--non-interactive", action="store_true", help="only use HF_TOKEN / WANDB_API_KEY; never prompt")
     p.set_defaults(func=_cmd_login)
+
+    p = sub.add_parser("prepare", help="turn recordings + transcripts into a codec dataset (resumable)")
+    _add_prepare_args(p)
+    p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("synthesize", help="speak a text with a checkpoint or base model into a WAV file")
     p.add_argument("text", help='what to say, e.g. "Hello there" (or "alice: Hello there")')
@@ -154,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repo as private")
     _add_config_dir(p)
     p.set_defaults(func=_cmd_upload_model)
+
+    p = sub.add_parser(
+        "train",
+        help="run every experiment of experiments.yaml (LoRA, merge, save); skips finished ones, resumes",
+    )
+    _add_config_dir(p)
+    p.add_argument("--only", metavar="IDS", help="comma-separated model_ids to run (default: all)")
+    p.add_argument("--force", action="store_true", help="train again even if checkpoints/<model_id> exists")
+    p.add_argument("--checkpoints-dir", type=Path, help="where checkpoints go (default: eval_config paths.checkpoints_dir)")
+    p.set_defaults(func=_cmd_train)
 
     return parser
 

@@ -422,3 +422,26 @@ def exit_code(results: Sequence[ExperimentResult]) -> int:
     if any(r.status == "interrupted" for r in results):
         return 130
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def train_command(
+    config_dir: Path | str,
+    *,
+    only: Sequence[str] | None = None,
+    force: bool = False,
+    checkpoints_dir: Path | str | None = None,
+) -> int:
+    """`kanitts train`: load the configs, run the experiments, print the summary; the exit code."""
+    from rich.console import Console
+
+    from kanitts.config import load_configs
+
+    configs = load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval"))
+    for warning in configs.warnings:
+        print(f"warning: {warning}")
+    results = run_experiments(configs, only=only, force=force, checkpoints_dir=checkpoints_dir)
+    Console().print(summary_table(results))
+    code = exit_code(results)
+    if code == 130:
+        print("Interrupted: run the same command again to resume from the last checkpoint.")
+    return code
