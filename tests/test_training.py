@@ -1,0 +1,218 @@
+"""`kanitts train` end to end on a tiny random LFM2: experiments, isolation, skip, resume, batching."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from kanitts.config import ConfigSet, ExperimentsConfig
+from kanitts.errors import UserError
+from kanitts.training.experiments import (
+    EXPERIMENT_FILE,
+    METRICS_FILE,
+    RUNS_FOLDER,
+    exit_code,
+    run_experiments,
+    select_experiments,
+    summary_table,
+)
+
+CODEBOOK_SIZE = 32  # keeps the vocabulary (and so every step) small
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy CPU the thread pool's waits dominate."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """(folder, ModelConfig): tokenizer + hybrid LFM2 whose vocabulary fits a small codebook."""
+    from kanitts.tiny import build_lfm2, build_tokenizer, tiny_model_config
+    from kanitts.tokens import TokenLayout
+
+    folder = tmp_path_factory.mktemp("train_base")
+    tokenizer = build_tokenizer(folder)
+    cfg = tiny_model_config(len(tokenizer), codebook_size=CODEBOOK_SIZE)
+    layout = TokenLayout.from_config(cfg)
+    build_lfm2(folder, vocab_size=layout.vocab_size, hidden_size=32, intermediate_size=64, tokenizer=tokenizer)
+    return folder, cfg
+
+
+@pytest.fixture(scope="module")
+def dataset(base):
+    """Training sequences with the columns the sequence builder produces."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from kanitts.tokens import TokenLayout
+
+    folder, cfg = base
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    layout = TokenLayout.from_config(cfg)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        text_ids = tokenizer(layout.text_prompt(f"sentence number {i}", "alice"))["input_ids"]
+        codes = rng.integers(0, CODEBOOK_SIZE, size=(layout.num_codebooks, int(rng.integers(3, 16))))
+        ids = layout.training_ids(text_ids, layout.frames_to_ids(codes))
+        rows.append({"input_ids": ids, "labels": ids, "attention_mask": [1] * len(ids), "length": len(ids),
+                     "speaker": "alice"})
+    return datasets.Dataset.from_list(rows)
+
+
+def experiment(model_id: str, *, steps: int = 3, targets=("q_proj", "v_proj", "in_proj"), trainer=None, **training):
+    return {
+        "base": {"model_id": model_id, "run_name": f"run-{model_id}"},
+        "lora_args": {"r": 4, "lora_alpha": 8, "target_modules": list(targets)},
+        "trainer_args": {"max_steps": steps, "learning_rate": 1e-3, "logging_steps": 1, **(trainer or {})},
+        "training": training,
+    }
+
+
+def configs_for(base, *experiments) -> ConfigSet:
+    folder, cfg = base
+    experiments_cfg = ExperimentsConfig.model_validate(
+        {"base_model": str(folder), "project_name": "tests", "experiments": list(experiments)}
+    )
+    return ConfigSet(config_dir=Path("."), experiments=experiments_cfg, model=cfg)
+
+
+def test_two_experiments_train_save_and_are_skipped_on_rerun(base, dataset, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    configs = configs_for(
+        base,
+        experiment("packed", packing=True, max_tokens_per_batch=256, keep_adapter=True),
+        experiment("padded-bs4", trainer={"per_device_train_batch_size": 4}, loss_on="audio"),
+    )
+    results = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
+    assert [(r.model_id, r.status) for r in results] == [("packed", "done"), ("padded-bs4", "done")]
+    assert exit_code(results) == 0
+
+    for result in results:
+        folder = tmp_path / result.model_id
+        assert result.path == folder
+        for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
+            assert (folder / name).is_file(), name
+        model = AutoModelForCausalLM.from_pretrained(str(folder))
+        assert not any("lora" in name for name, _ in model.named_parameters())
+        assert AutoTokenizer.from_pretrained(str(folder)).encode("hello")
+        record = yaml.safe_load((folder / EXPERIMENT_FILE).read_text())
+        assert record["base_model"] == str(base[0]) and record["model_id"] == result.model_id
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+        assert [e["step"] for e in metrics["loss_history"]] == [1, 2, 3]
+        assert metrics["final_loss"] == pytest.approx(result.final_loss)
+        assert metrics["tokens_trained"] > 0 and metrics["tokens_per_second"] > 0
+        assert metrics["peak_memory_bytes"] > 0
+        assert metrics["dataset_fingerprint"] == dataset._fingerprint
+    packed_metrics = json.loads((tmp_path / "packed" / METRICS_FILE).read_text())
+    assert packed_metrics["packing"] is True and packed_metrics["attn_implementation"] == "kanitts_packed_sdpa"
+    assert "kanitts" not in (tmp_path / "packed" / "config.json").read_text()
+    assert (tmp_path / "packed" / "adapter" / "adapter_config.json").is_file()
+    # batch size 4: every step trained on 4 sequences
+    padded_metrics = json.loads((tmp_path / "padded-bs4" / METRICS_FILE).read_text())
+    lengths = dataset["length"]
+    assert 12 * min(lengths) <= padded_metrics["tokens_trained"] <= 12 * max(lengths)
+    # nothing temporary is left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RUNS_FOLDER, "packed", "padded-bs4"]
+    assert list((tmp_path / RUNS_FOLDER).iterdir()) == []
+
+    again = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    only = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset, only=["packed"], force=True)
+    assert [(r.model_id, r.status) for r in only] == [("packed", "done")]
+
+
+def test_a_bad_target_module_fails_alone(base, dataset, tmp_path, capsys):
+    configs = configs_for(base, experiment("broken", targets=("q_projj",)), experiment("fine"))
+    results = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
+    assert [(r.model_id, r.status) for r in results] == [("broken", "failed"), ("fine", "done")]
+    assert "q_projj" in results[0].error and "Traceback" in results[0].error
+    assert not (tmp_path / "broken").exists()
+    assert (tmp_path / "fine" / "model.safetensors").is_file()
+    assert exit_code(results) == 1
+    from rich.console import Console
+
+    Console(width=200).print(summary_table(results))
+    table = capsys.readouterr().out
+    assert "broken" in table and "failed" in table and str(tmp_path / "fine") in table
+
+
+class InterruptAtStep:
+    """Sends the process a Ctrl-C once training reaches `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+        self.sent = False
+
+    def __getattr__(self, name):  # the TrainerCallback events this test does not need
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(base, dataset, tmp_path):
+    configs = configs_for(
+        base,
+        experiment("resumable", steps=4, trainer={"save_steps": 100}, packing=True, max_tokens_per_batch=128),
+        experiment("later"),
+    )
+    results = run_experiments(
+        configs, checkpoints_dir=tmp_path, train_dataset=dataset, callbacks=[InterruptAtStep(2)]
+    )
+    assert [(r.model_id, r.status) for r in results] == [("resumable", "interrupted"), ("later", "not run")]
+    assert exit_code(results) == 130
+    assert not (tmp_path / "resumable").exists()
+    run_dir = tmp_path / RUNS_FOLDER / "resumable"
+    saved = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    assert saved in (["checkpoint-2"], ["checkpoint-3"])
+
+    resumed = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
+    assert [(r.model_id, r.status) for r in resumed] == [("resumable", "done"), ("later", "done")]
+    assert resumed[0].resumed_from == saved[0]
+    metrics = json.loads((tmp_path / "resumable" / METRICS_FILE).read_text())
+    assert metrics["global_step"] == 4
+    assert metrics["resumed_from"] == saved[0]
+
+
+def test_a_changed_experiment_does_not_resume_an_old_checkpoint(base, dataset, tmp_path):
+    from kanitts.training.experiments import prepare_run_dir
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoint-5").mkdir(parents=True)
+    (run_dir / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (run_dir / "checkpoint-7").mkdir()  # no trainer_state.json: a save that never finished
+    assert prepare_run_dir(run_dir, "abc", force=False)[0] is None  # no stamp: not ours
+    (run_dir / "checkpoint-5").mkdir()
+    (run_dir / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (run_dir / "checkpoint-7").mkdir()
+    resume, notes = prepare_run_dir(run_dir, "abc", force=False)
+    assert resume == run_dir / "checkpoint-5" and notes == []
+    assert not (run_dir / "checkpoint-7").exists()
+    resume, notes = prepare_run_dir(run_dir, "changed", force=False)
+    assert resume is None and "changed" in notes[0]
+
+
+def test_only_selects_and_rejects_unknown_ids(base):
+    configs = configs_for(base, experiment("a"), experiment("b"), experiment("c"))
+    assert [e.model_id for e in select_experiments(configs.experiments, ["c", "a"])] == ["a", "c"]
+    with pytest.raises(UserError, match="'zzz'.*it has a, b, c"):
+        select_experiments(configs.experiments, ["zzz"])
