@@ -216,3 +216,42 @@ def test_only_selects_and_rejects_unknown_ids(base):
     assert [e.model_id for e in select_experiments(configs.experiments, ["c", "a"])] == ["a", "c"]
     with pytest.raises(UserError, match="'zzz'.*it has a, b, c"):
         select_experiments(configs.experiments, ["zzz"])
+
+
+def test_kanitts_train_cli_builds_the_data_and_trains(base, tmp_path, capsys):
+    """From config files and a codec dataset on disk, as `make train` runs it."""
+    import datasets
+
+    from kanitts.cli import main
+
+    folder, cfg = base
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(12):
+        frames = int(rng.integers(3, 12))
+        layers = rng.integers(0, CODEBOOK_SIZE, size=(4, frames)).tolist()
+        rows.append({"text": f"Sentence {i}.", **{f"nano_layer_{k + 1}": layers[k] for k in range(4)},
+                     "encoded_len": frames})
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "codec"))
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "model_config.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
+    (config_dir / "dataset_config.yaml").write_text(yaml.safe_dump({
+        "max_duration_sec": None,
+        "cache_dir": str(tmp_path / "cache"),
+        "hf_datasets": [{"reponame": str(tmp_path / "codec"), "speaker_id": "alice"}],
+    }))
+    (config_dir / "experiments.yaml").write_text(yaml.safe_dump({
+        "base_model": str(folder),
+        "experiments": [experiment("cli-a", packing=True), experiment("cli-b", steps=2)],
+    }))
+    (config_dir / "eval_config.yaml").write_text(yaml.safe_dump({"paths": {"checkpoints_dir": str(tmp_path / "ck")}}))
+
+    assert main(["train", "--config-dir", str(config_dir), "--only", "cli-b"]) == 0
+    assert (tmp_path / "ck" / "cli-b" / "model.safetensors").is_file()
+    assert not (tmp_path / "ck" / "cli-a").exists()
+    assert main(["train", "--config-dir", str(config_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "cli-b: already trained" in out and "Training summary" in out
+    metrics = json.loads((tmp_path / "ck" / "cli-a" / METRICS_FILE).read_text())
+    assert metrics["num_sequences"] == 12 and metrics["dataset_fingerprint"] != "unknown"

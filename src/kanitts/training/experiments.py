@@ -199,12 +199,9 @@ class TrainingRun:
     tokenizer: Any
     layout: TokenLayout
     dataset: Any
+    dataset_fingerprint: str
     checkpoints_dir: Path
     callbacks: Sequence[Any] = ()
-
-    @property
-    def dataset_fingerprint(self) -> str:
-        return getattr(self.dataset, "_fingerprint", None) or "unknown"
 
     def train(self, experiment: Experiment, force: bool = False) -> ExperimentResult:
         """Train, merge and save one experiment (callers catch its exceptions)."""
@@ -359,13 +356,16 @@ def run_experiments(
     except (OSError, ValueError) as exc:
         raise UserError(f"experiments.yaml: base_model {base_model!r}: its tokenizer could not be loaded: {exc}") from exc
     if train_dataset is None:
-        train_dataset = _build_dataset(configs, tokenizer)
+        train_dataset, fingerprint = _build_dataset(configs, tokenizer)
+    else:
+        fingerprint = getattr(train_dataset, "_fingerprint", None) or "unknown"
     run = TrainingRun(
         base_model=base_model,
         project_name=experiments_cfg.project_name,
         tokenizer=tokenizer,
         layout=TokenLayout.from_config(configs.model),
         dataset=train_dataset,
+        dataset_fingerprint=fingerprint,
         checkpoints_dir=checkpoints_dir,
         callbacks=callbacks,
     )
@@ -389,12 +389,24 @@ def run_experiments(
     return results
 
 
-def _build_dataset(configs: ConfigSet, tokenizer):
+def _build_dataset(configs: ConfigSet, tokenizer) -> tuple[Any, str]:
+    """The training sequences and their fingerprint, built once for every experiment.
+
+    Under ``accelerate launch`` the main process builds (or loads the cache) first, the other
+    processes then read its cache.
+    """
+    from accelerate import PartialState
+
     from kanitts.data.sequences import build_training_dataset
 
     if configs.dataset is None:
         raise UserError("training needs dataset_config.yaml (or a prepared training dataset)")
-    return build_training_dataset(configs.dataset, configs.model, tokenizer)
+    state = PartialState()
+    with state.main_process_first():
+        dataset, report = build_training_dataset(configs.dataset, configs.model, tokenizer)
+    if state.is_main_process:
+        print(report.format(), flush=True)
+    return dataset, report.fingerprint
 
 
 def summary_table(results: Sequence[ExperimentResult]):
