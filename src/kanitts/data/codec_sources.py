@@ -9,15 +9,15 @@ local data need no Hub account:
 - a file or glob of `.parquet`, `.jsonl`, `.json` or `.csv` files (optionally `.gz`);
 - anything else is a Hub dataset id, loaded with `name` and `split`.
 
-CSV cannot hold lists, so codec layer columns stored there as text ("[1, 2, 3]") are parsed back
-into lists of codes.
+CSV cannot hold lists, so codec layer columns stored there as text ("[1, 2, 3]", or "[1 2 3]" as
+pandas and `Dataset.to_csv` write them) are parsed back into lists of codes.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
+import re
 from pathlib import Path
 
 import datasets
@@ -27,6 +27,11 @@ from kanitts.errors import UserError
 
 # File suffix -> the `datasets` builder that reads it.
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+# A list of integers as CSV holds it: "[1, 2, 3]", "[1 2 3]" or "1 2 3".
+_CODES = r"[\s,]*(?:-?\d+(?:[\s,]+-?\d+)*)?[\s,]*"
+_CODE_LIST = re.compile(rf"\s*(?:\[{_CODES}\]|{_CODES})\s*")
+_CODE = re.compile(r"-?\d+")
 
 
 def load_source(entry: DatasetEntry) -> datasets.Dataset:
@@ -47,7 +52,7 @@ def load_source(entry: DatasetEntry) -> datasets.Dataset:
         if not files:
             raise UserError(f"dataset {entry.label}: no file matches {entry.reponame!r} (from {os.getcwd()})")
         return _load_files(files, entry)
-    if entry.reponame.startswith((".", "/", "~")) or os.sep in entry.reponame.rstrip(os.sep).split(os.sep, 2)[-1]:
+    if entry.reponame.startswith((".", "/", "~")) or entry.reponame.strip("/").count("/") > 1:  # Hub ids are owner/name
         raise UserError(f"dataset {entry.label}: {entry.reponame!r} looks like a local path but does not exist")
     return _load_hub(entry)
 
@@ -88,7 +93,10 @@ def _load_files(files: list[str], entry: DatasetEntry) -> datasets.Dataset:
 
 def _parse_list_columns(table: datasets.Dataset, entry: DatasetEntry) -> datasets.Dataset:
     """Codec layers written to CSV arrive as text; turn them back into lists of codes."""
-    text_layers = [c for c in entry.layer_columns() if c in table.column_names and table.features[c].dtype == "string"]
+    text_layers = [
+        c for c in entry.layer_columns()
+        if c in table.column_names and table.features[c].dtype in ("string", "large_string")
+    ]
     if not text_layers:
         return table
 
@@ -97,12 +105,11 @@ def _parse_list_columns(table: datasets.Dataset, entry: DatasetEntry) -> dataset
         for column in text_layers:
             parsed = []
             for index, cell in zip(indices, batch[column]):
-                try:
-                    parsed.append(json.loads(cell) if cell else [])
-                except json.JSONDecodeError:
+                if not _CODE_LIST.fullmatch(cell or ""):
                     raise UserError(
                         f"dataset {entry.label}: row {index}: column {column!r} is not a list of codes: {cell[:60]!r}"
-                    ) from None
+                    )
+                parsed.append([int(code) for code in _CODE.findall(cell)])
             out[column] = parsed
         return out
 

@@ -217,22 +217,28 @@ def _dataset_from_dict(raw: dict) -> DatasetSummary:
     return DatasetSummary(**fields)
 
 
-def save_length_histogram(lengths_by_dataset: dict[str, np.ndarray], path: Path) -> None:
-    """A stacked histogram of sequence lengths per dataset: shows outliers and what packing faces."""
-    import matplotlib
+def save_length_histogram(lengths_by_dataset: dict[str, np.ndarray], path: Path, bins: int = 50) -> None:
+    """A stacked histogram of sequence lengths per dataset: shows outliers and what packing faces.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a bare Agg figure (no pyplot, no GUI backend), so it works headless and quickly.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    names = list(lengths_by_dataset)
-    values = [lengths_by_dataset[n] for n in names]
-    if any(len(v) for v in values):
-        ax.hist(values, bins=50, stacked=True, label=names)
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    everything = np.concatenate([np.asarray(v) for v in lengths_by_dataset.values()] or [np.zeros(0)])
+    if len(everything):
+        edges = np.histogram_bin_edges(everything, bins=bins)
+        below = np.zeros(bins)
+        for name, lengths in lengths_by_dataset.items():
+            counts = np.histogram(lengths, bins=edges)[0] + below
+            ax.stairs(counts, edges, baseline=below, fill=True, label=name)
+            below = counts
         ax.legend(fontsize="small")
     ax.set_xlabel("training sequence length (tokens)")
     ax.set_ylabel("rows")
     ax.set_title("Training sequence lengths")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path)

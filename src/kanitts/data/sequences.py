@@ -56,7 +56,7 @@ from kanitts.tokens import TokenLayout
 PROCESSING_VERSION = 1
 
 # Below this many rows per process, starting worker processes costs more than it saves.
-MIN_ROWS_PER_PROCESS = 4000
+MIN_ROWS_PER_PROCESS = 10_000
 MAP_BATCH_SIZE = 1000
 
 SEQUENCES_DIR = "sequences"
@@ -65,19 +65,19 @@ HISTOGRAM_FILE = "lengths.png"
 
 OUTPUT_COLUMNS = ["input_ids", "labels", "attention_mask", "length", "speaker", "dataset"]
 # Per-row bookkeeping produced alongside the sequences, read into the report, then removed.
-_BOOKKEEPING_COLUMNS = ["status", "row", "frames", "kept_frames"]
+_BOOKKEEPING_COLUMNS = ["status", "frames", "kept_frames"]
 
-_TOKEN_LIST = datasets.List(datasets.Value("int64"))
+# The storage types `datasets` picks for the reference's Python lists (it narrows the columns named
+# input_ids and attention_mask), so the features match too, not only the values.
 _MAP_FEATURES = datasets.Features(
     {
-        "input_ids": _TOKEN_LIST,
-        "labels": _TOKEN_LIST,
-        "attention_mask": _TOKEN_LIST,
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "labels": datasets.List(datasets.Value("int64")),
+        "attention_mask": datasets.List(datasets.Value("int8")),
         "length": datasets.Value("int64"),
         "speaker": datasets.Value("string"),
         "dataset": datasets.Value("string"),
         "status": datasets.Value("int8"),
-        "row": datasets.Value("int64"),
         "frames": datasets.Value("int64"),
         "kept_frames": datasets.Value("int64"),
     }
@@ -214,30 +214,61 @@ class RowRules:
     encoded_len_column: str
     speaker_id: str | None
     speaker_column: str | None  # statistics only, when there is no speaker_id
-    filter_column: str | None
-    filter_value: Any
     max_duration_sec: float | None
     fps: float
     dedup_frames: bool
     layout: TokenLayout
 
     @classmethod
-    def of(cls, entry: DatasetEntry, source: datasets.Dataset, dataset_cfg: DatasetConfig, model_cfg: ModelConfig) -> RowRules:
-        filt = entry.categorical_filter
+    def of(
+        cls, name: str, entry: DatasetEntry, source: datasets.Dataset, dataset_cfg: DatasetConfig, model_cfg: ModelConfig
+    ) -> RowRules:
         return cls(
-            dataset=entry.label,
+            dataset=name,
             text_column=entry.text_col_name,
             layer_columns=tuple(entry.layer_columns()),
             encoded_len_column=entry.encoded_len,
             speaker_id=entry.speaker_id,
             speaker_column="speaker" if entry.speaker_id is None and "speaker" in source.column_names else None,
-            filter_column=filt.column_name if filt else None,
-            filter_value=filt.value if filt else None,
             max_duration_sec=dataset_cfg.max_duration_sec,
             fps=model_cfg.codec.fps,
             dedup_frames=dataset_cfg.dedup_frames,
             layout=TokenLayout.from_config(model_cfg),
         )
+
+
+@dataclass
+class RowOutcomes:
+    """What became of each row of one dataset: per-row arrays, for max_len, the report and errors.
+
+    `rows` are source row indices of the rows that passed the categorical filter (those the
+    batches saw), aligned with the other arrays; `filtered_out` are the others.
+    """
+
+    rows: np.ndarray
+    status: np.ndarray
+    frames: np.ndarray
+    kept_frames: np.ndarray
+    lengths: np.ndarray
+    speakers: np.ndarray
+    filtered_out: np.ndarray
+
+    @classmethod
+    def of(cls, table: pa.Table, rows: np.ndarray, filtered_out: np.ndarray) -> RowOutcomes:
+        return cls(
+            rows=rows,
+            status=table.column("status").to_numpy().copy(),
+            frames=table.column("frames").to_numpy(),
+            kept_frames=table.column("kept_frames").to_numpy(),
+            lengths=table.column("length").to_numpy(),
+            speakers=np.asarray(table.column("speaker").to_pylist(), dtype=object),
+            filtered_out=filtered_out,
+        )
+
+    def all_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(status, source row) of every source row, the categorical filter's drops included."""
+        status = np.concatenate([self.status, np.full(len(self.filtered_out), RowStatus.CATEGORICAL_FILTER, np.int8)])
+        return status, np.concatenate([self.rows, self.filtered_out])
 
 
 def _build(
@@ -257,33 +288,37 @@ def _build(
     mapped_parts, chosen_parts, summaries, errors = [], [], [], []
     lengths_by_dataset: dict[str, np.ndarray] = {}
     base = 0
+    names = dataset_names(dataset_cfg.hf_datasets)
     for index, (entry, source) in enumerate(zip(dataset_cfg.hf_datasets, sources)):
-        rules = RowRules.of(entry, source, dataset_cfg, model_cfg)
-        processes = max(1, min(requested, len(source) // MIN_ROWS_PER_PROCESS))
-        mapped = source.with_format("arrow").map(
+        rules = RowRules.of(names[index], entry, source, dataset_cfg, model_cfg)
+        matching = _rows_matching(entry, source)
+        if len(source) and not len(matching):
+            errors.append(_emptied_message(entry, rules, source, None))
+            continue
+        selected = source if len(matching) == len(source) else source.select(matching)
+        processes = max(1, min(requested, len(selected) // MIN_ROWS_PER_PROCESS))
+        mapped = selected.with_format("arrow").map(
             sequences_for_batch,
             batched=True,
             batch_size=MAP_BATCH_SIZE,
-            with_indices=True,
             fn_kwargs={"rules": rules, "tokenizer": tokenizer},
-            remove_columns=source.column_names,
+            remove_columns=selected.column_names,
             features=_MAP_FEATURES,
             num_proc=processes if processes > 1 else None,
             cache_file_name=str(work / f"dataset-{index}.arrow"),
             new_fingerprint=f"{fingerprint}-{index}",
-            desc=f"{entry.label}: rows -> sequences",
+            desc=f"{rules.dataset}: rows -> sequences",
         ).with_format(None)
-        table = mapped.data
-        status = table.column("status").to_numpy().copy()
-        kept = np.flatnonzero(status == RowStatus.KEPT)
+        outcomes = RowOutcomes.of(mapped.data, matching, np.setdiff1d(np.arange(len(source)), matching))
+        kept = np.flatnonzero(outcomes.status == RowStatus.KEPT)
         if not len(kept):
-            errors.append(_emptied_message(entry, rules, source, status, table.column("frames").to_numpy()))
+            errors.append(_emptied_message(entry, rules, source, outcomes))
             continue
-        chosen, notes = _apply_max_len(kept, status, entry.max_len, dataset_cfg.seed)
-        summary = _summarize(entry.label, rules, table, status, chosen, model_cfg.codec.fps)
+        chosen, notes = _apply_max_len(kept, outcomes.status, entry.max_len, dataset_cfg.seed)
+        summary = _summarize(rules.dataset, outcomes, chosen, model_cfg.codec.fps)
         summary.notes.extend(notes)
         summaries.append(summary)
-        lengths_by_dataset[entry.label] = table.column("length").to_numpy()[chosen]
+        lengths_by_dataset[rules.dataset] = outcomes.lengths[chosen]
         mapped_parts.append(mapped)
         chosen_parts.append(base + chosen)
         base += len(mapped)
@@ -307,6 +342,24 @@ def _build(
     return report
 
 
+def _rows_matching(entry: DatasetEntry, source: datasets.Dataset) -> np.ndarray:
+    """Source rows that pass `categorical_filter`, compared with Python `==` as the reference does.
+
+    Applied before the batches, so rows of other speakers cost nothing further.
+    """
+    if entry.categorical_filter is None:
+        return np.arange(len(source))
+    wanted = entry.categorical_filter.value
+    values = source.with_format("arrow")[entry.categorical_filter.column_name].to_pylist()
+    return np.flatnonzero(np.fromiter((v == wanted for v in values), dtype=bool, count=len(values)))
+
+
+def dataset_names(entries: list[DatasetEntry]) -> list[str]:
+    """How the report and the `dataset` column name each entry: its label, numbered when two share one."""
+    labels = [e.label for e in entries]
+    return [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+
+
 def _apply_max_len(kept: np.ndarray, status: np.ndarray, max_len: int | None, seed: int) -> tuple[np.ndarray, list[str]]:
     """The rows `max_len` keeps, in the order the reference's `shuffle(seed).select(range(max_len))` gives.
 
@@ -323,35 +376,40 @@ def _apply_max_len(kept: np.ndarray, status: np.ndarray, max_len: int | None, se
     return kept[order[:max_len]], notes
 
 
-def _summarize(
-    name: str, rules: RowRules, table: pa.Table, status: np.ndarray, chosen: np.ndarray, fps: float
-) -> DatasetSummary:
-    rows = table.column("row").to_numpy()
-    frames = table.column("frames").to_numpy()
-    lengths = table.column("length").to_numpy()
-    kept = status == RowStatus.KEPT
-    summary = DatasetSummary.of(name, status, rows, frames[kept], lengths[kept], fps)
-    summary.frames_removed_as_repeats = int(frames[chosen].sum() - table.column("kept_frames").to_numpy()[chosen].sum())
+def _summarize(name: str, outcomes: RowOutcomes, chosen: np.ndarray, fps: float) -> DatasetSummary:
+    o = outcomes
+    kept = o.status == RowStatus.KEPT
+    status, rows = o.all_rows()
+    summary = DatasetSummary.of(name, status, rows, o.frames[kept], o.lengths[kept], fps)
+    summary.frames_removed_as_repeats = int(o.frames[chosen].sum() - o.kept_frames[chosen].sum())
     # Rows the categorical filter removed belong to other speakers or subsets: not this one's losses.
-    selected = status != RowStatus.CATEGORICAL_FILTER
-    speakers = np.asarray(table.column("speaker").to_pylist(), dtype=object)
-    for speaker in dict.fromkeys(speakers[selected]):
-        mine = selected & (speakers == speaker)
+    for speaker in dict.fromkeys(o.speakers):
+        mine = o.speakers == speaker
         summary.speakers.append(
-            GroupSummary.of(speaker, status[mine], rows[mine], frames[mine & kept], lengths[mine & kept], fps)
+            GroupSummary.of(speaker, o.status[mine], o.rows[mine], o.frames[mine & kept], o.lengths[mine & kept], fps)
         )
     return summary
 
 
 def _emptied_message(
-    entry: DatasetEntry, rules: RowRules, source: datasets.Dataset, status: np.ndarray, frames: np.ndarray
+    entry: DatasetEntry, rules: RowRules, source: datasets.Dataset, outcomes: RowOutcomes | None
 ) -> str:
-    """Which configured step removed the last rows of a dataset, with what the user can check."""
-    where = f"dataset {entry.label}"
-    if not len(status):
+    """Which configured step removed the last rows of a dataset, with what the user can check.
+
+    `outcomes` is None when the categorical filter matched nothing (the batches never ran).
+    """
+    where = f"dataset {rules.dataset}"
+    if not len(source):
         return f"{where}: has no rows"
+    if outcomes is None:
+        column, value = entry.categorical_filter.column_name, entry.categorical_filter.value
+        values = source.unique(column)[:10]
+        return (
+            f"{where}: no rows left after categorical_filter ({column} == {value!r}): it matches none of the "
+            f"{len(source)} rows; values in column {column!r} include {values}"
+        )
+    status = outcomes.status
     steps = [
-        ((RowStatus.CATEGORICAL_FILTER,), f"categorical_filter ({rules.filter_column} == {rules.filter_value!r})"),
         ((RowStatus.TOO_LONG,), f"max_duration_sec: {rules.max_duration_sec}"),
         (BAD_DATA, "the bad-data checks"),
         ((RowStatus.EMPTY_TEXT,), "the empty-text check"),
@@ -363,27 +421,22 @@ def _emptied_message(
         before, remaining = remaining, remaining - removed
         if removed and not remaining:
             break
-    message = f"{where}: no rows left after {what} ({before} of {len(status)} rows reached it)"
-    if RowStatus.CATEGORICAL_FILTER in reasons:
-        values = source.unique(rules.filter_column)[:10]
-        message += f"; values in column {rules.filter_column!r} include {values}"
-    elif RowStatus.TOO_LONG in reasons:
-        shortest = frames[status == RowStatus.TOO_LONG].min() / rules.fps
-        message += f"; the shortest clip is {shortest:.1f} s"
-    else:
-        counts = [
-            f"{int((status == r).sum())} {r.description} (e.g. row {int(np.flatnonzero(status == r)[0])})"
-            for r in reasons
-            if (status == r).any()
-        ]
-        message += ": " + ", ".join(counts)
-    return message
+    message = f"{where}: no rows left after {what} ({before} of {len(source)} rows reached it)"
+    if RowStatus.TOO_LONG in reasons:
+        shortest = outcomes.frames[status == RowStatus.TOO_LONG].min() / rules.fps
+        return message + f"; the shortest clip is {shortest:.1f} s"
+    counts = [
+        f"{int((status == r).sum())} {r.description} (e.g. row {int(outcomes.rows[np.flatnonzero(status == r)[0]])})"
+        for r in reasons
+        if (status == r).any()
+    ]
+    return message + ": " + ", ".join(counts)
 
 
 # --- one batch of rows, vectorised -----------------------------------------------------------
 
 
-def sequences_for_batch(batch: pa.Table, indices: list[int], rules: RowRules, tokenizer: Any) -> pa.Table:
+def sequences_for_batch(batch: pa.Table, rules: RowRules, tokenizer: Any) -> pa.Table:
     """Check a batch of source rows and build the training sequence of each row that passes.
 
     Returns one output row per input row (so worker shards concatenate in order): dropped rows
@@ -396,9 +449,6 @@ def sequences_for_batch(batch: pa.Table, indices: list[int], rules: RowRules, to
     def drop(mask: np.ndarray, reason: RowStatus) -> None:
         status[(status == RowStatus.KEPT) & mask] = reason
 
-    if rules.filter_column is not None:
-        values = batch.column(rules.filter_column).to_pylist()
-        drop(~np.fromiter((v == rules.filter_value for v in values), dtype=bool, count=n), RowStatus.CATEGORICAL_FILTER)
     encoded_len = pc.fill_null(batch.column(rules.encoded_len_column), -1).to_numpy().astype(np.int64)
     if rules.max_duration_sec:
         drop(~(encoded_len / rules.fps <= rules.max_duration_sec), RowStatus.TOO_LONG)
@@ -435,8 +485,9 @@ def sequences_for_batch(batch: pa.Table, indices: list[int], rules: RowRules, to
     sequence_lengths = np.zeros(n, dtype=np.int64)
     values, sequence_lengths[kept] = _assemble(layout, flat_text, text_counts, audio, frame_counts * layout.num_codebooks)
     offsets = pa.array(np.concatenate([[0], np.cumsum(sequence_lengths)]).astype(np.int32))
-    ids = pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.int64()))
-    ones = pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(values), dtype=np.int64)))
+    labels = pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.int64()))
+    ids = pa.ListArray.from_arrays(offsets, pa.array(values.astype(np.int32)))
+    ones = pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(values), dtype=np.int8)))
 
     if rules.speaker_id is not None:
         speakers = [rules.speaker_id] * n
@@ -449,13 +500,12 @@ def sequences_for_batch(batch: pa.Table, indices: list[int], rules: RowRules, to
     return pa.table(
         {
             "input_ids": ids,
-            "labels": ids,
+            "labels": labels,
             "attention_mask": ones,
             "length": sequence_lengths,
             "speaker": pa.array(speakers, type=pa.string()),
             "dataset": pa.array([rules.dataset] * n, type=pa.string()),
             "status": status,
-            "row": np.asarray(indices, dtype=np.int64),
             "frames": lengths[:, 0],
             "kept_frames": kept_frames,
         }
