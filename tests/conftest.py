@@ -54,3 +54,35 @@ def tiny_codec(tiny_codec_dir):
     from kanitts.codecs import load_codec
 
     return load_codec("nanocodec", tiny_codec_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def evaluated_project(tmp_path_factory, tiny_tts, tiny_codec_dir):
+    """(folder, EvalSummary): a small eval project, evaluated once with its report.
+
+    Its config paths are relative to the folder: copy it and chdir into the copy to resume.
+    """
+    from eval_project import build_project, eval_configs
+
+    from kanitts.evaluation.runner import run_eval
+
+    root = tmp_path_factory.mktemp("eval_project")
+    build_project(root, tiny_tts[0], tiny_tts[1], tiny_codec_dir)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        summary = run_eval(eval_configs(Path("config")), report=True)
+    finally:
+        os.chdir(cwd)
+    return root, summary
+
+
+@pytest.fixture
+def project_copy(evaluated_project, tmp_path, monkeypatch):
+    """A fresh copy of the evaluated project, as the working directory; returns its config dir."""
+    import shutil
+
+    copy = tmp_path / "project"
+    shutil.copytree(evaluated_project[0], copy)
+    monkeypatch.chdir(copy)
+    return Path("config")

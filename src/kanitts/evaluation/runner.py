@@ -1,0 +1,423 @@
+"""`kanitts eval`: every model speaks every eval sentence; audio, metrics, a dataset, a report.
+
+The models are the base model of experiments.yaml (experiment id ``base``) and each experiment's
+checkpoint in ``checkpoints_dir``. For each (model, sentence) the runner writes
+``<audio_output_dir>/<experiment>/<sentence>.wav`` and a JSON sidecar, then gathers one row per
+sample (the reference's ``experiment_id, train_configuration, sentence_id, sentence, audio``,
+plus what happened and the metrics) into:
+
+- ``<audio_output_dir>/eval_results.csv`` and ``eval_results.json`` (what the report reads),
+- ``<audio_output_dir>/eval_dataset/`` (``datasets`` save_to_disk, audio embedded),
+- the Hub dataset ``huggingface.repo_name`` when ``upload_dataset`` is true.
+
+Work is resumable: a sample whose sidecar records the same model files, sentence and sampling
+settings is not generated again (``force`` regenerates). Metrics are always recomputed from the
+WAV files, which is cheap. A model that fails to load or a sentence that fails to generate is
+reported and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from kanitts.config import ConfigSet, EvalSentence
+from kanitts.errors import UserError
+from kanitts.evaluation.metrics import measure
+from kanitts.inference import KaniTTS, SynthesisResult, write_wav
+
+BASE_ID = "base"
+RESULTS_JSON = "eval_results.json"
+RESULTS_CSV = "eval_results.csv"
+DATASET_DIR = "eval_dataset"
+SEED = 1234  # every model samples from the same seed, so a rerun with --force reproduces it
+CSV_COLUMNS = [
+    "experiment_id", "sentence_id", "take", "sentence", "audio", "truncated", "problems",
+    "duration_sec", "chars_per_sec", "leading_silence_sec", "trailing_silence_sec",
+    "clipping_fraction", "peak_dbfs", "speaker_similarity", "train_configuration",
+]
+
+
+def slugify(name: str) -> str:
+    """A file name that is safe on every OS: letters, digits, '-', '_' and '.' only."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return slug[:120] or "unnamed"
+
+
+@dataclass
+class EvalTarget:
+    """One model to evaluate."""
+
+    experiment_id: str
+    model: str
+    train_configuration: dict[str, Any]
+    checkpoint_dir: Path | None = None
+
+    @property
+    def folder_name(self) -> str:
+        return slugify(self.experiment_id)
+
+
+@dataclass
+class EvalSummary:
+    rows: list[dict[str, Any]]
+    failures: list[str]
+    generated: int
+    reused: int
+    results_json: Path
+    csv_path: Path
+    dataset_dir: Path
+    report_index: Path | None = None
+    hub_url: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.rows) and not self.failures
+
+    def describe(self) -> str:
+        lines = [
+            f"{len(self.rows)} samples ({self.generated} generated, {self.reused} reused) in {self.seconds:.1f} s",
+            f"results: {self.csv_path}",
+            f"dataset: {self.dataset_dir}",
+        ]
+        if self.report_index:
+            lines.append(f"report:  {self.report_index}")
+        if self.hub_url:
+            lines.append(f"hub:     {self.hub_url}")
+        lines += [f"failed:  {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def eval_targets(configs: ConfigSet) -> tuple[list[EvalTarget], list[str]]:
+    """The base model and every experiment's checkpoint; missing checkpoints come back as failures."""
+    experiments = configs.experiments
+    checkpoints = Path(configs.eval.paths.checkpoints_dir)
+    targets = [EvalTarget(BASE_ID, experiments.base_model, {"base_model": experiments.base_model})]
+    failures = []
+    for experiment in experiments.experiments:
+        folder = checkpoints / experiment.model_id
+        if not (folder / "config.json").is_file():
+            failures.append(
+                f"{experiment.model_id}: no checkpoint at {folder} (train it with `make train`, "
+                "or check paths.checkpoints_dir in eval_config.yaml)"
+            )
+            continue
+        targets.append(
+            EvalTarget(experiment.model_id, str(folder), _train_configuration(folder, experiment.model_dump(mode="json")), folder)
+        )
+    return targets, failures
+
+
+def _train_configuration(folder: Path, fallback: dict[str, Any]) -> dict[str, Any]:
+    """What the checkpoint was trained with (its experiment.yaml), else the experiment's config."""
+    path = folder / "experiment.yaml"
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            data = None
+        if isinstance(data, dict):
+            return data
+    return fallback
+
+
+def _model_signature(target: EvalTarget) -> dict[str, Any]:
+    """Changes when the model's files change (a retrained checkpoint is evaluated again)."""
+    folder = Path(target.model)
+    if not folder.is_dir():
+        return {"model": target.model}
+    files = sorted(p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".bin"})
+    return {"model": target.model, "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def _signature(target: EvalTarget, sentence: EvalSentence, configs: ConfigSet) -> str:
+    payload = {
+        "model": _model_signature(target),
+        "sentence": sentence.text,
+        "generation": configs.inference.generation.model_dump(exclude={"batch_size"}),
+        "codec": configs.model.codec.model_dump(),
+        "seed": SEED,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class _Outputs:
+    """Where a sample's files live, and whether they are already done."""
+
+    def __init__(self, audio_dir: Path, takes: int):
+        self.audio_dir = audio_dir
+        self.takes = takes
+
+    def wav(self, target: EvalTarget, sentence: EvalSentence, take: int) -> Path:
+        stem = slugify(sentence.sentence_id) + (f"-{take + 1}" if self.takes > 1 else "")
+        return self.audio_dir / target.folder_name / f"{stem}.wav"
+
+    def done(self, target: EvalTarget, sentence: EvalSentence, signature: str) -> list[dict[str, Any]] | None:
+        """The sidecars of every take when all exist with this signature, else None."""
+        sidecars = []
+        for take in range(self.takes):
+            wav = self.wav(target, sentence, take)
+            meta = wav.with_suffix(".json")
+            if not (wav.is_file() and meta.is_file()):
+                return None
+            try:
+                data = json.loads(meta.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                return None
+            if data.get("signature") != signature:
+                return None
+            sidecars.append(data)
+        return sidecars
+
+    def save(self, target: EvalTarget, sentence: EvalSentence, take: int, signature: str,
+             result: SynthesisResult) -> dict[str, Any]:
+        wav = write_wav(self.wav(target, sentence, take), result.audio, result.sample_rate)
+        data = {
+            "experiment_id": target.experiment_id,
+            "sentence_id": sentence.sentence_id,
+            "sentence": sentence.text,
+            "take": take,
+            "signature": signature,
+            "truncated": result.truncated,
+            "problems": result.problems,
+            "num_frames": result.num_frames,
+            "num_generated_tokens": result.num_generated_tokens,
+        }
+        tmp = wav.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, wav.with_suffix(".json"))
+        return data
+
+
+def run_eval(
+    configs: ConfigSet,
+    force: bool = False,
+    only: list[str] | None = None,
+    device: str | None = None,
+    report: bool = True,
+    load_model: Callable[..., KaniTTS] = KaniTTS.from_pretrained,
+) -> EvalSummary:
+    """Evaluate the base model and every checkpoint on the eval set (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    from kanitts.codecs import load_codec
+    from kanitts.inference import resolve_device
+
+    started = time.perf_counter()
+    eval_cfg = configs.eval
+    audio_dir = Path(eval_cfg.paths.audio_output_dir)
+    targets, failures = eval_targets(configs)
+    if only:
+        unknown = sorted(set(only) - {t.experiment_id for t in targets} - {f.split(":")[0] for f in failures})
+        if unknown:
+            raise UserError(f"--only: unknown id(s) {', '.join(unknown)}; known: base and the experiments' model_id")
+        targets = [t for t in targets if t.experiment_id in only]
+        failures = [f for f in failures if f.split(":")[0] in only]
+    sentences = configs.eval_set.sentences
+    takes = configs.inference.generation.num_return_sequences
+    outputs = _Outputs(audio_dir, takes)
+    similarity = _speaker_similarity(configs)
+    device = resolve_device(device or configs.inference.model.device_map)
+    codec = None
+
+    sidecars: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    generated = reused = 0
+    bar = tqdm(total=len(targets) * len(sentences), unit="sample", desc="eval")
+    for target in targets:
+        todo = []
+        for sentence in sentences:
+            signature = _signature(target, sentence, configs)
+            done = None if force else outputs.done(target, sentence, signature)
+            if done is not None:
+                sidecars[(target.experiment_id, sentence.sentence_id)] = done
+                reused += 1
+                bar.update(1)
+            else:
+                todo.append((sentence, signature))
+        if not todo:
+            continue
+        bar.set_postfix_str(target.experiment_id)
+        try:
+            if codec is None:
+                codec = load_codec(configs.model.codec.kind, configs.model.codec.weights, device=device)
+            tts = load_model(target.model, codec=codec, model_cfg=configs.model,
+                             inference_cfg=configs.inference, device=device)
+        except (UserError, OSError, RuntimeError, ValueError) as exc:
+            failures.append(f"{target.experiment_id}: cannot load {target.model}: {exc}")
+            bar.update(len(todo))
+            continue
+        _seed_everything(SEED)
+        for batch in _chunks(todo, configs.inference.generation.batch_size):
+            for (sentence, signature), results, error in _generate(tts, batch):
+                bar.update(1)
+                if error:
+                    failures.append(f"{target.experiment_id} / {sentence.sentence_id}: generation failed: {error}")
+                    continue
+                sidecars[(target.experiment_id, sentence.sentence_id)] = [
+                    outputs.save(target, sentence, take, signature, result) for take, result in enumerate(results)
+                ]
+                generated += 1
+        del tts
+    bar.close()
+
+    rows = _rows(targets, sentences, sidecars, outputs, similarity)
+    summary = _write_results(configs, targets, sentences, rows, failures, audio_dir)
+    summary.generated, summary.reused = generated, reused
+    if eval_cfg.huggingface.upload_dataset and rows:
+        from kanitts.hub import upload_eval_dataset
+
+        summary.hub_url = upload_eval_dataset(summary.dataset_dir, eval_cfg.huggingface.repo_name,
+                                              private=eval_cfg.huggingface.private)
+    if report and rows:
+        from kanitts.evaluation.report import build_report_from_config
+
+        summary.report_index = build_report_from_config(eval_cfg)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
+    """Yield (item, results, error) per sentence; a failing batch is retried one sentence at a time."""
+    try:
+        results = tts.synthesize([s.text for s, _ in batch], batch_size=len(batch))
+    except (RuntimeError, ValueError) as exc:
+        if len(batch) == 1:
+            yield batch[0], [], f"{type(exc).__name__}: {exc}"
+            return
+        for item in batch:
+            yield from _generate(tts, [item])
+        return
+    takes = len(results) // len(batch)
+    for i, item in enumerate(batch):
+        yield item, results[i * takes: (i + 1) * takes], None
+
+
+def _speaker_similarity(configs: ConfigSet):
+    settings = configs.eval.speaker_similarity
+    if settings is None or not settings.references:
+        return None
+    from kanitts.evaluation.speaker import SpeakerSimilarity, load_embedder
+
+    return SpeakerSimilarity(load_embedder(settings.embedder), settings.references)
+
+
+def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity) -> list[dict[str, Any]]:
+    """One row per sample that exists, model-major, metrics measured from the WAV files."""
+    import soundfile as sf
+
+    rows = []
+    for target in targets:
+        config_json = json.dumps(target.train_configuration, sort_keys=True)
+        for sentence in sentences:
+            for data in sidecars.get((target.experiment_id, sentence.sentence_id), []):
+                wav = outputs.wav(target, sentence, data["take"])
+                audio, rate = sf.read(str(wav), dtype="float32")
+                metrics = measure(audio, rate, len(sentence.spoken_text), data["truncated"])
+                rows.append({
+                    "experiment_id": target.experiment_id,
+                    "train_configuration": config_json,
+                    "sentence_id": sentence.sentence_id,
+                    "sentence": sentence.text,
+                    "take": data["take"],
+                    "audio": wav.relative_to(outputs.audio_dir).as_posix(),
+                    "sample_rate": rate,
+                    "problems": "; ".join(data["problems"]),
+                    **metrics.as_dict(),
+                    "speaker_similarity": similarity.score(audio, rate, sentence.speaker) if similarity else None,
+                })
+    return rows
+
+
+def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path) -> EvalSummary:
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    results = {
+        "audio_dir": str(audio_dir),
+        "generation": configs.inference.generation.model_dump(),
+        "models": [
+            {
+                "experiment_id": t.experiment_id,
+                "model": t.model,
+                "train_configuration": t.train_configuration,
+                "checkpoint_dir": str(t.checkpoint_dir) if t.checkpoint_dir else None,
+            }
+            for t in targets
+        ],
+        "sentences": [{"sentence_id": s.sentence_id, "sentence": s.text} for s in sentences],
+        "rows": rows,
+        "failures": failures,
+    }
+    json_path = audio_dir / RESULTS_JSON
+    _atomic_write(json_path, json.dumps(results, indent=2))
+    csv_path = audio_dir / RESULTS_CSV
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+    dataset_dir = audio_dir / DATASET_DIR
+    if rows:
+        save_eval_dataset(rows, audio_dir, dataset_dir)
+    return EvalSummary(rows=rows, failures=failures, generated=0, reused=0, results_json=json_path,
+                       csv_path=csv_path, dataset_dir=dataset_dir)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def eval_dataset(rows: list[dict[str, Any]], audio_dir: Path):
+    """The rows as a ``datasets.Dataset`` with the WAV bytes embedded in an ``Audio`` column."""
+    from datasets import Audio, Dataset, Features, Value
+
+    columns = [c for c in CSV_COLUMNS if c != "audio"]
+    records = []
+    for row in rows:
+        record = {c: row[c] for c in columns}
+        record["audio"] = {"bytes": (audio_dir / row["audio"]).read_bytes(), "path": row["audio"]}
+        records.append(record)
+    # Arrow infers the types; the audio column is stored as the Audio feature's own struct and
+    # then cast, which needs no audio backend (encoding through Audio would).
+    dataset = Dataset.from_list(records)
+    features = Features({**dataset.features, "audio": {"bytes": Value("binary"), "path": Value("string")}})
+    dataset = dataset.cast(features)
+    sample_rate = int(rows[0]["sample_rate"])
+    return dataset.cast_column("audio", Audio(sampling_rate=sample_rate, decode=False)).cast_column(
+        "audio", Audio(sampling_rate=sample_rate)
+    )
+
+
+def save_eval_dataset(rows: list[dict[str, Any]], audio_dir: Path, dataset_dir: Path) -> None:
+    """save_to_disk into a temporary folder, then swap it in: never a half-written dataset."""
+    tmp = dataset_dir.with_name(dataset_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    eval_dataset(rows, audio_dir).save_to_disk(str(tmp))
+    if dataset_dir.exists():
+        shutil.rmtree(dataset_dir)
+    os.replace(tmp, dataset_dir)

@@ -1,0 +1,260 @@
+"""Publishing to the Hugging Face Hub: trained models with a model card, and eval results.
+
+Both go through :func:`push_files`: ``create_repo`` (idempotent, with the requested
+visibility) and one ``create_commit`` holding every file, so a repo never shows half an upload.
+A checkpoint is published only when complete (the files ``kanitts train`` writes last are there
+and readable); its card is generated from what the checkpoint records about its training and
+from the eval results, so what the card claims is what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kanitts.errors import ConfigError, UserError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+LICENSE = "apache-2.0"
+
+
+def is_hub_id(name: str | None) -> bool:
+    """``owner/name`` that is not an existing local path."""
+    return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def push_files(
+    repo_id: str,
+    files: dict[str, Path | bytes],
+    *,
+    repo_type: str = "model",
+    private: bool = True,
+    commit_message: str,
+    token: str | None = None,
+) -> str:
+    """Create ``repo_id`` if needed and commit ``files`` (path in repo -> local file or bytes)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if not _HUB_ID.match(repo_id):
+        raise UserError(f"{repo_id!r} is not a Hub repo id: use user/name or org/name")
+    api = HfApi(token=token)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content))
+                  for name, content in sorted(files.items())]
+    try:
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        api.create_commit(repo_id, operations, commit_message=commit_message, repo_type=repo_type)
+    except OfflineModeIsEnabled:
+        raise UserError("cannot upload: HF_HUB_OFFLINE is set; unset it to publish") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        hint = " (log in with `make login` or set HF_TOKEN)" if status in (401, 403) else ""
+        raise UserError(f"the Hub refused the upload to {repo_id}: {str(exc).splitlines()[0]}{hint}") from None
+    return str(url)
+
+
+# --- eval results ------------------------------------------------------------------------------
+
+
+def upload_eval_dataset(dataset_dir: Path | str, repo_id: str, private: bool = True, token: str | None = None) -> str:
+    """Push the eval dataset (``save_to_disk`` folder) as one parquet shard plus a dataset card."""
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(dataset_dir))
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = Path(tmp) / "train.parquet"
+        dataset.to_parquet(str(shard))
+        card = (
+            "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+            "    path: data/train-*.parquet\ntags:\n- kanitts\n- text-to-speech\n- evaluation\n---\n\n"
+            "# KaniTTS evaluation results\n\nEvery model (the base model and each fine-tuning experiment) "
+            "speaking every sentence of the eval set, made by `kanitts eval`.\n\nColumns: `experiment_id`, "
+            "`train_configuration` (JSON of the experiment's full config), `sentence_id`, `sentence`, `take`, "
+            "`audio`, `truncated`, `problems`, and the offline metrics (duration, characters per second, "
+            "leading/trailing silence, clipping, peak level, speaker similarity).\n"
+        )
+        return push_files(
+            repo_id,
+            {"data/train-00000-of-00001.parquet": shard, "README.md": card.encode()},
+            repo_type="dataset",
+            private=private,
+            commit_message=f"Eval results: {len(dataset)} samples",
+            token=token,
+        )
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def checkpoint_problems(folder: Path) -> list[str]:
+    """What a checkpoint lacks to be published; empty when complete."""
+    if not folder.is_dir():
+        return [f"{folder} does not exist"]
+    problems = []
+    if not (folder / "config.json").is_file():
+        problems.append("config.json is missing")
+    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
+        problems.append("the weights (model.safetensors) are missing")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        problems.append("the tokenizer files (tokenizer.json / tokenizer_config.json) are missing")
+    for name in ("experiment.yaml", "metrics.json"):
+        if not (folder / name).is_file():
+            problems.append(f"{name} is missing (written by `kanitts train` when training completes)")
+    if (folder / "metrics.json").is_file():
+        try:
+            json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            problems.append(f"metrics.json is not valid JSON: {exc}")
+    return problems
+
+
+def _read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    experiment = yaml.safe_load((folder / "experiment.yaml").read_text(encoding="utf-8")) or {}
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    return experiment, metrics
+
+
+def _table(rows: list[tuple[str, Any]], header: tuple[str, str] = ("setting", "value")) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| `{k}` | {_cell(v)} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return "`" + json.dumps(value) + "`"
+    return str(value).replace("|", "\\|")
+
+
+def _eval_section(model_id: str, eval_rows: list[dict[str, Any]]) -> str:
+    rows = [r for r in eval_rows if r.get("experiment_id") == model_id]
+    if not rows:
+        return "Not evaluated yet (run `make eval`)."
+    header = "| sentence | duration (s) | chars/s | truncated | speaker similarity |\n|---|---|---|---|---|"
+    lines = [header]
+    for r in rows:
+        similarity = r.get("speaker_similarity")
+        cps = r.get("chars_per_sec")
+        lines.append(
+            f"| {_cell(r['sentence'])} | {r['duration_sec']:.2f} | {'' if cps is None else f'{cps:.1f}'} | "
+            f"{'yes' if r['truncated'] else 'no'} | {'' if similarity is None else f'{similarity:.3f}'} |"
+        )
+    truncated = sum(bool(r["truncated"]) for r in rows)
+    return (
+        f"{len(rows)} eval samples, {truncated} truncated. Metrics are computed offline by `kanitts eval` "
+        "(speaker similarity: cosine to the training speaker's reference recordings).\n\n" + "\n".join(lines)
+    )
+
+
+def build_model_card(
+    folder: Path | str,
+    repo_id: str,
+    dataset_ids: list[str] | None = None,
+    eval_rows: list[dict[str, Any]] | None = None,
+) -> str:
+    """README.md for a checkpoint: Hub metadata, training settings, final loss, eval, usage, license."""
+    folder = Path(folder)
+    experiment, metrics = _read_checkpoint(folder)
+    body = experiment.get("experiment", experiment)
+    base = body.get("base", {}) if isinstance(body.get("base"), dict) else {}
+    model_id = experiment.get("model_id") or base.get("model_id") or folder.name
+    base_model = experiment.get("base_model") or body.get("base_model")
+    datasets = [d for d in (dataset_ids or experiment.get("datasets") or []) if is_hub_id(d)]
+    meta: dict[str, Any] = {"license": LICENSE, "library_name": "transformers", "pipeline_tag": "text-to-speech"}
+    if is_hub_id(base_model):
+        meta["base_model"] = base_model
+        meta["base_model_relation"] = "finetune"
+    if datasets:
+        meta["datasets"] = datasets
+    meta["tags"] = ["kanitts", "text-to-speech", "lfm2", "nanocodec", "lora"]
+
+    final_loss = metrics.get("final_loss")
+    history = metrics.get("loss_history") or metrics.get("loss") or []
+    training_facts = [
+        ("final training loss", f"{final_loss:.4f}" if isinstance(final_loss, (int, float)) else "n/a"),
+        ("logged steps", len(history) if isinstance(history, list) else "n/a"),
+    ]
+    for key, label in (("train_runtime", "runtime (s)"), ("tokens_per_second", "tokens/s")):
+        if isinstance(metrics.get(key), (int, float)):
+            training_facts.append((label, f"{metrics[key]:.1f}"))
+    speakers = sorted({r["sentence"].split(":")[0] for r in (eval_rows or []) if ":" in r.get("sentence", "")})
+    example = f"{speakers[0]}: Hello, this is my new voice." if speakers else "Hello, this is my new voice."
+
+    sections = [
+        "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---",
+        f"# {model_id}",
+        (f"A KaniTTS text-to-speech model fine-tuned from `{base_model}` with LoRA (merged into the weights) "
+         "using kanitts. It writes NanoCodec tokens (4 codebooks x 4032 codes, 12.5 frames/s) that the codec "
+         "turns into 22.05 kHz audio.")
+        + (f"\n\n{base['desc']}" if base.get("desc") else ""),
+        "## Usage\n\n```bash\npip install kanitts\n"
+        f"kanitts synthesize \"{example}\" --model {repo_id} -o out.wav\n```\n\n```python\n"
+        "from kanitts.inference import KaniTTS, write_wav\n\n"
+        f"tts = KaniTTS.from_pretrained(\"{repo_id}\")\n"
+        f"result = tts.synthesize([\"{example}\"])[0]\n"
+        "write_wav(\"out.wav\", result.audio, result.sample_rate)\n```\n\n"
+        "Start the text with the speaker prefix the model was trained with (`speaker: text`).",
+        "## Training\n\n" + _table([
+            ("base model", base_model or "n/a"),
+            ("datasets", ", ".join(datasets) if datasets else "local data"),
+            *[(k, v) for k, v in training_facts],
+        ], header=("", "")),
+    ]
+    if isinstance(body.get("lora_args"), dict):
+        sections.append("### LoRA\n\n" + _table(sorted(body["lora_args"].items())))
+    if isinstance(body.get("trainer_args"), dict):
+        sections.append("### Trainer\n\n" + _table(sorted(body["trainer_args"].items())))
+    if isinstance(body.get("training"), dict):
+        sections.append("### Data and batching\n\n" + _table(sorted(body["training"].items())))
+    if metrics.get("dataset_fingerprint"):
+        sections.append(f"Training data fingerprint: `{metrics['dataset_fingerprint']}`.")
+    sections.append("## Evaluation\n\n" + _eval_section(model_id, eval_rows or []))
+    sections.append(f"## License\n\n{LICENSE.capitalize()}; the base model's license also applies.")
+    return "\n\n".join(sections) + "\n"
+
+
+def upload_model(
+    folder: Path | str,
+    repo_id: str,
+    private: bool = False,
+    dataset_ids: list[str] | None = None,
+    eval_rows: list[dict[str, Any]] | None = None,
+    token: str | None = None,
+) -> str:
+    """Publish a complete checkpoint folder with its generated model card as README.md."""
+    folder = Path(folder)
+    problems = checkpoint_problems(folder)
+    if problems:
+        raise UserError(f"refusing to upload the incomplete checkpoint {folder}: " + "; ".join(problems))
+    card = build_model_card(folder, repo_id, dataset_ids, eval_rows)
+    files: dict[str, Path | bytes] = {
+        p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
+    }
+    files["README.md"] = card.encode()
+    return push_files(repo_id, files, repo_type="model", private=private,
+                      commit_message=f"Upload {folder.name} (kanitts)", token=token)
+
+
+def upload_model_from_config(config_dir: Path | str, model_id: str, repo_id: str, private: bool = False) -> str:
+    """`kanitts upload-model`: checkpoint, datasets and eval results located through the configs."""
+    from kanitts.config import load_configs
+    from kanitts.evaluation.runner import RESULTS_JSON
+
+    configs = load_configs(config_dir, kinds=("eval",))
+    folder = Path(configs.eval.paths.checkpoints_dir) / model_id
+    try:
+        dataset_cfg = load_configs(config_dir, kinds=("dataset",)).dataset
+        dataset_ids = [entry.reponame for entry in dataset_cfg.hf_datasets]
+    except ConfigError:
+        dataset_ids = []
+    results = Path(configs.eval.paths.audio_output_dir) / RESULTS_JSON
+    eval_rows = json.loads(results.read_text(encoding="utf-8"))["rows"] if results.is_file() else []
+    return upload_model(folder, repo_id, private=private, dataset_ids=dataset_ids, eval_rows=eval_rows)
