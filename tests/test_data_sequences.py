@@ -318,3 +318,25 @@ def test_a_failed_build_leaves_no_cache(tmp_path, tiny_tts, tiny_tokenizer, monk
     with pytest.raises(RuntimeError):
         build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_cli_data_builds_then_reuses(tmp_path, tiny_tts, tiny_tokenizer, capsys):
+    import yaml
+
+    from kanitts.cli import main
+
+    source = save(clean_rows(), tmp_path / "codec")
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "dataset_config.yaml").write_text(yaml.safe_dump(
+        {"hf_datasets": [{"reponame": source, "speaker_id": "alice"}], "cache_dir": str(tmp_path / "cache")}
+    ))
+    (config_dir / "model_config.yaml").write_text(yaml.safe_dump(tiny_tts[1].model_dump()))
+    argv = ["data", "--config-dir", str(config_dir), "--tokenizer", str(tiny_tts[0])]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "built training sequences" in first and "\n  alice " in first
+    assert main(argv) == 0
+    assert "reused training sequences" in capsys.readouterr().out
+    assert main(argv[:3] + ["--tokenizer", str(tmp_path / "nowhere")]) == 1
+    assert "tokenizer" in capsys.readouterr().err

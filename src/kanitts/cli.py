@@ -176,6 +176,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_command(args.config_dir, only=only, force=args.force, checkpoints_dir=args.checkpoints_dir)
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from kanitts.data.sequences import training_data_command
+
+    report = training_data_command(
+        args.config_dir, tokenizer_name=args.tokenizer, rebuild=args.rebuild, num_proc=args.num_proc
+    )
+    print(report.format())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kanitts",
@@ -224,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repo as private")
     _add_config_dir(p)
     p.set_defaults(func=_cmd_upload_model)
+
+    p = sub.add_parser("data", help="build (or reuse the cached) training sequences and print what was kept and dropped")
+    _add_config_dir(p)
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: experiments.yaml base_model)")
+    p.add_argument("--rebuild", action="store_true", help="ignore the cache and build again")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: dataset_config num_proc, or CPUs)")
+    p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser(
         "train",

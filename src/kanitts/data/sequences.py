@@ -129,6 +129,33 @@ def build_training_dataset(
     return sequences, report
 
 
+def training_data_command(
+    config_dir: Path | str,
+    *,
+    tokenizer_name: str | None = None,
+    rebuild: bool = False,
+    num_proc: int | None = None,
+) -> TrainingDataReport:
+    """`kanitts data`: build (or find cached) the training sequences of a config folder.
+
+    The tokenizer is the base model's from experiments.yaml unless `tokenizer_name` (a folder or
+    Hub id) is given; `kanitts train` then reuses the same cache.
+    """
+    from transformers import AutoTokenizer
+
+    from kanitts.config import load_configs
+
+    kinds = ("dataset", "model") if tokenizer_name else ("dataset", "model", "experiments")
+    configs = load_configs(config_dir, kinds=kinds)
+    name = tokenizer_name or configs.experiments.base_model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"tokenizer {name!r} could not be loaded (a model folder or Hub id): {exc}") from None
+    _, report = build_training_dataset(configs.dataset, configs.model, tokenizer, rebuild=rebuild, num_proc=num_proc)
+    return report
+
+
 def column_problems(entry: DatasetEntry, source: datasets.Dataset) -> list[str]:
     """Missing or mistyped columns of one dataset, each naming the dataset, the column and the key."""
     wanted = {
