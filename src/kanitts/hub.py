@@ -177,7 +177,7 @@ def build_model_card(
     meta["tags"] = ["kanitts", "text-to-speech", "lfm2", "nanocodec", "lora"]
 
     final_loss = metrics.get("final_loss")
-    history = metrics.get("loss_history") or metrics.get("loss") or []
+    history = metrics.get("loss_history") or []
     training_facts = [
         ("final training loss", f"{final_loss:.4f}" if isinstance(final_loss, (int, float)) else "n/a"),
         ("logged steps", len(history) if isinstance(history, list) else "n/a"),

@@ -178,22 +178,6 @@ def _value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _loss_history(checkpoint_dir: str | None) -> list[tuple[float, float]]:
-    if not checkpoint_dir:
-        return []
-    path = Path(checkpoint_dir) / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return []
-    history = metrics.get("loss_history") or metrics.get("loss") or []
-    points = []
-    for item in history if isinstance(history, list) else []:
-        if isinstance(item, dict) and isinstance(item.get("step"), (int, float)) and isinstance(item.get("loss"), (int, float)):
-            points.append((float(item["step"]), float(item["loss"])))
-    return points
-
-
 def _loss_plots(models: list[dict[str, Any]], plot_dir: Path) -> str:
     """One PNG per experiment with a loss history, plus all of them on one chart."""
     import matplotlib
@@ -203,7 +187,7 @@ def _loss_plots(models: list[dict[str, Any]], plot_dir: Path) -> str:
 
     from kanitts.evaluation.runner import slugify
 
-    histories = {m["experiment_id"]: _loss_history(m.get("checkpoint_dir")) for m in models}
+    histories = {m["experiment_id"]: [(p["step"], p["loss"]) for p in m.get("loss_history", [])] for m in models}
     histories = {k: v for k, v in histories.items() if v}
     if not histories:
         return "<p>No training metrics found (metrics.json in the checkpoints).</p>"

@@ -362,6 +362,7 @@ def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path)
                 "model": t.model,
                 "train_configuration": t.train_configuration,
                 "checkpoint_dir": str(t.checkpoint_dir) if t.checkpoint_dir else None,
+                "loss_history": loss_history(t.checkpoint_dir),
             }
             for t in targets
         ],
@@ -383,6 +384,22 @@ def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path)
         save_eval_dataset(rows, audio_dir, dataset_dir)
     return EvalSummary(rows=rows, failures=failures, generated=0, reused=0, results_json=json_path,
                        csv_path=csv_path, dataset_dir=dataset_dir)
+
+
+def loss_history(checkpoint_dir: Path | None) -> list[dict[str, float]]:
+    """The ``[{step, loss}]`` a checkpoint's metrics.json records (empty when it has none)."""
+    if checkpoint_dir is None:
+        return []
+    try:
+        metrics = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    history = metrics.get("loss_history") if isinstance(metrics, dict) else None
+    return [
+        {"step": float(p["step"]), "loss": float(p["loss"])}
+        for p in history or []
+        if isinstance(p, dict) and isinstance(p.get("step"), (int, float)) and isinstance(p.get("loss"), (int, float))
+    ]
 
 
 def _atomic_write(path: Path, text: str) -> None:
