@@ -1,0 +1,100 @@
+"""Audio I/O for the Kanade tokenizer: soundfile for reading and writing, soxr for resampling.
+
+``load_audio`` follows the original's recipe (kanade-reference.md §6): read, average the
+channels to mono, resample to the model's rate, then peak-normalise with
+``x / (max|x| + 1e-8)``. The model was trained on peak-normalised audio, so keep
+``normalize=True`` unless the input is already normalised.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: File suffixes the CLI treats as audio when it scans folders (all readable by libsndfile).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
+
+
+class AudioLoadError(ValueError):
+    """An audio file that cannot be used: unreadable, empty, or of an unsupported format."""
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample ``(samples,)`` or ``(samples, channels)`` audio with soxr (high quality)."""
+    if orig_sr == target_sr:
+        return audio
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    import soxr
+
+    return soxr.resample(audio, orig_sr, target_sr, quality="HQ")
+
+
+def peak_normalize(audio: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``audio / (max|audio| + eps)`` (silence stays silence)."""
+    return audio / (audio.abs().max() + eps)
+
+
+def load_audio(
+    path: str | os.PathLike[str], sample_rate: int = 24000, *, normalize: bool = True
+) -> torch.Tensor:
+    """Read an audio file as a mono float32 tensor of shape ``(samples,)`` at ``sample_rate``.
+
+    Channels are averaged, the audio is resampled with soxr when its rate differs, and (by
+    default) peak-normalised to ``x / (max|x| + 1e-8)``, as the original ``load_audio`` does.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        AudioLoadError: libsndfile cannot decode it, or it holds no samples.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioLoadError(f"{path}: is a folder, not an audio file")
+    try:
+        data, orig_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
+        raise AudioLoadError(f"{path}: cannot read audio ({e})") from e
+    if data.shape[0] == 0:
+        raise AudioLoadError(f"{path}: the file holds no audio samples")
+    mono = data.mean(axis=1, dtype=np.float32)
+    mono = resample(mono, int(orig_sr), int(sample_rate))
+    wave = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    if normalize:
+        wave = peak_normalize(wave)
+    return wave
+
+
+def save_audio(
+    path: str | os.PathLike[str], audio: torch.Tensor | np.ndarray, sample_rate: int, subtype: str | None = None
+) -> Path:
+    """Write mono ``(samples,)`` audio (float in [-1, 1]); the format follows the suffix (.wav, .flac, ...).
+
+    The file is written to a temporary name and renamed when complete.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().float().cpu().numpy()
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    audio = np.clip(audio, -1.0, 1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".").upper() or "WAV"
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        sf.write(str(tmp), audio, int(sample_rate), subtype=subtype, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+__all__ = ["AUDIO_SUFFIXES", "AudioLoadError", "load_audio", "peak_normalize", "resample", "save_audio"]

@@ -1,0 +1,418 @@
+"""The work behind ``kanade encode / decode / convert``, as plain functions.
+
+Every function takes already-loaded objects (model, vocoder) or paths and returns a summary;
+``kanade_tokenizer.cli`` only parses arguments and calls them, and tests call them directly.
+
+Token files
+-----------
+``encode`` writes **one safetensors file per input audio file** (one file a unit keeps runs
+resumable, lets tools read a single utterance without loading a whole corpus, and maps one to one
+onto ``decode``). Each file holds:
+
+* ``content_token_indices``: int64 ``(T,)``, the content tokens (FSQ indices in [0, 12800)).
+* ``global_embedding``: float32 ``(128,)``, the global (speaker) embedding.
+* ``content_embedding``: float32 ``(T, 768)``, only with ``save_content_embedding=True``.
+
+and string metadata: ``format`` (``kanade-tokens/1``), ``source`` (the input path),
+``sample_rate`` and ``num_samples`` (the length of the audio at the model's rate, so ``decode``
+restores the exact length), and ``model`` (the id or path the model was loaded from).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kanade_tokenizer.audio import AUDIO_SUFFIXES, load_audio, save_audio
+
+TOKEN_FORMAT = "kanade-tokens/1"
+TOKEN_SUFFIX = ".safetensors"
+
+
+class KanadeInputError(ValueError):
+    """A problem the user can fix: a missing input, a bad token file, a model that will not load."""
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(model: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,
+               device: str | torch.device | None = None):
+    """Load a KanadeModel in eval mode.
+
+    ``model`` is a Hub repo id (``frothywater/kanade-12.5hz``), a local folder holding
+    ``config.yaml`` and ``model.safetensors``, or a config YAML path; with a config path,
+    ``weights`` is the safetensors file (optional when it is ``model.safetensors`` beside a
+    ``config.yaml``).
+    """
+    model = os.fspath(model)
+    if weights is not None and not Path(weights).is_file():
+        raise KanadeInputError(f"{weights}: no such weights file")
+    if weights is not None and not Path(model).is_file():
+        raise KanadeInputError(f"{model}: no such config file (--weights needs --model CONFIG.yaml)")
+
+    from kanade_tokenizer.model import KanadeModel, KanadeWeightsError
+
+    try:
+        if weights is not None:
+            loaded = KanadeModel.from_pretrained(model, weights_path=os.fspath(weights))
+        else:
+            loaded = KanadeModel.from_pretrained(model)
+    except (OSError, ValueError, KeyError, KanadeWeightsError) as e:  # missing files, hub, config, weights
+        raise KanadeInputError(f"cannot load the Kanade model {model!r}: {type(e).__name__}: {e}") from e
+    loaded = loaded.eval()
+    if device is not None:
+        loaded = loaded.to(device)
+    return loaded
+
+
+def load_vocoder_for(model, name: str | None = None, device: str | torch.device | None = None):
+    """The vocoder ``name``, or the one the model's config names (``vocoder_name``); checks that
+    its number of mel bins matches the model's."""
+    from kanade_tokenizer.vocoders import load_vocoder
+
+    config = getattr(model, "config", None)
+    if name is None:
+        name = getattr(config, "vocoder_name", None) or "vocos"
+    vocoder = load_vocoder(name, device=device)
+    want = getattr(config, "n_mels", None)
+    have = getattr(getattr(vocoder, "config", None), "n_mels", None)
+    if want is not None and have is not None and int(want) != int(have):
+        raise KanadeInputError(
+            f"the vocoder {name!r} takes {have}-bin mels but the model makes {want}-bin mels; "
+            "pass a matching --vocoder"
+        )
+    return vocoder
+
+
+def model_device(model) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def model_sample_rate(model) -> int:
+    return int(getattr(getattr(model, "config", None), "sample_rate", 24000))
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AudioInput:
+    path: Path
+    output: Path
+
+
+def collect_audio_inputs(inputs: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str],
+                         suffix: str = TOKEN_SUFFIX) -> list[AudioInput]:
+    """Expand files and folders into (audio file, output file) pairs.
+
+    A file ``x/a.wav`` maps to ``OUT/a<suffix>``; files found under a folder ``D`` (recursively,
+    by audio suffix) keep their path relative to ``D``. Two inputs that would write the same
+    output are an error.
+    """
+    output_dir = Path(output_dir)
+    pairs: list[AudioInput] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise KanadeInputError(f"{path}: folder holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            pairs += [AudioInput(p, output_dir / p.relative_to(path).with_suffix(suffix)) for p in found]
+        elif path.is_file():
+            pairs.append(AudioInput(path, output_dir / (path.stem + suffix)))
+        else:
+            raise KanadeInputError(f"{path}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    for pair in pairs:
+        if pair.output in seen:
+            raise KanadeInputError(
+                f"{seen[pair.output]} and {pair.path} would both be written to {pair.output}; "
+                "rename one or encode them in separate runs"
+            )
+        seen[pair.output] = pair.path
+    return pairs
+
+
+# --- token files -----------------------------------------------------------------------------
+
+
+def save_tokens(path: str | os.PathLike[str], features: Any, *, source: str = "", num_samples: int | None = None,
+                sample_rate: int | None = None, model_name: str = "", save_content_embedding: bool = False) -> Path:
+    """Write one utterance's KanadeFeatures to ``path`` (safetensors; written to a temporary name first)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    if features.content_token_indices is not None:
+        tensors["content_token_indices"] = features.content_token_indices.detach().to("cpu", torch.int64)
+    if features.global_embedding is not None:
+        tensors["global_embedding"] = features.global_embedding.detach().to("cpu", torch.float32)
+    if save_content_embedding and getattr(features, "content_embedding", None) is not None:
+        tensors["content_embedding"] = features.content_embedding.detach().to("cpu", torch.float32)
+    metadata = {"format": TOKEN_FORMAT, "source": str(source), "model": str(model_name)}
+    if num_samples is not None:
+        metadata["num_samples"] = str(int(num_samples))
+    if sample_rate is not None:
+        metadata["sample_rate"] = str(int(sample_rate))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+@dataclass
+class TokenFile:
+    content_token_indices: torch.Tensor | None
+    global_embedding: torch.Tensor
+    content_embedding: torch.Tensor | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int | None:
+        value = self.metadata.get("num_samples")
+        return int(value) if value else None
+
+
+def load_tokens(path: str | os.PathLike[str]) -> TokenFile:
+    """Read a token file written by :func:`save_tokens` (or any safetensors with the same tensor names)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise KanadeInputError(f"{path}: no such token file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise KanadeInputError(f"{path}: not a readable safetensors file ({e})") from e
+    if "global_embedding" not in tensors:
+        raise KanadeInputError(f"{path}: has no 'global_embedding' tensor (found {sorted(tensors)})")
+    if "content_token_indices" not in tensors and "content_embedding" not in tensors:
+        raise KanadeInputError(
+            f"{path}: has neither 'content_token_indices' nor 'content_embedding' (found {sorted(tensors)})"
+        )
+    return TokenFile(
+        content_token_indices=tensors.get("content_token_indices"),
+        global_embedding=tensors["global_embedding"],
+        content_embedding=tensors.get("content_embedding"),
+        metadata=metadata,
+    )
+
+
+# --- encode ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodeSummary:
+    files: int = 0
+    audio_seconds: float = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
+    outputs: list[Path] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rate = self.audio_seconds / self.seconds if self.seconds > 0 else float("inf")
+        return (
+            f"encoded {self.files} file(s), {self.audio_seconds / 3600:.3f} h of audio, {self.tokens} tokens "
+            f"in {self.seconds:.1f} s ({rate:.1f}x real time)"
+        )
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def encode_files(model, inputs: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], *,
+                 batch_size: int = 8, model_name: str = "", save_content_embedding: bool = False,
+                 progress: bool = True) -> EncodeSummary:
+    """Encode audio files (or folders of them) into one token file each, under ``output_dir``.
+
+    Files are read at the model's rate, grouped by length into batches of ``batch_size`` and
+    encoded with ``model.encode_batch``.
+    """
+    if batch_size < 1:
+        raise KanadeInputError(f"batch size must be at least 1, got {batch_size}")
+    pairs = collect_audio_inputs(inputs, output_dir)
+    sr = model_sample_rate(model)
+    device = model_device(model)
+    summary = EncodeSummary()
+    start = time.perf_counter()
+    bar = _progress(total=len(pairs), unit="file", desc="encode", enabled=progress)
+    # read lengths cheaply first so that batches hold similar lengths (less padding)
+    pairs = sorted(pairs, key=lambda p: _duration(p.path))
+    try:
+        for group in _batches(pairs, batch_size):
+            waves = [load_audio(p.path, sample_rate=sr) for p in group]
+            with torch.inference_mode():
+                features = model.encode_batch([w.to(device) for w in waves])
+            for pair, wave, feat in zip(group, waves, features):
+                save_tokens(pair.output, feat, source=str(pair.path), num_samples=wave.numel(), sample_rate=sr,
+                            model_name=model_name, save_content_embedding=save_content_embedding)
+                summary.files += 1
+                summary.audio_seconds += wave.numel() / sr
+                if feat.content_token_indices is not None:
+                    summary.tokens += int(feat.content_token_indices.numel())
+                summary.outputs.append(pair.output)
+            bar.update(len(group))
+            bar.set_postfix(audio_h=f"{summary.audio_seconds / 3600:.3f}")
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _duration(path: Path) -> float:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate
+    except Exception:
+        return 0.0  # unreadable files fail later, in load_audio, with a clear message
+
+
+def _progress(total: int, unit: str, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled or total <= 1, dynamic_ncols=True)
+
+
+# --- decode ----------------------------------------------------------------------------------
+
+
+def mel_to_audio(vocoder, mel: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
+    """Vocode one ``(n_mels, T)`` mel to ``(samples,)`` audio, trimmed or zero-padded to ``num_samples``."""
+    from kanade_tokenizer.vocoders import vocode
+
+    audio = vocode(vocoder, mel.unsqueeze(0))[0].float().cpu()
+    if num_samples is not None:
+        if audio.numel() >= num_samples:
+            audio = audio[:num_samples]
+        else:
+            audio = torch.nn.functional.pad(audio, (0, num_samples - audio.numel()))
+    return audio
+
+
+def global_embedding_from(model, reference: str | os.PathLike[str]) -> torch.Tensor:
+    """The global embedding of a token file (.safetensors) or of an audio file."""
+    reference = Path(reference)
+    if reference.suffix == TOKEN_SUFFIX:
+        return load_tokens(reference).global_embedding
+    wave = load_audio(reference, sample_rate=model_sample_rate(model)).to(model_device(model))
+    return model.encode(wave).global_embedding
+
+
+@dataclass
+class DecodeSummary:
+    files: int = 0
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+    outputs: list[Path] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"wrote {self.files} file(s), {self.audio_seconds:.1f} s of audio in {self.seconds:.1f} s"
+
+
+def decode_files(model, vocoder, token_files: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
+                 reference: str | os.PathLike[str] | None = None, progress: bool = True) -> DecodeSummary:
+    """Token files -> mel (model.decode) -> waveform (vocoder) -> audio files.
+
+    With one token file and an ``output`` that ends in an audio suffix, that file is written;
+    otherwise ``output`` is a folder and each input ``x.safetensors`` becomes ``output/x.wav``.
+    ``reference`` (a token file or an audio file) replaces every file's global embedding, i.e.
+    speaks the content in the reference's voice.
+    """
+    output = Path(output)
+    token_files = [Path(t) for t in token_files]
+    if not token_files:
+        raise KanadeInputError("no token files given")
+    if output.suffix.lower() in AUDIO_SUFFIXES:
+        if len(token_files) > 1:
+            raise KanadeInputError(f"{output}: one output file for {len(token_files)} inputs; pass a folder as -o")
+        targets = [output]
+    else:
+        targets = [output / (t.stem + ".wav") for t in token_files]
+    sr = model_sample_rate(model)
+    device = model_device(model)
+    override = global_embedding_from(model, reference) if reference is not None else None
+    summary = DecodeSummary()
+    start = time.perf_counter()
+    bar = _progress(total=len(token_files), unit="file", desc="decode", enabled=progress)
+    try:
+        for src, dst in zip(token_files, targets):
+            tokens = load_tokens(src)
+            rate = tokens.metadata.get("sample_rate")
+            if rate and int(rate) != sr:
+                raise KanadeInputError(f"{src}: made at {rate} Hz but the model runs at {sr} Hz")
+            g = override if override is not None else tokens.global_embedding
+            kwargs: dict[str, Any] = {"global_embedding": g.to(device), "target_audio_length": tokens.num_samples}
+            if tokens.content_embedding is not None and tokens.content_token_indices is None:
+                kwargs["content_embedding"] = tokens.content_embedding.to(device)
+            else:
+                kwargs["content_token_indices"] = tokens.content_token_indices.to(device)
+            with torch.inference_mode():
+                mel = model.decode(**kwargs)
+            audio = mel_to_audio(vocoder, mel, tokens.num_samples)
+            save_audio(dst, audio, sr)
+            summary.files += 1
+            summary.audio_seconds += audio.numel() / sr
+            summary.outputs.append(dst)
+            bar.update(1)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+# --- voice conversion --------------------------------------------------------------------------
+
+
+def convert_voice(model, vocoder, source: str | os.PathLike[str], reference: str | os.PathLike[str],
+                  output: str | os.PathLike[str]) -> Path:
+    """Speak ``source``'s content in ``reference``'s voice; writes ``output`` (same length as the source)."""
+    sr = model_sample_rate(model)
+    device = model_device(model)
+    src = load_audio(source, sample_rate=sr).to(device)
+    ref = load_audio(reference, sample_rate=sr).to(device)
+    with torch.inference_mode():
+        mel = model.voice_conversion(src, ref)
+    audio = mel_to_audio(vocoder, mel, src.numel())
+    return save_audio(output, audio, sr)
+
+
+__all__ = [
+    "EncodeSummary",
+    "DecodeSummary",
+    "KanadeInputError",
+    "TOKEN_FORMAT",
+    "TokenFile",
+    "collect_audio_inputs",
+    "convert_voice",
+    "decode_files",
+    "encode_files",
+    "global_embedding_from",
+    "load_model",
+    "load_tokens",
+    "load_vocoder_for",
+    "mel_to_audio",
+    "save_tokens",
+]
