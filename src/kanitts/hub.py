@@ -120,9 +120,10 @@ def _read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return experiment, metrics
 
 
-def _table(rows: list[tuple[str, Any]], header: tuple[str, str] = ("setting", "value")) -> str:
+def _table(rows: list[tuple[str, Any]], header: tuple[str, str] = ("setting", "value"), code: bool = True) -> str:
+    """A two-column markdown table; ``code`` sets the keys as code (config keys)."""
     lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    lines += [f"| `{k}` | {_cell(v)} |" for k, v in rows]
+    lines += [f"| {f'`{k}`' if code else k} | {_cell(v)} |" for k, v in rows]
     return "\n".join(lines)
 
 
@@ -206,7 +207,7 @@ def build_model_card(
             ("base model", base_model or "n/a"),
             ("datasets", ", ".join(datasets) if datasets else "local data"),
             *[(k, v) for k, v in training_facts],
-        ], header=("", "")),
+        ], header=("", ""), code=False),
     ]
     if isinstance(body.get("lora_args"), dict):
         sections.append("### LoRA\n\n" + _table(sorted(body["lora_args"].items())))

@@ -416,7 +416,8 @@ def eval_dataset(rows: list[dict[str, Any]], audio_dir: Path):
     records = []
     for row in rows:
         record = {c: row[c] for c in columns}
-        record["audio"] = {"bytes": (audio_dir / row["audio"]).read_bytes(), "path": row["audio"]}
+        # The Audio feature keeps only a file name, so the name carries the experiment too.
+        record["audio"] = {"bytes": (audio_dir / row["audio"]).read_bytes(), "path": row["audio"].replace("/", "__")}
         records.append(record)
     # Arrow infers the types; the audio column is stored as the Audio feature's own struct and
     # then cast, which needs no audio backend (encoding through Audio would).
