@@ -144,8 +144,7 @@ def test_dedup_frames_off_keeps_every_frame(tmp_path, tiny_tts, tiny_tokenizer, 
 
 def test_batched_tokenization_equals_per_row_encode(tiny_tokenizer):
     prompts = ["alice: Hello there.", "Ünïcödé and  double  spaces ", "x", "bob: 12:30, numbers 3.14!", "a" * 300]
-    batched = tiny_tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    assert batched == [tiny_tokenizer.encode(p, add_special_tokens=True) for p in prompts]
+    assert seq.encode_prompts(tiny_tokenizer, prompts) == [tiny_tokenizer.encode(p, add_special_tokens=True) for p in prompts]
 
 
 @pytest.mark.parametrize("rows, max_len", [(10, 4), (10, 10), (1, 1), (57, 20)])

@@ -225,7 +225,7 @@ def save_length_histogram(lengths_by_dataset: dict[str, np.ndarray], path: Path,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4.5), dpi=100)
+    fig = Figure(figsize=(8, 4.5), dpi=100, layout="none")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     everything = np.concatenate([np.asarray(v) for v in lengths_by_dataset.values()] or [np.zeros(0)])
@@ -236,9 +236,9 @@ def save_length_histogram(lengths_by_dataset: dict[str, np.ndarray], path: Path,
             counts = np.histogram(lengths, bins=edges)[0] + below
             ax.stairs(counts, edges, baseline=below, fill=True, label=name)
             below = counts
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper right")
     ax.set_xlabel("training sequence length (tokens)")
     ax.set_ylabel("rows")
     ax.set_title("Training sequence lengths")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.97, bottom=0.12, top=0.92)
     fig.savefig(path)

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,14 +324,17 @@ def _build(
         if len(source) and not len(matching):
             errors.append(_emptied_message(entry, rules, source, None))
             continue
-        selected = source if len(matching) == len(source) else source.select(matching)
-        processes = max(1, min(requested, len(selected) // MIN_ROWS_PER_PROCESS))
-        mapped = selected.with_format("arrow").map(
+        # Rows of other speakers are dropped inside each batch by Arrow (a `select` here would
+        # gather rows one by one in Python).
+        passes = None if len(matching) == len(source) else np.isin(np.arange(len(source)), matching)
+        processes = max(1, min(requested, len(matching) // MIN_ROWS_PER_PROCESS))
+        mapped = source.with_format("arrow").map(
             sequences_for_batch,
             batched=True,
             batch_size=MAP_BATCH_SIZE,
-            fn_kwargs={"rules": rules, "tokenizer": tokenizer},
-            remove_columns=selected.column_names,
+            with_indices=True,
+            fn_kwargs={"rules": rules, "tokenizer": tokenizer, "passes_filter": passes},
+            remove_columns=source.column_names,
             features=_MAP_FEATURES,
             num_proc=processes if processes > 1 else None,
             cache_file_name=str(work / f"dataset-{index}.arrow"),
@@ -359,13 +364,16 @@ def _build(
     sequences = (
         datasets.concatenate_datasets(mapped_parts).select(chosen_all[order]).remove_columns(_BOOKKEEPING_COLUMNS)
     )
-    sequences.save_to_disk(str(staging / SEQUENCES_DIR))
+    # Drawing (mostly importing matplotlib) overlaps with writing, which is mostly outside the GIL.
+    with ThreadPoolExecutor(max_workers=1) as drawer:
+        histogram = drawer.submit(save_length_histogram, lengths_by_dataset, staging / HISTOGRAM_FILE)
+        sequences.save_to_disk(str(staging / SEQUENCES_DIR))
+        histogram.result()
     del sequences, mapped_parts, mapped
     shutil.rmtree(work)
 
     report = TrainingDataReport(datasets=summaries, fingerprint=fingerprint, cache_path=str(final))
     (staging / SUMMARY_FILE).write_text(report.to_json(), encoding="utf-8")
-    save_length_histogram(lengths_by_dataset, staging / HISTOGRAM_FILE)
     return report
 
 
@@ -463,12 +471,17 @@ def _emptied_message(
 # --- one batch of rows, vectorised -----------------------------------------------------------
 
 
-def sequences_for_batch(batch: pa.Table, rules: RowRules, tokenizer: Any) -> pa.Table:
+def sequences_for_batch(
+    batch: pa.Table, indices: list[int], rules: RowRules, tokenizer: Any, passes_filter: np.ndarray | None = None
+) -> pa.Table:
     """Check a batch of source rows and build the training sequence of each row that passes.
 
-    Returns one output row per input row (so worker shards concatenate in order): dropped rows
-    have empty sequences and their RowStatus, for the report.
+    `passes_filter` (by source row) says which rows the categorical filter keeps; the others are
+    left out of the output. Every other row gets one output row, in order (so worker shards
+    concatenate in order): dropped rows have empty sequences and their RowStatus, for the report.
     """
+    if passes_filter is not None:
+        batch = batch.filter(pa.array(passes_filter[indices]))
     n = batch.num_rows
     layout = rules.layout
     status = np.zeros(n, dtype=np.int8)
@@ -505,9 +518,9 @@ def sequences_for_batch(batch: pa.Table, rules: RowRules, tokenizer: Any) -> pa.
 
     kept_rows = np.flatnonzero(kept)
     prompts = [layout.text_prompt(texts[i], rules.speaker_id) for i in kept_rows]
-    text_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"] if prompts else []
+    text_ids = encode_prompts(tokenizer, prompts)
     text_counts = np.fromiter(map(len, text_ids), dtype=np.int64, count=len(text_ids))
-    flat_text = np.fromiter((t for ids in text_ids for t in ids), dtype=np.int64, count=int(text_counts.sum()))
+    flat_text = np.fromiter(itertools.chain.from_iterable(text_ids), dtype=np.int64, count=int(text_counts.sum()))
 
     sequence_lengths = np.zeros(n, dtype=np.int64)
     values, sequence_lengths[kept] = _assemble(layout, flat_text, text_counts, audio, frame_counts * layout.num_codebooks)
@@ -537,6 +550,15 @@ def sequences_for_batch(batch: pa.Table, rules: RowRules, tokenizer: Any) -> pa.
             "kept_frames": kept_frames,
         }
     )
+
+
+def encode_prompts(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+    """The tokenizer's ids for each prompt, as `tokenizer.encode(prompt, add_special_tokens=True)`
+    gives them (the reference's call), in one batched call: a fast tokenizer encodes the batch in Rust."""
+    if not prompts:
+        return []
+    encoded = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
+    return encoded["input_ids"]
 
 
 def _first_of_runs(frames: np.ndarray, frame_counts: np.ndarray) -> np.ndarray:
