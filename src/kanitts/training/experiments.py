@@ -206,6 +206,7 @@ class TrainingRun:
     def train(self, experiment: Experiment, force: bool = False) -> ExperimentResult:
         """Train, merge and save one experiment (callers catch its exceptions)."""
         import torch
+        from accelerate import PartialState
 
         from kanitts.data.collate import PackingCollator, PaddingCollator
         from kanitts.training.lora import choose_attention, load_base_model, wrap_with_lora
@@ -217,7 +218,8 @@ class TrainingRun:
         options = experiment.training
         run_dir = self.checkpoints_dir / RUNS_FOLDER / experiment.model_id
         fingerprint = run_fingerprint(experiment, self.base_model, self.dataset_fingerprint)
-        resume_from, notes = prepare_run_dir(run_dir, fingerprint, force)
+        with PartialState().main_process_first():  # one process cleans the run folder, the others see it clean
+            resume_from, notes = prepare_run_dir(run_dir, fingerprint, force)
 
         tracking = resolve_tracking(experiment.trainer_args.get("report_to"), self.project_name)
         tracking.apply_environment()
