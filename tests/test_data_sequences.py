@@ -117,6 +117,13 @@ def test_worker_processes_keep_row_order(tmp_path, tiny_tts, tiny_tokenizer, mon
     assert_same_as_reference(cfg, tiny_tts, tiny_tokenizer, num_proc=2)
 
 
+def test_large_outputs_are_gathered_from_disk_with_the_same_result(tmp_path, tiny_tts, tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr(seq, "IN_MEMORY_GATHER_BYTES", 0)
+    source = save(clean_rows(), tmp_path / "codec")
+    cfg = config(tmp_path, [{"reponame": source, "speaker_id": "x", "max_len": 12}, {"reponame": source}])
+    assert_same_as_reference(cfg, tiny_tts, tiny_tokenizer)
+
+
 def test_sequence_layout_and_columns(tmp_path, tiny_tts, tiny_tokenizer, tiny_layout):
     codes = frames((1, 2, 3, 4), (1, 2, 3, 4), (9, 9, 9, 9))
     cfg = config(tmp_path, [{"reponame": save([row("Hi", codes, speaker="z")], tmp_path / "c"), "speaker_id": "Carol"}])
@@ -265,7 +272,7 @@ def test_report_per_speaker_and_saved_next_to_the_cache(tmp_path, tiny_tts, tiny
     frames_kept = sum(r["encoded_len"] for r in clean_rows() if r["encoded_len"] / 12.5 <= 3.0)
     assert dataset.audio_hours == pytest.approx(frames_kept / 12.5 / 3600)
     folder = tmp_path / "cache" / report.fingerprint
-    assert sorted(p.name for p in folder.iterdir()) == ["lengths.png", "sequences", "summary.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["lengths.png", "sequences.arrow", "summary.json"]
     assert (folder / "lengths.png").read_bytes()[:4] == b"\x89PNG"
     assert TrainingDataReport.from_json((folder / "summary.json").read_text()) == report
     assert json.loads(report.to_json())["datasets"][0]["dropped"]["too_long"]["count"] == 20 - len(out)

@@ -40,6 +40,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets.arrow_writer import ArrowWriter
+from tqdm.auto import tqdm
 
 from kanitts.config import DatasetConfig, DatasetEntry, ModelConfig, suggest
 from kanitts.data.codec_sources import load_source
@@ -60,8 +62,10 @@ PROCESSING_VERSION = 1
 # Below this many rows per process, starting worker processes costs more than it saves.
 MIN_ROWS_PER_PROCESS = 10_000
 MAP_BATCH_SIZE = 1000
+WRITE_BATCH_ROWS = 10_000
+IN_MEMORY_GATHER_BYTES = 2 * 1024**3
 
-SEQUENCES_DIR = "sequences"
+SEQUENCES_FILE = "sequences.arrow"
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "lengths.png"
 
@@ -84,6 +88,8 @@ _MAP_FEATURES = datasets.Features(
         "kept_frames": datasets.Value("int64"),
     }
 )
+
+OUTPUT_FEATURES = datasets.Features({name: _MAP_FEATURES[name] for name in OUTPUT_COLUMNS})
 
 # Markers passed through TokenLayout.training_ids to read off where text and audio go.
 _TEXT_MARK, _AUDIO_MARK = -1, -2
@@ -127,8 +133,7 @@ def build_training_dataset(
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    sequences = datasets.load_from_disk(str(final / SEQUENCES_DIR))
-    return sequences, report
+    return datasets.Dataset.from_file(str(final / SEQUENCES_FILE)), report
 
 
 def training_data_command(
@@ -227,7 +232,7 @@ def _load_cached(folder: Path) -> tuple[datasets.Dataset, TrainingDataReport]:
     report = TrainingDataReport.from_json((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
     report.from_cache = True
     report.cache_path = str(folder)
-    return datasets.load_from_disk(str(folder / SEQUENCES_DIR)), report
+    return datasets.Dataset.from_file(str(folder / SEQUENCES_FILE)), report
 
 
 # --- building --------------------------------------------------------------------------------
@@ -358,23 +363,38 @@ def _build(
         raise UserError("\n".join(errors))
 
     # The reference concatenates the datasets and shuffles; a seeded permutation of the chosen
-    # rows of all datasets is the same thing, in one `select`.
+    # rows of all datasets is the same thing, written out in that order.
     chosen_all = np.concatenate(chosen_parts)
-    order = np.random.default_rng(dataset_cfg.seed).permutation(len(chosen_all))
-    sequences = (
-        datasets.concatenate_datasets(mapped_parts).select(chosen_all[order]).remove_columns(_BOOKKEEPING_COLUMNS)
-    )
+    order = chosen_all[np.random.default_rng(dataset_cfg.seed).permutation(len(chosen_all))]
     # Drawing (mostly importing matplotlib) overlaps with writing, which is mostly outside the GIL.
     with ThreadPoolExecutor(max_workers=1) as drawer:
         histogram = drawer.submit(save_length_histogram, lengths_by_dataset, staging / HISTOGRAM_FILE)
-        sequences.save_to_disk(str(staging / SEQUENCES_DIR))
+        _write_in_order(mapped_parts, order, staging / SEQUENCES_FILE)
         histogram.result()
-    del sequences, mapped_parts, mapped
+    del mapped_parts, mapped
     shutil.rmtree(work)
 
     report = TrainingDataReport(datasets=summaries, fingerprint=fingerprint, cache_path=str(final))
     (staging / SUMMARY_FILE).write_text(report.to_json(), encoding="utf-8")
     return report
+
+
+def _write_in_order(parts: list[datasets.Dataset], order: np.ndarray, path: Path) -> None:
+    """Write the rows `order` picks from the parts (concatenated), in that order, as one Arrow file.
+
+    Arrow gathers rows fastest from one contiguous table in memory; past IN_MEMORY_GATHER_BYTES,
+    `datasets` gathers them from the memory-mapped files instead (slower, little memory).
+    """
+    table = pa.concat_tables([part.data.table for part in parts]).select(OUTPUT_COLUMNS)
+    if table.nbytes > IN_MEMORY_GATHER_BYTES:
+        rows = datasets.concatenate_datasets(parts).select(order).select_columns(OUTPUT_COLUMNS)
+        rows.flatten_indices(cache_file_name=str(path))
+        return
+    table = table.combine_chunks()
+    with ArrowWriter(path=str(path), features=OUTPUT_FEATURES) as writer:
+        for start in tqdm(range(0, len(order), WRITE_BATCH_ROWS), desc="writing training sequences", unit="batch"):
+            writer.write_table(table.take(order[start: start + WRITE_BATCH_ROWS]))
+        writer.finalize()
 
 
 def _rows_matching(entry: DatasetEntry, source: datasets.Dataset) -> np.ndarray:
