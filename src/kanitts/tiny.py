@@ -120,3 +120,22 @@ def build_tiny_tts(out_dir: Path | str, **lfm2_kwargs) -> ModelConfig:
     layout = TokenLayout.from_config(cfg)
     build_lfm2(out_dir, vocab_size=layout.vocab_size, tokenizer=tokenizer, **lfm2_kwargs)
     return cfg
+
+
+# The small NanoCodec used offline: same rates (1764 samples/frame at 22050 Hz) and the same
+# 4 x 4032 FSQ codebooks as the real one, 0.9 M parameters instead of 61.7 M.
+TINY_NANOCODEC_CONFIG = {
+    "encoder_config": {"base_channels": 4},
+    "decoder_config": {"base_channels": 32},
+}
+
+
+def build_tiny_nanocodec(out_dir: Path | str, seed: int = 0) -> Path:
+    """A small random NanoCodec saved as config.json + model.safetensors (the Hub layout).
+
+    `NanoCodec.from_pretrained(out_dir)` and `load_codec("nanocodec", out_dir)` read it back.
+    """
+    from kanitts.codecs.nanocodec import NanoCodec
+
+    codec = NanoCodec.from_config(TINY_NANOCODEC_CONFIG, seed=seed, device="cpu")
+    return codec.save_pretrained(out_dir)

@@ -1,0 +1,172 @@
+"""The Codec interface: waveforms in, discrete codes out, and back.
+
+Everything downstream of a codec (dataset preparation, the token layout, inference) talks to
+this class only. A codec is described by a handful of numbers (sample rate, frame rate, number of
+codebooks, codebook size) and two batched operations:
+
+- ``encode(waveforms (B, T) float, lengths (B,)) -> codes (B, K, F) int64, frame_lengths (B,)``
+- ``decode(codes (B, K, F) int, frame_lengths (B,)) -> waveforms (B, T) float, sample_lengths (B,)``
+
+Items in a batch may have different lengths: positions past an item's length are padding, are
+ignored on the way in, and are zero on the way out. ``frame_lengths`` rounds up
+(``ceil(samples / samples_per_frame)``), which is how the reference KaniTTS datasets count frames.
+
+How the codes land in a dataset row is also the codec's business (:meth:`Codec.dataset_columns`),
+so a codec with another layout (the Kanade tokenizer: one codebook and a global embedding) plugs
+into ``kanitts prepare`` without changing it.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+
+class Codec(abc.ABC):
+    """A neural audio codec with discrete codes (see the module docstring for the contract)."""
+
+    #: registry name, as used by :func:`kanitts.codecs.load_codec`
+    kind: ClassVar[str] = ""
+
+    sample_rate: int
+    num_codebooks: int
+    codebook_size: int
+    samples_per_frame: int
+
+    # --- numbers --------------------------------------------------------------------------
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of audio (12.5 for the 22 kHz NanoCodec)."""
+        return self.sample_rate / self.samples_per_frame
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames a clip of ``num_samples`` samples encodes to: ``ceil(num_samples / samples_per_frame)``."""
+        return math.ceil(int(num_samples) / self.samples_per_frame)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Vectorised :meth:`num_frames` (ceil division), as int64."""
+        lengths = lengths.to(torch.int64)
+        return (lengths + self.samples_per_frame - 1) // self.samples_per_frame
+
+    # --- identity ---------------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def name_or_path(self) -> str:
+        """Where the weights came from (Hub id, local folder, or ``"random"``)."""
+
+    @property
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A short string that changes whenever the weights or the configuration change.
+
+        ``kanitts prepare --resume`` compares it to refuse mixing codes of two different codecs.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into a prepared dataset's manifest about the codec."""
+        return {
+            "kind": self.kind,
+            "name_or_path": self.name_or_path,
+            "fingerprint": self.fingerprint,
+            "sample_rate": self.sample_rate,
+            "frame_rate": self.frame_rate,
+            "num_codebooks": self.num_codebooks,
+            "codebook_size": self.codebook_size,
+            "samples_per_frame": self.samples_per_frame,
+        }
+
+    # --- device -----------------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device:
+        """The device the codec runs on."""
+
+    # --- the two operations -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def encode(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a padded batch of mono waveforms at :attr:`sample_rate`.
+
+        Args:
+            waveforms: ``(B, T)`` float tensor; item ``b`` is ``waveforms[b, :lengths[b]]``.
+            lengths: ``(B,)`` integer tensor of valid samples; ``None`` means all ``T``.
+
+        Returns:
+            ``codes`` ``(B, num_codebooks, F)`` int64 on the codec's device, where only
+            ``codes[b, :, :frame_lengths[b]]`` is meaningful (the rest is 0), and
+            ``frame_lengths`` ``(B,)`` int64 with ``ceil(lengths / samples_per_frame)``.
+        """
+
+    @abc.abstractmethod
+    def decode(
+        self, codes: torch.Tensor, frame_lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode a padded batch of codes.
+
+        Args:
+            codes: ``(B, num_codebooks, F)`` integer tensor with values in ``[0, codebook_size)``
+                for the valid frames; padding frames are ignored.
+            frame_lengths: ``(B,)`` valid frames per item; ``None`` means all ``F``.
+
+        Returns:
+            ``waveforms`` ``(B, F * samples_per_frame)`` float32, zero past each item's end, and
+            ``sample_lengths`` ``(B,)`` int64 = ``frame_lengths * samples_per_frame``.
+        """
+
+    # --- loading ----------------------------------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> Codec:
+        """Load from a Hugging Face Hub id or a local folder."""
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:  # pragma: no cover - optional
+        """Write a local folder that :meth:`from_pretrained` reads back."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+    # --- dataset layout -----------------------------------------------------------------------
+
+    @property
+    def code_columns(self) -> list[str]:
+        """Dataset column of each codebook, in codebook order."""
+        return [f"codebook_{i + 1}" for i in range(self.num_codebooks)]
+
+    def dataset_features(self) -> dict[str, Any]:
+        """``datasets`` feature types of the columns :meth:`dataset_columns` fills."""
+        from datasets import List, Value
+
+        features: dict[str, Any] = {name: List(Value("int64")) for name in self.code_columns}
+        features["encoded_len"] = Value("int64")
+        return features
+
+    def dataset_columns(self, codes: torch.Tensor, frame_lengths: torch.Tensor) -> list[dict[str, Any]]:
+        """Turn an encoded batch into one dataset row fragment per item.
+
+        The default writes each codebook as a list of ints under :attr:`code_columns` and the
+        frame count as ``encoded_len``.
+        """
+        codes_np = codes.detach().to("cpu", torch.int64).numpy()
+        lens = frame_lengths.detach().to("cpu", torch.int64).tolist()
+        rows: list[dict[str, Any]] = []
+        for b, n in enumerate(lens):
+            row: dict[str, Any] = {
+                name: codes_np[b, k, :n].tolist() for k, name in enumerate(self.code_columns)
+            }
+            row["encoded_len"] = int(n)
+            rows.append(row)
+        return rows

@@ -1,0 +1,478 @@
+"""`kanitts prepare`: both input kinds, broken files, rejected.csv, resume, refusal, ranks.
+
+Speech comes from espeak-ng (two voices, en-us and en-us+f3; tests that need it skip without it);
+the run-control tests use synthetic signals so they run anywhere. The codec is the tiny random
+NanoCodec from conftest (built locally, nothing downloaded).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from kanitts.audio import resample
+from kanitts.codecs import load_codec
+from kanitts.data.prepare import PrepareOptions, prepare_dataset
+from kanitts.errors import UserError
+
+SR = 22050
+SPF = 1764
+ESPEAK = shutil.which("espeak-ng")
+needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Speech synthesis on a small machine can still be tested quickly.",
+    "Please call Stella and ask her to bring these things.",
+]
+
+
+def _espeak(path: Path, text: str, voice: str) -> Path:
+    subprocess.run([ESPEAK, "-v", voice, "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+def _tone(path: Path, seconds: float, sr: int = SR, freq: float = 220.0, channels: int = 1, amp: float = 0.4, fmt=None):
+    t = np.arange(int(round(seconds * sr))) / sr
+    x = amp * np.sin(2 * np.pi * freq * t * (1 + 0.2 * np.sin(2 * np.pi * 2 * t))) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    data = np.stack([x, 0.5 * x], axis=1) if channels == 2 else x
+    sf.write(path, data.astype(np.float32), sr, format=fmt)
+    return path
+
+
+def _expected_frames(path: Path) -> int:
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    return math.ceil(len(resample(x.mean(axis=1), sr, SR)) / SPF)
+
+
+def _opts(inp, out, codec_dir, **kw) -> PrepareOptions:
+    kw.setdefault("progress", False)
+    kw.setdefault("num_workers", 2)
+    return PrepareOptions(input=str(inp), output=str(out), codec_model=str(codec_dir), **kw)
+
+
+def _load(out):
+    from datasets import load_from_disk
+
+    return load_from_disk(str(out))
+
+
+def _rejected(out) -> dict[str, str]:
+    with open(Path(out) / "rejected.csv", newline="") as f:
+        return {r["source"]: r["reason"] for r in csv.DictReader(f)}
+
+
+def _assert_codec_dataset(ds, codec_size=4032):
+    """Exactly the codec-dataset format the training data step reads."""
+    from datasets import List, Value
+
+    assert ds.features["text"] == Value("string")
+    for i in range(1, 5):
+        assert ds.features[f"nano_layer_{i}"] == List(Value("int64"))
+    assert ds.features["encoded_len"] == Value("int64")
+    assert ds.features["duration_sec"] == Value("float64")
+    assert ds.features["source"] == Value("string")
+    for row in ds:
+        n = row["encoded_len"]
+        assert n == math.ceil(round(row["duration_sec"] * SR) / SPF)
+        for i in range(1, 5):
+            layer = row[f"nano_layer_{i}"]
+            assert len(layer) == n
+            assert all(0 <= c < codec_size for c in layer)
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ljs_folder(tmp_path_factory):
+    """LJSpeech-style folder: espeak speech in several formats plus every kind of broken file."""
+    if ESPEAK is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path_factory.mktemp("ljs")
+    wavs = root / "wavs"
+    wavs.mkdir()
+    _espeak(wavs / "s1.wav", SENTENCES[0], "en-us")
+    _espeak(wavs / "s2.wav", SENTENCES[1], "en-us+f3")
+    base, _ = sf.read(_espeak(root / "tmp.wav", SENTENCES[2], "en-us"), dtype="float32")
+    (root / "tmp.wav").unlink()
+    sf.write(wavs / "s3.flac", base, SR)
+    sf.write(wavs / "s4.ogg", base, SR, format="OGG", subtype="VORBIS")
+    sf.write(wavs / "s5.mp3", base, SR, format="MP3")
+    sf.write(wavs / "stereo.wav", np.stack([resample(base, SR, 44100)] * 2, axis=1), 44100)
+    sf.write(wavs / "low.wav", resample(base, SR, 8000), 8000)
+    whole = (wavs / "s1.wav").read_bytes()
+    (wavs / "trunc.wav").write_bytes(whole[: len(whole) // 2])  # cut in the middle of the data
+    (wavs / "zero.wav").write_bytes(b"")
+    (wavs / "text.wav").write_text("this is a text file, not audio\n" * 20)
+    sf.write(wavs / "silent.wav", np.zeros(SR, np.float32), SR)
+    _tone(wavs / "short.wav", 0.1)
+    (wavs / "notext.wav").write_bytes((wavs / "s1.wav").read_bytes())
+    lines = [
+        f"s1|{SENTENCES[0]}|{SENTENCES[0]}",
+        f"s2|{SENTENCES[1]}",
+        f"s3|{SENTENCES[2]}|please call stella",
+        f"s4|{SENTENCES[2]}",
+        f"s5|{SENTENCES[2]}",
+        f"stereo|{SENTENCES[2]}",
+        f"low|{SENTENCES[2]}",
+        "trunc|truncated",
+        "zero|zero length",
+        "text|a text file",
+        "silent|nothing here",
+        "short|too short",
+        "ghost|no such file",
+        "notext|  ",
+    ]
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """The same sentences in two espeak voices, listed in a CSV manifest with speakers."""
+    if ESPEAK is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path_factory.mktemp("voices")
+    rows = []
+    for voice, speaker in (("en-us", "adam"), ("en-us+f3", "eve")):
+        for i, text in enumerate(SENTENCES[:2]):
+            name = f"{speaker}_{i}.wav"
+            _espeak(root / name, text, voice)
+            rows.append({"path": name, "text": text, "speaker": speaker})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "text", "speaker"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def tones(tmp_path):
+    """Six synthetic clips of 0.4 to 0.9 s in a JSONL manifest (no espeak needed)."""
+    root = tmp_path / "tones"
+    root.mkdir()
+    with open(root / "manifest.jsonl", "w") as f:
+        for i in range(6):
+            _tone(root / f"t{i}.wav", 0.4 + 0.1 * i, freq=150 + 40 * i)
+            f.write(json.dumps({"path": f"t{i}.wav", "text": f"clip number {i}"}) + "\n")
+    return root / "manifest.jsonl"
+
+
+# --- the two input kinds --------------------------------------------------------------------
+
+
+@needs_espeak
+def test_folder_with_broken_files(ljs_folder, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    result = prepare_dataset(_opts(ljs_folder, out, tiny_codec_dir))
+    ds = _load(out)
+    _assert_codec_dataset(ds)
+    assert "speaker" not in ds.column_names  # nobody named one
+    assert ds["source"] == [f"wavs/{n}" for n in ("s1.wav", "s2.wav", "s3.flac", "s4.ogg", "s5.mp3", "stereo.wav", "low.wav")]
+    texts = dict(zip(ds["source"], ds["text"]))
+    assert texts["wavs/s3.flac"] == "please call stella"  # the normalized column when present
+    assert texts["wavs/s2.wav"] == SENTENCES[1]
+    for source, n in zip(ds["source"], ds["encoded_len"]):
+        assert n == _expected_frames(ljs_folder / source), source
+    assert _rejected(out) == {
+        "wavs/trunc.wav": "unreadable",
+        "wavs/zero.wav": "unreadable",
+        "wavs/text.wav": "unreadable",
+        "wavs/silent.wav": "silent",
+        "wavs/short.wav": "too short",
+        "ghost": "missing audio",
+        "wavs/notext.wav": "empty text",
+    }
+    assert (result.rows, result.items, result.rejected) == (7, 14, 7)
+    assert result.rejected_by_reason == {"unreadable": 3, "silent": 1, "too short": 1, "missing audio": 1, "empty text": 1}
+    summary = result.summary()
+    assert "7 rows" in summary and "rejected 7 of 14" in summary and "rejected.csv" in summary
+    assert not Path(str(out) + ".partial").exists()
+    info = json.loads((out / "kanitts_prepare.json").read_text())
+    assert info["manifest"]["codec"]["kind"] == "nanocodec" and info["rows"] == 7
+
+
+@needs_espeak
+def test_max_duration_and_text_field(ljs_folder, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    result = prepare_dataset(_opts(ljs_folder, out, tiny_codec_dir, max_duration=3.0, text_field="text"))
+    ds = _load(out)
+    assert all(d <= 3.0 for d in ds["duration_sec"])
+    assert "too long" in result.rejected_by_reason
+    assert dict(zip(ds["source"], ds["text"])).get("wavs/s3.flac", SENTENCES[2]) == SENTENCES[2]
+
+
+@needs_espeak
+def test_manifest_with_two_voices(voices, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    prepare_dataset(_opts(voices / "manifest.csv", out, tiny_codec_dir))
+    ds = _load(out)
+    _assert_codec_dataset(ds)
+    assert ds["speaker"] == ["adam", "adam", "eve", "eve"]
+    by_key = {(r["speaker"], r["text"]): r for r in ds}
+    # same sentence, different voice: different codes
+    for text in SENTENCES[:2]:
+        a, e = by_key[("adam", text)], by_key[("eve", text)]
+        assert any(a[f"nano_layer_{i}"] != e[f"nano_layer_{i}"] for i in range(1, 5))
+    # --speaker names one speaker for everything
+    out2 = tmp_path / "out2"
+    prepare_dataset(_opts(voices / "manifest.csv", out2, tiny_codec_dir, speaker="narrator"))
+    assert set(_load(out2)["speaker"]) == {"narrator"}
+
+
+@needs_espeak
+def test_hf_audio_dataset(voices, tiny_codec_dir, tmp_path):
+    from datasets import Audio, Dataset, DatasetDict, Features, Value
+
+    rows = list(csv.DictReader(open(voices / "manifest.csv")))
+    # built as a struct and cast to Audio: datasets 5 needs torchcodec to *encode* Audio examples
+    struct = {"bytes": Value("binary"), "path": Value("string")}
+    features = Features({"wav": struct, "sentence": Value("string"), "spk": Value("string")})
+    ds = Dataset.from_dict(
+        {
+            "wav": [{"bytes": (voices / r["path"]).read_bytes(), "path": None} for r in rows],
+            "sentence": [r["text"] for r in rows],
+            "spk": [r["speaker"] for r in rows],
+        },
+        features=features,
+    ).cast_column("wav", Audio())
+    assert isinstance(ds.features["wav"], Audio)
+    hf_dir = tmp_path / "hf"
+    DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(hf_dir))
+
+    out = tmp_path / "out"
+    result = prepare_dataset(
+        _opts(hf_dir, out, tiny_codec_dir, audio_column="wav", text_column="sentence", speaker_column="spk")
+    )
+    out_ds = _load(out)
+    _assert_codec_dataset(out_ds)
+    assert result.rows == 4
+    assert out_ds["source"] == ["train[0]", "train[1]", "train[2]", "train[3]"]
+    assert out_ds["speaker"] == [r["speaker"] for r in rows]
+    assert out_ds["text"] == [r["text"] for r in rows]
+    # the file-based run of the same audio gives the same codes
+    ref = tmp_path / "ref"
+    prepare_dataset(_opts(voices / "manifest.csv", ref, tiny_codec_dir))
+    assert _load(ref)["nano_layer_3"] == out_ds["nano_layer_3"]
+
+    out_test = tmp_path / "out_test"
+    prepare_dataset(_opts(hf_dir, out_test, tiny_codec_dir, split="test", audio_column="wav", text_column="sentence"))
+    assert len(_load(out_test)) == 1 and "speaker" not in _load(out_test).column_names
+    with pytest.raises(UserError, match="no audio column 'audio'"):
+        prepare_dataset(_opts(hf_dir, tmp_path / "x", tiny_codec_dir, text_column="sentence"))
+    with pytest.raises(UserError, match="no split 'dev'"):
+        prepare_dataset(_opts(hf_dir, tmp_path / "y", tiny_codec_dir, split="dev", audio_column="wav"))
+
+
+def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice"))
+    _assert_codec_dataset(_load(out))
+    codec_sources = pytest.importorskip("kanitts.data.codec_sources")
+    from kanitts.config import DatasetEntry
+
+    loaded = codec_sources.load_source(DatasetEntry(reponame=str(out), speaker_id="alice"))
+    assert len(loaded) == 6
+    assert {"text", "nano_layer_1", "nano_layer_4", "encoded_len"} <= set(loaded.column_names)
+
+
+# --- run control ------------------------------------------------------------------------------
+
+
+def test_refuses_existing_output_then_overwrites(tones, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice"))
+    with pytest.raises(UserError, match="already exists"):
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice"))
+    again = prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice", resume=True))
+    assert again.already_complete and again.rows == 6
+    with pytest.raises(UserError, match="different inputs or options"):
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="bob", resume=True))
+    prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="bob", overwrite=True))
+    assert set(_load(out)["speaker"]) == {"bob"}
+    with pytest.raises(UserError, match="exclude each other"):
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, resume=True, overwrite=True))
+    # an output folder not made by kanitts is never touched by --resume
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not written by kanitts"):
+        prepare_dataset(_opts(tones, foreign, tiny_codec_dir, resume=True))
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _flaky_codec(codec_dir, fail_on_call: int | None):
+    """A fresh tiny codec whose encode counts calls and raises on call number `fail_on_call`."""
+    codec = load_codec("nanocodec", codec_dir, device="cpu")
+    real = codec.encode
+    codec.calls = 0
+
+    def encode(waves, lengths=None):
+        codec.calls += 1
+        if fail_on_call is not None and codec.calls == fail_on_call:
+            raise _Interrupt("simulated crash")
+        return real(waves, lengths)
+
+    codec.encode = encode
+    return codec
+
+
+def test_resume_continues_from_finished_shards(tones, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    opts = dict(shard_size=2, speaker="alice")
+    with pytest.raises(_Interrupt):
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, **opts), codec=_flaky_codec(tiny_codec_dir, 3))
+    partial = Path(str(out) + ".partial")
+    assert not out.exists()
+    assert sorted(p.name for p in (partial / "shards").iterdir()) == ["shard-00000", "shard-00001"]
+
+    with pytest.raises(UserError, match="interrupted run"):
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, **opts))
+    with pytest.raises(UserError, match="cannot resume"):
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", resume=True))
+    with pytest.raises(UserError, match="cannot resume"):
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=3, speaker="alice", resume=True))
+
+    # a stray shard from some other run in the folder is never picked up
+    stray = partial / "shards" / "shard-00099"
+    shutil.copytree(partial / "shards" / "shard-00000", stray)
+
+    codec = _flaky_codec(tiny_codec_dir, None)
+    result = prepare_dataset(_opts(tones, out, tiny_codec_dir, resume=True, **opts), codec=codec)
+    assert codec.calls == 1  # only the third shard was encoded
+    assert result.shards_resumed == 2 and result.rows == 6
+    resumed = _load(out)
+
+    fresh = tmp_path / "fresh"
+    prepare_dataset(_opts(tones, fresh, tiny_codec_dir, **opts))
+    assert resumed.to_list() == _load(fresh).to_list()
+
+
+def test_stale_rows_never_mix_into_another_run(tones, tiny_codec_dir, tmp_path):
+    """The reference pipeline's bug: a second speaker's run picked up the first one's shards."""
+    out = tmp_path / "out"
+    with pytest.raises(_Interrupt):  # alice's run dies half way
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, speaker="alice"), codec=_flaky_codec(tiny_codec_dir, 2))
+    with pytest.raises(UserError, match="cannot resume"):
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", resume=True))
+    prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", overwrite=True))
+    ds = _load(out)
+    assert len(ds) == 6 and set(ds["speaker"]) == {"bob"}
+
+
+def test_ranks_split_the_shards_and_rank0_merges(tones, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    r1 = prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, rank=1, world_size=2))
+    assert not r1.assembled and r1.shards_done_here == 1  # shard 1 of 0..2
+    r0 = prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, rank=0, world_size=2, resume=True))
+    assert r0.assembled and r0.shards_done_here == 2 and r0.rows == 6
+    single = tmp_path / "single"
+    prepare_dataset(_opts(tones, single, tiny_codec_dir, shard_size=2))
+    assert _load(out).to_list() == _load(single).to_list()
+
+
+def test_everything_rejected_is_an_error(tmp_path, tiny_codec_dir):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "a.wav").write_text("not audio")
+    sf.write(root / "b.wav", np.zeros(SR, np.float32), SR)
+    (root / "metadata.csv").write_text("a|one\nb|two\n")
+    with pytest.raises(UserError, match="none of the 2 items could be used"):
+        prepare_dataset(_opts(root, tmp_path / "out", tiny_codec_dir))
+    assert (tmp_path / "out.partial" / "rejected.csv").is_file()
+
+
+def test_audio_options(tmp_path, tiny_codec_dir):
+    root = tmp_path / "in"
+    root.mkdir()
+    t = np.arange(SR // 2) / SR
+    tone = (0.05 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    silence = np.zeros(SR // 2, np.float32)
+    sf.write(root / "a.wav", np.concatenate([silence, tone, silence]), SR)
+    (root / "metadata.csv").write_text("a|hello\n")
+    plain = prepare_dataset(_opts(root, tmp_path / "plain", tiny_codec_dir))
+    assert plain.rows == 1 and _load(tmp_path / "plain")["duration_sec"] == [1.5]
+    prepare_dataset(_opts(root, tmp_path / "trim", tiny_codec_dir, trim_silence=True, normalize="loudness"))
+    trimmed = _load(tmp_path / "trim")
+    assert 0.5 <= trimmed["duration_sec"][0] <= 0.65
+    assert trimmed["encoded_len"][0] == math.ceil(round(trimmed["duration_sec"][0] * SR) / SPF)
+    prepare_dataset(_opts(root, tmp_path / "peak", tiny_codec_dir, normalize="peak"))
+    with pytest.raises(UserError, match="normalize"):
+        prepare_dataset(_opts(root, tmp_path / "x", tiny_codec_dir, normalize="loud"))
+
+
+def test_push_to_hub_after_writing(tones, tiny_codec_dir, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    pushed = {}
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, private=False, **kw: pushed.update(repo=repo, private=private, rows=len(self)))
+    result = prepare_dataset(_opts(tones, tmp_path / "out", tiny_codec_dir, push_to_hub="me/tones", private=True))
+    assert pushed == {"repo": "me/tones", "private": True, "rows": 6}
+    assert result.pushed_to == "me/tones"
+
+
+def test_cli_prepare(tones, tiny_codec_dir, tmp_path, capsys):
+    from kanitts.cli import main
+
+    out = tmp_path / "out"
+    argv = ["prepare", str(tones), str(out), "--codec-model", str(tiny_codec_dir), "--no-progress", "--speaker", "alice"]
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(argv) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["prepare", str(tones), "--output", str(out), "--codec-model", str(tiny_codec_dir)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["prepare", str(tmp_path / "nowhere"), str(tmp_path / "o2"), "--codec-model", str(tiny_codec_dir)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_with_torch_distributed(tones, tiny_codec_dir, tmp_path):
+    """What `torchrun --nproc_per_node 2 -m kanitts prepare ...` does, on CPU with gloo."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, "-m", "kanitts", "prepare", str(tones), str(out), "--codec-model",
+               str(tiny_codec_dir), "--shard-size", "2", "--no-progress", "--device", "cpu"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "wrote" in outputs[0][0]
+    ds = _load(out)
+    assert len(ds) == 6 and ds["source"] == [f"t{i}.wav" for i in range(6)]
+
+
+def test_length_bucketing():
+    from kanitts.data.prepare import _batches, _Clip
+
+    clips = [_Clip(item=i, audio=np.zeros(n, np.float32)) for i, n in enumerate([100, 95, 92, 50, 48, 10, 99])]
+    batches = _batches(clips, budget_samples=10_000, max_batch=64)
+    assert [[c.item for c in b] for b in batches] == [[0, 6, 1, 2], [3, 4], [5]]
+    small = _batches(clips, budget_samples=200, max_batch=64)  # two 100-sample clips per batch
+    assert all(len(b) * len(b[0].audio) <= 200 for b in small)
+    assert sum(len(b) for b in small) == len(clips)
+    assert all(len(b) <= 2 for b in _batches(clips, 10_000, max_batch=2))
