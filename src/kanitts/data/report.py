@@ -217,6 +217,12 @@ def _dataset_from_dict(raw: dict) -> DatasetSummary:
     return DatasetSummary(**fields)
 
 
+def import_plotting() -> None:
+    """Load the plotting modules (about a second), so a caller can do it in the background."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
+
+
 def save_length_histogram(lengths_by_dataset: dict[str, np.ndarray], path: Path, bins: int = 50) -> None:
     """A stacked histogram of sequence lengths per dataset: shows outliers and what packing faces.
 

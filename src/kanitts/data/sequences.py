@@ -51,6 +51,7 @@ from kanitts.data.report import (
     GroupSummary,
     RowStatus,
     TrainingDataReport,
+    import_plotting,
     save_length_histogram,
 )
 from kanitts.errors import UserError
@@ -305,6 +306,16 @@ class RowOutcomes:
         return status, np.concatenate([self.rows, self.filtered_out])
 
 
+@dataclass(frozen=True)
+class _Plan:
+    index: int
+    entry: DatasetEntry
+    source: datasets.Dataset
+    rules: RowRules
+    matching: np.ndarray  # source rows that pass the categorical filter
+    processes: int
+
+
 def _build(
     dataset_cfg: DatasetConfig,
     model_cfg: ModelConfig,
@@ -319,64 +330,82 @@ def _build(
     requested = num_proc or dataset_cfg.num_proc or dataset_cfg.n_shards_per_dataset or min(os.cpu_count() or 1, 8)
     work = staging / "work"
     work.mkdir(parents=True)
-    mapped_parts, chosen_parts, summaries, errors = [], [], [], []
-    lengths_by_dataset: dict[str, np.ndarray] = {}
-    base = 0
     names = dataset_names(dataset_cfg.hf_datasets)
+    plans, errors = [], []
     for index, (entry, source) in enumerate(zip(dataset_cfg.hf_datasets, sources)):
         rules = RowRules.of(names[index], entry, source, dataset_cfg, model_cfg)
         matching = _rows_matching(entry, source)
         if len(source) and not len(matching):
             errors.append(_emptied_message(entry, rules, source, None))
             continue
-        # Rows of other speakers are dropped inside each batch by Arrow (a `select` here would
-        # gather rows one by one in Python).
-        passes = None if len(matching) == len(source) else np.isin(np.arange(len(source)), matching)
         processes = max(1, min(requested, len(matching) // MIN_ROWS_PER_PROCESS))
-        mapped = source.with_format("arrow").map(
-            sequences_for_batch,
-            batched=True,
-            batch_size=MAP_BATCH_SIZE,
-            with_indices=True,
-            fn_kwargs={"rules": rules, "tokenizer": tokenizer, "passes_filter": passes},
-            remove_columns=source.column_names,
-            features=_MAP_FEATURES,
-            num_proc=processes if processes > 1 else None,
-            cache_file_name=str(work / f"dataset-{index}.arrow"),
-            new_fingerprint=f"{fingerprint}-{index}",
-            desc=f"{rules.dataset}: rows -> sequences",
-        ).with_format(None)
-        outcomes = RowOutcomes.of(mapped.data, matching, np.setdiff1d(np.arange(len(source)), matching))
-        kept = np.flatnonzero(outcomes.status == RowStatus.KEPT)
-        if not len(kept):
-            errors.append(_emptied_message(entry, rules, source, outcomes))
-            continue
-        chosen, notes = _apply_max_len(kept, outcomes.status, entry.max_len, dataset_cfg.seed)
-        summary = _summarize(rules.dataset, outcomes, chosen, model_cfg.codec.fps)
-        summary.notes.extend(notes)
-        summaries.append(summary)
-        lengths_by_dataset[rules.dataset] = outcomes.lengths[chosen]
-        mapped_parts.append(mapped)
-        chosen_parts.append(base + chosen)
-        base += len(mapped)
-    if errors:
-        raise UserError("\n".join(errors))
+        plans.append(_Plan(index, entry, source, rules, matching, processes))
 
-    # The reference concatenates the datasets and shuffles; a seeded permutation of the chosen
-    # rows of all datasets is the same thing, written out in that order.
-    chosen_all = np.concatenate(chosen_parts)
-    order = chosen_all[np.random.default_rng(dataset_cfg.seed).permutation(len(chosen_all))]
-    # Drawing (mostly importing matplotlib) overlaps with writing, which is mostly outside the GIL.
+    mapped_parts, chosen_parts, summaries = [], [], []
+    lengths_by_dataset: dict[str, np.ndarray] = {}
+    base = 0
     with ThreadPoolExecutor(max_workers=1) as drawer:
+        if all(plan.processes == 1 for plan in plans):
+            # Importing matplotlib takes about a second: done while the tokenizer, numpy and Arrow
+            # work outside the GIL. Not when worker processes will be forked, as a fork in the
+            # middle of an import can deadlock the child.
+            drawer.submit(import_plotting)
+        for plan in plans:
+            entry, source, rules, matching = plan.entry, plan.source, plan.rules, plan.matching
+            # Rows of other speakers are dropped inside each batch by Arrow (a `select` here
+            # would gather rows one by one in Python).
+            passes = None if len(matching) == len(source) else np.isin(np.arange(len(source)), matching)
+            # One process and little data: keep the output in memory, written once at the end.
+            in_memory = plan.processes == 1 and _estimated_bytes(entry, source, matching, layout) <= IN_MEMORY_GATHER_BYTES
+            mapped = source.with_format("arrow").map(
+                sequences_for_batch,
+                batched=True,
+                batch_size=MAP_BATCH_SIZE,
+                with_indices=True,
+                fn_kwargs={"rules": rules, "tokenizer": tokenizer, "passes_filter": passes},
+                remove_columns=source.column_names,
+                features=_MAP_FEATURES,
+                num_proc=plan.processes if plan.processes > 1 else None,
+                keep_in_memory=in_memory,
+                cache_file_name=None if in_memory else str(work / f"dataset-{plan.index}.arrow"),
+                new_fingerprint=f"{fingerprint}-{plan.index}",
+                desc=f"{rules.dataset}: rows -> sequences",
+            ).with_format(None)
+            outcomes = RowOutcomes.of(mapped.data, matching, np.setdiff1d(np.arange(len(source)), matching))
+            kept = np.flatnonzero(outcomes.status == RowStatus.KEPT)
+            if not len(kept):
+                errors.append(_emptied_message(entry, rules, source, outcomes))
+                continue
+            chosen, notes = _apply_max_len(kept, outcomes.status, entry.max_len, dataset_cfg.seed)
+            summary = _summarize(rules.dataset, outcomes, chosen, model_cfg.codec.fps)
+            summary.notes.extend(notes)
+            summaries.append(summary)
+            lengths_by_dataset[rules.dataset] = outcomes.lengths[chosen]
+            mapped_parts.append(mapped)
+            chosen_parts.append(base + chosen)
+            base += len(mapped)
+        if errors:
+            raise UserError("\n".join(errors))
+
+        # The reference concatenates the datasets and shuffles; a seeded permutation of the
+        # chosen rows of all datasets is the same thing, written out in that order.
+        chosen_all = np.concatenate(chosen_parts)
+        order = chosen_all[np.random.default_rng(dataset_cfg.seed).permutation(len(chosen_all))]
         histogram = drawer.submit(save_length_histogram, lengths_by_dataset, staging / HISTOGRAM_FILE)
         _write_in_order(mapped_parts, order, staging / SEQUENCES_FILE)
         histogram.result()
-    del mapped_parts, mapped
+    del mapped_parts
     shutil.rmtree(work)
 
     report = TrainingDataReport(datasets=summaries, fingerprint=fingerprint, cache_path=str(final))
     (staging / SUMMARY_FILE).write_text(report.to_json(), encoding="utf-8")
     return report
+
+
+def _estimated_bytes(entry: DatasetEntry, source: datasets.Dataset, matching: np.ndarray, layout: TokenLayout) -> int:
+    """An upper bound of the size of one dataset's sequences: 13 bytes (ids, labels, mask) per audio token."""
+    frames = source.with_format("arrow")[entry.encoded_len].to_numpy()
+    return int(frames[matching].sum()) * layout.num_codebooks * 13
 
 
 def _write_in_order(parts: list[datasets.Dataset], order: np.ndarray, path: Path) -> None:
