@@ -123,3 +123,17 @@ def test_report_plays_in_headless_chromium(report):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_a_sample_without_audio_shows_why_instead_of_a_player(report, tmp_path):
+    import json
+
+    index, summary = report
+    audio_dir = index.parent.parent / summary.results_json.parent
+    results = json.loads((audio_dir / summary.results_json.name).read_text())
+    results["rows"][0].update(duration_sec=0.0, problems="no audio frames generated")
+    shutil.copytree(audio_dir, tmp_path / "audio", ignore=shutil.ignore_patterns("eval_dataset"))
+    (tmp_path / "audio" / "eval_results.json").write_text(json.dumps(results))
+    page = build_report(tmp_path / "audio" / "eval_results.json", tmp_path / "report").read_text()
+    assert len(re.findall(r"<audio ", page)) == len(summary.rows) - 1
+    assert "title='no audio frames generated'>no audio</span>" in page

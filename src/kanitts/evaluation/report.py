@@ -123,9 +123,14 @@ def _sample(row: dict[str, Any]) -> str:
         badges.append(f"sim {row['speaker_similarity']:.2f}")
     warn = "<span class='badge warn' title='{}'>truncated</span>".format(_e(row["problems"])) if row["truncated"] else ""
     value = f"{row['experiment_id']}#{row['take']}"
+    player = (
+        f"<audio controls preload='metadata' src='audio/{_e(row['audio'])}'></audio>"
+        if row["duration_sec"] > 0
+        else f"<span class='missing' title='{_e(row['problems'])}'>no audio</span>"
+    )
     return (
         "<div class='sample'>"
-        f"<audio controls preload='metadata' src='audio/{_e(row['audio'])}'></audio>"
+        f"{player}"
         f"<div class='meta'>{' · '.join(_e(b) for b in badges)} {warn}</div>"
         f"<label class='pick'><input type='radio' name='pick-{_e(row['sentence_id'])}' value='{_e(value)}'"
         f" data-model='{_e(row['experiment_id'])}'> best</label></div>"
