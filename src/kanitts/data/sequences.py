@@ -19,8 +19,9 @@ Why it is fast: each batch of rows is processed as whole Arrow columns with nump
 over rows or frames; the tokenizer encodes the batch in Rust), in `num_proc` processes, and the
 result is cached under `cache_dir/<fingerprint>/`, keyed by everything that determines it
 (dataset configs and source fingerprints, token layout, tokenizer, seed, PROCESSING_VERSION), so
-the next run with the same inputs loads it in seconds. The folder is written under a temporary
-name and renamed, so a crash never leaves a cache that looks complete.
+the next run with the same inputs loads it in seconds. The folder (sequences.arrow, summary.json,
+lengths.png) is written under a temporary name and renamed, so a crash never leaves a cache that
+looks complete.
 """
 
 from __future__ import annotations
@@ -71,11 +72,10 @@ SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "lengths.png"
 
 OUTPUT_COLUMNS = ["input_ids", "labels", "attention_mask", "length", "speaker", "dataset"]
-# Per-row bookkeeping produced alongside the sequences, read into the report, then removed.
-_BOOKKEEPING_COLUMNS = ["status", "frames", "kept_frames"]
 
-# The storage types `datasets` picks for the reference's Python lists (it narrows the columns named
-# input_ids and attention_mask), so the features match too, not only the values.
+# What the batches produce: the output columns, then per-row bookkeeping for the report (status,
+# frames before and after dedup). The token lists get the storage types `datasets` picks for the
+# reference's Python lists (it narrows input_ids and attention_mask), so the features match too.
 _MAP_FEATURES = datasets.Features(
     {
         "input_ids": datasets.List(datasets.Value("int32")),
