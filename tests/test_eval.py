@@ -182,3 +182,20 @@ def test_embedder_names_are_checked(tmp_path):
         load_embedder("kanade")
     with pytest.raises(UserError, match="file not found"):
         SpeakerSimilarity(MfccStatsEmbedder(), {"alice": [str(tmp_path / "missing.wav")]})
+
+
+def test_kanade_global_embedding_as_speaker_embedder(tmp_path):
+    pytest.importorskip("kanade_tokenizer")
+    from kanade_tokenizer.testing import build_tiny_model
+
+    folder = build_tiny_model().save_pretrained(tmp_path / "kanade")
+    embedder = load_embedder(f"kanade:{folder}")
+    assert embedder.sample_rate == 24000
+    clip = voice(120, 1.0, 0, 0.8)
+    vector = embedder.embed(clip)
+    assert vector.ndim == 1 and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    ref = write_wav(tmp_path / "ref.wav", clip, SR)
+    similarity = SpeakerSimilarity(embedder, {"alice": [str(ref)]})
+    assert similarity.score(clip, SR, "alice") == pytest.approx(1.0, abs=1e-2)
+    with pytest.raises(UserError, match="cannot load the Kanade tokenizer"):
+        load_embedder(f"kanade:{tmp_path / 'missing'}")
