@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -150,8 +151,20 @@ def test_dedup_frames_off_keeps_every_frame(tmp_path, tiny_tts, tiny_tokenizer, 
 
 
 def test_batched_tokenization_equals_per_row_encode(tiny_tokenizer):
-    prompts = ["alice: Hello there.", "Ünïcödé and  double  spaces ", "x", "bob: 12:30, numbers 3.14!", "a" * 300]
-    assert seq.encode_prompts(tiny_tokenizer, prompts) == [tiny_tokenizer.encode(p, add_special_tokens=True) for p in prompts]
+    prompts = ["alice: Hello there.", "Ünïcödé and  double  spaces ", "x", "bob: 12:30, numbers 3.14!", "a" * 300,
+               "text with <|endoftext|> inside"]
+    expected = [tiny_tokenizer.encode(p, add_special_tokens=True) for p in prompts]
+    assert seq.encode_prompts(tiny_tokenizer, prompts) == expected
+
+    class WithoutFastPath:  # a tokenizer seen only through its __call__
+        def __call__(self, texts, **kwargs):
+            return tiny_tokenizer(texts, **kwargs)
+
+    assert seq.encode_prompts(WithoutFastPath(), prompts) == expected
+
+    truncating = copy.deepcopy(tiny_tokenizer)  # saved with truncation on: transformers turns it off
+    truncating.backend_tokenizer.enable_truncation(max_length=3)
+    assert seq.encode_prompts(truncating, prompts) == expected
 
 
 @pytest.mark.parametrize("rows, max_len", [(10, 4), (10, 10), (1, 1), (57, 20)])

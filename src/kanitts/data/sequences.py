@@ -602,10 +602,25 @@ def sequences_for_batch(
 
 
 def encode_prompts(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
-    """The tokenizer's ids for each prompt, as `tokenizer.encode(prompt, add_special_tokens=True)`
-    gives them (the reference's call), in one batched call: a fast tokenizer encodes the batch in Rust."""
+    """The ids `tokenizer.encode(prompt, add_special_tokens=True)` gives each prompt (the reference's
+    call), for a whole batch at once.
+
+    A fast tokenizer with no truncation or padding configured is asked directly for the ids only
+    (`encode_batch_fast`, which skips the character offsets transformers would compute and then
+    discard); that is the call transformers makes in that case, minus the offsets. Any other
+    tokenizer goes through its own batched `__call__`.
+    """
     if not prompts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        backend is not None
+        and hasattr(backend, "encode_batch_fast")
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        return [encoding.ids for encoding in backend.encode_batch_fast(prompts, add_special_tokens=True)]
     encoded = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
     return encoded["input_ids"]
 
