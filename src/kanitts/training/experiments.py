@@ -61,6 +61,17 @@ class ExperimentResult:
     notes: list[str] = field(default_factory=list)
 
 
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / torchrun (set before any process group exists); else True."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(message: str) -> None:
+    """Prints from the main process only, so `accelerate launch` shows each line once."""
+    if is_main_process():
+        print(message, flush=True)
+
+
 def select_experiments(config: ExperimentsConfig, only: Sequence[str] | None) -> list[Experiment]:
     """The experiments named in ``only`` (all when None), in file order; unknown names are an error."""
     if not only:
@@ -229,7 +240,7 @@ class TrainingRun:
         attention, attention_notes = choose_attention(options.attn_implementation)
         notes += attention_notes
         for note in notes:
-            print(f"  note: {note}", flush=True)
+            say(f"  note: {note}")
 
         model = load_base_model(self.base_model, attention, dtype)
         if options.packing:
@@ -345,7 +356,7 @@ def run_experiments(
     for experiment in selected:
         final = checkpoints_dir / experiment.model_id
         if final.is_dir() and not force:
-            print(f"{experiment.model_id}: already trained ({final}), skipping (--force trains it again)")
+            say(f"{experiment.model_id}: already trained ({final}), skipping (--force trains it again)")
             results.append(ExperimentResult(experiment.model_id, "skipped", path=final))
         else:
             pending.append(experiment)
@@ -372,7 +383,7 @@ def run_experiments(
         callbacks=callbacks,
     )
     for position, experiment in enumerate(pending):
-        print(f"\n=== {experiment.model_id} ({position + 1}/{len(pending)}) ===", flush=True)
+        say(f"\n=== {experiment.model_id} ({position + 1}/{len(pending)}) ===")
         start = time.perf_counter()
         try:
             result = run.train(experiment, force=force)
@@ -403,11 +414,9 @@ def _build_dataset(configs: ConfigSet, tokenizer) -> tuple[Any, str]:
 
     if configs.dataset is None:
         raise UserError("training needs dataset_config.yaml (or a prepared training dataset)")
-    state = PartialState()
-    with state.main_process_first():
+    with PartialState().main_process_first():
         dataset, report = build_training_dataset(configs.dataset, configs.model, tokenizer)
-    if state.is_main_process:
-        print(report.format(), flush=True)
+    say(report.format())
     return dataset, report.fingerprint
 
 
@@ -452,10 +461,11 @@ def train_command(
 
     configs = load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval"))
     for warning in configs.warnings:
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
     results = run_experiments(configs, only=only, force=force, checkpoints_dir=checkpoints_dir)
-    Console().print(summary_table(results))
+    if is_main_process():
+        Console().print(summary_table(results))
     code = exit_code(results)
     if code == 130:
-        print("Interrupted: run the same command again to resume from the last checkpoint.")
+        say("Interrupted: run the same command again to resume from the last checkpoint.")
     return code
