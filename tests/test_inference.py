@@ -194,3 +194,11 @@ def test_cli_synthesize_writes_a_wav(tmp_path, tiny_tts, tiny_codec_dir):
     assert code == 0
     data, sr = sf.read(str(out))
     assert sr == 22050 and len(data) == 3 * SPF  # 14 tokens = 2 markers + 3 frames
+
+
+def test_unsupported_device_is_named():
+    from kanitts.inference import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(UserError, match="balanced"):
+        resolve_device("balanced")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,9 +57,15 @@ def resolve_device(device: str | None) -> str:
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    device = str(device)
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise UserError(
+            f"device {device!r} is not supported for synthesis (inference_config.yaml model.device_map or "
+            "--device): use auto, cpu, cuda, cuda:N or mps"
+        )
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} was asked for, but PyTorch sees no CUDA GPU")
-    return str(device)
+    return device
 
 
 def resolve_dtype(name: str, device: str):

@@ -100,16 +100,16 @@ class EvalSummary:
         return "\n".join(lines)
 
 
-def eval_targets(configs: ConfigSet) -> tuple[list[EvalTarget], list[str]]:
-    """The base model and every experiment's checkpoint; missing checkpoints come back as failures."""
+def eval_targets(configs: ConfigSet) -> tuple[list[EvalTarget], dict[str, str]]:
+    """The base model and every experiment's checkpoint, and {model_id: why} for missing ones."""
     experiments = configs.experiments
     checkpoints = Path(configs.eval.paths.checkpoints_dir)
     targets = [EvalTarget(BASE_ID, experiments.base_model, {"base_model": experiments.base_model})]
-    failures = []
+    missing = {}
     for experiment in experiments.experiments:
         folder = checkpoints / experiment.model_id
         if not (folder / "config.json").is_file():
-            failures.append(
+            missing[experiment.model_id] = (
                 f"{experiment.model_id}: no checkpoint at {folder} (train it with `make train`, "
                 "or check paths.checkpoints_dir in eval_config.yaml)"
             )
@@ -117,7 +117,7 @@ def eval_targets(configs: ConfigSet) -> tuple[list[EvalTarget], list[str]]:
         targets.append(
             EvalTarget(experiment.model_id, str(folder), _train_configuration(folder, experiment.model_dump(mode="json")), folder)
         )
-    return targets, failures
+    return targets, missing
 
 
 def _train_configuration(folder: Path, fallback: dict[str, Any]) -> dict[str, Any]:
@@ -218,13 +218,14 @@ def run_eval(
     started = time.perf_counter()
     eval_cfg = configs.eval
     audio_dir = Path(eval_cfg.paths.audio_output_dir)
-    targets, failures = eval_targets(configs)
+    targets, missing = eval_targets(configs)
     if only:
-        unknown = sorted(set(only) - {t.experiment_id for t in targets} - {f.split(":")[0] for f in failures})
+        unknown = sorted(set(only) - {t.experiment_id for t in targets} - set(missing))
         if unknown:
             raise UserError(f"--only: unknown id(s) {', '.join(unknown)}; known: base and the experiments' model_id")
         targets = [t for t in targets if t.experiment_id in only]
-        failures = [f for f in failures if f.split(":")[0] in only]
+        missing = {k: v for k, v in missing.items() if k in only}
+    failures = list(missing.values())
     sentences = configs.eval_set.sentences
     takes = configs.inference.generation.num_return_sequences
     outputs = _Outputs(audio_dir, takes)
