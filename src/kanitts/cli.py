@@ -155,7 +155,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from kanitts.config import load_configs
     from kanitts.evaluation.report import build_report_from_config
 
-    configs = load_configs(args.config_dir, kinds=("eval", "eval_set"))
+    configs = load_configs(args.config_dir, kinds=("eval",))
     index = build_report_from_config(configs.eval)
     print(f"report: {index}")
     return 0
