@@ -59,7 +59,7 @@ from kanitts.errors import UserError
 from kanitts.tokens import TokenLayout
 
 # Bump when a change to this module changes the sequences it builds: old caches stop matching.
-PROCESSING_VERSION = 1
+PROCESSING_VERSION = 2
 
 # Below this many rows per process, starting worker processes costs more than it saves.
 MIN_ROWS_PER_PROCESS = 10_000
@@ -121,7 +121,7 @@ def build_training_dataset(
     fingerprint = cache_key(dataset_cfg, model_cfg, tokenizer, sources)
     root = Path(cache_dir if cache_dir is not None else dataset_cfg.cache_dir)
     final = root / fingerprint
-    if (final / SUMMARY_FILE).is_file() and not rebuild:
+    if (final / SUMMARY_FILE).is_file() and (final / SEQUENCES_FILE).is_file() and not rebuild:
         return _load_cached(final)
 
     root.mkdir(parents=True, exist_ok=True)
