@@ -131,18 +131,18 @@ class KaniTTS:
         ``model_cfg.codec.weights``. ``model_cfg`` must describe the model's token space (the
         reference KaniTTS layout when None).
         """
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from kanitts.codecs import load_codec
+        from kanitts.hub import is_hub_id
 
         model_cfg = model_cfg or ModelConfig()
         inference_cfg = inference_cfg or InferenceConfig()
         device = resolve_device(device or inference_cfg.model.device_map)
         dtype = resolve_dtype(inference_cfg.model.torch_dtype, device)
         name = str(model_path)
-        if _looks_local(name) and not Path(name).is_dir():
-            raise UserError(f"model folder not found: {name}")
+        if not Path(name).is_dir() and not is_hub_id(name):
+            raise UserError(f"model folder not found: {name} (give a checkpoint folder or a Hub id user/name)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
@@ -156,7 +156,6 @@ class KaniTTS:
         if not isinstance(codec, Codec):
             weights = model_cfg.codec.weights if codec is None else str(codec)
             codec = load_codec(model_cfg.codec.kind, weights, device=device)
-        torch.set_grad_enabled(False)
         return cls(model, tokenizer, codec, TokenLayout.from_config(model_cfg), inference_cfg.generation, name)
 
     # --- prompts and generation -----------------------------------------------------------
@@ -342,11 +341,6 @@ def _count_generated(ids: np.ndarray, pad: int, end_of_speech: int) -> int:
     while trailing and ids[trailing - 1] == pad:
         trailing -= 1
     return trailing
-
-
-def _looks_local(name: str) -> bool:
-    """Hub ids are ``owner/name``; paths start with / . ~ or have more (or fewer) parts."""
-    return name.startswith(("/", ".", "~")) or name.count("/") != 1 or Path(name).exists()
 
 
 def _check_compatible(model: Any, codec: Codec, layout: TokenLayout, name: str) -> None:

@@ -250,9 +250,9 @@ def run_eval(
         if not todo:
             continue
         bar.set_postfix_str(target.experiment_id)
+        if codec is None:  # every model needs it: a codec that does not load stops the run
+            codec = load_codec(configs.model.codec.kind, configs.model.codec.weights, device=device)
         try:
-            if codec is None:
-                codec = load_codec(configs.model.codec.kind, configs.model.codec.weights, device=device)
             tts = load_model(target.model, codec=codec, model_cfg=configs.model,
                              inference_cfg=configs.inference, device=device)
         except (UserError, OSError, RuntimeError, ValueError) as exc:
@@ -271,6 +271,7 @@ def run_eval(
                 ]
                 generated += 1
         del tts
+        _release_memory()
     bar.close()
 
     rows = _rows(targets, sentences, sidecars, outputs, similarity)
@@ -291,6 +292,17 @@ def run_eval(
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def _release_memory() -> None:
+    """Give the previous model's GPU memory back before the next one loads."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _seed_everything(seed: int) -> None:
