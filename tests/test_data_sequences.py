@@ -359,3 +359,19 @@ def test_cli_data_builds_then_reuses(tmp_path, tiny_tts, tiny_tokenizer, capsys)
     assert "reused training sequences" in capsys.readouterr().out
     assert main(argv[:3] + ["--tokenizer", str(tmp_path / "nowhere")]) == 1
     assert "tokenizer" in capsys.readouterr().err
+
+
+def test_rewriting_a_parquet_source_in_place_invalidates_the_cache(tmp_path, tiny_tts, tiny_tokenizer):
+    import os
+    import time
+
+    path = tmp_path / "codes.parquet"
+    datasets.Dataset.from_list(clean_rows()).to_parquet(str(path))
+    cfg = config(tmp_path, [{"reponame": str(path)}])
+    _, first = build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer)
+    datasets.Dataset.from_list(clean_rows()[:7]).to_parquet(str(path))
+    later = time.time() + 5
+    os.utime(path, (later, later))  # a new modification time even on coarse-grained file systems
+    out, second = build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer)
+    assert second.fingerprint != first.fingerprint and not second.from_cache
+    assert len(out) == 7
