@@ -9,6 +9,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread: the tiny models gain nothing from more, and on a shared 2-core machine
+# two threads per op wait on each other (the suite ran 4x slower under load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
