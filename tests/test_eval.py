@@ -199,3 +199,20 @@ def test_kanade_global_embedding_as_speaker_embedder(tmp_path):
     assert similarity.score(clip, SR, "alice") == pytest.approx(1.0, abs=1e-2)
     with pytest.raises(UserError, match="cannot load the Kanade tokenizer"):
         load_embedder(f"kanade:{tmp_path / 'missing'}")
+
+
+def test_cli_eval_and_report(project_copy, capsys):
+    from kanitts.cli import main
+
+    assert main(["eval", "--config-dir", str(project_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "9 samples (0 generated, 9 reused)" in out and "report/index.html" in out
+    shutil.rmtree("report")
+    assert main(["report", "--config-dir", str(project_copy)]) == 0
+    assert Path("report/index.html").is_file()
+    shutil.rmtree("ckpt/exp-a")
+    assert main(["eval", "--config-dir", str(project_copy), "--no-report"]) == 1
+    assert "exp-a: no checkpoint" in capsys.readouterr().out
+    Path("audio samples/eval_results.json").unlink()
+    assert main(["report", "--config-dir", str(project_copy)]) == 1
+    assert "run `make eval` first" in capsys.readouterr().err
