@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +36,7 @@ from kanitts.config import ConfigSet, EvalSentence
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import measure
 from kanitts.inference import KaniTTS, SynthesisResult, write_wav
+from kanitts.tokens import TokenLayout
 
 BASE_ID = "base"
 RESULTS_JSON = "eval_results.json"
@@ -314,8 +315,10 @@ def _seed_everything(seed: int) -> None:
 
 def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
     """Yield (item, results, error) per sentence; a failing batch is retried one sentence at a time."""
+    # "Alice: hi" is read as the model was trained: "alice: hi" (speaker ids are lower-cased).
+    texts = [TokenLayout.text_prompt(s.spoken_text, s.speaker) for s, _ in batch]
     try:
-        results = tts.synthesize([s.text for s, _ in batch], batch_size=len(batch))
+        results = tts.synthesize(texts, batch_size=len(batch))
     except (RuntimeError, ValueError) as exc:
         if len(batch) == 1:
             yield batch[0], [], f"{type(exc).__name__}: {exc}"
