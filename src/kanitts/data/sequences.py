@@ -327,6 +327,7 @@ def _build(
     final: Path,
     num_proc: int | None,
 ) -> TrainingDataReport:
+    """Run every dataset's rows through the batches, pick and shuffle, write the cache into `staging`."""
     requested = num_proc or dataset_cfg.num_proc or dataset_cfg.n_shards_per_dataset or min(os.cpu_count() or 1, 8)
     work = staging / "work"
     work.mkdir(parents=True)
@@ -351,27 +352,8 @@ def _build(
             # middle of an import can deadlock the child.
             drawer.submit(import_plotting)
         for plan in plans:
-            entry, source, rules, matching = plan.entry, plan.source, plan.rules, plan.matching
-            # Rows of other speakers are dropped inside each batch by Arrow (a `select` here
-            # would gather rows one by one in Python).
-            passes = None if len(matching) == len(source) else np.isin(np.arange(len(source)), matching)
-            # One process and little data: keep the output in memory, written once at the end.
-            in_memory = plan.processes == 1 and _estimated_bytes(entry, source, matching, layout) <= IN_MEMORY_GATHER_BYTES
-            mapped = source.with_format("arrow").map(
-                sequences_for_batch,
-                batched=True,
-                batch_size=MAP_BATCH_SIZE,
-                with_indices=True,
-                fn_kwargs={"rules": rules, "tokenizer": tokenizer, "passes_filter": passes},
-                remove_columns=source.column_names,
-                features=_MAP_FEATURES,
-                num_proc=plan.processes if plan.processes > 1 else None,
-                keep_in_memory=in_memory,
-                cache_file_name=None if in_memory else str(work / f"dataset-{plan.index}.arrow"),
-                new_fingerprint=f"{fingerprint}-{plan.index}",
-                desc=f"{rules.dataset}: rows -> sequences",
-            ).with_format(None)
-            outcomes = RowOutcomes.of(mapped.data, matching, np.setdiff1d(np.arange(len(source)), matching))
+            entry, source, rules = plan.entry, plan.source, plan.rules
+            mapped, outcomes = _run_batches(plan, tokenizer, layout, work, f"{fingerprint}-{plan.index}")
             kept = np.flatnonzero(outcomes.status == RowStatus.KEPT)
             if not len(kept):
                 errors.append(_emptied_message(entry, rules, source, outcomes))
@@ -400,6 +382,37 @@ def _build(
     report = TrainingDataReport(datasets=summaries, fingerprint=fingerprint, cache_path=str(final))
     (staging / SUMMARY_FILE).write_text(report.to_json(), encoding="utf-8")
     return report
+
+
+def _run_batches(
+    plan: _Plan, tokenizer: Any, layout: TokenLayout, work: Path, fingerprint: str
+) -> tuple[datasets.Dataset, RowOutcomes]:
+    """All batches of one dataset through `sequences_for_batch`: its output and per-row outcomes."""
+    source, matching = plan.source, plan.matching
+    # Rows of other speakers are dropped inside each batch by Arrow (a `select` here would
+    # gather rows one by one in Python).
+    passes = None
+    if len(matching) < len(source):
+        passes = np.zeros(len(source), dtype=bool)
+        passes[matching] = True
+    # One process and little data: keep the output in memory, written once at the end.
+    in_memory = plan.processes == 1 and _estimated_bytes(plan.entry, source, matching, layout) <= IN_MEMORY_GATHER_BYTES
+    mapped = source.with_format("arrow").map(
+        sequences_for_batch,
+        batched=True,
+        batch_size=MAP_BATCH_SIZE,
+        with_indices=True,
+        fn_kwargs={"rules": plan.rules, "tokenizer": tokenizer, "passes_filter": passes},
+        remove_columns=source.column_names,
+        features=_MAP_FEATURES,
+        num_proc=plan.processes if plan.processes > 1 else None,
+        keep_in_memory=in_memory,
+        cache_file_name=None if in_memory else str(work / f"dataset-{plan.index}.arrow"),
+        new_fingerprint=fingerprint,
+        desc=f"{plan.rules.dataset}: rows -> sequences",
+    ).with_format(None)
+    filtered_out = np.zeros(0, dtype=np.int64) if passes is None else np.flatnonzero(~passes)
+    return mapped, RowOutcomes.of(mapped.data, matching, filtered_out)
 
 
 def _estimated_bytes(entry: DatasetEntry, source: datasets.Dataset, matching: np.ndarray, layout: TokenLayout) -> int:
