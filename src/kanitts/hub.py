@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kanitts.config import EvalSentence
 from kanitts.errors import ConfigError, UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -186,7 +187,7 @@ def build_model_card(
     for key, label in (("train_runtime", "runtime (s)"), ("tokens_per_second", "tokens/s")):
         if isinstance(metrics.get(key), (int, float)):
             training_facts.append((label, f"{metrics[key]:.1f}"))
-    speakers = sorted({r["sentence"].split(":")[0] for r in (eval_rows or []) if ":" in r.get("sentence", "")})
+    speakers = sorted({s for r in (eval_rows or []) if (s := EvalSentence("", r["sentence"]).speaker)})
     example = f"{speakers[0]}: Hello, this is my new voice." if speakers else "Hello, this is my new voice."
 
     sections = [
