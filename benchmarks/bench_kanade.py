@@ -37,11 +37,12 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn, device):
+    """(wall seconds, process CPU seconds, result)."""
     _sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     _sync(device)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main() -> int:
@@ -64,7 +65,7 @@ def main() -> int:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    build_s, model = _timed(lambda: KanadeModel.from_config(args.config, load_ssl_weights=False).eval(), device)
+    build_s, _, model = _timed(lambda: KanadeModel.from_config(args.config, load_ssl_weights=False).eval(), device)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     durations = [2.0 + 4.0 * i / max(1, args.clips - 1) for i in range(args.clips)]
@@ -82,16 +83,20 @@ def main() -> int:
     model.encode_batch([clips[0][:24000], clips[1][:12000]])
 
     single_times, batch_times, padded_times = [], [], []
+    single_cpu, batch_cpu, padded_cpu = [], [], []
     singles = batched = None
     for _ in range(args.rounds):
-        t, singles = _timed(lambda: [model.encode(c) for c in clips], device)
+        t, c, singles = _timed(lambda: [model.encode(x) for x in clips], device)
         single_times.append(t)
-        t, batched = _timed(
+        single_cpu.append(c)
+        t, c, batched = _timed(
             lambda: model.encode_batch(clips, batch_size=args.batch_size, max_padding=max_padding), device
         )
         batch_times.append(t)
-        t, _ = _timed(lambda: model.encode_batch(clips, batch_size=args.batch_size, max_padding=None), device)
+        batch_cpu.append(c)
+        t, c, _ = _timed(lambda: model.encode_batch(clips, batch_size=args.batch_size, max_padding=None), device)
         padded_times.append(t)
+        padded_cpu.append(c)
     mismatched = sum(
         int((a.content_token_indices != b.content_token_indices).sum()) for a, b in zip(singles, batched)
     )
@@ -107,16 +112,19 @@ def main() -> int:
     print(f"encode_batch (batch_size={args.batch_size}, max_padding=none): {min(padded_times):.2f} s -> "
           f"{padded_speed:.2f} audio s / wall s, ratio {padded_speed / single_speed:.3f} "
           f"(rounds: {', '.join(f'{t:.2f}' for t in padded_times)})")
+    print(f"process CPU seconds (best round): one-at-a-time {min(single_cpu):.2f}, "
+          f"encode_batch {min(batch_cpu):.2f} (cpu ratio {min(single_cpu) / min(batch_cpu):.3f}), "
+          f"one padded batch {min(padded_cpu):.2f} (cpu ratio {min(single_cpu) / min(padded_cpu):.3f})")
     print(f"parity: {mismatched}/{n_tokens} tokens differ, max |global diff| {max_global:.2e}")
 
     # decode (+ vocode): real-time factor = wall seconds / audio seconds
-    t_dec, mels = _timed(
+    t_dec, _, mels = _timed(
         lambda: [model.decode(f.global_embedding, content_token_indices=f.content_token_indices,
                               target_audio_length=c.numel()) for f, c in zip(singles, clips)],
         device,
     )
     print(f"decode one-at-a-time: {t_dec:.2f} s, RTF {t_dec / audio_s:.4f}")
-    t_decb, _ = _timed(
+    t_decb, _, _ = _timed(
         lambda: model.decode_batch([f.global_embedding for f in singles],
                                    content_token_indices=[f.content_token_indices for f in singles],
                                    target_audio_lengths=[c.numel() for c in clips]),
@@ -132,7 +140,7 @@ def main() -> int:
                 Vocos().save_pretrained(tmp)
                 vocoder = load_vocoder(tmp, device=device)
             vocode(vocoder, mels[0][None])  # warm-up
-            t_voc, _ = _timed(lambda: [vocode(vocoder, m[None]) for m in mels], device)
+            t_voc, _, _ = _timed(lambda: [vocode(vocoder, m[None]) for m in mels], device)
             print(f"vocode (random Vocos): {t_voc:.2f} s, RTF {t_voc / audio_s:.4f}; "
                   f"decode+vocode RTF {(t_dec + t_voc) / audio_s:.4f}")
         except Exception as exc:  # the vocoder package may be absent or different

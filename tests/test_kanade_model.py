@@ -214,6 +214,16 @@ def test_mixed_precision_follows_device(tiny):
     assert model._autocast_dtype(torch.device("cuda")) is None
 
 
+def test_audio_shorter_than_one_token(tiny):
+    feats = tiny.encode(torch.randn(100))  # one SSL frame, downsample factor 2
+    assert feats.content_token_indices.shape == (0,) and feats.content_embedding.shape == (0, 32)
+    assert torch.isfinite(feats.global_embedding).all()
+    with pytest.raises(ValueError, match="empty"):
+        tiny.decode(feats.global_embedding, content_token_indices=feats.content_token_indices)
+    batch = tiny.encode_batch([torch.randn(100), synthetic_speech(0.3)], max_padding=None)
+    assert batch[0].content_token_indices.numel() == 0 and batch[1].content_token_indices.numel() == 7
+
+
 def test_rejects_batched_input_in_single_encode(tiny):
     with pytest.raises(ValueError, match="encode_batch"):
         tiny.encode(torch.zeros(2, 1000))
@@ -354,3 +364,71 @@ def test_torchaudio_layout_ssl_keys_are_ignored_with_a_warning(tiny, tmp_path, c
     assert "transformers WavLM layout" in caplog.text
     wave = synthetic_speech(0.4)
     assert torch.equal(model.encode(wave).content_token_indices, tiny.encode(wave).content_token_indices)
+
+
+def test_ssl_config_injection_builds_a_random_wavlm_of_that_shape():
+    from transformers import WavLMConfig
+
+    from kanade_tokenizer.testing import TINY_WAVLM
+
+    cfg = tiny_config()
+    cfg["model"]["init_args"]["ssl_feature_extractor"]["init_args"].update(pretrained=True, model_config=None)
+    for ssl_config in (WavLMConfig(**TINY_WAVLM), dict(TINY_WAVLM)):
+        model = KanadeModel.from_config(cfg, ssl_config=ssl_config)
+        assert model.ssl_feature_extractor.feature_dim == 32
+        assert len(model.ssl_feature_extractor.model.encoder.layers) == 2
+
+
+# --- parity with the original implementation ---------------------------------------------------
+
+
+def _deterministic_(model):
+    """Fill every parameter from a fixed formula (independent of RNGs and init code)."""
+    import math
+
+    with torch.no_grad():
+        for i, (name, p) in enumerate(sorted(model.named_parameters())):
+            n = p.numel()
+            base = torch.sin(torch.arange(n, dtype=torch.float64) * 0.7311 + i * 1.37).reshape(p.shape)
+            if p.dim() == 1 and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * base)
+            elif p.dim() == 1:
+                p.copy_(0.05 * base)
+            else:
+                p.copy_(base * (1.5 / math.sqrt(n // p.shape[0])))
+
+
+def _golden_wave(n=24000):
+    import math
+
+    t = torch.arange(n, dtype=torch.float64) / 24000
+    x = 0.5 * torch.sin(2 * math.pi * 220 * t) * (1 + torch.sin(2 * math.pi * 3 * t)) / 2
+    return (x + 0.2 * torch.sin(2 * math.pi * 1234 * t + 1)).float()
+
+
+def test_matches_the_original_implementation():
+    """Golden values from the original kanade-tokenizer code (@8e17729, attention dropout off, the
+    same SSL features), run on the tiny config with the deterministic weights above."""
+    model = KanadeModel.from_config(tiny_config()).eval()
+    _deterministic_(model)
+    feats = model.encode(_golden_wave())
+    assert feats.content_token_indices.tolist() == [
+        6428, 6428, 6428, 6428, 6428, 6428, 6940, 6940, 6372, 6372, 6372, 6372, 6372,
+        6364, 6940, 6940, 6364, 6428, 6940, 6428, 6877, 6941, 6940, 6428, 6428,
+    ]
+    torch.testing.assert_close(
+        feats.global_embedding[:6],
+        torch.tensor([0.2976573407649994, 0.3148139715194702, -0.6800735592842102,
+                      1.6954758167266846, -1.4828850030899048, 0.9038488268852234]),
+        atol=1e-4, rtol=1e-4,
+    )
+    mel = model.decode(feats.global_embedding, content_token_indices=feats.content_token_indices,
+                       target_audio_length=24000)
+    assert mel.shape == (16, 94)
+    torch.testing.assert_close(
+        mel[:4, 10],
+        torch.tensor([-0.3527580499649048, -0.8127003908157349, -0.3403719663619995, -0.9674484729766846]),
+        atol=1e-4, rtol=1e-4,
+    )
+    assert mel.mean().item() == pytest.approx(0.022884145379066467, abs=1e-4)
+    assert mel.abs().mean().item() == pytest.approx(1.2080929279327393, rel=1e-4)

@@ -10,6 +10,7 @@ Public API (the same names as the original package)::
     waveform = vocode(load_vocoder(), mel.unsqueeze(0))
 """
 
+from .audio import load_audio
 from .model import (
     KanadeConfigError,
     KanadeFeatures,
@@ -17,6 +18,7 @@ from .model import (
     KanadeModelConfig,
     KanadeWeightsError,
 )
+from .vocoders import load_vocoder, vocode
 
 __all__ = [
     "KanadeModel",
@@ -29,15 +31,3 @@ __all__ = [
     "vocode",
 ]
 
-
-def __getattr__(name: str):
-    # audio I/O and vocoders are imported on first use, so the model works without them
-    if name == "load_audio":
-        from .audio import load_audio
-
-        return load_audio
-    if name in ("load_vocoder", "vocode"):
-        from . import vocoders
-
-        return getattr(vocoders, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

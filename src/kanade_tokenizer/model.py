@@ -216,10 +216,6 @@ def _instantiate(cls: type[nn.Module], init_args: dict[str, Any], name: str) -> 
         raise KanadeConfigError(f"{name}.init_args: {exc}") from exc
 
 
-def _class_path(module: nn.Module) -> str:
-    return f"{type(module).__module__}.{type(module).__name__}"
-
-
 # --------------------------------------------------------------------------------------------
 # the model
 
@@ -320,12 +316,12 @@ class KanadeModel(nn.Module):
                 if ssl_model is not None:
                     init_args["model"] = ssl_model
                 elif ssl_config is not None:
-                    if not isinstance(ssl_config, dict):
-                        ssl_config = ssl_config.to_dict()
                     init_args["pretrained"] = False
                     init_args["model_config"] = ssl_config
                 elif load_ssl_weights is False:
                     init_args["pretrained"] = False
+                elif load_ssl_weights is True and not init_args.get("pretrained", True):
+                    init_args["pretrained"] = True
             modules[name] = _instantiate(klass, init_args, name)
             stored[name] = sections[name]
         model = cls(model_config, mixed_precision=mixed_precision, **modules)
@@ -644,7 +640,9 @@ class KanadeModel(nn.Module):
         masked = bool((frame_lengths < E).any())
         x = self.local_encoder(local_features, lengths=frame_lengths if masked else None)
         f = self.config.downsample_factor
-        if f > 1:
+        if f > 1 and x.size(1) < f:  # shorter than one token (< 20 ms * f of audio)
+            x = x[:, :0]
+        elif f > 1:
             if self.conv_downsample is not None:
                 x = self.conv_downsample(x.transpose(1, 2)).transpose(1, 2)
             else:

@@ -8,7 +8,6 @@ frames, so a batched item gets the same embedding as when it is encoded alone.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .utils import lengths_to_mask

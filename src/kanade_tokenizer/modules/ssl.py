@@ -36,13 +36,17 @@ HF_MODELS = {
 _INFERENCE_OVERRIDES = {"apply_spec_augment": False, "mask_time_prob": 0.0, "layerdrop": 0.0}
 
 
-def build_wavlm_config(model_name: str, model_config: dict | None = None):
+def build_wavlm_config(model_name: str, model_config=None):
     """A ``WavLMConfig`` for ``model_name`` without any download.
 
-    WavLM-base and base+ share ``WavLMConfig()``'s defaults; other models need ``model_config``.
+    ``model_config`` is a ``WavLMConfig`` (used as is) or its keyword arguments (applied over the
+    inference defaults). WavLM-base and base+ share ``WavLMConfig()``'s defaults; other models
+    need ``model_config``.
     """
     from transformers import WavLMConfig
 
+    if isinstance(model_config, WavLMConfig):
+        return model_config
     if model_config is None and model_name not in ("wavlm_base_plus", "wavlm_base"):
         raise ValueError(
             f"no offline architecture for SSL model {model_name!r}: pass model_config "
