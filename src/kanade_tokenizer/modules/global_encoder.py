@@ -133,7 +133,7 @@ class GlobalEncoder(nn.Module):
     ):
         super().__init__()
         if not use_attn_pool:
-            raise NotImplementedError("only attentive statistics pooling (use_attn_pool: true) is supported")
+            raise ValueError("use_attn_pool: false is unsupported: the released models pool with attentive statistics")
         self.backbone = ConvNeXtBackbone(
             input_channels=input_channels,
             dim=dim,

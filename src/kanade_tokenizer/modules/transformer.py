@@ -189,7 +189,7 @@ class Transformer(nn.Module):
     ):
         super().__init__()
         if causal:
-            raise NotImplementedError("causal attention is not used by Kanade and not implemented")
+            raise ValueError("causal: true is unsupported: every Kanade transformer attends both ways within its window")
         self.dim = dim
         self.n_heads = n_heads
         self.head_dim = dim // n_heads

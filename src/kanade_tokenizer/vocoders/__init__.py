@@ -4,7 +4,7 @@
 (``charactr/vocos-mel-24khz``), from the Hugging Face Hub or from a local folder in the same
 layout (config.yaml + pytorch_model.bin or model.safetensors). ``vocode(vocoder, mel)`` runs it.
 
-The HiFT vocoder of the 25 Hz "clean" model is not implemented yet: ``load_vocoder("hift")``
+The HiFT vocoder of the 25 Hz "clean" model is not part of this package: ``load_vocoder("hift")``
 says so instead of failing later.
 """
 
@@ -51,7 +51,7 @@ def load_vocoder(
     name = os.fspath(name)
     if name.lower() == "hift":
         raise VocoderLoadError(
-            "the HiFT vocoder (for the kanade-25hz-clean model) is not implemented in this package yet; "
+            "the HiFT vocoder (for the kanade-25hz-clean model) is not available in this package; "
             "use a Vocos-style model (kanade-12.5hz / kanade-25hz) with load_vocoder('vocos')"
         )
     name = _ALIASES.get(name.lower(), name)
