@@ -281,6 +281,9 @@ def test_report_per_speaker_and_saved_next_to_the_cache(tmp_path, tiny_tts, tiny
     assert sum(s.rows_kept for s in dataset.speakers) == dataset.rows_kept == len(out)
     assert sum(s.rows_in for s in dataset.speakers) == dataset.rows_in == 20
     assert dataset.tokens == sum(out["length"])
+    by_speaker = {s.name: s.dropped["too_long"].count for s in dataset.speakers}
+    assert sum(by_speaker.values()) == dataset.dropped["too_long"].count
+    assert f"  of which speaker bob: {by_speaker['bob']} too_long" in report.format()
     assert dataset.lengths.max == max(out["length"]) and dataset.lengths.percentiles["p50"] > 0
     frames_kept = sum(r["encoded_len"] for r in clean_rows() if r["encoded_len"] / 12.5 <= 3.0)
     assert dataset.audio_hours == pytest.approx(frames_kept / 12.5 / 3600)

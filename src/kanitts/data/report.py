@@ -189,6 +189,11 @@ class TrainingDataReport:
                     f"dropped from {d.name}: {drop.count:,} row(s): {RowStatus[key.upper()].description} "
                     f"(e.g. row {drop.example_row})"
                 )
+            if len(d.speakers) > 1:
+                for speaker in d.speakers:
+                    if speaker.dropped:
+                        counts = ", ".join(f"{drop.count:,} {key}" for key, drop in speaker.dropped.items())
+                        lines.append(f"  of which speaker {speaker.name or '(none)'}: {counts}")
             if d.frames_removed_as_repeats:
                 lines.append(f"{d.name}: {d.frames_removed_as_repeats:,} repeated frame(s) removed (dedup_frames)")
             lines.extend(f"note: {d.name}: {n}" for n in d.notes)
