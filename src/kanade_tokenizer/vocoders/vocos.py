@@ -7,7 +7,7 @@ so the state-dict prefix) the released checkpoint uses:
 * ``feature_extractor`` (:class:`MelSpectrogramFeatures`): audio -> log-mel, the input format
   (only needed for copy-synthesis; its window and filterbank are buffers in the checkpoint:
   ``feature_extractor.mel_spec.spectrogram.window`` and ``feature_extractor.mel_spec.mel_scale.fb``).
-* ``backbone`` (:class:`VocosBackbone`): ``embed`` Conv1d(n_mels -> dim, k7), ``norm`` LayerNorm,
+* ``backbone`` (:class:`~kanade_tokenizer.modules.convnext.ConvNeXtBackbone`): ``embed`` Conv1d(n_mels -> dim, k7), ``norm`` LayerNorm,
   ``convnext.{i}`` ConvNeXt blocks (``dwconv``, ``norm``, ``pwconv1``, ``pwconv2``, ``gamma``),
   ``final_layer_norm``.
 * ``head`` (:class:`ISTFTHead`): ``out`` Linear(dim -> n_fft + 2) giving log-magnitude and phase,
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from kanade_tokenizer.modules.convnext import ConvNeXtBackbone
 from kanade_tokenizer.modules.mel import MelSpectrogram, reflect_pad
 
 Padding = Literal["center", "same"]
@@ -188,57 +189,6 @@ class MelSpectrogramFeatures(nn.Module):
         return mel.reshape(*lead, *mel.shape[-2:])
 
 
-class ConvNeXtBlock(nn.Module):
-    """1-D ConvNeXt block: depthwise conv k7 -> LayerNorm -> Linear -> GELU -> Linear -> ·gamma, residual."""
-
-    def __init__(self, dim: int, intermediate_dim: int, layer_scale_init_value: float | None) -> None:
-        super().__init__()
-        self.dwconv = nn.Conv1d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, intermediate_dim)
-        self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(intermediate_dim, dim)
-        if layer_scale_init_value is not None and layer_scale_init_value > 0:
-            self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
-        else:
-            self.gamma = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T)
-        h = self.dwconv(x).transpose(1, 2)
-        h = self.pwconv2(self.act(self.pwconv1(self.norm(h))))
-        if self.gamma is not None:
-            h = h * self.gamma
-        return x + h.transpose(1, 2)
-
-
-class VocosBackbone(nn.Module):
-    """ConvNeXt stack at the frame rate: (B, n_mels, T) -> (B, T, dim)."""
-
-    def __init__(
-        self, input_channels: int, dim: int, intermediate_dim: int, num_layers: int,
-        layer_scale_init_value: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.input_channels = input_channels
-        self.embed = nn.Conv1d(input_channels, dim, kernel_size=7, padding=3)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        scale = layer_scale_init_value if layer_scale_init_value else 1.0 / num_layers
-        self.convnext = nn.ModuleList(
-            [ConvNeXtBlock(dim, intermediate_dim, scale) for _ in range(num_layers)]
-        )
-        self.final_layer_norm = nn.LayerNorm(dim, eps=1e-6)
-        for module in self.modules():
-            if isinstance(module, (nn.Conv1d, nn.Linear)):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.embed(x).transpose(1, 2)).transpose(1, 2)
-        for block in self.convnext:
-            x = block(x)
-        return self.final_layer_norm(x.transpose(1, 2))
-
-
 class ISTFT(nn.Module):
     """Inverse STFT with a periodic Hann window (buffer ``window``).
 
@@ -308,8 +258,9 @@ class Vocos(nn.Module):
         self.feature_extractor = MelSpectrogramFeatures(
             config.sample_rate, config.n_fft, config.hop_length, config.n_mels, config.padding
         )
-        self.backbone = VocosBackbone(
-            config.n_mels, config.dim, config.intermediate_dim, config.num_layers, config.layer_scale_init_value
+        self.backbone = ConvNeXtBackbone(
+            config.n_mels, config.dim, config.intermediate_dim, config.num_layers,
+            layer_scale_init_value=config.layer_scale_init_value,
         )
         self.head = ISTFTHead(config.dim, config.head_n_fft, config.head_hop_length, config.head_padding)
 
@@ -331,7 +282,7 @@ class Vocos(nn.Module):
             raise ValueError(
                 f"expected a mel of shape (batch, {self.config.n_mels}, frames), got {tuple(mel.shape)}"
             )
-        return self.head(self.backbone(mel))
+        return self.head(self.backbone(mel.transpose(1, 2)))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return self.decode(self.feature_extractor(audio))
@@ -448,12 +399,10 @@ def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 __all__ = [
-    "ConvNeXtBlock",
     "ISTFT",
     "ISTFTHead",
     "MelSpectrogramFeatures",
     "Vocos",
-    "VocosBackbone",
     "VocosConfig",
     "VocosLoadError",
     "read_state_dict",
