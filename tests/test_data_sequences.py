@@ -378,3 +378,23 @@ def test_rewriting_a_parquet_source_in_place_invalidates_the_cache(tmp_path, tin
     out, second = build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer)
     assert second.fingerprint != first.fingerprint and not second.from_cache
     assert len(out) == 7
+
+
+def test_null_cells_are_bad_rows_and_an_empty_file_is_named(tmp_path, tiny_tts, tiny_tokenizer):
+    features = datasets.Features({
+        "text": datasets.Value("string"),
+        **{f"nano_layer_{k}": datasets.List(datasets.Value("int64")) for k in range(1, 5)},
+        "encoded_len": datasets.Value("int64"),
+    })
+    columns = {"text": [None, "Fine.", "No layers."], "encoded_len": [1, 2, None],
+               **{f"nano_layer_{k}": [[1], [1, 2], None] for k in range(1, 5)}}
+    nulls = tmp_path / "nulls.parquet"
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(nulls))
+    out, report = build_training_dataset(config(tmp_path, [{"reponame": str(nulls)}]), tiny_tts[1], tiny_tokenizer)
+    assert len(out) == 1
+    assert {k: d.example_row for k, d in report.datasets[0].dropped.items()} == {"empty_text": 0, "encoded_len_mismatch": 2}
+
+    empty = tmp_path / "empty.parquet"
+    datasets.Dataset.from_dict({k: [] for k in features}, features=features).to_parquet(str(empty))
+    with pytest.raises(UserError, match=rf"dataset {empty}: cannot read parquet files .*no data"):
+        build_training_dataset(config(tmp_path, [{"reponame": str(empty)}]), tiny_tts[1], tiny_tokenizer)

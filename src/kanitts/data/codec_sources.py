@@ -67,7 +67,13 @@ def _data_files_in(folder: Path) -> list[str]:
 
 
 def _load_saved(path: Path, entry: DatasetEntry) -> datasets.Dataset:
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, IndexError, KeyError) as exc:  # what a damaged or empty folder raises
+        raise UserError(
+            f"dataset {entry.label}: cannot read the save_to_disk folder {path} ({type(exc).__name__}: {exc}); "
+            "is it complete, and does it have rows?"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if entry.split not in loaded:
             raise UserError(

@@ -417,7 +417,7 @@ def _run_batches(
 
 def _estimated_bytes(entry: DatasetEntry, source: datasets.Dataset, matching: np.ndarray, layout: TokenLayout) -> int:
     """An upper bound of the size of one dataset's sequences: 13 bytes (ids, labels, mask) per audio token."""
-    frames = source.with_format("arrow")[entry.encoded_len].to_numpy()
+    frames = pc.fill_null(source.with_format("arrow")[entry.encoded_len], 0).to_numpy()
     return int(frames[matching].sum()) * layout.num_codebooks * 13
 
 
