@@ -190,7 +190,9 @@ def training_arguments(
             args.setdefault("train_sampling_strategy", "group_by_length")
         else:
             args.setdefault("group_by_length", True)
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        # CPU only: transformers wants use_cpu for bf16 there, and it makes DDP use gloo
+        args.setdefault("use_cpu", True)
         args.setdefault("dataloader_pin_memory", False)
     args.update(
         output_dir=str(run_dir),
@@ -295,7 +297,7 @@ class TrainingRun:
         if trainer.is_world_process_zero():
             if options.packing:
                 disable_exact_packing(model.get_base_model())
-            write_atomically(final, lambda folder: self._save(model, experiment, metrics, folder))
+            write_atomically(final, lambda folder: self._save(model, experiment, metrics, run_dir, folder))
             shutil.rmtree(run_dir, ignore_errors=True)
         trainer.accelerator.wait_for_everyone()
         return ExperimentResult(
@@ -308,8 +310,12 @@ class TrainingRun:
             notes=notes,
         )
 
-    def _save(self, model, experiment: Experiment, metrics: dict[str, Any], folder: Path) -> None:
-        """Merged model (safetensors), tokenizer, experiment.yaml, metrics.json; the adapter if asked."""
+    def _save(self, model, experiment: Experiment, metrics: dict[str, Any], run_dir: Path, folder: Path) -> None:
+        """Merged model (safetensors), tokenizer, experiment.yaml, metrics.json; the adapter if asked.
+
+        TensorBoard event files, written under the run folder while training, move along into
+        ``logs/`` so they outlive the run folder.
+        """
         if experiment.training.keep_adapter:
             model.save_pretrained(str(folder / "adapter"))
         merged = model.merge_and_unload()
@@ -323,6 +329,8 @@ class TrainingRun:
         }
         (folder / EXPERIMENT_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        if (run_dir / "runs").is_dir():
+            shutil.copytree(run_dir / "runs", folder / "logs")
 
 
 def run_experiments(
