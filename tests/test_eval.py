@@ -48,6 +48,14 @@ def test_slugify_gives_names_safe_on_every_os():
     assert slugify("prompt:1 / alice?") == "prompt_1_alice"
     assert slugify("a*b|c<d>e\"f") == "a_b_c_d_e_f"
     assert slugify("...") == "unnamed"
+    assert slugify("con") == "_con" and slugify("NUL.txt") == "_NUL.txt" and slugify("console") == "console"
+
+
+def test_sentence_ids_that_would_share_a_file_are_refused(project_copy):
+    eval_set = {"eval_set": [{"Prompt 1": "alice: One."}, {"prompt:1": "alice: Two."}]}
+    (project_copy / "eval_set.yaml").write_text(yaml.safe_dump(eval_set))
+    with pytest.raises(UserError, match="same file name"):
+        run_eval(eval_configs(project_copy), report=False)
 
 
 def test_eval_writes_files_rows_dataset_and_report(evaluated_project):

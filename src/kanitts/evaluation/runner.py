@@ -50,10 +50,26 @@ CSV_COLUMNS = [
 ]
 
 
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
 def slugify(name: str) -> str:
     """A file name that is safe on every OS: letters, digits, '-', '_' and '.' only."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return slug[:120] or "unnamed"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:120] or "unnamed"
+    return f"_{slug}" if slug.split(".")[0].upper() in _WINDOWS_RESERVED else slug
+
+
+def _check_file_names(sentences: list[EvalSentence]) -> None:
+    """Two sentence ids that differ only in unsafe characters would share a file: refuse."""
+    seen: dict[str, str] = {}
+    for sentence in sentences:
+        slug = slugify(sentence.sentence_id).lower()  # case-insensitive file systems too
+        if slug in seen:
+            raise UserError(
+                f"eval_set.yaml: sentence ids {seen[slug]!r} and {sentence.sentence_id!r} give the same "
+                f"file name {slugify(sentence.sentence_id)!r}; rename one"
+            )
+        seen[slug] = sentence.sentence_id
 
 
 @dataclass
@@ -228,6 +244,7 @@ def run_eval(
         missing = {k: v for k, v in missing.items() if k in only}
     failures = list(missing.values())
     sentences = configs.eval_set.sentences
+    _check_file_names(sentences)
     takes = configs.inference.generation.num_return_sequences
     outputs = _Outputs(audio_dir, takes)
     similarity = _speaker_similarity(configs)
