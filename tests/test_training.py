@@ -255,3 +255,18 @@ def test_kanitts_train_cli_builds_the_data_and_trains(base, tmp_path, capsys):
     assert "cli-b: already trained" in out and "Training summary" in out
     metrics = json.loads((tmp_path / "ck" / "cli-a" / METRICS_FILE).read_text())
     assert metrics["num_sequences"] == 12 and metrics["dataset_fingerprint"] != "unknown"
+
+
+def test_each_experiment_gets_its_own_offline_wandb_run(base, dataset, tmp_path, monkeypatch):
+    """Not logged in to W&B: training goes on offline, one W&B run per experiment."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "kanitts-tests")  # restored afterwards, unlike what training sets
+    configs = configs_for(base, experiment("wb-one", steps=1), experiment("wb-two", steps=1))
+    results = run_experiments(configs, checkpoints_dir=tmp_path / "ck", train_dataset=dataset)
+    assert [r.status for r in results] == ["done", "done"]
+    assert "W&B runs offline" in results[0].notes[0]
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2

@@ -35,6 +35,7 @@ import yaml
 from kanitts.config import ConfigSet, Experiment, ExperimentsConfig, translate_trainer_args, training_argument_names
 from kanitts.errors import UserError
 from kanitts.tokens import TokenLayout
+from kanitts.training.tracking import finish_active_runs
 
 RUNS_FOLDER = ".runs"
 EXPERIMENT_FILE = "experiment.yaml"
@@ -402,6 +403,7 @@ def run_experiments(
             print(f"{experiment.model_id} FAILED:\n{message}", flush=True)
             result = ExperimentResult(experiment.model_id, "failed", time.perf_counter() - start, error=message)
         finally:
+            finish_active_runs()
             release_memory()
         results.append(result)
         if result.status == "interrupted":

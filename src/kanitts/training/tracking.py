@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import netrc
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,3 +80,14 @@ def resolve_tracking(requested: str | list[str] | None, project_name: str | None
                 notes.append("W&B runs offline (WANDB_MODE=offline)")
         report_to.append(tracker)
     return Tracking(report_to=report_to or ["none"], environment=environment, notes=notes)
+
+
+def finish_active_runs() -> None:
+    """Closes the W&B run of the experiment that just ended, so the next experiment gets its own.
+
+    transformers' W&B callback logs into whatever run is active, so without this every experiment
+    of one `kanitts train` would land in the first one's run.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
