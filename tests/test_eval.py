@@ -215,6 +215,7 @@ def test_cli_eval_and_report(project_copy, capsys):
     assert main(["eval", "--config-dir", str(project_copy)]) == 0
     out = capsys.readouterr().out
     assert "9 samples (0 generated, 9 reused)" in out and "report/index.html" in out
+    assert "exp-b: 3 samples, 3 truncated, mean 0.24 s, speaker similarity" in out
     shutil.rmtree("report")
     assert main(["report", "--config-dir", str(project_copy)]) == 0
     assert Path("report/index.html").is_file()

@@ -38,6 +38,12 @@ def test_report_folder_holds_everything_it_links(report):
     assert {p.name for p in (folder / "plots").iterdir()} == {"all.png", "exp-a.png", "exp-b.png"}
 
 
+def test_grid_columns_name_each_model_and_its_description(report):
+    page = report[0].read_text(encoding="utf-8")
+    assert "<th scope='col'>exp-a<span class='desc'>rank 8</span></th>" in page
+    assert "<th scope='col'>exp-b<span class='desc'>rank 16</span></th>" in page
+
+
 def test_settings_that_differ_are_highlighted(report):
     page = report[0].read_text(encoding="utf-8")
     highlighted = set(re.findall(r"<tr class='differs'><th scope='row'>([^<]+)</th>", page))

@@ -101,7 +101,10 @@ def _grid(results: dict[str, Any]) -> str:
     by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in results["rows"]:
         by_cell.setdefault((row["sentence_id"], row["experiment_id"]), []).append(row)
-    head = "".join(f"<th scope='col'>{_e(m)}</th>" for m in models)
+    head = "".join(
+        f"<th scope='col'>{_e(m['experiment_id'])}<span class='desc'>{_e(_description(m))}</span></th>"
+        for m in results["models"]
+    )
     lines = [f"<table class='grid'><thead><tr><th scope='col'>sentence</th>{head}</tr></thead><tbody>"]
     for sentence in results["sentences"]:
         sid = sentence["sentence_id"]
@@ -115,6 +118,14 @@ def _grid(results: dict[str, Any]) -> str:
         )
     lines.append("</tbody></table>")
     return "\n".join(lines)
+
+
+def _description(model: dict[str, Any]) -> str:
+    """The experiment's ``base.desc`` (or the base model's name for the base)."""
+    if not model.get("checkpoint_dir"):
+        return str(model["train_configuration"].get("base_model", ""))
+    flat = flatten(model["train_configuration"])
+    return str(next((v for k, v in flat.items() if k.endswith("base.desc") and v), ""))
 
 
 def _sample(row: dict[str, Any]) -> str:

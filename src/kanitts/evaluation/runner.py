@@ -103,9 +103,21 @@ class EvalSummary:
     def succeeded(self) -> bool:
         return bool(self.rows) and not self.failures
 
+    def per_model(self) -> list[str]:
+        """One line per model: samples, truncated, mean duration and speaker similarity."""
+        lines = []
+        for model in dict.fromkeys(r["experiment_id"] for r in self.rows):
+            mine = [r for r in self.rows if r["experiment_id"] == model]
+            sims = [r["speaker_similarity"] for r in mine if r["speaker_similarity"] is not None]
+            line = (f"  {model}: {len(mine)} samples, {sum(r['truncated'] for r in mine)} truncated, "
+                    f"mean {sum(r['duration_sec'] for r in mine) / len(mine):.2f} s")
+            lines.append(line + (f", speaker similarity {sum(sims) / len(sims):.3f}" if sims else ""))
+        return lines
+
     def describe(self) -> str:
         lines = [
             f"{len(self.rows)} samples ({self.generated} generated, {self.reused} reused) in {self.seconds:.1f} s",
+            *self.per_model(),
             f"results: {self.csv_path}",
             f"dataset: {self.dataset_dir}",
         ]
