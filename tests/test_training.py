@@ -270,3 +270,22 @@ def test_each_experiment_gets_its_own_offline_wandb_run(base, dataset, tmp_path,
     assert [r.status for r in results] == ["done", "done"]
     assert "W&B runs offline" in results[0].notes[0]
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+
+
+def test_a_save_that_fails_leaves_no_checkpoint_behind(tmp_path):
+    from kanitts.training.experiments import write_atomically
+
+    final = tmp_path / "model"
+
+    def crash(folder):
+        (folder / "config.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(final, crash)
+    assert list(tmp_path.iterdir()) == []
+
+    write_atomically(final, lambda folder: (folder / "v").write_text("1"))
+    write_atomically(final, lambda folder: (folder / "v").write_text("2"))  # --force replaces it whole
+    assert (final / "v").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
