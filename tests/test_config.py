@@ -127,3 +127,8 @@ def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_configs(tmp_path)
     assert info.value.problems == [f"{tmp_path / 'inference_config.yaml'}: file not found"]
+
+
+def test_empty_speaker_id_is_an_error(tmp_path):
+    problems = _errors(tmp_path, dataset="hf_datasets:\n  - reponame: x\n    speaker_id: ''\n")
+    assert problems == [f"{tmp_path / 'dataset_config.yaml'}: hf_datasets[0].speaker_id: must not be empty (leave the key out, or use null, for none)"]

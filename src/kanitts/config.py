@@ -133,7 +133,7 @@ class DatasetEntry(_Strict):
     nano_layer_3: str = "nano_layer_3"
     nano_layer_4: str = "nano_layer_4"
     encoded_len: str = "encoded_len"
-    speaker_id: str | None = None
+    speaker_id: str | None = Field(None, min_length=1)
     max_len: PositiveInt | None = None
     categorical_filter: CategoricalFilter | None = None
 
@@ -434,6 +434,8 @@ def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
         return f"expected a mapping of keys, got {value!r}"
     if kind == "too_short":
         return "expected at least one entry"
+    if kind == "string_too_short":
+        return "must not be empty (leave the key out, or use null, for none)"
     message = error["msg"]
     return message.removeprefix("Value error, ")
 
