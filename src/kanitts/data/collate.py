@@ -63,13 +63,10 @@ class PaddingCollator:
     pad_token_id: int
     start_of_ai: int
     loss_on: LossOn = "all"
-    pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         lengths = [len(e["input_ids"]) for e in examples]
         width = max(lengths)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), width), dtype=torch.long)

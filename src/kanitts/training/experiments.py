@@ -247,7 +247,10 @@ class TrainingRun:
 
         model = load_base_model(self.base_model, attention, dtype)
         if options.packing:
-            attention = enable_exact_packing(model)
+            requested, attention = attention, enable_exact_packing(model)
+            if attention != requested:
+                notes.append(f"attention: {attention} (SDPA on each packed sequence alone) instead of {requested}")
+                say(f"  note: {notes[-1]}")
             collator = PackingCollator(start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on)
         else:
             collator = PaddingCollator(
