@@ -241,21 +241,23 @@ class TrainingRun:
         args, dtype, arg_notes = training_arguments(experiment, run_dir, tracking.report_to, self.project_name)
         notes += arg_notes
         attention, attention_notes = choose_attention(options.attn_implementation)
-        notes += attention_notes
-        for note in notes:
-            say(f"  note: {note}")
-
         model = load_base_model(self.base_model, attention, dtype)
         if options.packing:
-            requested, attention = attention, enable_exact_packing(model)
-            if attention != requested:
-                notes.append(f"attention: {attention} (SDPA on each packed sequence alone) instead of {requested}")
-                say(f"  note: {notes[-1]}")
+            packed_attention = enable_exact_packing(model)
+            if packed_attention != attention:
+                attention_notes = [
+                    f"attention: {packed_attention}, SDPA on each packed sequence alone "
+                    f"(flash-attn 2 does this natively when installed)"
+                ]
+                attention = packed_attention
             collator = PackingCollator(start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on)
         else:
             collator = PaddingCollator(
                 pad_token_id=self.layout.pad, start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on
             )
+        notes += attention_notes
+        for note in notes:
+            say(f"  note: {note}")
         model = wrap_with_lora(model, experiment.lora_args)
         interrupt = GracefulInterrupt()
         trainer = ExperimentTrainer(
