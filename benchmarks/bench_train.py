@@ -67,8 +67,9 @@ def build_model(shape: str, vocab_size: int, attn_implementation: str, dtype: to
     spec = SHAPES[shape]
     config = Lfm2Config(vocab_size=vocab_size, num_hidden_layers=len(spec["layer_types"]),
                         max_position_embeddings=4096, tie_word_embeddings=True, **spec)
-    config._attn_implementation = attn_implementation
-    return Lfm2ForCausalLM(config).to(device=device, dtype=dtype)
+    model = Lfm2ForCausalLM(config).to(device=device, dtype=dtype)
+    model.set_attn_implementation(attn_implementation)
+    return model
 
 
 def synthetic_sequences(layout: TokenLayout, count: int, seed: int = 0) -> list[list[int]]:
