@@ -63,3 +63,25 @@ def test_bf16_only_where_supported(monkeypatch):
     monkeypatch.setattr(lora, "bf16_supported", lambda: True)
     args, dtype, notes = lora.choose_precision({"bf16": True})
     assert args["bf16"] is True and dtype == torch.bfloat16 and notes == []
+
+
+def test_trainer_args_pass_through_with_the_runner_settings(tmp_path):
+    from kanitts.config import Experiment
+    from kanitts.training.experiments import training_arguments
+
+    experiment = Experiment.model_validate({
+        "base": {"model_id": "x", "run_name": "run-x"},
+        "trainer_args": {"warmup_ratio": 0.1, "weight_decay": 0.02, "lr_scheduler_type": "cosine",
+                         "logging_steps": 3, "save_steps": 7, "seed": 5},
+    })
+    args, dtype, notes = training_arguments(experiment, tmp_path / "run", ["none"], "proj")
+    assert (args.weight_decay, args.lr_scheduler_type, args.save_steps, args.seed) == (0.02, "cosine", 7, 5)
+    assert args.warmup_steps == 0.1 and any("warmup_ratio" in n for n in notes)
+    assert args.logging_steps == 3 and args.save_total_limit == 2  # the user's value wins, our default fills in
+    assert args.output_dir == str(tmp_path / "run") and args.run_name == "run-x"
+    assert args.remove_unused_columns is False and args.report_to == []  # "none": no tracker
+    assert args.train_sampling_strategy == "group_by_length" and dtype == torch.float32
+
+    packed = experiment.model_copy(update={"training": experiment.training.model_copy(update={"packing": True})})
+    args, _, _ = training_arguments(packed, tmp_path / "run", ["none"], "proj")
+    assert args.train_sampling_strategy == "random"  # packs come from PackedBatchSampler instead
