@@ -52,6 +52,8 @@ RUNNER_DEFAULTS: dict[str, Any] = {"logging_steps": 10, "save_total_limit": 2}
 
 @dataclass
 class ExperimentResult:
+    """How one experiment went, for the summary table, the exit code and callers in Python."""
+
     model_id: str
     status: Status
     seconds: float = 0.0
@@ -472,9 +474,12 @@ def train_command(
     """`kanitts train`: load the configs, run the experiments, print the summary; the exit code."""
     from rich.console import Console
 
-    from kanitts.config import load_configs
+    from kanitts.config import CONFIG_FILES, load_configs
 
-    configs = load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval"))
+    kinds = ("dataset", "experiments", "model")
+    if (Path(config_dir) / CONFIG_FILES["eval"]).is_file():  # only for its checkpoints_dir
+        kinds += ("eval",)
+    configs = load_configs(config_dir, kinds=kinds)
     for warning in configs.warnings:
         say(f"warning: {warning}")
     results = run_experiments(configs, only=only, force=force, checkpoints_dir=checkpoints_dir)
