@@ -3,20 +3,23 @@
 The reference dataset pipeline encodes one clip per call (NeMo ``AudioCodecModel.encode`` at batch
 size 1, each clip zero-padded to a multiple of 1,764 samples). Here the same clips go through
 
-- **one at a time**: ``nanocodec_torch.AudioCodecModel.encode`` on each padded clip alone, and
-- **batched**: the prepare command's own path, length bucketing (``_batches``) + ``NanoCodec.encode``
+- **one at a time** (the baseline): ``nanocodec_torch.AudioCodecModel.encode`` on each padded clip;
+- **kanitts, one clip per call**: ``NanoCodec.encode`` per clip (what prepare does on a CPU);
+- **batched**: the prepare command's length buckets (``_batches``) through ``NanoCodec.encode``
   (padding to whole frames, replicate-fill so codes equal the one-at-a-time codes),
 
 with the full-size NanoCodec (61.7 M parameters) randomly initialised (no download), in the same
-process, interleaved round by round, best round of each. The batched codes are compared with the
+process: each bucket is encoded all ways back to back, the order alternating, best of the rounds
+per bucket (so load from other processes hits all alike). The batched codes are compared with the
 one-at-a-time codes. Clips: espeak-ng sentences in two voices (en-us, en-us+f3) when espeak-ng is
 installed, else synthetic speech-like signals.
 
-    python benchmarks/bench_prepare.py                   # ~2-5 minutes on 2 CPU cores
-    python benchmarks/bench_prepare.py --device cuda --clips 64 --dtype bf16
+    python benchmarks/bench_prepare.py                   # ~1-3 minutes on 2 idle CPU cores
+    python benchmarks/bench_prepare.py --device cuda --clips 64 --batch-seconds 600
 
-Output: one line per measurement; the last line is ``ratio: <batched / one-at-a-time>`` in audio
-seconds per wall second. Record results in benchmarks/RESULTS.md.
+Output: one line per measurement (on a CPU also the process CPU time, steadier on a shared
+machine); the last line is ``ratio: <batched / one-at-a-time>`` in audio seconds per wall second.
+Record results in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -101,83 +104,97 @@ def one_at_a_time(codec: NanoCodec, clips: list[np.ndarray]) -> list[torch.Tenso
     return out
 
 
-def batched(codec: NanoCodec, clips: list[np.ndarray], batch_seconds: float, max_batch: int) -> list[torch.Tensor]:
-    """The prepare command's path: length bucketing + NanoCodec.encode."""
-    items = [_Clip(item=i, audio=x) for i, x in enumerate(clips)]  # item: the clip's index here
-    out: list[torch.Tensor | None] = [None] * len(clips)
-    for batch in _batches(items, int(batch_seconds * codec.sample_rate), max_batch):
-        lengths = torch.tensor([len(c.audio) for c in batch])
-        waves = torch.zeros(len(batch), int(lengths.max()))
-        for b, c in enumerate(batch):
-            waves[b, : len(c.audio)] = torch.from_numpy(c.audio)
-        codes, frames = codec.encode(waves, lengths)
-        for b, c in enumerate(batch):
-            out[c.item] = codes[b, :, : frames[b]].cpu()
-    return out  # type: ignore[return-value]
+def encode_batch(codec: NanoCodec, clips: list[np.ndarray]) -> list[torch.Tensor]:
+    """What prepare does with one batch: pad to the longest clip, NanoCodec.encode, trim."""
+    lengths = torch.tensor([len(x) for x in clips])
+    waves = torch.zeros(len(clips), int(lengths.max()))
+    for b, x in enumerate(clips):
+        waves[b, : len(x)] = torch.from_numpy(x)
+    codes, frames = codec.encode(waves, lengths)
+    return [codes[b, :, : frames[b]].cpu() for b in range(len(clips))]
+
+
+def _timed(fn, device: torch.device):
+    """(wall seconds, process CPU seconds, result)."""
+    _sync(device)
+    t, c = time.perf_counter(), time.process_time()
+    result = fn()
+    _sync(device)
+    return time.perf_counter() - t, time.process_time() - c, result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clips", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--batch-seconds", type=float, nargs="+", default=None,
-                        help="bucket budgets to try; the first one gives the ratio (default: the prepare default)")
+    parser.add_argument("--batch-seconds", type=float, default=60.0, help="bucket budget (padded audio per batch)")
     parser.add_argument("--max-batch-size", type=int, default=64)
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    budgets = args.batch_seconds or [600.0 if device.type == "cuda" else 60.0]
-    torch.manual_seed(0)
     codec = NanoCodec.from_config(seed=0, device=device, dtype=args.dtype)
     clips, kind = _clips(args.clips)
     total = sum(len(x) for x in clips) / SR
     params = sum(p.numel() for p in codec.model.parameters()) / 1e6
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {platform.platform()}, {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+    print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print(f"codec: full-size NanoCodec, random init, {params:.1f} M parameters, {args.dtype} on {device}")
     print(f"clips: {len(clips)} {kind}, {total:.1f} s of audio, "
           f"{min(len(x) for x in clips) / SR:.2f}-{max(len(x) for x in clips) / SR:.2f} s each")
 
-    # warm-up (first-call allocations / kernel selection)
-    one_at_a_time(codec, clips[:2])
-    batched(codec, clips[:2], budgets[0], args.max_batch_size)
+    # The buckets prepare makes of these clips; each bucket is timed both ways back to back
+    # (order alternating by round), best of the rounds per bucket, so that load changes on a
+    # shared machine hit both methods alike.
+    items = [_Clip(item=i, audio=x) for i, x in enumerate(clips)]
+    buckets = [[c.item for c in b] for b in _batches(items, int(args.batch_seconds * SR), args.max_batch_size)]
+    print(f"buckets ({args.batch_seconds:g} s budget, max {args.max_batch_size} clips): "
+          f"{len(buckets)}, sizes {[len(b) for b in buckets]}")
+    one_at_a_time(codec, clips[:1])  # warm-up
+    encode_batch(codec, [clips[i] for i in buckets[0]])
 
-    best_single = math.inf
-    best_batched = {b: math.inf for b in budgets}
-    single_codes = batched_codes = None
+    methods = ("single", "batched", "prepare_cpu")
+    best = {m: [math.inf] * len(buckets) for m in methods}
+    best_cpu = {m: [math.inf] * len(buckets) for m in methods}
+    single_codes: dict[int, torch.Tensor] = {}
+    batched_codes: dict[int, torch.Tensor] = {}
     for r in range(args.rounds):
-        _sync(device)
-        t = time.perf_counter()
-        single_codes = one_at_a_time(codec, clips)
-        _sync(device)
-        best_single = min(best_single, time.perf_counter() - t)
-        for b in budgets:
-            t = time.perf_counter()
-            codes = batched(codec, clips, b, args.max_batch_size)
-            _sync(device)
-            best_batched[b] = min(best_batched[b], time.perf_counter() - t)
-            if b == budgets[0]:
-                batched_codes = codes
-        print(f"round {r + 1}: one-at-a-time {best_single:.2f} s, batched "
-              + ", ".join(f"{b:g} s budget {best_batched[b]:.2f} s" for b in budgets), flush=True)
+        for k, bucket in enumerate(buckets):
+            bucket_clips = [clips[i] for i in bucket]
+            order = methods if (r + k) % 2 == 0 else methods[::-1]
+            for method in order:
+                if method == "single":
+                    dt, cpu, codes = _timed(lambda: one_at_a_time(codec, bucket_clips), device)
+                    single_codes.update(zip(bucket, codes))
+                elif method == "batched":
+                    dt, cpu, codes = _timed(lambda: encode_batch(codec, bucket_clips), device)
+                    batched_codes.update(zip(bucket, codes))
+                else:  # what prepare does on a CPU: NanoCodec.encode, one clip per call
+                    dt, cpu, _ = _timed(lambda: [encode_batch(codec, [x]) for x in bucket_clips], device)
+                best[method][k] = min(best[method][k], dt)
+                best_cpu[method][k] = min(best_cpu[method][k], cpu)
+        print(f"round {r + 1}: one-at-a-time {sum(best['single']):.2f} s, batched {sum(best['batched']):.2f} s "
+              "(sums of per-bucket bests so far)", flush=True)
 
-    same = sum(int(torch.equal(a, b)) for a, b in zip(single_codes, batched_codes))
-    frames = sum(a.shape[-1] for a in single_codes)
-    diff = sum(int((a != b).sum()) for a, b in zip(single_codes, batched_codes))
-    distinct = len(torch.unique(torch.cat([a.flatten() for a in single_codes])))
+    same = sum(int(torch.equal(single_codes[i], batched_codes[i])) for i in range(len(clips)))
+    frames = sum(single_codes[i].shape[-1] for i in range(len(clips)))
+    diff = sum(int((single_codes[i] != batched_codes[i]).sum()) for i in range(len(clips)))
+    distinct = len(torch.unique(torch.cat([c.flatten() for c in single_codes.values()])))
     print(f"codes identical to one-at-a-time: {same}/{len(clips)} clips ({diff} of {frames * 4} codes differ; "
           f"{distinct} distinct code values)")
-    sizes = [len(b) for b in _batches([_Clip(item=i, audio=x) for i, x in enumerate(clips)],
-                                      int(budgets[0] * SR), args.max_batch_size)]
-    print(f"batches at the {budgets[0]:g} s budget: {len(sizes)} (sizes {sizes})")
-    single_speed = total / best_single
+    single_speed = total / sum(best["single"])
+    batched_speed = total / sum(best["batched"])
     print(f"one-at-a-time: {single_speed:.2f} audio s per wall s")
-    for b in budgets:
-        print(f"batched ({b:g} s budget, max {args.max_batch_size} clips): {total / best_batched[b]:.2f} audio s per wall s")
-    print(f"ratio: {(total / best_batched[budgets[0]]) / single_speed:.3f}")
+    print(f"kanitts NanoCodec.encode, one clip per call (prepare's CPU default): "
+          f"{total / sum(best['prepare_cpu']):.2f} audio s per wall s")
+    print(f"batched: {batched_speed:.2f} audio s per wall s")
+    if device.type == "cpu":  # less sensitive than wall time to other processes on the machine
+        cpu_single, cpu_batched = sum(best_cpu["single"]), sum(best_cpu["batched"])
+        print(f"CPU time: one-at-a-time {cpu_single:.2f} s, one clip per call (kanitts) "
+              f"{sum(best_cpu['prepare_cpu']):.2f} s, batched {cpu_batched:.2f} s "
+              f"(CPU-time ratio {cpu_single / cpu_batched:.3f})")
+    print(f"ratio: {batched_speed / single_speed:.3f}")
 
 
 if __name__ == "__main__":

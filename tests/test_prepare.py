@@ -175,7 +175,7 @@ def tones(tmp_path):
 @needs_espeak
 def test_folder_with_broken_files(ljs_folder, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
-    result = prepare_dataset(_opts(ljs_folder, out, tiny_codec_dir))
+    result = prepare_dataset(_opts(ljs_folder, out, tiny_codec_dir, max_batch_size=8))
     ds = _load(out)
     _assert_codec_dataset(ds)
     assert "speaker" not in ds.column_names  # nobody named one
@@ -253,7 +253,8 @@ def test_hf_audio_dataset(voices, tiny_codec_dir, tmp_path):
 
     out = tmp_path / "out"
     result = prepare_dataset(
-        _opts(hf_dir, out, tiny_codec_dir, audio_column="wav", text_column="sentence", speaker_column="spk")
+        _opts(hf_dir, out, tiny_codec_dir, audio_column="wav", text_column="sentence", speaker_column="spk",
+              max_batch_size=8, batch_seconds=30)
     )
     out_ds = _load(out)
     _assert_codec_dataset(out_ds)
@@ -261,10 +262,11 @@ def test_hf_audio_dataset(voices, tiny_codec_dir, tmp_path):
     assert out_ds["source"] == ["train[0]", "train[1]", "train[2]", "train[3]"]
     assert out_ds["speaker"] == [r["speaker"] for r in rows]
     assert out_ds["text"] == [r["text"] for r in rows]
-    # the file-based run of the same audio gives the same codes
+    # the file-based run of the same audio, one clip per call, gives the same codes
     ref = tmp_path / "ref"
-    prepare_dataset(_opts(voices / "manifest.csv", ref, tiny_codec_dir))
-    assert _load(ref)["nano_layer_3"] == out_ds["nano_layer_3"]
+    prepare_dataset(_opts(voices / "manifest.csv", ref, tiny_codec_dir, max_batch_size=1))
+    for i in range(1, 5):
+        assert _load(ref)[f"nano_layer_{i}"] == out_ds[f"nano_layer_{i}"]
 
     out_test = tmp_path / "out_test"
     prepare_dataset(_opts(hf_dir, out_test, tiny_codec_dir, split="test", audio_column="wav", text_column="sentence"))
@@ -275,16 +277,20 @@ def test_hf_audio_dataset(voices, tiny_codec_dir, tmp_path):
         prepare_dataset(_opts(hf_dir, tmp_path / "y", tiny_codec_dir, split="dev", audio_column="wav"))
 
 
-def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path):
+def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path, tiny_tts, tiny_tokenizer):
     out = tmp_path / "out"
     prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice"))
-    _assert_codec_dataset(_load(out))
-    codec_sources = pytest.importorskip("kanitts.data.codec_sources")
-    from kanitts.config import DatasetEntry
+    ds = _load(out)
+    _assert_codec_dataset(ds)
+    sequences = pytest.importorskip("kanitts.data.sequences")
+    from kanitts.config import DatasetConfig
 
-    loaded = codec_sources.load_source(DatasetEntry(reponame=str(out), speaker_id="alice"))
-    assert len(loaded) == 6
-    assert {"text", "nano_layer_1", "nano_layer_4", "encoded_len"} <= set(loaded.column_names)
+    cfg = DatasetConfig.model_validate(
+        {"hf_datasets": [{"reponame": str(out), "speaker_id": "alice"}], "cache_dir": str(tmp_path / "cache")}
+    )
+    train, report = sequences.build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer, num_proc=1)
+    assert len(train) == len(ds) == 6
+    assert {"input_ids", "labels", "attention_mask"} <= set(train.column_names)
 
 
 # --- run control ------------------------------------------------------------------------------
@@ -316,16 +322,17 @@ class _Interrupt(Exception):
     pass
 
 
-def _flaky_codec(codec_dir, fail_on_call: int | None):
-    """A fresh tiny codec whose encode counts calls and raises on call number `fail_on_call`."""
+def _flaky_codec(codec_dir, fail_after_clips: int | None):
+    """A fresh tiny codec that counts the clips it encodes and raises once it has encoded
+    `fail_after_clips` of them (a crash half way through a run)."""
     codec = load_codec("nanocodec", codec_dir, device="cpu")
     real = codec.encode
-    codec.calls = 0
+    codec.clips = 0
 
     def encode(waves, lengths=None):
-        codec.calls += 1
-        if fail_on_call is not None and codec.calls == fail_on_call:
+        if fail_after_clips is not None and codec.clips >= fail_after_clips:
             raise _Interrupt("simulated crash")
+        codec.clips += len(waves)
         return real(waves, lengths)
 
     codec.encode = encode
@@ -336,7 +343,7 @@ def test_resume_continues_from_finished_shards(tones, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
     opts = dict(shard_size=2, speaker="alice")
     with pytest.raises(_Interrupt):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, **opts), codec=_flaky_codec(tiny_codec_dir, 3))
+        prepare_dataset(_opts(tones, out, tiny_codec_dir, **opts), codec=_flaky_codec(tiny_codec_dir, 4))
     partial = Path(str(out) + ".partial")
     assert not out.exists()
     assert sorted(p.name for p in (partial / "shards").iterdir()) == ["shard-00000", "shard-00001"]
@@ -354,7 +361,7 @@ def test_resume_continues_from_finished_shards(tones, tiny_codec_dir, tmp_path):
 
     codec = _flaky_codec(tiny_codec_dir, None)
     result = prepare_dataset(_opts(tones, out, tiny_codec_dir, resume=True, **opts), codec=codec)
-    assert codec.calls == 1  # only the third shard was encoded
+    assert codec.clips == 2  # only the third shard was encoded
     assert result.shards_resumed == 2 and result.rows == 6
     resumed = _load(out)
 
@@ -476,3 +483,28 @@ def test_length_bucketing():
     assert all(len(b) * len(b[0].audio) <= 200 for b in small)
     assert sum(len(b) for b in small) == len(clips)
     assert all(len(b) <= 2 for b in _batches(clips, 10_000, max_batch=2))
+
+
+def test_source_errors_and_malformed_lines(tones, tiny_codec_dir, tmp_path):
+    from kanitts.data.audio_sources import open_source
+
+    with pytest.raises(UserError, match="cannot load the dataset 'nobody/nothing'"):
+        open_source("nobody/nothing", "hf")  # offline in tests: a clear error, not a traceback
+    with pytest.raises(UserError, match="does not exist"):
+        open_source(tmp_path / "nowhere")
+    (tmp_path / "bad.csv").write_text("file,transcript\na.wav,hello\n")
+    with pytest.raises(UserError, match="missing path, text"):
+        open_source(tmp_path / "bad.csv")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(UserError, match="cannot load the dataset"):
+        open_source(tmp_path / "empty_dir")  # a folder without metadata.csv is read as an HF dataset
+    with pytest.raises(UserError, match="no metadata.csv"):
+        open_source(tones.parent)  # audio files but no transcripts
+
+    lines = tones.read_text().splitlines()[:1] + ["{not json", json.dumps({"path": "t1.wav"}), json.dumps({"path": "gone.wav", "text": "x"})]
+    manifest = tones.with_name("mixed.jsonl")
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = prepare_dataset(_opts(manifest, out, tiny_codec_dir))
+    assert result.rows == 1
+    assert _rejected(out) == {"mixed.jsonl:2": "malformed", "mixed.jsonl:3": "malformed", "gone.wav": "missing audio"}

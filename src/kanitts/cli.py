@@ -64,6 +64,11 @@ def _cmd_login(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from kanitts.data.prepare import PrepareOptions, prepare_dataset
 
+    if args.output is not None and args.output_opt is not None and args.output != args.output_opt:
+        raise UserError(f"two outputs given: {args.output} and --output {args.output_opt}")
+    args.output = args.output or args.output_opt
+    if args.output is None:
+        raise UserError("name the output folder: kanitts prepare INPUT OUTPUT (or --output OUTPUT)")
     fields = PrepareOptions.__dataclass_fields__
     options = PrepareOptions(**{k: v for k, v in vars(args).items() if k in fields})
     result = prepare_dataset(options)
@@ -74,7 +79,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="folder with metadata.csv, a .csv/.jsonl manifest (path,text[,speaker]), "
                    "or a Hugging Face audio dataset (Hub id or local folder)")
-    p.add_argument("output", help="folder to write the codec dataset to (save_to_disk layout)")
+    p.add_argument("output", nargs="?", help="folder to write the codec dataset to (save_to_disk layout)")
+    p.add_argument("--output", "-o", dest="output_opt", default=None, metavar="OUTPUT", help="same as OUTPUT")
     g = p.add_argument_group("input")
     g.add_argument("--input-kind", default="auto", choices=["auto", "folder", "manifest", "hf"])
     g.add_argument("--text-field", default="normalized", choices=["normalized", "text"],
@@ -92,8 +98,9 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="Hub id or local folder of the codec weights (default: the codec's own, for "
                         "nanocodec nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the GPU when there is one)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="encoder precision (auto: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="encoder precision (default fp32, as the reference datasets; bf16 is faster "
+                        "on GPUs but can change a few codes; auto: bf16 on GPU, fp32 on CPU)")
     g = p.add_argument_group("audio")
     g.add_argument("--normalize", default="none", choices=["none", "peak", "loudness"])
     g.add_argument("--peak-dbfs", type=float, default=-1.0, help="peak target / ceiling (default: -1)")
@@ -107,7 +114,8 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--batch-seconds", type=float, default=None,
                    help="padded audio seconds per encoder batch (default: 600 on GPU, 60 on CPU)")
-    g.add_argument("--max-batch-size", type=int, default=64)
+    g.add_argument("--max-batch-size", type=int, default=None,
+                   help="clips per encoder call (default: 64 on GPU, 1 on CPU, where batching does not pay)")
     g.add_argument("--shard-size", type=int, default=500, help="clips per resumable shard")
     g.add_argument("--num-workers", type=int, default=4, help="audio decoding threads")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run (same inputs/options)")

@@ -389,6 +389,13 @@ def _decode_hf_audio(value: Any, dataset: str) -> tuple[np.ndarray, int]:
     raise AudioDecodeError(f"cannot interpret the audio cell ({type(value).__name__})")
 
 
+def _has_audio_files(folder: Path) -> bool:
+    for sub in (folder, folder / "wavs"):
+        if sub.is_dir() and any(p.suffix.lower() in AUDIO_EXTENSIONS for p in sub.iterdir()):
+            return True
+    return False
+
+
 def open_source(
     input: str | Path,
     kind: str = "auto",
@@ -408,6 +415,12 @@ def open_source(
             kind = "manifest"
         elif path.is_dir():
             kind = "folder" if (path / "metadata.csv").is_file() else "hf"
+            saved = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+            if kind == "hf" and not saved and _has_audio_files(path):
+                raise UserError(
+                    f"{path} holds audio files but no metadata.csv: add one (LJSpeech style, "
+                    "`id|text` per line) or pass a CSV/JSONL manifest with path,text[,speaker]"
+                )
         elif str(input).startswith((".", "/", "~")):
             raise UserError(f"input {input} does not exist")
         else:

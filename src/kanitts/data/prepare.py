@@ -93,7 +93,7 @@ class PrepareOptions:
     max_duration: float = 40.0
     # batching and sharding
     batch_seconds: float | None = None  # padded audio per batch; None: 600 on GPU, 60 on CPU
-    max_batch_size: int = 64
+    max_batch_size: int | None = None  # None: 64 on GPU, 1 on CPU (batching does not pay there)
     shard_size: int = 500
     num_workers: int = 4
     # run control
@@ -118,7 +118,7 @@ class PrepareOptions:
             problems.append(
                 f"durations must satisfy 0 <= min ({self.min_duration}) < max ({self.max_duration})"
             )
-        if self.shard_size < 1 or self.max_batch_size < 1 or self.num_workers < 1:
+        if self.shard_size < 1 or (self.max_batch_size or 1) < 1 or self.num_workers < 1:
             problems.append("--shard-size, --max-batch-size and --num-workers must be at least 1")
         if self.batch_seconds is not None and self.batch_seconds <= 0:
             problems.append("--batch-seconds must be positive")
@@ -547,7 +547,11 @@ def _encode_shards(
     if not todo:
         return
     sr = codec.sample_rate
-    batch_seconds = options.batch_seconds or (600.0 if codec.device.type == "cuda" else 60.0)
+    on_gpu = codec.device.type == "cuda"
+    batch_seconds = options.batch_seconds or (600.0 if on_gpu else 60.0)
+    # On a CPU one clip per call is fastest: a single clip already keeps the cores busy, and
+    # bigger activations only add cache misses (benchmarks/RESULTS.md).
+    max_batch = options.max_batch_size or (64 if on_gpu else 1)
     budget = int(batch_seconds * sr)
     n = len(source)
     shard_items = {
@@ -574,7 +578,7 @@ def _encode_shards(
                 if isinstance(r, _Rejected)
             ]
             rows: dict[int, dict[str, Any]] = {}
-            for batch in _batches(clips, budget, options.max_batch_size):
+            for batch in _batches(clips, budget, max_batch):
                 lengths = torch.tensor([len(c.audio) for c in batch], dtype=torch.int64)
                 waves = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32)
                 for b, c in enumerate(batch):
