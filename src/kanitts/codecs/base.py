@@ -135,9 +135,9 @@ class Codec(abc.ABC):
     ) -> Codec:
         """Load from a Hugging Face Hub id or a local folder."""
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:  # pragma: no cover - optional
-        """Write a local folder that :meth:`from_pretrained` reads back."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+    @abc.abstractmethod
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Write a local folder that :meth:`from_pretrained` reads back (tests and offline use)."""
 
     # --- dataset layout -----------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ carries a ``problem`` and ends up in ``rejected.csv``.
 
 from __future__ import annotations
 
+import abc
+
 import csv
 import hashlib
 import json
@@ -45,7 +47,7 @@ class SourceItem:
     problem: str | None = None
 
 
-class Source:
+class Source(abc.ABC):
     """A numbered collection of :class:`SourceItem` with decodable audio."""
 
     kind: str = ""
@@ -59,9 +61,9 @@ class Source:
     def item(self, index: int) -> SourceItem:
         return self._items[index]
 
+    @abc.abstractmethod
     def read(self, index: int) -> tuple[np.ndarray, int]:
         """``(samples (T, C) float32, sample_rate)``; raises AudioDecodeError or OSError."""
-        raise NotImplementedError
 
     def fingerprint(self) -> str:
         """Changes when the list of items, their texts/speakers or their audio files change."""
