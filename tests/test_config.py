@@ -55,7 +55,7 @@ experiments:
   - base: {model_id: good}
     lora_args: {r: 8}
   - base: {model_id: second}
-    lora_args: {r: sixteen, lora_alpah: 8, target_modules: [q_proj, qkv_proj]}
+    lora_args: {r: sixteen, lora_alpah: 8, target_modules: [q_proj, qkv_proj, conv]}
     trainer_args: {learning_rte: 1.0e-4}
   - base: {model_id: "bad/name", run_nam: x}
   - base: {model_id: Good}
@@ -74,6 +74,7 @@ def test_every_experiment_error_is_reported_with_its_key_path(tmp_path):
     for line in expected:
         assert line in problems
     assert any("experiments[1].lora_args.target_modules[1]: LFM2 has no module 'qkv_proj'" in p for p in problems)
+    assert any("experiments[1].lora_args.target_modules[2]: LFM2 has no module 'conv'" in p for p in problems)
     assert any("experiments[2].base.model_id" in p and "not safe as a folder name" in p for p in problems)
     assert any("experiments[3].base.model_id" in p and "already used by experiments[0]" in p for p in problems)
 

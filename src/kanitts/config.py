@@ -592,7 +592,12 @@ def lora_config_field_names() -> frozenset[str]:
 
 @lru_cache(maxsize=1)
 def lfm2_module_names() -> frozenset[str]:
-    """Names LoRA can target in an LFM2 model (both layer kinds), read off transformers' own class."""
+    """Names LoRA can target in an LFM2 model (both layer kinds), read off transformers' own class.
+
+    Only Linear and Embedding leaves: `conv` names both the short-convolution block and its
+    depthwise kernel, which LFM2 applies by reading the weight directly, so an adapter there
+    would never act (PEFT refuses the name).
+    """
     import torch
     from torch import nn
     from transformers import Lfm2Config, Lfm2ForCausalLM
@@ -603,7 +608,7 @@ def lfm2_module_names() -> frozenset[str]:
     )
     with torch.device("meta"):
         model = Lfm2ForCausalLM(config)
-    targetable = (nn.Linear, nn.Conv1d, nn.Embedding)
+    targetable = (nn.Linear, nn.Embedding)
     return frozenset(
         name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, targetable)
     )
