@@ -18,32 +18,6 @@ from kanitts.evaluation.speaker import MfccStatsEmbedder, SpeakerSimilarity, loa
 from kanitts.errors import UserError
 from kanitts.inference import write_wav
 
-def voice(f0: float, seconds: float, seed: int, brightness: float) -> np.ndarray:
-    """A crude vowel-like harmonic signal: pitch f0, spectral tilt set by ``brightness``."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(SR * seconds)) / SR
-    vibrato = 1 + 0.02 * np.sin(2 * np.pi * 5 * t + rng.uniform(0, 6))
-    phase = 2 * np.pi * f0 * np.cumsum(vibrato) / SR
-    wave = sum((brightness ** k) * np.sin(k * phase) for k in range(1, 30))
-    envelope = np.clip(np.sin(np.pi * t / seconds) * 3, 0, 1) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
-    return (0.3 * wave * envelope / np.max(np.abs(wave))).astype(np.float32)
-
-
-def write_checkpoint(base_folder: Path, checkpoints: Path, model_id: str, experiment: dict, losses: list[float]) -> Path:
-    """A checkpoint folder in the layout `kanitts train` writes (the weights: the base model's)."""
-    folder = checkpoints / model_id
-    shutil.copytree(base_folder, folder)
-    (folder / "experiment.yaml").write_text(
-        yaml.safe_dump({"base_model": str(base_folder), "model_id": model_id, "experiment": experiment})
-    )
-    history = [{"step": i + 1, "loss": loss} for i, loss in enumerate(losses)]
-    (folder / "metrics.json").write_text(json.dumps({
-        "loss_history": history, "final_loss": losses[-1], "train_runtime": 12.5,
-        "tokens_per_second": 900.0, "peak_memory_bytes": 0, "dataset_fingerprint": "abc123",
-    }))
-    return folder
-
-
 def test_slugify_gives_names_safe_on_every_os():
     assert slugify("prompt:1 / alice?") == "prompt_1_alice"
     assert slugify("a*b|c<d>e\"f") == "a_b_c_d_e_f"
