@@ -207,6 +207,8 @@ class TrainingOptions(_Strict):
     group_by_length: bool = True
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager", "flex_attention"] = "auto"
     keep_adapter: bool = False
+    # The same loss as transformers', computed chunk by chunk without the (tokens x vocab) logits.
+    chunked_loss: bool = True
 
 
 class Experiment(_Strict):

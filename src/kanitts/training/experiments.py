@@ -269,6 +269,7 @@ class TrainingRun:
             data_collator=collator,
             callbacks=[*self.callbacks, interrupt],
             max_tokens_per_batch=options.max_tokens_per_batch if options.packing else None,
+            chunked_loss=options.chunked_loss,
         )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

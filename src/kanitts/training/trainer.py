@@ -5,6 +5,8 @@ On top of transformers' Trainer:
 - packed batches come from :class:`~kanitts.data.collate.PackedBatchSampler` (one pack per
   step; the Trainer's own samplers only know fixed batch sizes);
 - the tokens actually trained on are counted (padding excluded), for tokens/s;
+- the loss is computed chunk by chunk from the decoder's hidden states
+  (:mod:`kanitts.training.loss`, ``chunked_loss``), so no (tokens x vocab) logits are held;
 - the first Ctrl-C finishes the current optimizer step, saves a checkpoint and stops, so the
   next run resumes there; a second Ctrl-C stops at once.
 """
@@ -20,14 +22,25 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
 from kanitts.data.collate import PackedBatchSampler
+from kanitts.training.loss import DEFAULT_CHUNK_TOKENS, model_loss
 
 
 class ExperimentTrainer(Trainer):
-    """Trainer with packed batching (when ``max_tokens_per_batch`` is set) and a token counter."""
+    """Trainer with packed batching (when ``max_tokens_per_batch`` is set), a token counter and,
+    with ``chunked_loss``, the loss computed without materialising the logits."""
 
-    def __init__(self, *args: Any, max_tokens_per_batch: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        max_tokens_per_batch: int | None = None,
+        chunked_loss: bool = True,
+        loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.chunked_loss = chunked_loss
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.tokens_trained = 0
 
     def get_train_dataloader(self) -> DataLoader:
@@ -47,6 +60,27 @@ class ExperimentTrainer(Trainer):
         mask = inputs.get("attention_mask")
         self.tokens_trained += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The stock loss, from hidden states chunk by chunk when ``chunked_loss`` is on.
+
+        Evaluation that wants the logits back, label smoothing and a custom ``compute_loss_func``
+        keep the stock path. The token count and the cross-device scaling are the stock ones:
+        ``num_items_in_batch`` divides the summed loss only where the stock model would get it.
+        """
+        if (
+            not self.chunked_loss
+            or return_outputs
+            or "labels" not in inputs
+            or self.label_smoother is not None
+            or self.compute_loss_func is not None
+        ):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss = model_loss(model, inputs, items, self.loss_chunk_tokens, unwrapped=self.accelerator.unwrap_model(model))
+        if self.args.average_tokens_across_devices and items is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return loss
 
     def total_tokens_trained(self) -> int:
         """Tokens trained on by all processes together."""
