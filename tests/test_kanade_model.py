@@ -14,9 +14,8 @@ from kanade_tokenizer.testing import build_tiny_model, synthetic_speech, tiny_co
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "config" / "kanade" / "model"
-KEYS = ROOT.parent / "shared" / "specs" / "kanade-keys"
-if not KEYS.is_dir():  # CI: shared/ beside the clone
-    KEYS = ROOT / "shared" / "specs" / "kanade-keys"
+# Parameter names and shapes of the released checkpoints (one `name<TAB>(shape)` a line).
+KEYS = ROOT / "tests" / "data" / "kanade_keys"
 
 RELEASED = [
     ("12hz", "keys_12.5hz.txt", 119_947_157),
@@ -49,8 +48,6 @@ def tiny():
 
 @pytest.mark.parametrize("name,keys_file,n_params", RELEASED)
 def test_full_config_matches_released_keys_and_shapes(name, keys_file, n_params):
-    if not (KEYS / keys_file).is_file():
-        pytest.skip("kanade-keys lists not available")
     model = _build_meta(name)
     expected = _read_keys(KEYS / keys_file)
     got = {k: tuple(v.shape) for k, v in model.weights_to_save().items()}
