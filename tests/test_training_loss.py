@@ -214,3 +214,17 @@ def test_trainer_steps_with_chunked_loss_equal_stock_steps(base_lfm2, examples, 
     assert len(losses) == 2 and losses == pytest.approx(stock_losses, rel=1e-5)
     moved = max((stock_weights[n] - p).abs().max().item() for n, p in weights.items())
     assert moved <= 1e-5
+
+
+def test_default_chunk_keeps_cpu_logits_cache_sized_and_gives_the_same_loss(base_lfm2, examples):
+    from kanitts.training.loss import CPU_LOGITS_CHUNK_BYTES, default_chunk_tokens
+
+    chunk = default_chunk_tokens(16522, torch.device("cpu"))
+    assert chunk % 64 == 0 and 64 <= chunk and chunk * 16522 * 4 <= CPU_LOGITS_CHUNK_BYTES
+    assert default_chunk_tokens(80538, torch.device("cuda")) > default_chunk_tokens(80538, torch.device("cpu"))
+    model = lora_model(base_lfm2)
+    batch = PaddingCollator(pad_token_id=PAD, start_of_ai=START_OF_AI)(examples)
+    with torch.no_grad():
+        stock = model(**batch).loss
+        ours = model_loss(model, batch)
+    assert abs(ours.item() - stock.item()) <= TOLERANCE * stock.item()

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
 from kanitts.data.collate import PackedBatchSampler
-from kanitts.training.loss import DEFAULT_CHUNK_TOKENS, model_loss
+from kanitts.training.loss import model_loss
 
 
 class ExperimentTrainer(Trainer):
@@ -34,7 +34,7 @@ class ExperimentTrainer(Trainer):
         *args: Any,
         max_tokens_per_batch: int | None = None,
         chunked_loss: bool = True,
-        loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        loss_chunk_tokens: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
