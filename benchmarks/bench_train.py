@@ -2,14 +2,16 @@
 
 (a) reference: batch 1, no packing, loss on every token, gradient accumulation 4 (the seed's
     experiments.yaml), transformers' default collator;
-(b) ours: padding-free packs of up to --max-tokens tokens with exact LFM2 packing
-    (kanitts.training.packing), loss on every token.
+(b) packing, stock loss: padding-free packs of up to --max-tokens tokens with exact LFM2 packing
+    (kanitts.training.packing), loss on every token through transformers' loss (full logits);
+(c) ours: the same packs with the chunked LM-head loss (kanitts.training.loss), which never
+    holds the pack's (tokens x vocab) logits.
 
 Both train one epoch over the same synthetic TTS-shaped sequences (text prompt + 12.5 fps x 4
 codebooks of audio, 2 to 10 s) with the seed's LoRA settings, through the same Trainer. The
 first steps are warm-up and not timed. Peak memory is the process's resident memory above what
 it was before the run on CPU (sampled every 5 ms) or the CUDA peak allocation on a GPU.
-Prints tokens/s and peak memory of each and ends with ``ratio: <ours over reference tokens/s>``.
+Prints tokens/s and peak memory of each and ends with ``ratio: <ours (c) over reference tokens/s>``.
 
     python benchmarks/bench_train.py                       # small LFM2 on CPU
     python benchmarks/bench_train.py --shape lfm2-350m --device cuda --sequences 512
@@ -138,7 +140,9 @@ class Run:
         return self.peak_bytes / self.largest_batch_tokens
 
 
-def train_once(name: str, packed: bool, args, layout: TokenLayout, sequences, dtype, attention: str) -> Run:
+def train_once(
+    name: str, packed: bool, chunked_loss: bool, args, layout: TokenLayout, sequences, dtype, attention: str
+) -> Run:
     import datasets
     from transformers import TrainerCallback, TrainingArguments
 
@@ -186,6 +190,7 @@ def train_once(name: str, packed: bool, args, layout: TokenLayout, sequences, dt
         trainer = ExperimentTrainer(
             model=model, args=training_args, train_dataset=datasets.Dataset.from_list(rows),
             data_collator=collator, callbacks=[timer], max_tokens_per_batch=args.max_tokens if packed else None,
+            chunked_loss=chunked_loss,
         )
         with PeakMemory(args.device) as memory:
             trainer.train()
@@ -222,9 +227,10 @@ def main() -> None:
     print(f"data: {len(sequences)} sequences, {sum(lengths)} tokens, length {min(lengths)}-{max(lengths)} "
           f"(mean {np.mean(lengths):.0f}); pack budget {args.max_tokens} tokens")
 
-    reference = train_once("reference (batch 1, no packing)", False, args, layout, sequences, dtype, attention)
-    ours = train_once("ours (exact packing)", True, args, layout, sequences, dtype, attention)
-    for run in (reference, ours):
+    reference = train_once("reference (batch 1, no packing)", False, False, args, layout, sequences, dtype, attention)
+    packed_stock = train_once("packing, stock loss", True, False, args, layout, sequences, dtype, attention)
+    ours = train_once("ours (packing + chunked loss)", True, True, args, layout, sequences, dtype, attention)
+    for run in (reference, packed_stock, ours):
         print(f"{run.name:34s} {run.tokens_per_second:9.0f} tokens/s   peak {run.peak_bytes / 2**20:8.1f} MiB "
               f"(largest batch {run.largest_batch_tokens} tokens, {run.bytes_per_token / 2**10:.1f} KiB/token)")
     print(f"memory per token, ours / reference: {ours.bytes_per_token / reference.bytes_per_token:.2f}")
