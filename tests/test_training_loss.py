@@ -228,3 +228,14 @@ def test_default_chunk_keeps_cpu_logits_cache_sized_and_gives_the_same_loss(base
         stock = model(**batch).loss
         ours = model_loss(model, batch)
     assert abs(ours.item() - stock.item()) <= TOLERANCE * stock.item()
+
+
+def test_bf16_model_matches_stock_loss_to_bf16_precision(base_lfm2, examples):
+    """bf16 weights (GPU training): logits in bf16, softmax in fp32, gradients cast back, as stock."""
+    model = lora_model(copy.deepcopy(base_lfm2).to(torch.bfloat16), packed=True)
+    batch = PackingCollator(start_of_ai=START_OF_AI)(examples)
+    stock, chunked = stock_and_chunked(model, batch)
+    assert chunked[0].dtype == torch.float32
+    assert abs(chunked[0].item() - stock[0].item()) <= 1e-3 * stock[0].item()
+    assert chunked[2].dtype == torch.bfloat16
+    assert torch.allclose(chunked[2].float(), stock[2].float(), rtol=0.05, atol=1e-3)
