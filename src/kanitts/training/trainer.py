@@ -64,8 +64,8 @@ class ExperimentTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The stock loss, from hidden states chunk by chunk when ``chunked_loss`` is on.
 
-        Evaluation that wants the logits back, label smoothing and a custom ``compute_loss_func``
-        keep the stock path. The token count and the cross-device scaling are the stock ones:
+        Evaluation that wants the logits back, label smoothing, a custom ``compute_loss_func`` and
+        sequence parallelism (which computes its own loss) keep the stock path. The token count and the cross-device scaling are the stock ones:
         ``num_items_in_batch`` divides the summed loss only where the stock model would get it.
         """
         if (
@@ -74,12 +74,15 @@ class ExperimentTrainer(Trainer):
             or "labels" not in inputs
             or self.label_smoother is not None
             or self.compute_loss_func is not None
+            or getattr(getattr(self.accelerator, "parallelism_config", None), "sp_enabled", False)
         ):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         items = num_items_in_batch if self.model_accepts_loss_kwargs else None
         loss = model_loss(model, inputs, items, self.loss_chunk_tokens, unwrapped=self.accelerator.unwrap_model(model))
         if self.args.average_tokens_across_devices and items is not None:
-            loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)
+            # the stock rescaling: the count covers every process, the gradients are averaged over them
+            processes = self.accelerator.num_processes // self.get_tp_size()
+            loss = loss * (processes if self.args.n_gpu <= 1 else self.args.n_gpu)
         return loss
 
     def total_tokens_trained(self) -> int:
