@@ -239,3 +239,12 @@ def test_bf16_model_matches_stock_loss_to_bf16_precision(base_lfm2, examples):
     assert abs(chunked[0].item() - stock[0].item()) <= 1e-3 * stock[0].item()
     assert chunked[2].dtype == torch.bfloat16
     assert torch.allclose(chunked[2].float(), stock[2].float(), rtol=0.05, atol=1e-3)
+
+
+def test_chunked_loss_is_a_training_option_on_by_default():
+    from kanitts.config import TrainingOptions
+
+    assert TrainingOptions().chunked_loss is True
+    assert TrainingOptions.model_validate({"chunked_loss": False}).chunked_loss is False
+    with pytest.raises(ValueError):
+        TrainingOptions.model_validate({"chunked_loss": "sometimes"})
