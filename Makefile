@@ -36,7 +36,7 @@ test-config: $(PY) ## validate the config files: every error with file and key p
 prepare: $(PY) ## audio folder or HF audio dataset -> codec dataset (INPUT=... OUTPUT=... [SPEAKER=...])
 	@if [ -z "$(INPUT)" ] || [ -z "$(OUTPUT)" ]; then \
 	  echo "usage: make prepare INPUT=path/to/audio_folder_or_dataset OUTPUT=data/my-codec-dataset [SPEAKER=name]"; exit 2; fi
-	@$(KANITTS) prepare "$(INPUT)" --output "$(OUTPUT)" $(if $(SPEAKER),--speaker "$(SPEAKER)")
+	@$(KANITTS) prepare "$(INPUT)" --output "$(OUTPUT)" --config-dir $(CONFIG_DIR) $(if $(SPEAKER),--speaker "$(SPEAKER)")
 
 data: $(PY) ## build (and cache) the training sequences from dataset_config.yaml, with a summary
 	@$(KANITTS) data --config-dir $(CONFIG_DIR)

@@ -28,8 +28,9 @@ for speaker in alice bob; do
   if [ -d "$WORK/data/$speaker" ]; then
     echo "reusing $WORK/data/$speaker"
   else
+    # The codec is the one examples/config/model_config.yaml names (codec.weights).
     "$KANITTS" prepare "$WORK/recordings/$speaker" --output "$WORK/data/$speaker" \
-      --speaker "$speaker" --codec-model "$WORK/codec" --device cpu
+      --speaker "$speaker" --config-dir "$CONFIG" --device cpu
   fi
 done
 

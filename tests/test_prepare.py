@@ -448,6 +448,20 @@ def test_cli_prepare(tones, tiny_codec_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_cli_prepare_takes_the_codec_model_config_names(tones, tiny_codec_dir, tmp_path):
+    import json
+
+    from kanitts.cli import main
+
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "model_config.yaml").write_text(f"codec: {{kind: nanocodec, weights: {tiny_codec_dir}}}\n")
+    out = tmp_path / "out"
+    assert main(["prepare", str(tones), str(out), "--config-dir", str(config_dir), "--no-progress"]) == 0
+    manifest = json.dumps(json.loads((out / "kanitts_prepare.json").read_text()))
+    assert str(tiny_codec_dir) in manifest
+
+
 @pytest.mark.slow
 def test_two_processes_with_torch_distributed(tones, tiny_codec_dir, tmp_path):
     """What `torchrun --nproc_per_node 2 -m kanitts prepare ...` does, on CPU with gloo."""

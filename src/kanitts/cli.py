@@ -69,6 +69,16 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     args.output = args.output or args.output_opt
     if args.output is None:
         raise UserError("name the output folder: kanitts prepare INPUT OUTPUT (or --output OUTPUT)")
+    if args.codec is None or args.codec_model is None:
+        # The codec that model_config.yaml names is the one training and inference decode with.
+        from kanitts.config import CONFIG_FILES, ModelConfig, load_config
+
+        has_model_config = (args.config_dir / CONFIG_FILES["model"]).is_file()
+        codec = load_config("model", args.config_dir).codec if has_model_config else ModelConfig().codec
+        if args.codec is None:
+            args.codec = codec.kind
+        if args.codec_model is None and args.codec == codec.kind:
+            args.codec_model = codec.weights
     fields = PrepareOptions.__dataclass_fields__
     options = PrepareOptions(**{k: v for k, v in vars(args).items() if k in fields})
     result = prepare_dataset(options)
@@ -93,10 +103,10 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="HF dataset speaker column (default: 'speaker' when the dataset has one)")
     g.add_argument("--speaker", default=None, help="one speaker name for the whole input")
     g = p.add_argument_group("codec")
-    g.add_argument("--codec", default="nanocodec", help="codec kind (default: nanocodec)")
+    g.add_argument("--codec", default=None, help="codec kind (default: codec.kind of model_config.yaml, nanocodec)")
     g.add_argument("--codec-model", default=None,
-                   help="Hub id or local folder of the codec weights (default: the codec's own, for "
-                        "nanocodec nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch)")
+                   help="Hub id or local folder of the codec weights (default: codec.weights of "
+                        "model_config.yaml, nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the GPU when there is one)")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
                    help="encoder precision (default fp32, as the reference datasets; bf16 is faster "
@@ -212,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="turn recordings + transcripts into a codec dataset (resumable)")
     _add_prepare_args(p)
+    _add_config_dir(p)
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("synthesize", help="speak a text with a checkpoint or base model into a WAV file")
