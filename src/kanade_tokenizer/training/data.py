@@ -1,0 +1,241 @@
+"""Audio chunks for Kanade training, read from the CSV that ``dump_dataset`` writes (§4.6).
+
+Every file is cut into fixed windows at the model rate: a file no longer than ``chunk_size``
+gives one window (zero-padded at the end when loaded); a longer one gives windows at 0, hop,
+2·hop, ... plus one aligned to the file's end. The windows are deterministic and training
+only shuffles their order, as the reference recipe does.
+
+A file that cannot be read mid-epoch is skipped (a warning names its CSV row and path, and
+``ChunkedAudioDataset.bad_files`` counts it) and the next window takes its place, so one
+broken file does not end a long run. Problems found before training starts (a missing CSV,
+missing columns, bad numbers, files that do not exist) raise at once with the row named.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..audio import peak_normalize, resample
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("audio_id", "path", "length", "sample_rate")
+
+
+class AudioDataError(ValueError):
+    """The dataset CSV or the audio it lists cannot be used."""
+
+
+@dataclass
+class AudioDataConfig:
+    """One split: where the audio is and how it is cut and batched."""
+
+    csv_path: str
+    audio_root: str
+    sample_rate: int = 24000
+    mono: bool = True
+    normalize: bool = True
+    chunk_size: int = 138240
+    chunk_hop_size: int | None = None  # None: chunk_size (no overlap)
+    batch_size: int = 16
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    shuffle: bool = False
+    drop_last: bool = False
+
+
+@dataclass(frozen=True)
+class AudioRecord:
+    row: int  # 1-based data row of the CSV (the header is row 0)
+    audio_id: str
+    path: Path
+    length: int  # frames at the file's own rate
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    record: AudioRecord
+    offset: int  # in samples at the model rate
+    size: int
+
+
+@dataclass
+class AudioBatch:
+    """``waveform`` (B, 1, S) zero-padded at the end; ``lengths`` the real samples of each item."""
+
+    waveform: torch.Tensor
+    lengths: torch.Tensor
+    audio_ids: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+
+def read_audio_csv(csv_path: str | Path, audio_root: str | Path) -> list[AudioRecord]:
+    """Parse and check the CSV; every file it lists must exist under ``audio_root``."""
+    csv_path, audio_root = Path(csv_path), Path(audio_root)
+    if not csv_path.is_file():
+        raise AudioDataError(f"{csv_path}: no such CSV (make one with kanade_tokenizer.scripts.dump_dataset)")
+    if not audio_root.is_dir():
+        raise AudioDataError(f"audio_root {audio_root}: no such folder")
+    records: list[AudioRecord] = []
+    missing: list[str] = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        absent = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if absent:
+            raise AudioDataError(f"{csv_path}: missing column(s) {', '.join(absent)}; expected {','.join(CSV_COLUMNS)}")
+        for row, entry in enumerate(reader, start=1):
+            try:
+                length, sr = int(entry["length"]), int(entry["sample_rate"])
+            except (TypeError, ValueError):
+                raise AudioDataError(
+                    f"{csv_path} row {row}: length and sample_rate must be integers, "
+                    f"got {entry['length']!r}, {entry['sample_rate']!r}"
+                ) from None
+            if length <= 0 or sr <= 0:
+                raise AudioDataError(f"{csv_path} row {row}: length and sample_rate must be positive")
+            path = audio_root / entry["path"]
+            if not path.is_file():
+                missing.append(f"row {row}: {path}")
+            records.append(AudioRecord(row, entry["audio_id"], path, length, sr))
+    if missing:
+        shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise AudioDataError(f"{csv_path}: {len(missing)} listed audio file(s) not found ({shown})")
+    if not records:
+        raise AudioDataError(f"{csv_path}: lists no audio files")
+    return records
+
+
+def chunk_offsets(length: int, chunk_size: int, hop: int) -> list[int]:
+    """Window starts for a file of ``length`` samples (see the module docstring)."""
+    if length <= chunk_size:
+        return [0]
+    starts = list(range(0, length - chunk_size + 1, hop))
+    end_aligned = length - chunk_size
+    if end_aligned > starts[-1]:
+        starts.append(end_aligned)
+    return starts
+
+
+class ChunkedAudioDataset(Dataset):
+    def __init__(self, config: AudioDataConfig):
+        if config.chunk_size <= 0:
+            raise AudioDataError(f"chunk_size must be positive, got {config.chunk_size}")
+        hop = config.chunk_hop_size or config.chunk_size
+        if hop <= 0:
+            raise AudioDataError(f"chunk_hop_size must be positive, got {hop}")
+        self.config = config
+        self.csv_path = Path(config.csv_path)
+        self.chunks: list[Chunk] = []
+        for record in read_audio_csv(config.csv_path, config.audio_root):
+            length = math.ceil(record.length * config.sample_rate / record.sample_rate)
+            for offset in chunk_offsets(length, config.chunk_size, hop):
+                self.chunks.append(Chunk(record, offset, config.chunk_size))
+        self.bad_files: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def load(self, chunk: Chunk) -> torch.Tensor:
+        """The chunk as (chunk.size,) float32 at the model rate, zero-padded at the end."""
+        import soundfile as sf
+
+        record, sr = chunk.record, self.config.sample_rate
+        start = chunk.offset * record.sample_rate // sr
+        frames = math.ceil(chunk.size * record.sample_rate / sr)
+        with sf.SoundFile(str(record.path)) as f:
+            f.seek(start)
+            data = f.read(frames, dtype="float32", always_2d=True)
+        if data.shape[0] == 0:
+            raise AudioDataError("no samples at this offset (is the CSV length right?)")
+        audio = data.mean(axis=1, dtype=np.float32) if self.config.mono else data[:, 0]
+        audio = resample(audio, record.sample_rate, sr)[: chunk.size]
+        wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        if self.config.normalize:
+            wave = peak_normalize(wave)
+        return torch.nn.functional.pad(wave, (0, chunk.size - wave.numel()))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Chunk]:
+        for attempt in range(len(self.chunks)):
+            chunk = self.chunks[(index + attempt) % len(self.chunks)]
+            if chunk.record.path in self.bad_files:
+                continue
+            try:
+                return self.load(chunk), chunk
+            except Exception as e:  # libsndfile errors, truncated files, bad headers
+                self.bad_files.add(chunk.record.path)
+                logger.warning(
+                    "%s row %d: skipping unreadable audio %s (%s: %s); %d bad file(s) so far",
+                    self.csv_path, chunk.record.row, chunk.record.path, type(e).__name__, e, len(self.bad_files),
+                )
+        raise AudioDataError(f"{self.csv_path}: none of the listed audio files could be read")
+
+
+def collate_audio(items: list[tuple[torch.Tensor, Chunk]]) -> AudioBatch:
+    lengths = torch.tensor([wave.numel() for wave, _ in items], dtype=torch.long)
+    waveform = torch.zeros(len(items), 1, int(lengths.max()))
+    for i, (wave, _) in enumerate(items):
+        waveform[i, 0, : wave.numel()] = wave
+    return AudioBatch(
+        waveform=waveform,
+        lengths=lengths,
+        audio_ids=[c.record.audio_id for _, c in items],
+        paths=[str(c.record.path) for _, c in items],
+        offsets=[c.offset for _, c in items],
+    )
+
+
+class AudioDataModule(pl.LightningDataModule):
+    """Train / validation / test splits, each an :class:`AudioDataConfig` (val and test optional)."""
+
+    def __init__(
+        self,
+        train_config: AudioDataConfig,
+        val_config: AudioDataConfig | None = None,
+        test_config: AudioDataConfig | None = None,
+    ):
+        super().__init__()
+        self.train_config = train_config
+        self.val_config = val_config
+        self.test_config = test_config
+        self.datasets: dict[str, ChunkedAudioDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ())
+        for split in wanted or ("train", "val", "test"):
+            config = getattr(self, f"{split}_config")
+            if config is not None and split not in self.datasets:
+                self.datasets[split] = ChunkedAudioDataset(config)
+
+    def _loader(self, split: str) -> DataLoader:
+        config: AudioDataConfig = getattr(self, f"{split}_config")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=config.batch_size,
+            shuffle=config.shuffle,
+            drop_last=config.drop_last,
+            num_workers=config.num_workers,
+            pin_memory=config.pin_memory,
+            persistent_workers=config.persistent_workers and config.num_workers > 0,
+            collate_fn=collate_audio,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val") if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
