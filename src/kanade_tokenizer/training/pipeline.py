@@ -4,8 +4,12 @@ Pretraining reconstructs two targets from the content tokens: the normalised loc
 features (through ``conv_upsample`` and the training-only ``feature_decoder``) and the log-mel
 spectrogram of the chunk (through the global embedding and the mel stack). WavLM stays frozen.
 
-Optimisation is manual (one AdamW + OneCycleLR stepped per batch, gradient norm clipped), the
-reference's step logic. ``pipeline_config.ckpt_path`` starts from a Lightning ``.ckpt``, a
+The GAN stage adds a :class:`SpectrogramDiscriminator` on the mel spectrograms (hinge or
+least-squares adversarial loss plus feature matching). Optimisation is manual, the reference's
+step logic: per batch one forward, then a discriminator step, then a generator step that reuses
+the same forward; each optimiser is AdamW with a OneCycleLR stepped per batch and its gradient
+norm clipped. Lightning counts every optimiser step in ``global_step``, so with the
+discriminator on ``max_steps`` is about twice the number of batches (as in the reference). ``pipeline_config.ckpt_path`` starts from a Lightning ``.ckpt``, a
 safetensors export or ``hf:{repo}@{revision}`` (model weights only; optimiser state is fresh).
 """
 
@@ -18,9 +22,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..model import KanadeModel
+from ..modules.discriminator import SpectrogramDiscriminator
 from ..modules.mel import MelSpectrogramFeature
 from ..scripts.export_safetensors import model_state_dict, read_checkpoint
 from .data import AudioBatch
@@ -49,6 +54,13 @@ class KanadePipelineConfig:
     feature_l2_weight: float = 0.0
     mel_l1_weight: float = 30.0
     mel_l2_weight: float = 0.0
+    adv_weight: float = 1.0
+    feature_matching_weight: float = 10.0
+    use_discriminator: bool = False
+    adv_loss_type: str = "hinge"
+    discriminator_lr: float | None = None  # None: lr
+    discriminator_start_step: int = 0  # compared with global_step (optimiser steps)
+    discriminator_update_prob: float = 1.0
     ckpt_path: str | None = None
     skip_loading_modules: list[str] = field(default_factory=list)
 
@@ -59,6 +71,10 @@ class KanadePipelineConfig:
             raise ValueError(f"pipeline_config.anneal_mode must be 'cos' or 'linear', got {self.anneal_mode!r}")
         if not 0.0 < self.warmup_percent < 1.0:
             raise ValueError(f"pipeline_config.warmup_percent must lie in (0, 1), got {self.warmup_percent}")
+        if self.adv_loss_type not in ("hinge", "least_square"):
+            raise ValueError(f"pipeline_config.adv_loss_type must be 'hinge' or 'least_square', got {self.adv_loss_type!r}")
+        if self.use_discriminator and not self.train_mel:
+            raise ValueError("pipeline_config: use_discriminator needs train_mel (the discriminator judges mels)")
 
 
 def codebook_perplexity(indices: Tensor, codebook_size: int) -> Tensor:
@@ -70,11 +86,19 @@ def codebook_perplexity(indices: Tensor, codebook_size: int) -> Tensor:
 
 class KanadePipeline(pl.LightningModule):
     """``model_config``: a Kanade config.yaml (e.g. config/kanade/model/12hz.yaml) with a
-    ``feature_decoder`` section when ``train_feature`` is on."""
+    ``feature_decoder`` section when ``train_feature`` is on. ``discriminator`` is required when
+    ``pipeline_config.use_discriminator`` is on."""
 
-    def __init__(self, model_config: str, pipeline_config: KanadePipelineConfig | None = None):
+    def __init__(
+        self,
+        model_config: str,
+        pipeline_config: KanadePipelineConfig | None = None,
+        discriminator: SpectrogramDiscriminator | None = None,
+    ):
         super().__init__()
         config = pipeline_config or KanadePipelineConfig()
+        if config.use_discriminator and discriminator is None:
+            raise ValueError("pipeline_config.use_discriminator is on but no model.discriminator is configured")
         # plain values only, so checkpoints open with torch.load(weights_only=True)
         self.save_hyperparameters({"model_config": str(model_config), "pipeline_config": asdict(config)})
         self.config = config
@@ -90,6 +114,7 @@ class KanadePipeline(pl.LightningModule):
                     if module is not None:
                         module.requires_grad_(False)
         self.mel_feature = MelSpectrogramFeature.from_config(self.model.config) if config.train_mel else None
+        self.discriminator = discriminator if config.use_discriminator else None
         if config.ckpt_path:
             self.load_initial_weights(config.ckpt_path)
 
@@ -132,6 +157,8 @@ class KanadePipeline(pl.LightningModule):
                 embedding = model.forward_global(global_)
                 mel_length = model._calculate_target_mel_length(length)
                 out["mel_recon"] = model.forward_mel(content, embedding, [mel_length] * waveform.size(0))
+        if self.config.train_mel:
+            out["mel_real"] = self.mel_feature(waveform.float())
         return out
 
     def reconstruction_losses(self, out: dict[str, Tensor], waveform: Tensor) -> dict[str, Tensor]:
@@ -147,8 +174,7 @@ class KanadePipeline(pl.LightningModule):
             losses["feature_loss"] = c.feature_l1_weight * losses["ssl_l1"] + c.feature_l2_weight * losses["ssl_l2"]
             total = total + losses["feature_loss"]
         if "mel_recon" in out:
-            target = self.mel_feature(waveform.float())
-            recon = out["mel_recon"]
+            recon, target = out["mel_recon"], out["mel_real"]
             losses["mel_l1"] = F.l1_loss(recon, target)
             losses["mel_l2"] = F.mse_loss(recon, target)
             losses["mel_loss"] = c.mel_l1_weight * losses["mel_l1"] + c.mel_l2_weight * losses["mel_l2"]
@@ -165,21 +191,68 @@ class KanadePipeline(pl.LightningModule):
 
     # --- steps ----------------------------------------------------------------------------------
 
+    def _adversarial(self, logits: Tensor, real: bool) -> Tensor:
+        """Critic loss towards ``real`` (hinge: relu(1 ∓ D); least squares: (D - 1)² or D²)."""
+        if self.config.adv_loss_type == "hinge":
+            return F.relu(1 - logits).mean() if real else F.relu(1 + logits).mean()
+        return ((logits - 1) ** 2).mean() if real else (logits**2).mean()
+
+    def _train_discriminator_now(self) -> bool:
+        c = self.config
+        return (
+            self.discriminator is not None
+            and self.global_step >= c.discriminator_start_step
+            and float(torch.rand(())) < c.discriminator_update_prob
+        )
+
     def training_step(self, batch: AudioBatch, batch_idx: int) -> Tensor:
+        c = self.config
         waveform = batch.waveform[:, 0]
+        batch_size = waveform.size(0)
+        optimizers = self.optimizers()
+        schedulers = self.lr_schedulers()
+        if self.discriminator is not None:
+            (opt_disc, opt_gen), (sched_disc, sched_gen) = optimizers, schedulers
+        else:
+            opt_gen, sched_gen = optimizers, schedulers
         out = self(waveform)
         losses = self.reconstruction_losses(out, waveform)
+        train_disc = self._train_discriminator_now()
+        if train_disc:
+            real_logits, real_features = self.discriminator(out["mel_real"])
+            fake_logits, _ = self.discriminator(out["mel_recon"].detach())
+            disc_real, disc_fake = self._adversarial(real_logits, True), self._adversarial(fake_logits, False)
+            disc_loss = disc_real + disc_fake
+            opt_disc.zero_grad()
+            self.manual_backward(disc_loss)
+            disc_norm = torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), c.gradient_clip_val)
+            opt_disc.step()
+            self.log_dict(
+                {"train/disc/real": disc_real.detach(), "train/disc/fake": disc_fake.detach(),
+                 "train/disc/loss": disc_loss.detach(), "train/disc/grad_norm": disc_norm},
+                on_step=True, batch_size=batch_size,
+            )
+            # the generator is judged by the discriminator as it is now, against real maps from before
+            gen_logits, fake_features = self.discriminator(out["mel_recon"])
+            losses["adv_loss"] = self._adversarial(gen_logits, True)
+            losses["feature_matching_loss"] = torch.stack(
+                [(r.detach() - f).abs().mean() for r, f in zip(real_features, fake_features)]
+            ).mean()
+            losses["loss"] = (
+                losses["loss"] + c.adv_weight * losses["adv_loss"]
+                + c.feature_matching_weight * losses["feature_matching_loss"]
+            )
+        if self.discriminator is not None:
+            sched_disc.step()
         if not torch.isfinite(losses["loss"]):
             raise FloatingPointError(f"non-finite training loss at step {self.global_step}: {losses['loss'].item()}")
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
-        optimizer.zero_grad()
+        opt_gen.zero_grad()
         self.manual_backward(losses["loss"])
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip_val)
-        optimizer.step()
-        scheduler.step()
-        self._log_losses("train", out, losses, waveform.size(0))
-        self.log("train/gen/grad_norm", grad_norm, on_step=True, batch_size=waveform.size(0))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.gradient_clip_val)
+        opt_gen.step()
+        sched_gen.step()
+        self._log_losses("train", out, losses, batch_size)
+        self.log("train/gen/grad_norm", grad_norm, on_step=True, batch_size=batch_size)
         return losses["loss"].detach()
 
     def validation_step(self, batch: AudioBatch, batch_idx: int) -> None:
@@ -192,20 +265,27 @@ class KanadePipeline(pl.LightningModule):
         out = self(waveform)
         self._log_losses("test", out, self.reconstruction_losses(out, waveform), waveform.size(0))
 
-    def configure_optimizers(self):
+    def _optimizer_pair(self, params: list[nn.Parameter], lr: float, total_steps: int):
         c = self.config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
-        total_steps = self.trainer.estimated_stepping_batches
-        if not isinstance(total_steps, int) or total_steps <= 0 or total_steps == float("inf"):
-            raise ValueError("set trainer.max_steps (the learning-rate schedule needs a known length)")
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=c.lr,
-            total_steps=int(total_steps),
+            max_lr=lr,
+            total_steps=total_steps,
             pct_start=c.warmup_percent,
             anneal_strategy=c.anneal_mode,
             div_factor=c.lr_div_factor,
             final_div_factor=c.lr_final_div_factor,
         )
-        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+        return optimizer, {"scheduler": scheduler, "interval": "step"}
+
+    def configure_optimizers(self):
+        total_steps = self.trainer.estimated_stepping_batches
+        if not isinstance(total_steps, int) or total_steps <= 0:
+            raise ValueError("set trainer.max_steps (the learning-rate schedule needs a known length)")
+        gen = self._optimizer_pair([p for p in self.model.parameters() if p.requires_grad], self.config.lr, total_steps)
+        if self.discriminator is None:
+            return [gen[0]], [gen[1]]
+        disc_lr = self.config.discriminator_lr or self.config.lr
+        disc = self._optimizer_pair(list(self.discriminator.parameters()), disc_lr, total_steps)
+        return [disc[0], gen[0]], [disc[1], gen[1]]
