@@ -85,6 +85,12 @@ def test_pretrain_then_gan_recipes_train_export_and_reload(corpus, tmp_path):
     features = model.encode(synthetic_speech(1.0, seed=9))
     assert features.content_token_indices.numel() > 0 and torch.isfinite(model.decode(features.global_embedding, features.content_token_indices)).all()
 
+    # fine-tuning starts from a Lightning checkpoint too (opened with weights_only=True)
+    from kanade_tokenizer.training.pipeline import KanadePipeline, KanadePipelineConfig
+
+    resumed = KanadePipeline(str(corpus / "tiny.yaml"), KanadePipelineConfig(ckpt_path=str(last)))
+    assert all(torch.equal(v, trained[k]) for k, v in resumed.model.state_dict().items())
+
     # GAN stage from the exported weights: content encoder frozen, discriminator trained
     gan = run(["fit", "--config", str(recipe("12hz_gan.yaml", corpus, tmp_path / "gan", ckpt_path=str(last.with_suffix(".safetensors"))))])
     metrics = gan.trainer.callback_metrics
@@ -97,3 +103,62 @@ def test_pretrain_then_gan_recipes_train_export_and_reload(corpus, tmp_path):
     assert any(not torch.equal(after[k], trained[k]) for k in decoder)
     _, gan_tensors = exported_model(corpus, tmp_path / "gan" / "checkpoints" / "last.ckpt")
     assert not any(k.startswith("discriminator.") for k in gan_tensors)
+
+
+def test_chunk_offsets_cover_the_file_with_an_end_aligned_window():
+    from kanade_tokenizer.training.data import chunk_offsets
+
+    assert chunk_offsets(30, 40, 10) == [0]
+    assert chunk_offsets(100, 40, 30) == [0, 30, 60]
+    assert chunk_offsets(110, 40, 30) == [0, 30, 60, 70]
+
+
+def test_data_module_resamples_pads_and_skips_unreadable_files(corpus, tmp_path, caplog):
+    from kanade_tokenizer.training.data import (
+        AudioDataConfig, AudioDataError, AudioDataModule, ChunkedAudioDataset, collate_audio,
+    )
+
+    audio = corpus / "audio"
+    (audio / "broken.wav").write_bytes(b"RIFF not really audio")
+    rows = [
+        "audio_id,path,length,sample_rate",
+        "b,spk/b.wav,9600,16000",  # 0.6 s at 16 kHz: one padded 1 s window at 24 kHz
+        "broken,broken.wav,24000,24000",
+        "c,c.wav,28800,24000",  # 1.2 s stereo: windows at 0 and 4800 (end-aligned)
+    ]
+    (tmp_path / "mixed.csv").write_text("\n".join(rows) + "\n")
+    config = AudioDataConfig(csv_path=str(tmp_path / "mixed.csv"), audio_root=str(audio), chunk_size=CHUNK, batch_size=4)
+    dataset = ChunkedAudioDataset(config)
+    assert [(c.record.audio_id, c.offset) for c in dataset.chunks] == [("b", 0), ("broken", 0), ("c", 0), ("c", 4800)]
+    wave, chunk = dataset[0]
+    assert wave.shape == (CHUNK,) and wave.abs().max() == pytest.approx(1.0, abs=1e-6)
+    assert wave[int(0.6 * 24000) + 50:].abs().max() == 0  # zero padding after the clip
+    with caplog.at_level("WARNING"):
+        _, replacement = dataset[1]
+    assert replacement.record.audio_id == "c" and len(dataset.bad_files) == 1
+    assert "row 2" in caplog.text and "broken.wav" in caplog.text
+    batch = collate_audio([dataset[i] for i in range(len(dataset))])
+    assert batch.waveform.shape == (4, 1, CHUNK) and batch.lengths.tolist() == [CHUNK] * 4
+
+    module = AudioDataModule(train_config=config)
+    module.setup("fit")
+    assert len(module.train_dataloader()) == 1
+
+    rows[3] = "c,missing/c.wav,28800,24000"
+    (tmp_path / "missing.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(AudioDataError, match=r"row 3: .*missing/c\.wav"):
+        ChunkedAudioDataset(AudioDataConfig(csv_path=str(tmp_path / "missing.csv"), audio_root=str(audio)))
+    (tmp_path / "bad.csv").write_text("audio_id,path,length\nb,spk/b.wav,9600\n")
+    with pytest.raises(AudioDataError, match="missing column"):
+        ChunkedAudioDataset(AudioDataConfig(csv_path=str(tmp_path / "bad.csv"), audio_root=str(audio)))
+
+
+def test_discriminator_bands_intermediates_and_weight_norm_keys():
+    from kanade_tokenizer.modules.discriminator import SpectrogramDiscriminator
+
+    disc = SpectrogramDiscriminator(frequency_bins=100, channels=8, dilation=[1, 1, 1])
+    assert disc.bands == [(0, 20), (20, 40), (40, 60), (60, 80), (80, 100)]
+    assert "stacks.4.4.parametrizations.weight.original1" in disc.state_dict()
+    logits, features = disc(torch.randn(2, 100, 40))
+    assert len(features) == 25 and features[0].shape == (2, 8, 40, 20)
+    assert logits.shape == (2, 1, 20, 50)  # AvgPool2d(4, stride 2, padding 1) halves time and frequency
