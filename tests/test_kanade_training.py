@@ -162,3 +162,13 @@ def test_discriminator_bands_intermediates_and_weight_norm_keys():
     logits, features = disc(torch.randn(2, 100, 40))
     assert len(features) == 25 and features[0].shape == (2, 8, 40, 20)
     assert logits.shape == (2, 1, 20, 50)  # AvgPool2d(4, stride 2, padding 1) halves time and frequency
+
+
+def test_kanade_train_reports_a_missing_csv_without_a_traceback(corpus, tmp_path, monkeypatch, capsys):
+    from kanade_tokenizer.training.cli import main
+
+    config = recipe("12hz_pretrain.yaml", corpus, tmp_path)
+    monkeypatch.setattr("sys.argv", ["kanade-train", "fit", "--config", str(config),
+                                     "--data.train_config.csv_path", str(tmp_path / "nope.csv")])
+    assert main() == 1
+    assert f"{tmp_path / 'nope.csv'}: no such CSV" in capsys.readouterr().err

@@ -30,7 +30,16 @@ def run(args: Sequence[str] | None = None):
 
 
 def main() -> int:
-    run(sys.argv[1:])
+    from ..model import KanadeConfigError, KanadeWeightsError
+    from ..scripts.export_safetensors import ExportError
+    from .data import AudioDataError
+    from .pipeline import PipelineConfigError
+
+    try:
+        run(sys.argv[1:])
+    except (AudioDataError, PipelineConfigError, ExportError, KanadeConfigError, KanadeWeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

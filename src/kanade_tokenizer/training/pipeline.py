@@ -36,6 +36,10 @@ CONTENT_MODULES = ("local_encoder", "local_quantizer", "feature_decoder", "conv_
 MEL_MODULES = ("global_encoder", "mel_prenet", "mel_conv_upsample", "mel_decoder", "mel_postnet")
 
 
+class PipelineConfigError(ValueError):
+    """The pipeline settings contradict each other or the model config."""
+
+
 @dataclass
 class KanadePipelineConfig:
     """What to train and how (defaults are the reference's)."""
@@ -66,15 +70,15 @@ class KanadePipelineConfig:
 
     def __post_init__(self):
         if not (self.train_feature or self.train_mel):
-            raise ValueError("pipeline_config: train_feature and train_mel are both false; nothing to train")
+            raise PipelineConfigError("pipeline_config: train_feature and train_mel are both false; nothing to train")
         if self.anneal_mode not in ("cos", "linear"):
-            raise ValueError(f"pipeline_config.anneal_mode must be 'cos' or 'linear', got {self.anneal_mode!r}")
+            raise PipelineConfigError(f"pipeline_config.anneal_mode must be 'cos' or 'linear', got {self.anneal_mode!r}")
         if not 0.0 < self.warmup_percent < 1.0:
-            raise ValueError(f"pipeline_config.warmup_percent must lie in (0, 1), got {self.warmup_percent}")
+            raise PipelineConfigError(f"pipeline_config.warmup_percent must lie in (0, 1), got {self.warmup_percent}")
         if self.adv_loss_type not in ("hinge", "least_square"):
-            raise ValueError(f"pipeline_config.adv_loss_type must be 'hinge' or 'least_square', got {self.adv_loss_type!r}")
+            raise PipelineConfigError(f"pipeline_config.adv_loss_type must be 'hinge' or 'least_square', got {self.adv_loss_type!r}")
         if self.use_discriminator and not self.train_mel:
-            raise ValueError("pipeline_config: use_discriminator needs train_mel (the discriminator judges mels)")
+            raise PipelineConfigError("pipeline_config: use_discriminator needs train_mel (the discriminator judges mels)")
 
 
 def codebook_perplexity(indices: Tensor, codebook_size: int) -> Tensor:
@@ -98,14 +102,14 @@ class KanadePipeline(pl.LightningModule):
         super().__init__()
         config = pipeline_config or KanadePipelineConfig()
         if config.use_discriminator and discriminator is None:
-            raise ValueError("pipeline_config.use_discriminator is on but no model.discriminator is configured")
+            raise PipelineConfigError("pipeline_config.use_discriminator is on but no model.discriminator is configured")
         # plain values only, so checkpoints open with torch.load(weights_only=True)
         self.save_hyperparameters({"model_config": str(model_config), "pipeline_config": asdict(config)})
         self.config = config
         self.automatic_optimization = False
         self.model = KanadeModel.from_config(model_config, build_feature_decoder=config.train_feature)
         if config.train_feature and self.model.feature_decoder is None:
-            raise ValueError(f"{model_config}: train_feature needs a feature_decoder section in the model config")
+            raise PipelineConfigError(f"{model_config}: train_feature needs a feature_decoder section in the model config")
         self.model.ssl_feature_extractor.requires_grad_(False)
         for names, trained in ((CONTENT_MODULES, config.train_feature), (MEL_MODULES, config.train_mel)):
             if not trained:
@@ -282,7 +286,7 @@ class KanadePipeline(pl.LightningModule):
     def configure_optimizers(self):
         total_steps = self.trainer.estimated_stepping_batches
         if not isinstance(total_steps, int) or total_steps <= 0:
-            raise ValueError("set trainer.max_steps (the learning-rate schedule needs a known length)")
+            raise PipelineConfigError("set trainer.max_steps (the learning-rate schedule needs a known length)")
         gen = self._optimizer_pair([p for p in self.model.parameters() if p.requires_grad], self.config.lr, total_steps)
         if self.discriminator is None:
             return [gen[0]], [gen[1]]
