@@ -29,14 +29,15 @@ def run(args: Sequence[str] | None = None):
     )
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """`kanade-train`; ``argv`` None reads the command line (LightningCLI's own parsing)."""
     from ..model import KanadeConfigError, KanadeWeightsError
     from ..scripts.export_safetensors import ExportError
     from .data import AudioDataError
     from .pipeline import PipelineConfigError
 
     try:
-        run(sys.argv[1:])
+        run(argv)
     except (AudioDataError, PipelineConfigError, ExportError, KanadeConfigError, KanadeWeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
