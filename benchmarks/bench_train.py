@@ -164,19 +164,23 @@ def train_once(
     model = wrap_with_lora(model, SEED_LORA)
 
     class Timer(TrainerCallback):
+        """(time, tokens trained) after the warm-up steps and at the end."""
+
         def __init__(self):
             self.marks = []
+            self.trainer = None
+
+        def _mark(self):
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            self.marks.append((time.perf_counter(), self.trainer.tokens_trained))
 
         def on_step_begin(self, a, state, control, **kw):
             if state.global_step == args.warmup_steps:
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                self.marks.append((time.perf_counter(), trainer.tokens_trained))
+                self._mark()
 
         def on_train_end(self, a, state, control, **kw):
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            self.marks.append((time.perf_counter(), trainer.tokens_trained))
+            self._mark()
 
     timer = Timer()
     with tempfile.TemporaryDirectory() as out:
@@ -192,6 +196,7 @@ def train_once(
             data_collator=collator, callbacks=[timer], max_tokens_per_batch=args.max_tokens if packed else None,
             chunked_loss=chunked_loss,
         )
+        timer.trainer = trainer
         with PeakMemory(args.device) as memory:
             trainer.train()
     (t0, n0), (t1, n1) = timer.marks
