@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 
 from kanitts.codecs.base import Codec
 from kanitts.config import GenerationSection, InferenceConfig, ModelConfig
+from kanitts.devices import resolve_device
 from kanitts.errors import UserError
 from kanitts.tokens import TokenLayout
 
@@ -49,23 +49,6 @@ class SynthesisResult:
     def ok(self) -> bool:
         """True when there is audio; it may still be truncated (see ``problems``)."""
         return self.num_frames > 0
-
-
-def resolve_device(device: str | None) -> str:
-    """``None``/``"auto"`` means the GPU when there is one; anything else is taken as named."""
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    device = str(device)
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
-        raise UserError(
-            f"device {device!r} is not supported for synthesis (inference_config.yaml model.device_map or "
-            "--device): use auto, cpu, cuda, cuda:N or mps"
-        )
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for, but PyTorch sees no CUDA GPU")
-    return device
 
 
 def resolve_dtype(name: str, device: str):

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from kanitts.codecs.base import Codec
+from kanitts.devices import resolve_device
 from kanitts.errors import UserError
 
 DEFAULT_NANOCODEC = "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch"
@@ -84,18 +85,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise UserError(f"unknown dtype {dtype!r}: use one of auto, fp32, bf16, fp16") from None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None/``"auto"`` → the current CUDA device if there is one, else the CPU."""
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device} was asked for, but PyTorch sees no CUDA GPU")
-    return device
 
 
 def _merge_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -208,7 +197,7 @@ class NanoCodec(Codec):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ):
-        self._device = resolve_device(device)
+        self._device = torch.device(resolve_device(device))
         self.compute_dtype = resolve_dtype(dtype, self._device)
         self.config = copy.deepcopy(config)
         self._name_or_path = str(name_or_path)
@@ -307,7 +296,7 @@ class NanoCodec(Codec):
         return self._device
 
     def to(self, device: str | torch.device) -> NanoCodec:
-        self._device = resolve_device(device)
+        self._device = torch.device(resolve_device(device))
         self.model.to(self._device)
         return self
 

@@ -242,7 +242,7 @@ def run_eval(
     from tqdm.auto import tqdm
 
     from kanitts.codecs import load_codec
-    from kanitts.inference import resolve_device
+    from kanitts.devices import resolve_device
 
     started = time.perf_counter()
     eval_cfg = configs.eval
