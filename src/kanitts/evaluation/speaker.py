@@ -44,20 +44,10 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """Triangular filters on the HTK mel scale, shape (n_mels, n_fft // 2 + 1)."""
+    """HTK triangular filters, shape (n_mels, n_fft // 2 + 1): the tokenizer's own definition."""
+    from kanade_tokenizer.modules.mel import mel_filterbank
 
-    def hz_to_mel(f):
-        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
-
-    def mel_to_hz(m):
-        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
-
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (bins[None, :] - lower) / np.maximum(centre - lower, 1e-9)
-    falling = (upper - bins[None, :]) / np.maximum(upper - centre, 1e-9)
-    return np.maximum(0.0, np.minimum(rising, falling))
+    return mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, fmin, fmax).numpy().T.astype(np.float64)
 
 
 class MfccStatsEmbedder:
