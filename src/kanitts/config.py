@@ -442,19 +442,24 @@ def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
     return message.removeprefix("Value error, ")
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Pydantic names the union member an error came from inside `loc` ('list[str]', 'int', ...)."""
+    return isinstance(part, str) and (not part.isidentifier() or part in _TYPE_TAGS)
+
+
 def validation_problems(filename: str, schema: type[BaseModel], exc: ValidationError) -> list[str]:
+    """One `file: key.path: problem` line per key; a union's members would report one each."""
     problems = []
-    seen = set()
+    seen: set[tuple[Any, ...]] = set()
     for error in exc.errors():
-        loc = tuple(error["loc"])
-        # Unions report one error per member; the first explains enough.
-        key = (loc, error["type"] == "extra_forbidden")
-        if key in seen and error["type"] != "extra_forbidden":
+        loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
+        if loc in seen:
             continue
-        seen.add(key)
-        clean = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "list[str]", "float", "bool"})))
-        error = {**error, "loc": clean}
-        problems.append(f"{filename}: {format_key_path(clean)}: {_describe(error, schema)}")
+        seen.add(loc)
+        problems.append(f"{filename}: {format_key_path(loc)}: {_describe({**error, 'loc': loc}, schema)}")
     return problems
 
 
