@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kanitts.config import EvalSentence
+from kanitts.config import CodecSection, EvalSentence
 from kanitts.errors import ConfigError, UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -161,8 +161,13 @@ def build_model_card(
     repo_id: str,
     dataset_ids: list[str] | None = None,
     eval_rows: list[dict[str, Any]] | None = None,
+    codec: CodecSection | None = None,
 ) -> str:
-    """README.md for a checkpoint: Hub metadata, training settings, final loss, eval, usage, license."""
+    """README.md for a checkpoint: Hub metadata, training settings, final loss, eval, usage, license.
+
+    ``codec`` (model_config.yaml's) says which audio tokens the model writes; default NanoCodec.
+    """
+    codec = codec or CodecSection()
     folder = Path(folder)
     experiment, metrics = _read_checkpoint(folder)
     body = experiment.get("experiment", experiment)
@@ -176,7 +181,7 @@ def build_model_card(
         meta["base_model_relation"] = "finetune"
     if datasets:
         meta["datasets"] = datasets
-    meta["tags"] = ["kanitts", "text-to-speech", "lfm2", "nanocodec", "lora"]
+    meta["tags"] = ["kanitts", "text-to-speech", "lfm2", codec.kind, "lora"]
 
     final_loss = metrics.get("final_loss")
     history = metrics.get("loss_history") or []
@@ -194,8 +199,9 @@ def build_model_card(
         "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---",
         f"# {model_id}",
         (f"A KaniTTS text-to-speech model fine-tuned from `{base_model}` with LoRA (merged into the weights) "
-         "using kanitts. It writes NanoCodec tokens (4 codebooks x 4032 codes, 12.5 frames/s) that the codec "
-         "turns into 22.05 kHz audio.")
+         f"using kanitts. It writes {codec.kind} tokens ({codec.num_codebooks} codebooks x {codec.codebook_size} "
+         f"codes, {codec.fps:g} frames/s) that the codec (`{codec.weights}`) turns into "
+         f"{codec.sample_rate / 1000:g} kHz audio.")
         + (f"\n\n{base['desc']}" if base.get("desc") else ""),
         "## Usage\n\n```bash\npip install kanitts\n"
         f"kanitts synthesize \"{example}\" --model {repo_id} -o out.wav\n```\n\n```python\n"
@@ -230,13 +236,14 @@ def upload_model(
     dataset_ids: list[str] | None = None,
     eval_rows: list[dict[str, Any]] | None = None,
     token: str | None = None,
+    codec: CodecSection | None = None,
 ) -> str:
     """Publish a complete checkpoint folder with its generated model card as README.md."""
     folder = Path(folder)
     problems = checkpoint_problems(folder)
     if problems:
         raise UserError(f"refusing to upload the incomplete checkpoint {folder}: " + "; ".join(problems))
-    card = build_model_card(folder, repo_id, dataset_ids, eval_rows)
+    card = build_model_card(folder, repo_id, dataset_ids, eval_rows, codec)
     files: dict[str, Path | bytes] = {
         p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
     }
@@ -257,6 +264,10 @@ def upload_model_from_config(config_dir: Path | str, model_id: str, repo_id: str
         dataset_ids = [entry.reponame for entry in dataset_cfg.hf_datasets]
     except ConfigError:
         dataset_ids = []
+    try:
+        codec = load_configs(config_dir, kinds=("model",)).model.codec
+    except ConfigError:
+        codec = None
     results = Path(configs.eval.paths.audio_output_dir) / RESULTS_JSON
     eval_rows = json.loads(results.read_text(encoding="utf-8"))["rows"] if results.is_file() else []
-    return upload_model(folder, repo_id, private=private, dataset_ids=dataset_ids, eval_rows=eval_rows)
+    return upload_model(folder, repo_id, private=private, dataset_ids=dataset_ids, eval_rows=eval_rows, codec=codec)
