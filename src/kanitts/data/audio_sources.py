@@ -18,7 +18,6 @@ carries a ``problem`` and ends up in ``rejected.csv``.
 from __future__ import annotations
 
 import abc
-
 import csv
 import hashlib
 import json

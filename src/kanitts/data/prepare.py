@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from kanitts import __version__
+from kanitts.atomic import swap_in
 from kanitts.audio import (
     AudioDecodeError,
     loudness_normalize,
@@ -712,13 +713,7 @@ def _assemble(output: Path, partial: Path, manifest: dict, result: PrepareResult
     _write_json(tmp / SUMMARY_NAME, summary)
     del dataset, parts
 
-    if output.exists():  # --overwrite: swap only now that the new dataset is complete
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        output.rename(old)
-        tmp.rename(output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(output)
+    swap_in(tmp, output)  # with --overwrite, the old dataset goes only now that the new one is complete
     shutil.rmtree(partial, ignore_errors=True)
     result.assembled = True
 

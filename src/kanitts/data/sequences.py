@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
+from kanitts.atomic import swap_in
 from kanitts.config import DatasetConfig, DatasetEntry, ModelConfig, suggest
 from kanitts.data.codec_sources import load_source
 from kanitts.data.report import (
@@ -129,9 +130,7 @@ def build_training_dataset(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         report = _build(dataset_cfg, model_cfg, layout, tokenizer, sources, staging, fingerprint, final, num_proc)
-        if final.exists():  # rebuild, or another process finished first: the newest wins
-            shutil.rmtree(final)
-        staging.rename(final)
+        swap_in(staging, final)  # rebuild, or another process finished first: the newest wins
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return datasets.Dataset.from_file(str(final / SEQUENCES_FILE)), report

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
 
+from kanitts.atomic import swap_in
 from kanitts.config import EvalConfig
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import METRIC_LABELS
@@ -62,9 +62,7 @@ def build_report(results_json: Path, report_dir: Path) -> Path:
         failures=_failures(results["failures"]),
     )
     (tmp / "index.html").write_text(page, encoding="utf-8")
-    if report_dir.exists():
-        shutil.rmtree(report_dir)
-    os.replace(tmp, report_dir)
+    swap_in(tmp, report_dir)
     return report_dir / "index.html"
 
 

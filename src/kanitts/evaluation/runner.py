@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
+from kanitts.atomic import swap_in
 from kanitts.config import ConfigSet, EvalSentence
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import measure
@@ -481,6 +482,4 @@ def save_eval_dataset(rows: list[dict[str, Any]], audio_dir: Path, dataset_dir: 
     if tmp.exists():
         shutil.rmtree(tmp)
     eval_dataset(rows, audio_dir).save_to_disk(str(tmp))
-    if dataset_dir.exists():
-        shutil.rmtree(dataset_dir)
-    os.replace(tmp, dataset_dir)
+    swap_in(tmp, dataset_dir)

@@ -32,6 +32,7 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from kanitts.atomic import write_atomically
 from kanitts.config import ConfigSet, Experiment, ExperimentsConfig, translate_trainer_args, training_argument_names
 from kanitts.errors import UserError
 from kanitts.tokens import TokenLayout
@@ -145,24 +146,6 @@ def release_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-
-
-def write_atomically(final: Path, write) -> None:
-    """Calls ``write(folder)`` on a temporary sibling of ``final``, then renames it into place."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def training_arguments(
