@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kanade_tokenizer.files import atomic_path
+
 #: File suffixes the CLI treats as audio when it scans folders (all readable by libsndfile).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
 
@@ -85,15 +87,9 @@ def save_audio(
         audio = audio.detach().float().cpu().numpy()
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     audio = np.clip(audio, -1.0, 1.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".").upper() or "WAV"
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as tmp:
         sf.write(str(tmp), audio, int(sample_rate), subtype=subtype, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from kanade_tokenizer.audio import AUDIO_SUFFIXES, load_audio, save_audio
+from kanade_tokenizer.files import atomic_path
 
 TOKEN_FORMAT = "kanade-tokens/1"
 TOKEN_SUFFIX = ".safetensors"
@@ -166,14 +167,8 @@ def save_tokens(path: str | os.PathLike[str], features: Any, *, source: str = ""
     if sample_rate is not None:
         metadata["sample_rate"] = str(int(sample_rate))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

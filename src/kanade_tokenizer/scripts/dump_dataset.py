@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kanade_tokenizer.files import atomic_path
+
 
 def scan_audio(root: str | os.PathLike[str], pattern: str = "**/*.wav", workers: int = 8) -> list[dict]:
     """One row per file matching ``pattern`` under ``root`` (sorted by path)."""
@@ -52,13 +54,10 @@ def scan_audio(root: str | os.PathLike[str], pattern: str = "**/*.wav", workers:
 
 def write_csv(rows: list[dict], output: str | os.PathLike[str]) -> Path:
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["audio_id", "path", "length", "sample_rate"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, output)
     return output
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from kanade_tokenizer.files import atomic_path
+
 #: Modules left out of the export unless asked for.
 TRAINING_ONLY_MODULES = ("ssl_feature_extractor", "feature_decoder", "conv_upsample")
 
@@ -133,14 +135,8 @@ def export_safetensors(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()  # clone: safetensors refuses shared storage
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
-    try:
+    with atomic_path(output) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return output, tensors
 
 
