@@ -63,7 +63,9 @@ def test_fsq_straight_through_gradient_and_quantizer_shapes():
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert torch.allclose(q.decode(indices), emb)
     _, info = q(x)
-    assert 1 <= info["perplexity"].item() <= 14
+    # Perplexity of 14 tokens lies in [1, 14]; exp(entropy) can land a rounding error above 14
+    # when every token gets its own code.
+    assert 1 <= info["perplexity"].item() <= 14 * (1 + 1e-5)
 
 
 # --- local-window attention -------------------------------------------------------------------
