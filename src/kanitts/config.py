@@ -12,20 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import re
+import types
+import typing
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PositiveFloat,
     PositiveInt,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,6 +48,27 @@ CONFIG_FILES = {
     "model": "model_config.yaml",
     "inference": "inference_config.yaml",
 }
+
+
+class YamlInt(int):
+    """An integer read from a config file, with the text it was written as (`007`, `1_000`)."""
+
+    text = ""
+
+
+class YamlFloat(float):
+    """A number read from a config file, with the text it was written as (`5e-5`, `1E4`)."""
+
+    text = ""
+
+
+def _number_as_text(value: Any) -> Any:
+    """Where text is expected, a number keeps the characters the user typed: a speaker `007`
+    or a run named `1e3` stays that text, not `7` or `1000.0`."""
+    return value.text if isinstance(value, (YamlInt, YamlFloat)) and value.text else value
+
+
+Text = Annotated[str, BeforeValidator(_number_as_text)]
 
 
 class _Strict(BaseModel):
@@ -68,7 +97,7 @@ class SpecialTokens(_Strict):
 
 
 class CodecSection(_Strict):
-    model_name: str = "nvidia/nemo-nano-codec-22khz-0.6kbps-12.5fps"
+    model_name: Text = "nvidia/nemo-nano-codec-22khz-0.6kbps-12.5fps"
     sample_rate: PositiveInt = 22050
     fps: PositiveFloat = 12.5
     num_codebooks: PositiveInt = 4
@@ -76,14 +105,14 @@ class CodecSection(_Strict):
     audio_tokens_start: int = Field(64410, ge=0)
     # Added here: which codec implementation decodes the tokens, and where its weights live.
     kind: Literal["nanocodec", "kanade"] = "nanocodec"
-    weights: str = "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch"
+    weights: Text = "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch"
 
 
 class ModelConfig(_Strict):
     tokenizer: TokenizerSection = TokenizerSection()
     special_tokens: SpecialTokens = SpecialTokens()
     codec: CodecSection = CodecSection()
-    codec_layers: list[str] = ["nano_layer_1", "nano_layer_2", "nano_layer_3", "nano_layer_4"]
+    codec_layers: list[Text] = ["nano_layer_1", "nano_layer_2", "nano_layer_3", "nano_layer_4"]
 
 
 def token_space_problems(cfg: ModelConfig) -> list[str]:
@@ -117,23 +146,23 @@ def token_space_problems(cfg: ModelConfig) -> list[str]:
 
 
 class CategoricalFilter(_Strict):
-    column_name: str
+    column_name: Text
     value: Union[str, int, float, bool]
 
 
 class DatasetEntry(_Strict):
     """One source dataset. `reponame` is a Hub id, a save_to_disk folder, or parquet/jsonl/csv files."""
 
-    reponame: str
-    name: str | None = None
-    split: str = "train"
-    text_col_name: str = "text"
-    nano_layer_1: str = "nano_layer_1"
-    nano_layer_2: str = "nano_layer_2"
-    nano_layer_3: str = "nano_layer_3"
-    nano_layer_4: str = "nano_layer_4"
-    encoded_len: str = "encoded_len"
-    speaker_id: str | None = Field(None, min_length=1)
+    reponame: Text
+    name: Text | None = None
+    split: Text = "train"
+    text_col_name: Text = "text"
+    nano_layer_1: Text = "nano_layer_1"
+    nano_layer_2: Text = "nano_layer_2"
+    nano_layer_3: Text = "nano_layer_3"
+    nano_layer_4: Text = "nano_layer_4"
+    encoded_len: Text = "encoded_len"
+    speaker_id: Text | None = Field(None, min_length=1)
     max_len: PositiveInt | None = None
     categorical_filter: CategoricalFilter | None = None
 
@@ -152,8 +181,8 @@ class DatasetConfig(_Strict):
     # Added here (the reference has none of these as config keys):
     n_shards_per_dataset: PositiveInt | None = None
     num_proc: PositiveInt | None = None
-    seed: int = 42
-    cache_dir: str = ".cache/kanitts/sequences"
+    seed: int = Field(42, ge=0)
+    cache_dir: Text = ".cache/kanitts/sequences"
     # The reference drops each codec frame equal to the one before it (shortens silences);
     # false keeps every frame, so the model learns true durations.
     dedup_frames: bool = True
@@ -165,9 +194,9 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class ExperimentBase(_Strict):
-    model_id: str
-    run_name: str | None = None
-    desc: str | None = None
+    model_id: Text
+    run_name: Text | None = None
+    desc: Text | None = None
 
     @field_validator("model_id")
     @classmethod
@@ -181,17 +210,20 @@ class ExperimentBase(_Strict):
 
 
 class LoraArgs(BaseModel):
-    """The common LoraConfig fields, typed; any other LoraConfig field passes through."""
+    """The common LoraConfig fields with this project's defaults and ranges; any other LoraConfig
+    field passes through. Every key is also checked against LoraConfig's declared field types
+    (``check_experiments``), which is where the choices of `bias` and `task_type` come from.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     r: PositiveInt = 16
     lora_alpha: PositiveFloat = 16
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | str = ["q_proj", "v_proj"]
-    bias: Literal["none", "all", "lora_only"] = "none"
-    modules_to_save: list[str] | None = None
-    task_type: str = "CAUSAL_LM"
+    target_modules: list[Text] | Text = ["q_proj", "v_proj"]
+    bias: Text = "none"
+    modules_to_save: list[Text] | None = None
+    task_type: Text = "CAUSAL_LM"
     use_rslora: bool = False
 
     def as_kwargs(self) -> dict[str, Any]:
@@ -214,7 +246,7 @@ class TrainingOptions(_Strict):
 class Experiment(_Strict):
     base: ExperimentBase
     lora_args: LoraArgs = LoraArgs()
-    trainer_args: dict[str, Any] = {}
+    trainer_args: dict[Text, Any] = {}
     training: TrainingOptions = TrainingOptions()
 
     @property
@@ -223,8 +255,8 @@ class Experiment(_Strict):
 
 
 class ExperimentsConfig(_Strict):
-    base_model: str
-    project_name: str | None = None
+    base_model: Text
+    project_name: Text | None = None
     experiments: list[Experiment] = Field(min_length=1)
 
 
@@ -232,14 +264,14 @@ class ExperimentsConfig(_Strict):
 
 
 class EvalPaths(_Strict):
-    audio_output_dir: str = "./audio_samples"
-    checkpoints_dir: str = "./checkpoints"
-    report_dir: str = "./report"
+    audio_output_dir: Text = "./audio_samples"
+    checkpoints_dir: Text = "./checkpoints"
+    report_dir: Text = "./report"
 
 
 class EvalHub(_Strict):
     upload_dataset: bool = False
-    repo_name: str | None = None
+    repo_name: Text | None = None
     private: bool = True
 
     @model_validator(mode="after")
@@ -256,10 +288,10 @@ class EvalProcessing(_Strict):
 class SpeakerSimilarity(_Strict):
     """Reference recordings per speaker prefix, for the speaker-similarity metric."""
 
-    references: dict[str, list[str]] = {}
+    references: dict[Text, list[Text]] = {}
     # A name from kanitts.evaluation.speaker (`mfcc-stats` works offline with no weights;
     # `kanade:<folder or Hub id>` uses the Kanade tokenizer's global embedding).
-    embedder: str = "mfcc-stats"
+    embedder: Text = "mfcc-stats"
 
 
 class EvalConfig(_Strict):
@@ -292,7 +324,7 @@ class EvalSentence:
 
 
 class EvalSetConfig(_Strict):
-    eval_set: list[dict[str, str]] = Field(min_length=1)
+    eval_set: list[dict[Text, Text]] = Field(min_length=1)
 
     @field_validator("eval_set")
     @classmethod
@@ -318,7 +350,7 @@ class EvalSetConfig(_Strict):
 
 
 class InferenceModel(_Strict):
-    device_map: str | None = "auto"
+    device_map: Text | None = "auto"
     torch_dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
 
 
@@ -335,6 +367,17 @@ class GenerationSection(_Strict):
     # start_of_speech, then codebook 0..K-1 tokens, end_of_speech at frame boundaries).
     # Off by default, as in the reference; on, a stream can never be malformed.
     constrained_decoding: bool = False
+
+    @field_validator("num_return_sequences")
+    @classmethod
+    def _several_need_sampling(cls, value: int, info: ValidationInfo) -> int:
+        # Greedy decoding gives the same sequence every time; transformers refuses the request.
+        if value > 1 and info.data.get("do_sample") is False:
+            raise ValueError(
+                f"{value} sequences per prompt need do_sample: true (without sampling they would all "
+                "be the same); set do_sample: true or num_return_sequences: 1"
+            )
+        return value
 
 
 class InferenceConfig(_Strict):
@@ -410,6 +453,10 @@ def _expected_number(owner: type[BaseModel] | None, key: Any, ctx: dict[str, Any
     return noun
 
 
+# YAML 1.1 (PyYAML) reads these words unquoted as booleans: `speaker_id: no` is false.
+_QUOTE_BOOL_TEXT = " (unquoted yes, no, on, off, true and false are booleans in YAML: put the text in quotes)"
+
+
 def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
     kind = error["type"]
     value = error.get("input")
@@ -427,16 +474,17 @@ def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
     if kind in {"bool_parsing", "bool_type"}:
         return f"expected true or false, got {value!r}"
     if kind == "literal_error":
-        return f"expected one of {error['ctx']['expected']}, got {value!r}"
+        hint = _QUOTE_BOOL_TEXT if isinstance(value, bool) else ""
+        return f"expected one of {error['ctx']['expected']}, got {value!r}{hint}"
     if kind in {"string_type"}:
-        return f"expected text, got {value!r}"
+        return f"expected text, got {value!r}{_QUOTE_BOOL_TEXT if isinstance(value, bool) else ''}"
     if kind in {"list_type"}:
         return f"expected a list, got {value!r}"
     if kind in {"dict_type", "model_type", "model_attributes_type"}:
         return f"expected a mapping of keys, got {value!r}"
-    if kind == "too_short":
+    if kind == "too_short" and not isinstance(value, str):
         return "expected at least one entry"
-    if kind == "string_too_short":
+    if kind in {"string_too_short", "too_short"}:
         return "must not be empty (leave the key out, or use null, for none)"
     message = error["msg"]
     return message.removeprefix("Value error, ")
@@ -466,30 +514,163 @@ def validation_problems(filename: str, schema: type[BaseModel], exc: ValidationE
 # --- loading --------------------------------------------------------------------------------
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as people write them and keeping what they typed.
+
+    PyYAML implements YAML 1.1, where a float needs a dot: `5e-5` (how learning rates are
+    written, in the reference pipeline's own README too) would be the *string* "5e-5" and
+    fail an hour into training. Here any decimal number with an exponent, or `-.5`, is a
+    float, as in YAML 1.2. Numbers come back as :class:`YamlInt` / :class:`YamlFloat`, which
+    remember their text for fields that expect text.
+    """
+
+
+def _construct_int(loader: ConfigLoader, node: yaml.ScalarNode) -> YamlInt:
+    value = YamlInt(loader.construct_yaml_int(node))
+    value.text = node.value
+    return value
+
+
+def _construct_float(loader: ConfigLoader, node: yaml.ScalarNode) -> YamlFloat:
+    value = YamlFloat(loader.construct_yaml_float(node))
+    value.text = node.value
+    return value
+
+
+# YAML 1.2's float forms PyYAML's (1.1) pattern lacks: an exponent without a dot or without a
+# sign (`5e-5`, `1E4`, `1.0e5`) and a signed leading dot (`-.5`).
+_YAML12_FLOAT = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?)$""",
+    re.VERBOSE,
+)
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+ConfigLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _line_and_column(text: str | bytes, offset: int) -> tuple[int, int]:
+    newline = "\n" if isinstance(text, str) else b"\n"
+    line_start = text.rfind(newline, 0, offset) + 1
+    return text.count(newline, 0, offset) + 1, offset - line_start + 1
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """The file as text; anything but UTF-8 (a UTF-8 byte-order mark is fine) is named by byte."""
+    skip = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skip + exc.start
+        line, column = _line_and_column(data, offset)
+        raise ConfigError([
+            f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[offset]:02x} at byte offset {offset}); "
+            "save the file as UTF-8"
+        ]) from None
+
+
+def _duplicate_keys(loader: ConfigLoader, node: yaml.Node, path: Path) -> list[str]:
+    """Keys given twice in one mapping, which PyYAML resolves silently in favour of the last.
+
+    Walks the composed node tree (before any value is built) so each problem has its key
+    path and both line numbers. Merge keys (`<<: *defaults`) are meant to be overridden and
+    are left out.
+    """
+    problems: list[str] = []
+    visited: set[int] = set()
+
+    def walk(node: yaml.Node, loc: tuple[Any, ...]) -> None:
+        if id(node) in visited:  # an alias: its anchor was walked already
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*loc, index))
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = loader.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    where = f"twice on line {line}" if lines[key] == line else f"on lines {lines[key]} and {line}"
+                    problems.append(
+                        f"{path}: {format_key_path((*loc, key_node.value))}: given twice in one mapping, "
+                        f"{where}; keep one (the last would silently win)"
+                    )
+                else:
+                    lines[key] = line
+                walk(value_node, (*loc, key_node.value))
+
+    walk(node, ())
+    return problems
+
+
 def read_yaml(path: Path) -> Any:
-    """Parse YAML; a syntax error becomes a ConfigError with line and column."""
+    """Parse one config file; every problem of the file itself becomes a ConfigError naming it.
+
+    Problems: not UTF-8, characters YAML forbids (control bytes), syntax errors (line and
+    column) and keys given twice.
+    """
     if not path.is_file():
         raise ConfigError([f"{path}: file not found"])
+    data = path.read_bytes()
+    text = _decode(path, data)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        loader = ConfigLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line, column = _line_and_column(text, exc.position)
+        byte = len(text[: exc.position].encode("utf-8")) + (len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0)
+        kind = "control character" if unicodedata.category(chr(exc.character)) == "Cc" else "character"
+        raise ConfigError([
+            f"{path}:{line}:{column}: {kind} U+{exc.character:04X} (byte offset {byte}) is not allowed "
+            "in YAML; delete it (tabs and line breaks are fine)"
+        ]) from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicates = _duplicate_keys(loader, node, path)
+        if duplicates:
+            raise ConfigError(duplicates)
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         what = " ".join(p for p in (exc.context, exc.problem) if p)
         raise ConfigError([f"{where}: YAML syntax error: {what}"]) from None
+    finally:
+        loader.dispose()
 
 
 def parse_config(kind: str, data: Any, filename: str) -> BaseModel:
-    """Validate already-parsed YAML data against the schema of `kind` (see CONFIG_FILES)."""
+    """Validate already-parsed YAML data against the schema of `kind` (see CONFIG_FILES).
+
+    experiments.yaml is also checked against the installed transformers, peft and LFM2, and
+    its pass-through values come back converted as those libraries take them.
+    """
     schema = SCHEMAS[kind]
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}: expected a mapping of keys at the top level, got {type(data).__name__}"])
+    problems = []
+    if kind == "experiments":
+        data, library_problems = check_experiments(data)
+        problems.extend(f"{filename}: {p}" for p in library_problems)
     try:
-        return schema.model_validate(data)
+        parsed = schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_problems(filename, schema, exc)) from None
+        problems.extend(validation_problems(filename, schema, exc))
+    if problems:
+        raise ConfigError(problems)
+    return parsed
 
 
 def load_config(kind: str, config_dir: Path | str = "config") -> BaseModel:
@@ -527,8 +708,6 @@ def load_configs(config_dir: Path | str = "config", kinds: tuple[str, ...] = tup
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        if kind == "experiments":
-            problems.extend(f"{path}: {p}" for p in experiment_problems(raw))
         try:
             parsed = parse_config(kind, raw, str(path))
         except ConfigError as exc:
@@ -543,6 +722,163 @@ def load_configs(config_dir: Path | str = "config", kinds: tuple[str, ...] = tup
     if problems:
         raise ConfigError(problems)
     return configs
+
+
+# --- arguments passed through to transformers and peft --------------------------------------
+
+# numpy's seed range: transformers' set_seed hands the seed to np.random.seed.
+_SEED = Annotated[int, annotated_types.Interval(ge=0, lt=2**32)]
+
+
+def _declared_types(cls: type) -> dict[str, Any]:
+    """Field name -> declared type of a library's config dataclass, read off the installed class."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation naming something only imported for type checkers
+        hints = {}
+    return {
+        f.name: hints.get(f.name, Any if isinstance(f.type, str) else f.type)
+        for f in dataclasses.fields(cls)
+        if f.init
+    }
+
+
+def _is_enum(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, enum.Enum)
+
+
+def _accepted_type(declared: Any, seed: bool = False) -> Any:
+    """The type a config value is checked against, for a field a library declares as ``declared``.
+
+    Follows what the library does with the value, which its annotation alone does not say:
+    an `Enum | str` field (`lr_scheduler_type`, `optim`, `task_type`) is turned into the enum,
+    so only the enum's values are accepted; a text field keeps a YAML number's text; a config
+    object (a dataclass) can only be written as a mapping; a Literal with a placeholder (peft's
+    `pissa_niter_[number of iters]`) cannot be checked by listing and accepts any text; a seed
+    is what numpy accepts.
+    """
+    origin, args = get_origin(declared), get_args(declared)
+    if origin is Union or origin is types.UnionType:
+        if str in args and any(_is_enum(a) for a in args):
+            args = tuple(a for a in args if a is not str)
+        return Union[tuple(_accepted_type(a, seed) for a in args)]
+    if origin is Literal:
+        return Text if any("[" in str(a) for a in args) else declared
+    if origin in (list, tuple, set, frozenset, dict):
+        return origin[tuple(_accepted_type(a) for a in args)] if args else origin
+    if declared is str:
+        return Text
+    if declared is int:
+        return _SEED if seed else int
+    if declared in (float, bool, type(None), list, dict, Ellipsis) or _is_enum(declared):
+        return declared
+    if dataclasses.is_dataclass(declared):
+        return dict
+    return Any
+
+
+def _leaf_types(t: Any) -> list[Any]:
+    """Every member type of a (nested) annotation; Literal members are their values."""
+    args = get_args(t)
+    if get_origin(t) is Literal:
+        return list(args)
+    if get_origin(t) is Annotated:
+        return _leaf_types(args[0])
+    if get_origin(t) is Union or get_origin(t) is types.UnionType:
+        return [leaf for a in args for leaf in _leaf_types(a)]
+    return [t]
+
+
+def _describe_type(t: Any) -> str:
+    """How a message names what a field takes: 'a number', 'one of: cosine, linear', ..."""
+    origin, args = get_origin(t), get_args(t)
+    if origin is Annotated:
+        bounds = {k: getattr(m, k) for m in args[1:] for k in ("ge", "lt") if getattr(m, k, None) is not None}
+        if args[0] is int and bounds:
+            return f"an integer from {bounds['ge']} to {bounds['lt'] - 1}"
+        return _describe_type(args[0])
+    if origin is Union or origin is types.UnionType:
+        parts = list(dict.fromkeys(_describe_type(a) for a in args))
+        return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
+    if origin is Literal or _is_enum(t):
+        choices = args if origin is Literal else [member.value for member in t]
+        return "one of: " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+    if t in (list, tuple, set, frozenset) or origin in (list, tuple, set, frozenset):
+        return "a list"
+    if t is dict or origin is dict:
+        return "a mapping"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}
+    return names.get(t, "anything")
+
+
+def _choices(t: Any) -> list[str]:
+    """The text values an enum or Literal member of ``t`` allows, for did-you-mean."""
+    found = []
+    for leaf in _leaf_types(t):
+        if isinstance(leaf, str):
+            found.append(leaf)
+        elif _is_enum(leaf):
+            found.extend(str(member.value) for member in leaf)
+    return found
+
+
+@lru_cache(maxsize=None)
+def _adapter(accepted: Any) -> TypeAdapter:
+    return TypeAdapter(accepted)
+
+
+def _plain(value: Any) -> Any:
+    """Library-ready values: enum members as their text, YAML numbers as plain int / float."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def coerce_library_args(args: dict[str, Any], declared: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``args`` converted the way the library accepts them, and `{key: problem}` for the rest.
+
+    ``declared`` maps field names to the types the library declares (:func:`_declared_types`).
+    `num_train_epochs: 2` stays 2 where a float is declared, `max_steps: 1e3` becomes 1000 where
+    an int is; text where a number is declared is converted when it reads as one (`"5e-5"`)
+    and a problem when not (`fast`), as is true/false where neither is a bool. Keys the library
+    does not declare are kept as they are: they are reported elsewhere, with suggestions.
+    """
+    out: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for key, value in args.items():
+        if key not in declared:
+            out[key] = value
+            continue
+        accepted = _accepted_type(declared[key], seed=key == "seed" or str(key).endswith("_seed"))
+        leaves = _leaf_types(accepted)
+        try:
+            if isinstance(value, bool) and not any(leaf is bool or leaf is Any or isinstance(leaf, bool) for leaf in leaves):
+                raise ValueError
+            result = _adapter(accepted).validate_python(value)
+        except (ValidationError, ValueError):
+            if isinstance(value, str):
+                hint = suggest(value, _choices(accepted))
+            elif isinstance(value, bool) and (_choices(accepted) or str in leaves):
+                hint = _QUOTE_BOOL_TEXT
+            else:
+                hint = ""
+            problems[key] = f"expected {_describe_type(accepted)}, got {value!r}{hint}"
+            out[key] = value
+            continue
+        if type(result) is float and isinstance(value, int) and not isinstance(value, bool):
+            result = value  # an int where a float is declared is what the user wrote and fine
+        out[key] = _plain(result)
+    return out, problems
 
 
 # --- checks across files --------------------------------------------------------------------
@@ -584,17 +920,27 @@ def translate_trainer_args(args: dict[str, Any]) -> tuple[dict[str, Any], list[s
 
 
 @lru_cache(maxsize=1)
-def training_argument_names() -> frozenset[str]:
+def training_argument_types() -> dict[str, Any]:
+    """The declared type of every TrainingArguments field of the installed transformers."""
     from transformers import TrainingArguments
 
-    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+    return _declared_types(TrainingArguments)
 
 
 @lru_cache(maxsize=1)
-def lora_config_field_names() -> frozenset[str]:
+def lora_config_types() -> dict[str, Any]:
+    """The declared type of every LoraConfig field of the installed peft."""
     from peft import LoraConfig
 
-    return frozenset(f.name for f in dataclasses.fields(LoraConfig))
+    return _declared_types(LoraConfig)
+
+
+def training_argument_names() -> frozenset[str]:
+    return frozenset(training_argument_types())
+
+
+def lora_config_field_names() -> frozenset[str]:
+    return frozenset(lora_config_types())
 
 
 @lru_cache(maxsize=1)
@@ -644,26 +990,41 @@ def cross_check(configs: ConfigSet) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def experiment_problems(raw: Any) -> list[str]:
-    """Checks of experiments.yaml against the installed transformers, peft and LFM2.
+def check_experiments(raw: Any) -> tuple[Any, list[str]]:
+    """experiments.yaml against the installed transformers, peft and LFM2.
 
+    Returns the data with every ``trainer_args`` and ``lora_args`` value converted as the
+    library takes it (see :func:`coerce_library_args`), and the problems as `key.path: problem`.
     Runs on the raw YAML data so that these problems are reported together with schema errors
     in the same file, not only after those are fixed.
     """
     experiments = raw.get("experiments") if isinstance(raw, dict) else None
     if not isinstance(experiments, list):
-        return []
+        return raw, []
     problems = []
-    trainer_fields = training_argument_names()
-    lora_fields = lora_config_field_names()
+    trainer_types = training_argument_types()
+    # A reference-era key is checked as the field it is translated to.
+    trainer_types = {
+        **{old: trainer_types[new] for old, (new, _) in LEGACY_TRAINER_ARGS.items() if new in trainer_types},
+        **trainer_types,
+    }
+    # LoraArgs types some fields itself (ranges, LFM2 module names); the rest, `bias` and
+    # `task_type` among them, are checked against the choices the installed peft declares.
+    lora_types = {
+        name: declared for name, declared in lora_config_types().items()
+        if name not in LoraArgs.model_fields or LoraArgs.model_fields[name].annotation is str
+    }
     modules = lfm2_module_names()
     seen_ids: dict[str, int] = {}
+    checked = []
     for i, exp in enumerate(experiments):
         if not isinstance(exp, dict):
+            checked.append(exp)
             continue
         where = f"experiments[{i}]"
+        exp = dict(exp)
         base = exp.get("base")
-        model_id = base.get("model_id") if isinstance(base, dict) else None
+        model_id = _number_as_text(base.get("model_id")) if isinstance(base, dict) else None
         if isinstance(model_id, str):
             if model_id.lower() in seen_ids:
                 problems.append(
@@ -674,29 +1035,41 @@ def experiment_problems(raw: Any) -> list[str]:
         trainer_args = exp.get("trainer_args")
         if isinstance(trainer_args, dict):
             for key in translate_trainer_args(trainer_args)[0]:
-                if key not in trainer_fields:
+                if key not in trainer_types:
                     problems.append(
                         f"{where}.trainer_args.{key}: not a TrainingArguments field of the installed "
-                        f"transformers{suggest(key, sorted(trainer_fields))}"
+                        f"transformers{suggest(str(key), sorted(trainer_types))}"
                     )
+            exp["trainer_args"], wrong = coerce_library_args(trainer_args, trainer_types)
+            problems.extend(f"{where}.trainer_args.{key}: {problem}" for key, problem in wrong.items())
         lora_args = exp.get("lora_args")
-        if not isinstance(lora_args, dict):
-            continue
-        for key in lora_args:
-            if key not in lora_fields:
-                problems.append(f"{where}.lora_args.{key}: not a LoraConfig field{suggest(key, sorted(lora_fields))}")
-        targets = lora_args.get("target_modules")
-        if isinstance(targets, list):
-            for j, name in enumerate(targets):
-                if isinstance(name, str) and name not in modules:
-                    problems.append(
-                        f"{where}.lora_args.target_modules[{j}]: LFM2 has no module {name!r}"
-                        f"{suggest(name, sorted(modules))}; it has {', '.join(sorted(modules))}"
-                    )
-        elif isinstance(targets, str) and targets != "all-linear" and not any(
-            re.fullmatch(targets, name) for name in modules
-        ):
-            problems.append(f"{where}.lora_args.target_modules: pattern {targets!r} matches no LFM2 module")
+        if isinstance(lora_args, dict):
+            problems.extend(_lora_problems(where, lora_args, modules))
+            exp["lora_args"], wrong = coerce_library_args(lora_args, lora_types)
+            problems.extend(f"{where}.lora_args.{key}: {problem}" for key, problem in wrong.items())
+        checked.append(exp)
+    return {**raw, "experiments": checked}, problems
+
+
+def _lora_problems(where: str, lora_args: dict[str, Any], modules: frozenset[str]) -> list[str]:
+    """Unknown LoraConfig keys and `target_modules` that LFM2 does not have."""
+    problems = []
+    lora_fields = lora_config_field_names()
+    for key in lora_args:
+        if key not in lora_fields:
+            problems.append(f"{where}.lora_args.{key}: not a LoraConfig field{suggest(str(key), sorted(lora_fields))}")
+    targets = lora_args.get("target_modules")
+    if isinstance(targets, list):
+        for j, name in enumerate(targets):
+            if isinstance(name, str) and name not in modules:
+                problems.append(
+                    f"{where}.lora_args.target_modules[{j}]: LFM2 has no module {name!r}"
+                    f"{suggest(name, sorted(modules))}; it has {', '.join(sorted(modules))}"
+                )
+    elif isinstance(targets, str) and targets != "all-linear" and not any(
+        re.fullmatch(targets, name) for name in modules
+    ):
+        problems.append(f"{where}.lora_args.target_modules: pattern {targets!r} matches no LFM2 module")
     return problems
 
 
