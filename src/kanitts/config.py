@@ -794,7 +794,7 @@ def _describe_type(t: Any) -> str:
     origin, args = get_origin(t), get_args(t)
     if origin is Annotated:
         bounds = {k: getattr(m, k) for m in args[1:] for k in ("ge", "lt") if getattr(m, k, None) is not None}
-        if args[0] is int and bounds:
+        if args[0] is int and bounds.keys() == {"ge", "lt"}:
             return f"an integer from {bounds['ge']} to {bounds['lt'] - 1}"
         return _describe_type(args[0])
     if origin is Union or origin is types.UnionType:
@@ -1002,11 +1002,11 @@ def check_experiments(raw: Any) -> tuple[Any, list[str]]:
     if not isinstance(experiments, list):
         return raw, []
     problems = []
-    trainer_types = training_argument_types()
-    # A reference-era key is checked as the field it is translated to.
+    trainer_fields = training_argument_types()
+    # A reference-era key's value is checked as the field it is translated to.
     trainer_types = {
-        **{old: trainer_types[new] for old, (new, _) in LEGACY_TRAINER_ARGS.items() if new in trainer_types},
-        **trainer_types,
+        **{old: trainer_fields[new] for old, (new, _) in LEGACY_TRAINER_ARGS.items() if new in trainer_fields},
+        **trainer_fields,
     }
     # LoraArgs types some fields itself (ranges, LFM2 module names); the rest, `bias` and
     # `task_type` among them, are checked against the choices the installed peft declares.
@@ -1035,10 +1035,10 @@ def check_experiments(raw: Any) -> tuple[Any, list[str]]:
         trainer_args = exp.get("trainer_args")
         if isinstance(trainer_args, dict):
             for key in translate_trainer_args(trainer_args)[0]:
-                if key not in trainer_types:
+                if key not in trainer_fields:
                     problems.append(
                         f"{where}.trainer_args.{key}: not a TrainingArguments field of the installed "
-                        f"transformers{suggest(str(key), sorted(trainer_types))}"
+                        f"transformers{suggest(str(key), sorted(trainer_fields))}"
                     )
             exp["trainer_args"], wrong = coerce_library_args(trainer_args, trainer_types)
             problems.extend(f"{where}.trainer_args.{key}: {problem}" for key, problem in wrong.items())
