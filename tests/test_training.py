@@ -128,7 +128,7 @@ def test_two_experiments_train_save_and_are_skipped_on_rerun(base, dataset, tmp_
     assert 12 * min(lengths) <= padded_metrics["tokens_trained"] <= 12 * max(lengths)
     # nothing temporary is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == [RUNS_FOLDER, "packed", "padded-bs4"]
-    assert list((tmp_path / RUNS_FOLDER).iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / RUNS_FOLDER).iterdir()) == ["packed.lock", "padded-bs4.lock"]
 
     again = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
     assert [r.status for r in again] == ["skipped", "skipped"]
@@ -289,3 +289,88 @@ def test_a_save_that_fails_leaves_no_checkpoint_behind(tmp_path):
     write_atomically(final, lambda folder: (folder / "v").write_text("2"))  # --force replaces it whole
     assert (final / "v").read_text() == "2"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+
+def test_a_kill_during_the_final_save_resumes_to_exactly_max_steps(base, dataset, tmp_path, monkeypatch):
+    """The kill leaves the checkpoint the Trainer writes at the last step and no final folder."""
+    from kanitts.training.experiments import TrainingRun
+
+    configs = configs_for(base, experiment("final-save", steps=4))  # 3 steps per epoch: 4 is mid-epoch
+    real_save = TrainingRun._save
+
+    def killed(self, model, experiment, metrics, run_dir, folder):
+        (folder / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingRun, "_save", killed)
+    results = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
+    assert results[0].status == "interrupted" and not (tmp_path / "final-save").exists()
+    assert [p.name for p in (tmp_path / RUNS_FOLDER / "final-save").glob("checkpoint-*")] == ["checkpoint-4"]
+    steps = []
+    monkeypatch.setattr(TrainingRun, "_save", real_save)
+    resumed = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset, callbacks=[StepRecorder(steps)])
+    assert [(r.status, r.resumed_from) for r in resumed] == [("done", "checkpoint-4")]
+    assert steps == []  # not one step more
+    metrics = json.loads((tmp_path / "final-save" / METRICS_FILE).read_text())
+    assert metrics["global_step"] == 4 and [e["step"] for e in metrics["loss_history"]] == [1, 2, 3, 4]
+    assert any("training had finished at checkpoint-4" in note for note in metrics["notes"])
+    # the final checkpoint holds the trained adapter, merged: not the base model's weights
+    from safetensors.numpy import load_file
+
+    trained, untouched = load_file(tmp_path / "final-save" / "model.safetensors"), load_file(base[0] / "model.safetensors")
+    assert any(not np.array_equal(trained[k], untouched[k]) for k in untouched if "q_proj" in k)
+
+
+class StepRecorder(InterruptAtStep):
+    def __init__(self, steps: list[int]):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_a_second_run_of_an_experiment_is_refused_and_a_dead_runs_lock_taken_over(base, dataset, tmp_path):
+    from test_locks import lock_held_elsewhere
+
+    configs = configs_for(base, experiment("busy", steps=1), experiment("free", steps=1))
+    with lock_held_elsewhere(tmp_path / RUNS_FOLDER / "busy.lock") as other:
+        results = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
+    assert [(r.model_id, r.status) for r in results] == [("busy", "failed"), ("free", "done")]
+    assert results[0].error.startswith(f"experiment 'busy' (checkpoints in {tmp_path}) is in use by another run: "
+                                       f"pid {other.pid} on host ")
+    assert not (tmp_path / "busy").exists() and not (tmp_path / RUNS_FOLDER / "busy").exists()
+    # the other run was killed: its lock is taken over, and the summary says so
+    again = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
+    assert [(r.model_id, r.status) for r in again] == [("free", "skipped"), ("busy", "done")]
+    assert any("took over the lock of experiment 'busy'" in n and f"pid {other.pid}" in n for n in again[1].notes)
+
+
+def _adapter(folder: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(folder / "adapter" / "adapter_model.safetensors")
+
+
+def test_the_same_seed_gives_the_same_model(base, dataset, tmp_path):
+    """The LoRA weights are drawn after the seed is set, so two runs are bitwise equal on a CPU."""
+    configs = configs_for(base, *[
+        experiment(name, steps=1, trainer={"seed": seed}, keep_adapter=True)
+        for name, seed in (("seed-7", 7), ("seed-7-again", 7), ("seed-8", 8))
+    ])
+    assert [r.status for r in run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)] == ["done"] * 3
+    first, again, other = (_adapter(tmp_path / name) for name in ("seed-7", "seed-7-again", "seed-8"))
+    assert first.keys() == again.keys() and all(np.array_equal(first[k], again[k]) for k in first)
+    assert not all(np.array_equal(first[k], other[k]) for k in first)
+    merged = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("seed-7", "seed-7-again")]
+    assert merged[0] == merged[1]
+
+
+def test_secrets_in_trainer_args_never_reach_the_checkpoint(base, dataset, tmp_path):
+    secret = "hf_" + "S3cr3t" * 6
+    configs = configs_for(base, experiment("secretive", steps=1, trainer={"hub_token": secret}))
+    assert run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)[0].status == "done"
+    record = yaml.safe_load((tmp_path / "secretive" / EXPERIMENT_FILE).read_text())
+    assert record["experiment"]["trainer_args"]["hub_token"] == "<redacted>"
+    for path in (tmp_path / "secretive").rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .files import atomic_path
 from .modules.fsq import FiniteScalarQuantizer
 from .modules.global_encoder import GlobalEncoder
 from .modules.postnet import PostNet
@@ -514,14 +514,10 @@ class KanadeModel(nn.Module):
             config["model"]["init_args"]["ssl_feature_extractor"]["init_args"].update(
                 {"pretrained": False, "model_config": _plain(self._ssl_architecture())}
             )
-        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8") as f:
-            yaml.safe_dump(config, f, sort_keys=False)
-            tmp_config = f.name
-        fd, tmp_weights = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        save_file(weights, tmp_weights, metadata={"format": "pt"})
-        os.replace(tmp_weights, folder / WEIGHTS_NAME)
-        os.replace(tmp_config, folder / CONFIG_NAME)
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(weights, str(tmp), metadata={"format": "pt"})
+        with atomic_path(folder / CONFIG_NAME) as tmp:
+            tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return folder
 
     # --- settings -----------------------------------------------------------------------------

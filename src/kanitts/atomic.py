@@ -1,22 +1,115 @@
-"""Folders that mark work as done appear whole or not at all.
+"""Outputs appear whole or not at all, and what a killed run left half-written is cleaned up.
 
-Checkpoints, prepared datasets, cached training sequences, eval datasets and reports are written
-into a temporary sibling and swapped in once complete, so a crash never leaves something that
-looks finished, and a replaced folder is only removed after its successor is in place.
+Checkpoints, prepared datasets, cached training sequences, eval outputs, reports, audio and
+weight files are written into a temporary sibling and renamed into place once complete, so a
+crash never leaves something that looks finished, and a replaced folder is only removed after
+its successor is in place.
+
+A kill (SIGKILL, out of memory, a lost node) runs no cleanup, and a merged 400M model left in
+a temporary folder is a gigabyte. So every temporary sibling is named after its owner,
+``.NAME.tmp-PID@HOST`` (``.NAME.old-PID@HOST`` for a folder being replaced), and the first
+write into a folder removes the ones whose owner is gone: written on this host by a process
+that no longer runs. A live process's, or another host's (whose processes cannot be checked
+from here), are never touched. What was removed is said in one line on stderr. Each folder is
+swept once per process, so writing many files into one folder costs one listing.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+
+HOST = socket.gethostname()
+
+# `.NAME.tmp-PID@HOST`; without `@HOST` (as earlier versions named them) it was this host's.
+_LEFTOVER = re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)(?:@(?P<host>.+))?$")
+_swept: set[Path] = set()
+
+
+def temporary_sibling(final: Path, kind: str = "tmp") -> Path:
+    """The name this process writes ``final`` under before renaming it; sweeps the folder first."""
+    final = Path(final)
+    remove_leftovers(final.parent)
+    return final.with_name(f".{final.name}.{kind}-{os.getpid()}@{HOST}")
+
+
+def pid_is_running(pid: int) -> bool:
+    """Whether a process with this id runs on this host (another user's counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(folder: Path | str) -> list[tuple[str, int]]:
+    """Remove the temporary siblings in ``folder`` whose owner is dead; returns (name, bytes) of each.
+
+    Says what it removed, and how much space that freed, in one line on stderr.
+    """
+    folder = Path(folder).absolute()
+    if folder in _swept:
+        return []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # nothing written here yet: swept on the first write, once the folder exists
+    _swept.add(folder)
+    removed = []
+    for entry in entries:
+        match = _LEFTOVER.match(entry.name)
+        if match is None or match["host"] not in (None, HOST) or pid_is_running(int(match["pid"])):
+            continue
+        size = _size(Path(entry.path))
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        if not os.path.lexists(entry.path):
+            removed.append((entry.name, size))
+    if removed:
+        names = ", ".join(name for name, _ in removed[:3]) + (f" and {len(removed) - 3} more" if len(removed) > 3 else "")
+        print(
+            f"note: removed {len(removed)} unfinished write(s) of runs that were killed, in {folder}: "
+            f"{names} ({format_bytes(sum(size for _, size in removed))} freed)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return removed
+
+
+def _size(path: Path) -> int:
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(
+        (Path(root) / name).lstat().st_size for root, _, files in os.walk(path) for name in files
+    )
+
+
+def format_bytes(size: int) -> str:
+    value, unit = float(size), "bytes"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
 
 
 def swap_in(staged: Path, final: Path) -> None:
     """Move the complete folder ``staged`` to ``final``, replacing any folder there."""
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = temporary_sibling(final, "old")
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
         staged.rename(final)
@@ -30,11 +123,31 @@ def write_atomically(final: Path, write: Callable[[Path], object]) -> None:
 
     If ``write`` raises, ``final`` is left as it was and the temporary folder is removed.
     """
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(final)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
         write(tmp)
         swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary sibling of ``path`` to write; renamed to ``path`` if the block succeeds.
+
+    The parent folder is created. If the block raises, the temporary file is removed and an
+    existing ``path`` is left untouched. The temporary name does not end in ``path``'s suffix:
+    writers that pick a format from the suffix must be told the format.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

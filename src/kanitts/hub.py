@@ -19,6 +19,7 @@ import yaml
 
 from kanitts.config import CodecSection, EvalSentence
 from kanitts.errors import ConfigError, UserError
+from kanitts.redact import redact_secrets
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -116,7 +117,7 @@ def checkpoint_problems(folder: Path) -> list[str]:
 
 
 def _read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    experiment = yaml.safe_load((folder / "experiment.yaml").read_text(encoding="utf-8")) or {}
+    experiment = redact_secrets(yaml.safe_load((folder / "experiment.yaml").read_text(encoding="utf-8")) or {})
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     return experiment, metrics
 
@@ -248,6 +249,7 @@ def upload_model(
         p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
     }
     files["README.md"] = card.encode()
+    files["experiment.yaml"] = yaml.safe_dump(_read_checkpoint(folder)[0], sort_keys=False).encode()
     return push_files(repo_id, files, repo_type="model", private=private,
                       commit_message=f"Upload {folder.name} (kanitts)", token=token)
 

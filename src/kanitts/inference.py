@@ -15,13 +15,13 @@ KaniTTS checkpoint speaks here as it does there. What differs is how the work is
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from kanitts.atomic import atomic_file
 from kanitts.codecs.base import Codec
 from kanitts.config import GenerationSection, InferenceConfig, ModelConfig
 from kanitts.devices import resolve_device
@@ -71,9 +71,8 @@ def write_wav(path: Path | str, audio: np.ndarray, sample_rate: int) -> Path:
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate,
              format="WAV", subtype="PCM_16")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
     return path
 
 

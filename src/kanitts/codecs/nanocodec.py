@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kanitts.atomic import atomic_file
 from kanitts.codecs.base import Codec
 from kanitts.devices import resolve_device
 from kanitts.errors import UserError
@@ -269,9 +270,8 @@ class NanoCodec(Codec):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         config = {"codec": self.kind, **copy.deepcopy(self.config)}
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(_to_hub_state_dict(self.model), str(tmp), metadata={"format": "pt"})
-        tmp.replace(out / WEIGHTS_NAME)
+        with atomic_file(out / WEIGHTS_NAME) as tmp:
+            save_file(_to_hub_state_dict(self.model), str(tmp), metadata={"format": "pt"})
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return out
 

@@ -32,9 +32,11 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from kanitts import __version__
-from kanitts.atomic import swap_in
+from kanitts.atomic import atomic_file, remove_leftovers, swap_in, temporary_sibling
 from kanitts.audio import (
     AudioDecodeError,
     loudness_normalize,
@@ -56,6 +58,7 @@ from kanitts.audio import (
 from kanitts.codecs import Codec, load_codec
 from kanitts.data.audio_sources import Source, SourceItem, open_source
 from kanitts.errors import UserError
+from kanitts.locks import RunLock
 
 MANIFEST_NAME = "manifest.json"
 SUMMARY_NAME = "kanitts_prepare.json"
@@ -250,7 +253,15 @@ class _Ranks:
 
 
 def prepare_dataset(options: PrepareOptions, codec: Codec | None = None) -> PrepareResult:
-    """Run ``kanitts prepare`` in-process; ``codec`` skips loading ``options.codec_model``."""
+    """Run ``kanitts prepare`` in-process; ``codec`` skips loading ``options.codec_model``.
+
+    The output is locked for the whole run: a second run into it is refused, naming this one.
+    """
+    with ExitStack() as held:
+        return _prepare_dataset(options, codec, held)
+
+
+def _prepare_dataset(options: PrepareOptions, codec: Codec | None, held: ExitStack) -> PrepareResult:
     options.validate()
     started = time.perf_counter()
     output = Path(options.output).expanduser().absolute()
@@ -263,7 +274,7 @@ def prepare_dataset(options: PrepareOptions, codec: Codec | None = None) -> Prep
     rules = ranks.rank == 0 or not ranks.collective
     early_error = None
     if rules:
-        early_error = _early_refusal(output, partial, options)
+        early_error = _lock_output(output, ranks, held) or _early_refusal(output, partial, options)
     early_error = ranks.broadcast(early_error)
     if early_error:
         raise UserError(early_error)
@@ -345,6 +356,24 @@ def _open_source(options: PrepareOptions) -> Source:
 
 
 # --- output folder rules ------------------------------------------------------------------------
+
+
+def _lock_output(output: Path, ranks: _Ranks, held: ExitStack) -> str | None:
+    """Lock the output until the run ends (``held`` releases it); the refusal, if another run has it.
+
+    Ranks started by hand each lock their own part, as they each write their own shards.
+    """
+    part = f".rank-{ranks.rank}" if ranks.rank else ""
+    lock = RunLock(output.with_name(f".{output.name}{part}.lock"), f"{output}" + (f" (rank {ranks.rank})" if part else ""))
+    try:
+        note = lock.acquire()
+    except UserError as exc:
+        return str(exc)
+    held.callback(lock.release)
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    remove_leftovers(output.parent)
+    return None
 
 
 def _early_refusal(output: Path, partial: Path, options: PrepareOptions) -> str | None:
@@ -693,10 +722,10 @@ def _assemble(output: Path, partial: Path, manifest: dict, result: PrepareResult
     if manifest["has_speaker"]:
         result.speakers = dict(Counter(s if s is not None else "(none)" for s in dataset["speaker"]))
 
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(output)
     if tmp.exists():
         shutil.rmtree(tmp)
-    output.parent.mkdir(parents=True, exist_ok=True)
     with _quiet_datasets():
         dataset.save_to_disk(str(tmp))
     _write_rejected(tmp / REJECTED_NAME, rejected)
@@ -789,9 +818,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 __all__ = ["PrepareOptions", "PrepareResult", "prepare_dataset"]

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
-from kanitts.atomic import swap_in
+from kanitts.atomic import swap_in, temporary_sibling
 from kanitts.config import DatasetConfig, DatasetEntry, ModelConfig, suggest
 from kanitts.data.codec_sources import load_source
 from kanitts.data.report import (
@@ -126,7 +126,7 @@ def build_training_dataset(
         return _load_cached(final)
 
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".tmp-{fingerprint}-{os.getpid()}"
+    staging = temporary_sibling(final)
     shutil.rmtree(staging, ignore_errors=True)
     try:
         report = _build(dataset_cfg, model_cfg, layout, tokenizer, sources, staging, fingerprint, final, num_proc)

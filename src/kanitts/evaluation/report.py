@@ -17,10 +17,11 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from kanitts.atomic import swap_in
+from kanitts.atomic import swap_in, temporary_sibling
 from kanitts.config import EvalConfig
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import METRIC_LABELS
+from kanitts.redact import redact_secrets
 
 ASSETS = ("report.css", "report.js")
 
@@ -39,9 +40,9 @@ def build_report(results_json: Path, report_dir: Path) -> Path:
     """Write the report folder for an ``eval_results.json``; returns the path of index.html."""
     results = json.loads(Path(results_json).read_text(encoding="utf-8"))
     audio_dir = Path(results_json).parent  # row["audio"] paths are relative to it
-    tmp = report_dir.with_name(report_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    report_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(report_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "audio").mkdir(parents=True)
     for row in results["rows"]:
         target = tmp / "audio" / row["audio"]
@@ -166,7 +167,7 @@ def differing_settings(configs: dict[str, dict[str, Any]]) -> set[str]:
 
 
 def _settings(models: list[dict[str, Any]]) -> str:
-    experiments = {m["experiment_id"]: m["train_configuration"] for m in models if m["checkpoint_dir"]}
+    experiments = {m["experiment_id"]: redact_secrets(m["train_configuration"]) for m in models if m["checkpoint_dir"]}
     if not experiments:
         return "<p>No experiments evaluated.</p>"
     flat = {name: flatten(config) for name, config in experiments.items()}

@@ -21,9 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +30,12 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from kanitts.atomic import swap_in
+from kanitts.atomic import atomic_file, write_atomically
 from kanitts.config import ConfigSet, EvalSentence
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import measure
 from kanitts.inference import KaniTTS, SynthesisResult, write_wav
+from kanitts.redact import redact_secrets
 from kanitts.tokens import TokenLayout
 
 BASE_ID = "base"
@@ -159,8 +158,8 @@ def _train_configuration(folder: Path, fallback: dict[str, Any]) -> dict[str, An
         except yaml.YAMLError:
             data = None
         if isinstance(data, dict):
-            return data
-    return fallback
+            return redact_secrets(data)
+    return redact_secrets(fallback)
 
 
 def _model_signature(target: EvalTarget) -> dict[str, Any]:
@@ -225,9 +224,7 @@ class _Outputs:
             "num_frames": result.num_frames,
             "num_generated_tokens": result.num_generated_tokens,
         }
-        tmp = wav.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        os.replace(tmp, wav.with_suffix(".json"))
+        _atomic_write(wav.with_suffix(".json"), json.dumps(data, indent=2))
         return data
 
 
@@ -419,12 +416,10 @@ def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path)
     json_path = audio_dir / RESULTS_JSON
     _atomic_write(json_path, json.dumps(results, indent=2))
     csv_path = audio_dir / RESULTS_CSV
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, csv_path)
     dataset_dir = audio_dir / DATASET_DIR
     if rows:
         save_eval_dataset(rows, audio_dir, dataset_dir)
@@ -449,9 +444,8 @@ def loss_history(checkpoint_dir: Path | None) -> list[dict[str, float]]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def eval_dataset(rows: list[dict[str, Any]], audio_dir: Path):
@@ -478,8 +472,5 @@ def eval_dataset(rows: list[dict[str, Any]], audio_dir: Path):
 
 def save_eval_dataset(rows: list[dict[str, Any]], audio_dir: Path, dataset_dir: Path) -> None:
     """save_to_disk into a temporary folder, then swap it in: never a half-written dataset."""
-    tmp = dataset_dir.with_name(dataset_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    eval_dataset(rows, audio_dir).save_to_disk(str(tmp))
-    swap_in(tmp, dataset_dir)
+    dataset = eval_dataset(rows, audio_dir)
+    write_atomically(dataset_dir, lambda folder: dataset.save_to_disk(str(folder)))

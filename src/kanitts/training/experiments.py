@@ -32,9 +32,11 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-from kanitts.atomic import write_atomically
+from kanitts.atomic import remove_leftovers, write_atomically
 from kanitts.config import ConfigSet, Experiment, ExperimentsConfig, translate_trainer_args, training_argument_names
 from kanitts.errors import UserError
+from kanitts.locks import RunLock
+from kanitts.redact import redact_secrets
 from kanitts.tokens import TokenLayout
 from kanitts.training.tracking import finish_active_runs
 
@@ -93,7 +95,8 @@ def select_experiments(config: ExperimentsConfig, only: Sequence[str] | None) ->
 def run_fingerprint(experiment: Experiment, base_model: str, dataset_fingerprint: str) -> str:
     """Identifies what a run trains, so a checkpoint is only resumed by the same run."""
     payload = json.dumps(
-        {"experiment": experiment.model_dump(mode="json"), "base_model": base_model, "data": dataset_fingerprint},
+        # redacted: a rotated token is the same run
+        {"experiment": redact_secrets(experiment.model_dump(mode="json")), "base_model": base_model, "data": dataset_fingerprint},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -113,6 +116,22 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
         else:
             shutil.rmtree(path, ignore_errors=True)
     return max(found)[1] if found else None
+
+
+def training_finished(checkpoint: Path) -> bool:
+    """Whether the checkpoint's trainer_state.json has reached the run's last step."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def restore_finished_training(trainer: Any, checkpoint: Path) -> None:
+    """The adapter weights and trainer state of a checkpoint whose training is complete."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
 def prepare_run_dir(run_dir: Path, fingerprint: str, force: bool) -> tuple[Path | None, list[str]]:
@@ -203,9 +222,42 @@ class TrainingRun:
     callbacks: Sequence[Any] = ()
 
     def train(self, experiment: Experiment, force: bool = False) -> ExperimentResult:
-        """Train, merge and save one experiment (callers catch its exceptions)."""
+        """Train, merge and save one experiment under its lock (callers catch its exceptions).
+
+        A run of the same experiment in another process is refused (UserError naming it). The
+        main process takes the lock for all processes of an `accelerate launch`, and tells
+        them whether it got it, so a refusal stops every process instead of leaving some
+        waiting. One that another process finished meanwhile is skipped.
+        """
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        lock = RunLock(
+            self.checkpoints_dir / RUNS_FOLDER / f"{experiment.model_id}.lock",
+            f"experiment {experiment.model_id!r} (checkpoints in {self.checkpoints_dir})",
+        )
+        outcome: list[Any] = [None, None]  # refusal, takeover note
+        if PartialState().is_main_process:
+            try:
+                outcome[1] = lock.acquire()
+            except UserError as exc:
+                outcome[0] = str(exc)
+        refusal, takeover = broadcast_object_list(outcome)
+        if refusal:
+            raise UserError(refusal)
+        try:
+            final = self.checkpoints_dir / experiment.model_id
+            if final.is_dir() and not force:
+                say(f"{experiment.model_id}: trained meanwhile by another run ({final}), skipping")
+                return ExperimentResult(experiment.model_id, "skipped", path=final)
+            return self._train_locked(experiment, force, [takeover] if takeover else [])
+        finally:
+            lock.release()
+
+    def _train_locked(self, experiment: Experiment, force: bool, notes: list[str]) -> ExperimentResult:
         import torch
         from accelerate import PartialState
+        from transformers.trainer_utils import enable_full_determinism, set_seed
 
         from kanitts.data.collate import PackingCollator, PaddingCollator
         from kanitts.training.lora import choose_attention, load_base_model, wrap_with_lora
@@ -218,7 +270,8 @@ class TrainingRun:
         run_dir = self.checkpoints_dir / RUNS_FOLDER / experiment.model_id
         fingerprint = run_fingerprint(experiment, self.base_model, self.dataset_fingerprint)
         with PartialState().main_process_first():  # one process cleans the run folder, the others see it clean
-            resume_from, notes = prepare_run_dir(run_dir, fingerprint, force)
+            resume_from, run_notes = prepare_run_dir(run_dir, fingerprint, force)
+        notes += run_notes
 
         tracking = resolve_tracking(experiment.trainer_args.get("report_to"), self.project_name)
         tracking.apply_environment()
@@ -226,6 +279,12 @@ class TrainingRun:
         args, dtype, arg_notes = training_arguments(experiment, run_dir, tracking.report_to, self.project_name)
         notes += arg_notes
         attention, attention_notes = choose_attention(options.attn_implementation)
+        # The Trainer seeds only once it exists, after the LoRA weights are drawn: seeded here,
+        # the same seed gives the same adapter and so the same model.
+        if args.full_determinism:
+            enable_full_determinism(args.seed)
+        else:
+            set_seed(args.seed)
         model = load_base_model(self.base_model, attention, dtype)
         if options.packing:
             packed_attention = enable_exact_packing(model)
@@ -256,7 +315,16 @@ class TrainingRun:
         )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if resume_from is not None and training_finished(resume_from):
+            # Killed during the final save: every step is in the checkpoint. transformers would
+            # take one more step from it (it checks max_steps after a step, not before).
+            notes.append(f"training had finished at {resume_from.name}; saving it without further steps")
+            restore_finished_training(trainer, resume_from)
+            global_step, mean_loss, runtime = trainer.state.global_step, None, 0.0
+        else:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            global_step, mean_loss = result.global_step, result.training_loss
+            runtime = float(result.metrics.get("train_runtime", 0.0))
         tokens = trainer.total_tokens_trained()
         resumed = resume_from.name if resume_from else None
         if interrupt.interrupted:
@@ -266,12 +334,11 @@ class TrainingRun:
 
         memory, memory_kind = peak_memory()
         losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
-        runtime = float(result.metrics.get("train_runtime", 0.0))
         metrics = {
             "loss_history": losses,
-            "final_loss": losses[-1]["loss"] if losses else result.training_loss,
-            "mean_train_loss": result.training_loss,
-            "global_step": result.global_step,
+            "final_loss": losses[-1]["loss"] if losses else mean_loss,
+            "mean_train_loss": mean_loss,
+            "global_step": global_step,
             "train_runtime": runtime,
             "tokens_trained": tokens,
             "tokens_per_second": tokens / runtime if runtime else None,
@@ -317,7 +384,7 @@ class TrainingRun:
             "base_model": self.base_model,
             "model_id": experiment.model_id,
             "project_name": self.project_name,
-            "experiment": experiment.model_dump(mode="json"),
+            "experiment": redact_secrets(experiment.model_dump(mode="json")),
         }
         (folder / EXPERIMENT_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -350,6 +417,8 @@ def run_experiments(
     if checkpoints_dir is None:
         checkpoints_dir = configs.eval.paths.checkpoints_dir if configs.eval is not None else "checkpoints"
     checkpoints_dir = Path(checkpoints_dir)
+    if is_main_process():
+        remove_leftovers(checkpoints_dir)  # a merged model a kill left half-written is a gigabyte
 
     results: list[ExperimentResult] = []
     pending = []
