@@ -115,7 +115,7 @@ def test_every_decoding_failure_keeps_the_valid_part_and_spares_the_batch(tts, t
     rng = np.random.default_rng(1)
     good = rng.integers(0, 4032, size=(4, 3))
     wrong_codebook = _stream(lay, good, end=False)
-    wrong_codebook.insert(2 + 4 * 2 + 1, int(lay.codebook_offsets[0]) + 5)  # frame 2, slot 1: a codebook-0 token
+    wrong_codebook[2 + 4 * 1 + 1] = int(lay.codebook_offsets[0]) + 5  # frame 1, slot 1: a codebook-0 token
     partial = _stream(lay, good, end=False) + [int(lay.codebook_offsets[0]) + 1, lay.end_of_speech]
     no_end = _stream(lay, good, end=False)
     out_of_range = _stream(lay, good, end=False) + [lay.audio_tokens_end + 3, lay.end_of_speech]
@@ -125,14 +125,18 @@ def test_every_decoding_failure_keeps_the_valid_part_and_spares_the_batch(tts, t
 
     ok, wrong, part, unfinished, beyond, text, empty = results
     assert ok.num_frames == 3 and not ok.truncated and ok.problems == []
-    assert wrong.num_frames == 2 and wrong.truncated and "codebook-1" in wrong.problems[-1]
+    assert wrong.num_frames == 2 and wrong.dropped_frames == 1 and any("codebook-1" in p for p in wrong.problems)
     assert part.num_frames == 3 and part.truncated and any("partial last frame" in p for p in part.problems)
     assert unfinished.num_frames == 3 and unfinished.truncated
-    assert beyond.num_frames == 3 and beyond.truncated
-    assert text.num_frames == 0 and text.audio.size == 0 and text.truncated
+    assert beyond.num_frames == 3 and not beyond.truncated and beyond.dropped_frames == 0
+    assert any(f"token {lay.audio_tokens_end + 3}" in p for p in beyond.problems)
+    assert text.num_frames == 0 and text.audio.size == 0 and "no audio frames generated" in text.problems
     assert empty.num_frames == 0 and empty.problems
-    for r in (wrong, part, unfinished, beyond):
+    for r in (part, unfinished, beyond):
         np.testing.assert_allclose(r.audio[: 2 * SPF], ok.audio[: 2 * SPF], atol=1e-5)
+    # only the broken frame is missing: the audio of frames 0 and 2
+    without = tts.decode_ids(["0 and 2"], [np.array(_stream(lay, good[:, [0, 2]]))])[0]
+    np.testing.assert_allclose(wrong.audio, without.audio, atol=1e-5)
 
 
 def test_a_codec_failure_on_one_sample_spares_the_others(tts, tiny_layout, monkeypatch):
@@ -172,7 +176,7 @@ def test_write_wav_is_16_bit_pcm(tmp_path):
     path = write_wav(tmp_path / "a" / "x.wav", np.array([0.0, 0.5, -2.0], dtype=np.float32), 22050)
     info = sf.info(str(path))
     assert (info.samplerate, info.subtype, info.frames) == (22050, "PCM_16", 3)
-    assert not list(path.parent.glob("*.tmp"))
+    assert [p.name for p in path.parent.iterdir()] == ["x.wav"]  # no temporary file left
 
 
 def test_cli_synthesize_writes_a_wav(tmp_path, tiny_tts, tiny_codec_dir):

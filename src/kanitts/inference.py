@@ -8,8 +8,9 @@ KaniTTS checkpoint speaks here as it does there. What differs is how the work is
   LFM2 zeroes padded positions before its short convolutions and attention masks them, so a
   prompt's continuation does not depend on its neighbours.
 - **Decoding never fails a batch.** A model can stop early, run out of ``max_new_tokens``, or
-  emit a token of the wrong codebook. ``TokenLayout.ids_to_frames`` keeps what is valid and says
-  what went wrong; each :class:`SynthesisResult` carries that as ``truncated`` and ``problems``.
+  emit a token of the wrong codebook. ``TokenLayout.ids_to_frames`` keeps every whole frame and
+  says what went wrong; each :class:`SynthesisResult` carries that as ``truncated``,
+  ``dropped_frames`` and ``problems``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SynthesisResult:
     truncated: bool
     problems: list[str] = field(default_factory=list)
     num_generated_tokens: int = 0
+    dropped_frames: int = 0  # broken frames left out of the audio (each one a gap of a frame)
 
     @property
     def duration_sec(self) -> float:
@@ -213,6 +215,7 @@ class KaniTTS:
                     num_frames=frames.num_frames if not codec_problem else 0,
                     truncated=frames.truncated,
                     problems=problems,
+                    dropped_frames=frames.dropped_frames,
                     num_generated_tokens=_count_generated(ids, self.pad_token_id, self.layout.end_of_speech),
                 )
             )

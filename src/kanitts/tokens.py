@@ -21,19 +21,25 @@ from kanitts.config import ModelConfig
 class DecodedFrames:
     """Codec frames recovered from a generated token stream, with what went wrong, if anything.
 
-    `codes` has shape (num_codebooks, frames). `truncated` is True when the stream had no
-    end_of_speech (generation hit max_new_tokens) or when a broken tail was dropped; `problems`
-    says where and why, for logs and evaluation metrics. Never raises for a bad stream: one bad
-    sample must not fail a batch.
+    `codes` has shape (num_codebooks, frames). `dropped_frames` counts the broken frames left
+    out (a bad token costs its own frame, not the ones after it). `truncated` is True when the
+    end of the audio is missing: the stream had no end marker (generation hit max_new_tokens)
+    or its last frame is broken or incomplete. `problems` says where and why, for logs and evaluation
+    metrics. Never raises for a bad stream: one bad sample must not fail a batch.
     """
 
     codes: np.ndarray
     truncated: bool = False
     problems: list[str] = field(default_factory=list)
+    dropped_frames: int = 0
 
     @property
     def num_frames(self) -> int:
         return int(self.codes.shape[1])
+
+
+# At most this many broken places are described one by one; the rest are counted.
+MAX_DESCRIBED_PROBLEMS = 5
 
 
 @dataclass(frozen=True)
@@ -113,44 +119,86 @@ class TokenLayout:
         return (frames + self.codebook_offsets).reshape(-1)
 
     def ids_to_frames(self, ids: Sequence[int] | np.ndarray) -> DecodedFrames:
-        """Generated token ids -> codec codes (num_codebooks, frames), keeping what is valid.
+        """Generated token ids -> codec codes (num_codebooks, frames), keeping every whole frame.
 
-        Takes the span after the first start_of_speech (or the whole stream if there is none)
-        up to the first end_of_speech. Each position must hold a token of its own codebook;
-        at the first one that does not, and at a partial last frame, the rest is dropped and
-        the problem recorded with its position.
+        Where the audio is (the same rule for every stream):
+
+        - it starts after the last start_of_speech; without one, after the last start_of_ai;
+          without either, at the first audio token;
+        - it ends at the first end_of_speech (generation's eos), end_of_ai or pad token after
+          that; without one, at the end of the stream (``truncated``).
+
+        In between, a frame is ``num_codebooks`` consecutive tokens of codebooks 0, 1, ... in
+        order. Each one is kept; anything else (a token of the wrong codebook, a text or
+        special token, a frame cut short) is dropped up to the next codebook-0 token, where
+        frames start again, and counted in ``dropped_frames`` (the frames its audio tokens
+        would have made, at least one where audio tokens were lost).
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         problems: list[str] = []
-        starts = np.flatnonzero(ids == self.start_of_speech)
-        begin = int(starts[0]) + 1 if len(starts) else 0
-        if not len(starts) and len(ids) and not self.is_audio(int(ids[0])):
-            problems.append("no start_of_speech token")
-        ends = np.flatnonzero(ids[begin:] == self.end_of_speech)
+        begin = self._audio_begin(ids, problems)
+        ends = np.flatnonzero(np.isin(ids[begin:], (self.end_of_speech, self.end_of_ai, self.pad)))
         truncated = not len(ends)
         if truncated:
             problems.append("no end_of_speech token: generation stopped early, audio may be cut off")
         span = ids[begin: begin + int(ends[0])] if len(ends) else ids[begin:]
 
         c = self.num_codebooks
-        slot = np.arange(len(span)) % c
-        low = self.audio_tokens_start + slot * self.codebook_size
-        bad = np.flatnonzero((span < low) | (span >= low + self.codebook_size))
-        usable = len(span)
-        if len(bad):
-            first = int(bad[0])
-            problems.append(
-                f"token {int(span[first])} at audio position {first} (frame {first // c}) is not a "
-                f"codebook-{first % c} token; dropped frames from {first // c} on"
-            )
-            usable = first - first % c
-            truncated = True
-        elif len(span) % c:
-            problems.append(f"partial last frame ({len(span) % c} of {c} tokens) dropped")
-            usable = len(span) - len(span) % c
-            truncated = True
-        frames = span[:usable].reshape(-1, c) - self.codebook_offsets
-        return DecodedFrames(codes=frames.T.copy(), truncated=truncated, problems=problems)
+        audio = (span >= self.audio_tokens_start) & (span < self.audio_tokens_end)
+        book = np.where(audio, (span - self.audio_tokens_start) // self.codebook_size, -1)
+        # Windows of codebooks 0..c-1 cannot overlap (only their first token is codebook 0),
+        # so every one found is kept.
+        whole = np.zeros(len(span), dtype=bool)
+        if len(span) >= c:
+            windows = np.lib.stride_tricks.sliding_window_view(book, c)
+            whole[: len(windows)] = (windows == np.arange(c)).all(axis=1)
+        starts = np.flatnonzero(whole)
+        covered = np.zeros(len(span), dtype=bool)
+        covered[(starts[:, None] + np.arange(c)).reshape(-1)] = True
+
+        dropped, broken, partial = 0, [], None
+        for run_start, run_end in _runs(~covered):
+            frame = int(np.count_nonzero(starts < run_start)) + dropped
+            lost = -(-int(np.count_nonzero(audio[run_start:run_end])) // c)
+            dropped += lost
+            if run_end == len(span) and lost:
+                truncated = True  # the last frame is broken: the end of the audio is missing
+            expected = np.arange(run_end - run_start) % c
+            wrong = np.flatnonzero(book[run_start:run_end] != expected)
+            if len(wrong):
+                at = run_start + int(wrong[0])
+                what = (f"token {int(span[at])} at audio position {at} (frame {frame}) is not a "
+                        f"codebook-{int(expected[wrong[0]])} token")
+            elif run_end == len(span):
+                partial = f"partial last frame ({run_end - run_start} of {c} tokens) dropped"
+                continue
+            else:
+                what = f"frame {frame} has only {run_end - run_start} of {c} tokens"
+            cost = f"dropped {lost} frame(s)" if lost else f"dropped {run_end - run_start} token(s)"
+            broken.append(f"{what}; {cost}" + (", kept the frames around it" if len(starts) else ""))
+        problems.extend(broken[:MAX_DESCRIBED_PROBLEMS])
+        if len(broken) > MAX_DESCRIBED_PROBLEMS:
+            problems.append(f"... and {len(broken) - MAX_DESCRIBED_PROBLEMS} more broken place(s)")
+        if partial:
+            problems.append(partial)
+        if dropped:
+            problems.append(f"{dropped} of {len(starts) + dropped} frame(s) dropped as broken")
+        frames = span[(starts[:, None] + np.arange(c))] - self.codebook_offsets
+        return DecodedFrames(codes=frames.T.copy(), truncated=truncated, problems=problems, dropped_frames=dropped)
+
+    def _audio_begin(self, ids: np.ndarray, problems: list[str]) -> int:
+        """Where the audio of a generated stream starts (see :meth:`ids_to_frames`)."""
+        for marker in (self.start_of_speech, self.start_of_ai):
+            found = np.flatnonzero(ids == marker)
+            if len(found):
+                if marker != self.start_of_speech:
+                    problems.append("no start_of_speech token: audio read from after start_of_ai")
+                return int(found[-1]) + 1
+        audio = np.flatnonzero((ids >= self.audio_tokens_start) & (ids < self.audio_tokens_end))
+        begin = int(audio[0]) if len(audio) else len(ids)
+        if begin:
+            problems.append(f"no start_of_speech token: {begin} token(s) before the first audio token skipped")
+        return begin
 
     def is_audio(self, token_id: int) -> bool:
         return self.audio_tokens_start <= token_id < self.audio_tokens_end
@@ -188,3 +236,9 @@ class TokenLayout:
         start_of_ai and start_of_speech, which it generates itself at inference.
         """
         return num_text_ids + 3
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
