@@ -194,7 +194,7 @@ def bad_rows():
     return [
         row("Good one.", good),                                                         # 0
         row("Layers differ.", good, layers=[[1, 5], [2, 6], [3], [4, 8]]),              # 1
-        row("Wrong length.", good, encoded_len=3),                                      # 2
+        row("Wrong length.", good, encoded_len=4),                                      # 2
         row("Code too big.", frames((1, 2, 3, 4), (5, 6, CODEBOOK, 8))),                # 3
         row("Negative code.", frames((1, -1, 3, 4))),                                   # 4
         row("", good),                                                                  # 5
@@ -225,6 +225,28 @@ def test_bad_rows_are_skipped_counted_and_reported_with_an_example(tmp_path, tin
     clean = config(tmp_path, [{"reponame": save([bad_rows()[i] for i in (0, 8)], tmp_path / "good"), "speaker_id": "alice"}])
     expected = reference.reference_training_dataset(clean, tiny_tts[1], str(tiny_tts[0]), final_shuffle_seed=42)
     assert reference.same_sequences(expected, out)
+
+
+def test_encoded_len_one_frame_off_is_kept_and_counted_as_the_reference_keeps_it(tmp_path, tiny_tts, tiny_tokenizer):
+    """The reference never compares encoded_len with the layers: it filters on encoded_len and
+    trains on the layers. One frame off (another padding rule) is kept and trained the same way."""
+    rng = np.random.default_rng(3)
+    rows = [row(f"Row {i}.", rng.integers(0, CODEBOOK, size=(4, n))) for i, n in enumerate((5, 9, 38, 12))]
+    rows[1]["encoded_len"] = 10  # one more than the layers
+    rows[2]["encoded_len"] = 37  # one less: 2.96 s passes max_duration_sec 3.0, its 38 layer frames would not
+    rows.append(row("Far off.", rng.integers(0, CODEBOOK, size=(4, 6)), encoded_len=8))  # 4
+    cfg = config(tmp_path, [{"reponame": save(rows, tmp_path / "off"), "speaker_id": "alice"}], max_duration_sec=3.0)
+    out, report = build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer)
+    summary = report.datasets[0]
+    assert (summary.rows_kept, summary.encoded_len_off_by_one.count, summary.encoded_len_off_by_one.example_row) == (4, 2, 1)
+    assert {k: (d.count, d.example_row) for k, d in summary.dropped.items()} == {"encoded_len_mismatch": (1, 4)}
+    text = report.format()
+    assert "2 kept row(s) with encoded_len one frame off the layers, trained on the layers as the reference does (e.g. row 1)" in text
+    assert "encoded_len more than one frame off the layers (bad data) (e.g. row 4)" in text
+    assert TrainingDataReport.from_json(report.to_json()) == report
+    kept = config(tmp_path, [{"reponame": save(rows[:4], tmp_path / "kept"), "speaker_id": "alice"}], max_duration_sec=3.0)
+    expected = reference.reference_training_dataset(kept, tiny_tts[1], str(tiny_tts[0]), final_shuffle_seed=42)
+    assert len(expected) == 4 and reference.same_sequences(expected, out)
 
 
 def test_missing_column_names_dataset_column_and_what_it_has(tmp_path, tiny_tts, tiny_tokenizer):

@@ -48,7 +48,7 @@ _DESCRIPTIONS = {
     RowStatus.CATEGORICAL_FILTER: "does not match categorical_filter",
     RowStatus.TOO_LONG: "longer than max_duration_sec",
     RowStatus.LAYER_LENGTHS_DIFFER: "codec layers differ in length (bad data)",
-    RowStatus.ENCODED_LEN_MISMATCH: "encoded_len disagrees with the layers (bad data)",
+    RowStatus.ENCODED_LEN_MISMATCH: "encoded_len more than one frame off the layers (bad data)",
     RowStatus.CODE_OUT_OF_RANGE: "codes outside [0, codebook_size) (bad data)",
     RowStatus.EMPTY_TEXT: "empty text",
     RowStatus.NO_AUDIO: "no audio frames",
@@ -133,6 +133,8 @@ class DatasetSummary(GroupSummary):
     speakers: list[GroupSummary] = field(default_factory=list)
     frames_removed_as_repeats: int = 0
     notes: list[str] = field(default_factory=list)
+    # kept rows whose encoded_len is one frame off their layers (trained on the layers)
+    encoded_len_off_by_one: DropCount | None = None
 
 
 @dataclass
@@ -194,6 +196,12 @@ class TrainingDataReport:
                     if speaker.dropped:
                         counts = ", ".join(f"{drop.count:,} {key}" for key, drop in speaker.dropped.items())
                         lines.append(f"  of which speaker {speaker.name or '(none)'}: {counts}")
+            if d.encoded_len_off_by_one:
+                off = d.encoded_len_off_by_one
+                lines.append(
+                    f"{d.name}: {off.count:,} kept row(s) with encoded_len one frame off the layers, "
+                    f"trained on the layers as the reference does (e.g. row {off.example_row})"
+                )
             if d.frames_removed_as_repeats:
                 lines.append(f"{d.name}: {d.frames_removed_as_repeats:,} repeated frame(s) removed (dedup_frames)")
             lines.extend(f"note: {d.name}: {n}" for n in d.notes)
@@ -219,6 +227,8 @@ def _group_from_dict(raw: dict) -> dict:
 def _dataset_from_dict(raw: dict) -> DatasetSummary:
     fields = _group_from_dict(raw)
     fields["speakers"] = [GroupSummary(**_group_from_dict(s)) for s in raw["speakers"]]
+    if fields.get("encoded_len_off_by_one"):
+        fields["encoded_len_off_by_one"] = DropCount(**fields["encoded_len_off_by_one"])
     return DatasetSummary(**fields)
 
 

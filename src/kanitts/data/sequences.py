@@ -50,6 +50,7 @@ from kanitts.data.codec_sources import load_source
 from kanitts.data.report import (
     BAD_DATA,
     DatasetSummary,
+    DropCount,
     GroupSummary,
     RowStatus,
     TrainingDataReport,
@@ -60,7 +61,7 @@ from kanitts.errors import UserError
 from kanitts.tokens import TokenLayout
 
 # Bump when a change to this module changes the sequences it builds: old caches stop matching.
-PROCESSING_VERSION = 2
+PROCESSING_VERSION = 3
 
 # Below this many rows per process, starting worker processes costs more than it saves.
 MIN_ROWS_PER_PROCESS = 10_000
@@ -75,7 +76,7 @@ HISTOGRAM_FILE = "lengths.png"
 OUTPUT_COLUMNS = ["input_ids", "labels", "attention_mask", "length", "speaker", "dataset"]
 
 # What the batches produce: the output columns, then per-row bookkeeping for the report (status,
-# frames before and after dedup). The token lists get the storage types `datasets` picks for the
+# frames before and after dedup, encoded_len one frame off the layers). The token lists get the storage types `datasets` picks for the
 # reference's Python lists (it narrows input_ids and attention_mask), so the features match too.
 _MAP_FEATURES = datasets.Features(
     {
@@ -88,6 +89,7 @@ _MAP_FEATURES = datasets.Features(
         "status": datasets.Value("int8"),
         "frames": datasets.Value("int64"),
         "kept_frames": datasets.Value("int64"),
+        "encoded_len_off_by_one": datasets.Value("bool"),
     }
 )
 
@@ -283,6 +285,7 @@ class RowOutcomes:
     status: np.ndarray
     frames: np.ndarray
     kept_frames: np.ndarray
+    off_by_one: np.ndarray
     lengths: np.ndarray
     speakers: np.ndarray
     filtered_out: np.ndarray
@@ -294,6 +297,7 @@ class RowOutcomes:
             status=table.column("status").to_numpy().copy(),
             frames=table.column("frames").to_numpy(),
             kept_frames=table.column("kept_frames").to_numpy(),
+            off_by_one=table.column("encoded_len_off_by_one").to_numpy(),
             lengths=table.column("length").to_numpy(),
             speakers=np.asarray(table.column("speaker").to_pylist(), dtype=object),
             filtered_out=filtered_out,
@@ -478,6 +482,9 @@ def _summarize(name: str, outcomes: RowOutcomes, chosen: np.ndarray, fps: float)
     status, rows = o.all_rows()
     summary = DatasetSummary.of(name, status, rows, o.frames[kept], o.lengths[kept], fps)
     summary.frames_removed_as_repeats = int(o.frames[chosen].sum() - o.kept_frames[chosen].sum())
+    off = np.flatnonzero(kept & o.off_by_one)
+    if len(off):
+        summary.encoded_len_off_by_one = DropCount(count=len(off), example_row=int(o.rows[off[0]]))
     # Rows the categorical filter removed belong to other speakers or subsets: not this one's losses.
     for speaker in dict.fromkeys(o.speakers):
         mine = o.speakers == speaker
@@ -558,7 +565,10 @@ def sequences_for_batch(
     lengths = np.stack([pc.fill_null(pc.list_value_length(a), 0).to_numpy() for a in layers], axis=1).astype(np.int64)
     codes = [pc.list_flatten(a).to_numpy().astype(np.int64) for a in layers]
     drop(np.any(lengths != lengths[:, :1], axis=1), RowStatus.LAYER_LENGTHS_DIFFER)
-    drop(lengths[:, 0] != encoded_len, RowStatus.ENCODED_LEN_MISMATCH)
+    # The layers are what is trained on; encoded_len only feeds the duration filter. One frame
+    # off is kept, as the reference keeps it (counted in the summary); more is bad data.
+    off = lengths[:, 0] - encoded_len
+    drop((encoded_len < 0) | (np.abs(off) > 1), RowStatus.ENCODED_LEN_MISMATCH)
     out_of_range = np.zeros(n, dtype=bool)
     for k, layer_codes in enumerate(codes):
         bad = (layer_codes < 0) | (layer_codes >= layout.codebook_size)
@@ -609,6 +619,7 @@ def sequences_for_batch(
             "status": status,
             "frames": lengths[:, 0],
             "kept_frames": kept_frames,
+            "encoded_len_off_by_one": np.abs(off) == 1,
         }
     )
 
