@@ -342,7 +342,7 @@ def test_second_run_reuses_the_cache_and_inputs_invalidate_it(tmp_path, tiny_tts
     save(clean_rows()[:5], tmp_path / "c2")
     _, other = build_training_dataset(config(tmp_path, [{"reponame": str(tmp_path / "c2"), "speaker_id": "alice"}]), tiny_tts[1], tiny_tokenizer)
     assert other.fingerprint != report.fingerprint
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
 def test_rebuild_ignores_the_cache(tmp_path, tiny_tts, tiny_tokenizer):

@@ -63,7 +63,7 @@ def test_default_export_drops_training_modules(ckpt):
     assert set(saved) == EXPECTED == set(tensors)
     torch.testing.assert_close(saved["global_encoder.pooling.proj.weight"],
                                sd["model._orig_mod.global_encoder.pooling.proj.weight"])
-    assert not list(out.parent.glob(".*partial"))
+    assert not list(out.parent.glob(f".{out.name}.tmp-*"))  # no temporary file left
 
 
 def test_include_modules_and_dtype(ckpt, tmp_path):
