@@ -249,7 +249,9 @@ def upload_model(
         p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
     }
     files["README.md"] = card.encode()
-    files["experiment.yaml"] = yaml.safe_dump(_read_checkpoint(folder)[0], sort_keys=False).encode()
+    recorded = yaml.safe_load((folder / "experiment.yaml").read_text(encoding="utf-8"))
+    if redact_secrets(recorded) != recorded:  # written before kanitts kept secrets out of it
+        files["experiment.yaml"] = yaml.safe_dump(redact_secrets(recorded), sort_keys=False).encode()
     return push_files(repo_id, files, repo_type="model", private=private,
                       commit_message=f"Upload {folder.name} (kanitts)", token=token)
 
