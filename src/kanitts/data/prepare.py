@@ -56,6 +56,7 @@ from kanitts.audio import (
 from kanitts.codecs import Codec, load_codec
 from kanitts.data.audio_sources import Source, SourceItem, open_source
 from kanitts.errors import UserError
+from kanitts.files import check_output_folder
 
 MANIFEST_NAME = "manifest.json"
 SUMMARY_NAME = "kanitts_prepare.json"
@@ -348,6 +349,10 @@ def _open_source(options: PrepareOptions) -> Source:
 
 
 def _early_refusal(output: Path, partial: Path, options: PrepareOptions) -> str | None:
+    try:  # shards go to a sibling (.partial) and the result is swapped in: the parent is written
+        check_output_folder(output, "output folder", replaced_whole=True)
+    except UserError as exc:
+        return str(exc)
     if options.overwrite:
         return None
     if output.exists() and not options.resume:
