@@ -19,9 +19,11 @@ from kanitts.errors import UserError
 _PROBE_BYTES = 64 * 1024
 
 
-def _existing_ancestor(path: Path, what: str) -> Path:
-    """The deepest part of ``path`` that is a folder; refuses a file standing where one must be."""
-    for candidate in (path, *path.parents):
+def _existing_ancestor(path: Path, what: str, start: Path | None = None) -> Path:
+    """The deepest folder on the way to ``path`` (from ``start`` up); refuses a file standing
+    where a folder must be."""
+    start = path if start is None else start
+    for candidate in (start, *start.parents):
         if candidate.is_dir():
             return candidate
         if os.path.lexists(candidate):
@@ -56,7 +58,7 @@ def check_output_folder(path: Path | str, what: str, *, replaced_whole: bool = F
     path = Path(path).expanduser()
     existing = _existing_ancestor(path, what)
     if replaced_whole and existing == path:
-        existing = _existing_ancestor(path.parent if path.parent != path else path, what)
+        existing = _existing_ancestor(path, what, start=path.parent)
     _probe(existing, what, path)
     return path
 
@@ -66,7 +68,7 @@ def check_output_file(path: Path | str, what: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; name a file, e.g. {path / 'out.wav'}")
-    _probe(_existing_ancestor(path.parent, what), what, path)
+    _probe(_existing_ancestor(path, what, start=path.parent), what, path)
     return path
 
 

@@ -65,8 +65,7 @@ def push_files(
     except hub_errors.OfflineModeIsEnabled:
         raise UserError(f"cannot upload to {repo_id}: HF_HUB_OFFLINE is set; unset it to publish") from None
     except hub_errors.HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        raise UserError(f"the Hub refused the upload to {repo_id}: {_first_line(exc)}{_refusal_hint(status)}") from None
+        raise UserError(f"the Hub refused the upload to {repo_id}: {_refusal(exc)}") from None
     except network_errors as exc:
         raise UserError(
             f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to upload {repo_id} "
@@ -80,6 +79,18 @@ def push_files(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refusal(exc) -> str:
+    """'401 Unauthorized: what the server said (what to do)' for an HfHubHTTPError."""
+    response = exc.response
+    if response is None:
+        return _first_line(exc)
+    status = response.status_code
+    # httpx calls it reason_phrase, requests reason
+    reason = getattr(response, "reason_phrase", None) or getattr(response, "reason", "") or ""
+    said = (getattr(exc, "server_message", None) or "").strip().splitlines()
+    return f"{status} {reason}".strip() + (f": {said[0]}" if said else "") + _refusal_hint(status)
 
 
 def _refusal_hint(status: int | None) -> str:

@@ -121,11 +121,13 @@ def _fmt(value: Any) -> str:
 
 def _summary(results: dict[str, Any]) -> str:
     g = results["generation"]
+    unloaded = sum(1 for m in results["models"] if m.get("error"))
     models = len(results["models"])
     sentences = len(results["sentences"])
     sampling = ", ".join(f"{k} {g[k]}" for k in ("temperature", "top_p", "repetition_penalty", "max_new_tokens") if k in g)
     return (
-        f"<p>{models} model(s) x {sentences} sentence(s) = {len(results['rows'])} sample(s). "
+        f"<p>{models} model(s) x {sentences} sentence(s) = {len(results['rows'])} sample(s)"
+        + (f"; {unloaded} model(s) could not be loaded (see Problems)" if unloaded else "") + ". "
         f"Sampling: {_e(sampling)}.</p>"
     )
 
