@@ -35,7 +35,8 @@ def _token(env_var: str, prompt: str, interactive: bool, notebook_login: str) ->
                       f"or run `make login` in a terminal (in a notebook: {notebook_login})")
     try:
         token = getpass.getpass(f"{prompt} (input hidden, empty to skip): ").strip()
-    except EOFError:  # Ctrl-D
+    except EOFError:  # Ctrl-D: end the prompt's line, which getpass leaves open
+        print(file=sys.stderr)
         raise NoToken(f"skipped: end of input; run `make login` again or set {env_var}") from None
     if not token:
         raise NoToken(f"skipped: no token entered; run `make login` again or set {env_var}")
