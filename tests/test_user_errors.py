@@ -87,6 +87,21 @@ def test_truncated_checkpoint_is_one_error_in_synthesize(broken_model, tiny_tts,
     assert earlier.read_bytes() == b"an earlier take"
 
 
+def test_truncated_download_in_the_hub_cache_says_what_to_delete(broken_model, tiny_tts, tiny_codec, tmp_path,
+                                                                 monkeypatch):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--me--tiny"
+    commit = "0" * 40
+    shutil.copytree(broken_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match=f"model: the weights of 'me/tiny' are truncated or corrupt \\(.+\\); "
+                                        f"delete {repo} so that they are downloaded again"):
+        KaniTTS.from_pretrained("me/tiny", codec=tiny_codec, model_cfg=tiny_tts[1], device="cpu")
+
+
 def test_truncated_codec_weights_are_named(tiny_codec_dir, tmp_path):
     from kanitts.codecs import load_codec
 
