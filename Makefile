@@ -56,8 +56,14 @@ synthesize: $(PY) ## speak TEXT with MODEL (a checkpoint folder or Hub id) into 
 
 upload-model: $(PY) ## publish checkpoints/MODEL_ID to the Hub repo REPO with a model card [PRIVATE=1]
 	@model_id="$(MODEL_ID)"; repo="$(REPO)"; \
-	if [ -z "$$model_id" ]; then read -r -p "Checkpoint name (model_id from experiments.yaml): " model_id; fi; \
-	if [ -z "$$repo" ]; then read -r -p "Hugging Face repo (user/name): " repo; fi; \
+	usage="make upload-model MODEL_ID=<model_id from experiments.yaml> REPO=<user/name> [PRIVATE=1]"; \
+	missing="$$([ -z "$$model_id" ] && printf 'MODEL_ID ')$$([ -z "$$repo" ] && printf 'REPO')"; missing="$${missing% }"; \
+	if [ -n "$$missing" ] && [ ! -t 0 ]; then \
+	  echo "error: $${missing// / and } not given and no terminal to ask in; run: $$usage" >&2; exit 2; fi; \
+	if [ -z "$$model_id" ]; then read -r -p "Checkpoint name (model_id from experiments.yaml): " model_id || echo; fi; \
+	if [ -z "$$model_id" ]; then echo "error: no checkpoint name (MODEL_ID) given; run: $$usage" >&2; exit 2; fi; \
+	if [ -z "$$repo" ]; then read -r -p "Hugging Face repo (user/name): " repo || echo; fi; \
+	if [ -z "$$repo" ]; then echo "error: no Hub repo (REPO) given; run: $$usage" >&2; exit 2; fi; \
 	$(KANITTS) upload-model --model-id "$$model_id" --repo "$$repo" --config-dir $(CONFIG_DIR) $(if $(PRIVATE),--private)
 
 test: $(PY) ## run the test suite (offline, CPU, tiny models)

@@ -66,9 +66,24 @@ def test_eval_writes_files_rows_dataset_and_report(evaluated_project):
     for column in ("experiment_id", "train_configuration", "sentence_id", "sentence", "audio"):
         assert column in ds.column_names
     assert isinstance(ds.features["audio"], Audio) and ds.features["audio"].sampling_rate == SR
-    first = ds.cast_column("audio", Audio(decode=False))[0]["audio"]
-    assert first["bytes"] == (audio_dir.parent / summary.rows[0]["audio"]).read_bytes()
     assert (root / summary.report_index).is_file()
+
+
+def test_eval_dataset_rows_read_back_without_an_audio_backend(evaluated_project):
+    """datasets decodes Audio through torchcodec, which is not installed: the column is stored
+    undecoded, so `load_from_disk(path)[0]["audio"]` works and holds the WAV file."""
+    import io
+
+    import soundfile as sf
+    from datasets import load_from_disk
+
+    root, summary = evaluated_project
+    row = load_from_disk(str(root / summary.dataset_dir))[0]
+    wav = root / summary.csv_path.parent / summary.rows[0]["audio"]
+    assert row["audio"] == {"bytes": wav.read_bytes(), "path": "base__prompt_1.wav"}
+    audio, rate = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+    assert rate == SR and np.array_equal(audio, sf.read(str(wav), dtype="float32")[0])
+    assert row["experiment_id"] == BASE_ID and row["sentence_id"] == "prompt 1"
 
 
 def test_eval_resumes_and_regenerates_what_changed(project_copy):

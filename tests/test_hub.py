@@ -211,3 +211,105 @@ def test_eval_dataset_is_pushed_when_asked(project_copy, hub):
     assert first["path"] == "base__prompt_1.wav"
     assert first["bytes"] == Path("audio samples/base/prompt_1.wav").read_bytes()
     assert "configs:" in received["README.md"].decode()
+
+
+# --- every way the Hub can fail is one line -------------------------------------------------------
+
+
+def test_no_token_is_said_before_any_request(evaluated_project, hub, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(UserError, match=r"cannot upload to me/exp-a: not logged in .*run `make login` or set HF_TOKEN"):
+        upload_model(evaluated_project[0] / "ckpt" / "exp-a", "me/exp-a")
+    assert hub.auth == []
+
+
+def test_offline_mode_is_named(evaluated_project, hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="cannot upload to me/exp-a: HF_HUB_OFFLINE is set; unset it to publish"):
+        upload_model(evaluated_project[0] / "ckpt" / "exp-a", "me/exp-a")
+
+
+def test_no_network_is_named(evaluated_project, hub, monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port on this machine that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    with pytest.raises(UserError, match=f"cannot reach the Hugging Face Hub at {closed} to upload me/exp-a "
+                                        r"\(ConnectError: .*\); check the network connection"):
+        upload_model(evaluated_project[0] / "ckpt" / "exp-a", "me/exp-a")
+
+
+@pytest.mark.parametrize("status, hint", [
+    (403, "the token may not write there"),
+    (404, "repository not found: check the name"),
+])
+def test_refusals_say_why(evaluated_project, hub, status, hint):
+    hub.reject_with = status
+    with pytest.raises(UserError, match=f"the Hub refused the upload to me/exp-a: {status} .*{hint}"):
+        upload_model(evaluated_project[0] / "ckpt" / "exp-a", "me/exp-a")
+
+
+def test_truncated_weights_are_never_uploaded(evaluated_project, tmp_path, hub):
+    import shutil
+
+    folder = shutil.copytree(evaluated_project[0] / "ckpt" / "exp-a", tmp_path / "exp-a")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match=f"incomplete checkpoint .*{weights} is truncated or corrupt"):
+        upload_model(folder, "me/exp-a")
+    assert hub.auth == []
+
+
+def test_cli_upload_model_failure_is_one_line(project_copy, hub, capsys):
+    from kanitts.cli import main
+
+    hub.reject_with = 401
+    assert main(["upload-model", "--model-id", "exp-a", "--repo", "me/exp-a", "--config-dir", str(project_copy)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the Hub refused the upload to me/exp-a: 401") and "make login" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main(["upload-model", "--model-id", " ", "--repo", "me/exp-a", "--config-dir", str(project_copy)]) == 1
+    assert "name the checkpoint to upload: --model-id" in capsys.readouterr().err
+
+
+def test_failed_eval_upload_keeps_results_and_report(project_copy, hub, capsys):
+    from kanitts.cli import main
+
+    config = yaml.safe_load((project_copy / "eval_config.yaml").read_text())
+    config["huggingface"] = {"upload_dataset": True, "repo_name": "me/eval-results"}
+    (project_copy / "eval_config.yaml").write_text(yaml.safe_dump(config))
+    Path("report/index.html").unlink()
+    Path("audio samples/eval_results.json").unlink()
+    hub.reject_with = 401
+    assert main(["eval", "--config-dir", str(project_copy)]) == 1
+    out = capsys.readouterr().out
+    assert "upload failed (the results above are kept): the Hub refused the upload to me/eval-results: 401" in out
+    assert "9 samples (0 generated, 9 reused)" in out
+    assert Path("report/index.html").is_file()  # written before the upload was tried
+    assert len(json.loads(Path("audio samples/eval_results.json").read_text())["rows"]) == 9
+
+
+def test_make_upload_model_without_a_terminal_says_what_is_missing(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    venv = Path(sys.executable).parent.parent  # the Makefile's $(VENV)/bin/python
+    done = subprocess.run([make, "-s", "-C", str(root), "upload-model", f"VENV={venv}", "REPO=me/x"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "error: MODEL_ID not given and no terminal to ask in; run: make upload-model MODEL_ID=" in done.stderr

@@ -140,8 +140,13 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:
     from kanitts.config import load_configs
-    from kanitts.inference import KaniTTS, write_wav
+    from kanitts.files import check_output_file
+    from kanitts.inference import KaniTTS, text_problem, write_wav
 
+    problem = text_problem(args.text, args.speaker)
+    if problem:
+        raise UserError(f"the text to say ({args.text!r}): {problem}")
+    check_output_file(args.output, "output file (-o)")
     configs = load_configs(args.config_dir, kinds=("model", "inference"))
     tts = KaniTTS.from_pretrained(
         args.model, codec=args.codec, model_cfg=configs.model, inference_cfg=configs.inference, device=args.device

@@ -338,6 +338,11 @@ class EvalSetConfig(_Strict):
                 raise ValueError(f"item [{index}]: duplicate sentence id {key!r}")
             if not text.strip():
                 raise ValueError(f"item [{index}] ({key}): empty sentence")
+            sentence = EvalSentence(key, text)
+            if not sentence.spoken_text:
+                raise ValueError(
+                    f"item [{index}] ({key}): only the speaker prefix {sentence.speaker + ':'!r}, nothing to say after it"
+                )
             seen.add(key)
         return items
 
@@ -987,6 +992,16 @@ def cross_check(configs: ConfigSet) -> tuple[list[str], list[str]]:
                     + (f"uses speaker {prefix!r}" if prefix else "has no speaker prefix")
                     + f", but the datasets define {sorted(speakers)}"
                 )
+    if configs.inference is not None and configs.model is not None:
+        # start_of_ai, start_of_speech and one code per codebook (TokenLayout.min_new_tokens)
+        needed = 2 + configs.model.codec.num_codebooks
+        budget = configs.inference.generation.max_new_tokens
+        if budget < needed:
+            errors.append(
+                f"{d / CONFIG_FILES['inference']}: generation.max_new_tokens: {budget} is too small to hold one "
+                f"audio frame, which takes {needed} tokens (start_of_ai, start_of_speech and the "
+                f"{configs.model.codec.num_codebooks} codes of {d / CONFIG_FILES['model']}'s codec)"
+            )
     return errors, warnings
 
 

@@ -20,6 +20,7 @@ import yaml
 from kanitts.config import CodecSection, EvalSentence
 from kanitts.errors import ConfigError, UserError
 from kanitts.redact import redact_secrets
+from kanitts.files import check_safetensors
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -40,25 +41,65 @@ def push_files(
     commit_message: str,
     token: str | None = None,
 ) -> str:
-    """Create ``repo_id`` if needed and commit ``files`` (path in repo -> local file or bytes)."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    """Create ``repo_id`` if needed and commit ``files`` (path in repo -> local file or bytes).
+
+    Every way the Hub can fail (offline mode, no token, no network, refused, not found) is one
+    UserError that names the repo and the cause.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+    from huggingface_hub import errors as hub_errors
 
     if not _HUB_ID.match(repo_id):
         raise UserError(f"{repo_id!r} is not a Hub repo id: use user/name or org/name")
+    if token is None and get_token() is None:
+        raise UserError(f"cannot upload to {repo_id}: not logged in to the Hugging Face Hub "
+                        "(run `make login` or set HF_TOKEN)")
     api = HfApi(token=token)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content))
                   for name, content in sorted(files.items())]
+    # The HTTP client's own base error (httpx's) covers refused connections and time-outs;
+    # huggingface_hub re-exports it under this name.
+    network_errors = (getattr(hub_errors, "HTTPError", ConnectionError), ConnectionError, TimeoutError)
     try:
         url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         api.create_commit(repo_id, operations, commit_message=commit_message, repo_type=repo_type)
-    except OfflineModeIsEnabled:
-        raise UserError("cannot upload: HF_HUB_OFFLINE is set; unset it to publish") from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        hint = " (log in with `make login` or set HF_TOKEN)" if status in (401, 403) else ""
-        raise UserError(f"the Hub refused the upload to {repo_id}: {str(exc).splitlines()[0]}{hint}") from None
+    except hub_errors.OfflineModeIsEnabled:
+        raise UserError(f"cannot upload to {repo_id}: HF_HUB_OFFLINE is set; unset it to publish") from None
+    except hub_errors.HfHubHTTPError as exc:
+        raise UserError(f"the Hub refused the upload to {repo_id}: {_refusal(exc)}") from None
+    except network_errors as exc:
+        raise UserError(
+            f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to upload {repo_id} "
+            f"({type(exc).__name__}: {_first_line(exc)}); check the network connection"
+        ) from None
+    except OSError as exc:  # the rest of what a client raises (requests' errors are OSErrors)
+        raise UserError(f"the upload to {repo_id} failed: {type(exc).__name__}: {_first_line(exc)}") from None
     return str(url)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refusal(exc) -> str:
+    """'401 Unauthorized: what the server said (what to do)' for an HfHubHTTPError."""
+    response = exc.response
+    if response is None:
+        return _first_line(exc)
+    status = response.status_code
+    # httpx calls it reason_phrase, requests reason
+    reason = getattr(response, "reason_phrase", None) or getattr(response, "reason", "") or ""
+    said = (getattr(exc, "server_message", None) or "").strip().splitlines()
+    return f"{status} {reason}".strip() + (f": {said[0]}" if said else "") + _refusal_hint(status)
+
+
+def _refusal_hint(status: int | None) -> str:
+    return {
+        401: " (not logged in, or the token is invalid or expired: run `make login` or set HF_TOKEN)",
+        403: " (the token may not write there: use a token with write access, or a repo under your own name)",
+        404: " (repository not found: check the name, and that the token can see it)",
+    }.get(status, "")
 
 
 # --- eval results ------------------------------------------------------------------------------
@@ -103,6 +144,11 @@ def checkpoint_problems(folder: Path) -> list[str]:
         problems.append("config.json is missing")
     if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
         problems.append("the weights (model.safetensors) are missing")
+    else:
+        try:
+            check_safetensors(folder)
+        except UserError as exc:
+            problems.append(str(exc))
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         problems.append("the tokenizer files (tokenizer.json / tokenizer_config.json) are missing")
     for name in ("experiment.yaml", "metrics.json"):
@@ -259,8 +305,11 @@ def upload_model(
 def upload_model_from_config(config_dir: Path | str, model_id: str, repo_id: str, private: bool = False) -> str:
     """`kanitts upload-model`: checkpoint, datasets and eval results located through the configs."""
     from kanitts.config import load_configs
+    from kanitts.evaluation.report import read_results
     from kanitts.evaluation.runner import RESULTS_JSON
 
+    if not model_id.strip():
+        raise UserError("name the checkpoint to upload: --model-id <model_id from experiments.yaml>")
     configs = load_configs(config_dir, kinds=("eval",))
     folder = Path(configs.eval.paths.checkpoints_dir) / model_id
     try:
@@ -273,5 +322,5 @@ def upload_model_from_config(config_dir: Path | str, model_id: str, repo_id: str
     except ConfigError:
         codec = None
     results = Path(configs.eval.paths.audio_output_dir) / RESULTS_JSON
-    eval_rows = json.loads(results.read_text(encoding="utf-8"))["rows"] if results.is_file() else []
+    eval_rows = read_results(results)["rows"] if results.is_file() else []
     return upload_model(folder, repo_id, private=private, dataset_ids=dataset_ids, eval_rows=eval_rows, codec=codec)

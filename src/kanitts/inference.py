@@ -99,6 +99,7 @@ class KaniTTS:
         pad = tokenizer.pad_token_id
         self.pad_token_id = layout.pad if pad is None else int(pad)
         _check_compatible(model, codec, layout, name_or_path)
+        check_max_new_tokens(generation.max_new_tokens, layout, "inference_config.yaml: generation.max_new_tokens")
 
     @classmethod
     def from_pretrained(
@@ -115,9 +116,11 @@ class KaniTTS:
         ``model_cfg.codec.weights``. ``model_cfg`` must describe the model's token space (the
         reference KaniTTS layout when None).
         """
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from kanitts.codecs import load_codec
+        from kanitts.files import check_model_weights, corrupt_download
         from kanitts.hub import is_hub_id
 
         model_cfg = model_cfg or ModelConfig()
@@ -127,9 +130,12 @@ class KaniTTS:
         name = str(model_path)
         if not Path(name).is_dir() and not is_hub_id(name):
             raise UserError(f"model folder not found: {name} (give a checkpoint folder or a Hub id user/name)")
+        check_model_weights(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        except SafetensorError as exc:
+            raise corrupt_download(name, exc, "model") from None
         except (OSError, ValueError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
@@ -156,6 +162,8 @@ class KaniTTS:
         """
         import torch
 
+        if "max_new_tokens" in generate_kwargs:
+            check_max_new_tokens(generate_kwargs["max_new_tokens"], self.layout, "max_new_tokens")
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -266,6 +274,11 @@ class KaniTTS:
 
         if isinstance(texts, str):
             texts = [texts]
+        for index, text in enumerate(texts):
+            problem = text_problem(text, speaker)
+            if problem:
+                where = f"text {index + 1} of {len(texts)}" if len(texts) > 1 else "the text"
+                raise UserError(f"{where} ({text!r}): {problem}")
         batch_size = batch_size or self.generation.batch_size
         copies = generate_kwargs.get("num_return_sequences", self.generation.num_return_sequences)
         results: list[SynthesisResult] = []
@@ -328,14 +341,40 @@ def _count_generated(ids: np.ndarray, pad: int, end_of_speech: int) -> int:
     return trailing
 
 
-def _check_compatible(model: Any, codec: Codec, layout: TokenLayout, name: str) -> None:
-    """Refuse a model_config that does not fit the model or the codec, before any generation."""
-    vocab = int(model.get_input_embeddings().weight.shape[0])
+def text_problem(text: str, speaker: str | None = None) -> str | None:
+    """Why ``text`` cannot be spoken (empty, or a speaker prefix with nothing after it), or None."""
+    from kanitts.config import EvalSentence
+
+    if not text.strip():
+        return "empty text: give the words to say"
+    prefixed = EvalSentence("", text)
+    if not prefixed.spoken_text:
+        return f"only the speaker prefix {prefixed.speaker + ':'!r}, nothing to say after it"
+    return None
+
+
+def check_max_new_tokens(value: int, layout: TokenLayout, where: str) -> None:
+    """Refuse a generation budget that cannot hold a single audio frame (the result is silence)."""
+    if value < layout.min_new_tokens:
+        raise UserError(
+            f"{where}: {value} is too small to hold one audio frame, which takes {layout.min_new_tokens} "
+            f"tokens (start_of_ai, start_of_speech and {layout.num_codebooks} codes); "
+            "a sentence takes far more (the default is 1200)"
+        )
+
+
+def check_vocabulary(vocab: int, layout: TokenLayout, name: str) -> None:
+    """Refuse a model whose vocabulary stops below the layout's highest id (an index error later)."""
     if vocab < layout.vocab_size:
         raise UserError(
             f"model {name!r} has {vocab} token embeddings, but the token layout of model_config.yaml "
             f"uses ids up to {layout.vocab_size - 1}; use the model_config.yaml this model was trained with"
         )
+
+
+def _check_compatible(model: Any, codec: Codec, layout: TokenLayout, name: str) -> None:
+    """Refuse a model_config that does not fit the model or the codec, before any generation."""
+    check_vocabulary(int(model.get_input_embeddings().weight.shape[0]), layout, name)
     if codec.num_codebooks != layout.num_codebooks or codec.codebook_size != layout.codebook_size:
         raise UserError(
             f"the codec ({codec.kind}, {codec.num_codebooks} x {codec.codebook_size} codes) does not match "

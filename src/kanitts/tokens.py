@@ -90,6 +90,11 @@ class TokenLayout:
         return max(self.audio_tokens_end, self.pad + 1, self.end_of_ai + 1)
 
     @property
+    def min_new_tokens(self) -> int:
+        """The fewest generated tokens that hold one frame: start_of_ai, start_of_speech, its codes."""
+        return 2 + self.num_codebooks
+
+    @property
     def codebook_offsets(self) -> np.ndarray:
         """Token id of code 0 in each codebook, shape (num_codebooks,)."""
         return self.audio_tokens_start + self.codebook_size * np.arange(self.num_codebooks, dtype=np.int64)

@@ -138,6 +138,9 @@ def _load_weights_strict(model: torch.nn.Module, weights_file: Path) -> None:
     """Load a Hub-layout safetensors file with the package's loader; fail if a weight is missing."""
     from nanocodec_torch.utils import load_safetensors_weights
 
+    from kanitts.files import check_safetensors
+
+    check_safetensors(weights_file, "NanoCodec weights")
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     with torch.no_grad():
         for p in model.parameters():

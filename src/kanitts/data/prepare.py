@@ -59,6 +59,7 @@ from kanitts.codecs import Codec, load_codec
 from kanitts.data.audio_sources import Source, SourceItem, open_source
 from kanitts.errors import UserError
 from kanitts.locks import RunLock
+from kanitts.files import check_output_folder
 
 MANIFEST_NAME = "manifest.json"
 SUMMARY_NAME = "kanitts_prepare.json"
@@ -274,7 +275,9 @@ def _prepare_dataset(options: PrepareOptions, codec: Codec | None, held: ExitSta
     rules = ranks.rank == 0 or not ranks.collective
     early_error = None
     if rules:
-        early_error = _lock_output(output, ranks, held) or _early_refusal(output, partial, options)
+        early_error = (
+            _unwritable(output) or _lock_output(output, ranks, held) or _early_refusal(output, partial, options)
+        )
     early_error = ranks.broadcast(early_error)
     if early_error:
         raise UserError(early_error)
@@ -373,6 +376,15 @@ def _lock_output(output: Path, ranks: _Ranks, held: ExitStack) -> str | None:
     if note:
         print(f"note: {note}", file=sys.stderr, flush=True)
     remove_leftovers(output.parent)
+    return None
+
+
+def _unwritable(output: Path) -> str | None:
+    """Checked before the lock, which is itself a file beside the output."""
+    try:  # shards go to a sibling (.partial) and the result is swapped in: the parent is written
+        check_output_folder(output, "output folder", replaced_whole=True)
+    except UserError as exc:
+        return str(exc)
     return None
 
 

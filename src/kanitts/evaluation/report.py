@@ -17,9 +17,10 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from kanitts.atomic import swap_in, temporary_sibling
+from kanitts.atomic import write_atomically
 from kanitts.config import EvalConfig
 from kanitts.errors import UserError
+from kanitts.files import check_output_folder
 from kanitts.evaluation.metrics import METRIC_LABELS
 from kanitts.redact import redact_secrets
 
@@ -31,27 +32,64 @@ def build_report_from_config(eval_cfg: EvalConfig) -> Path:
     from kanitts.evaluation.runner import RESULTS_JSON
 
     results = Path(eval_cfg.paths.audio_output_dir) / RESULTS_JSON
+    report_dir = check_output_folder(eval_cfg.paths.report_dir, "eval_config.yaml: paths.report_dir",
+                                     replaced_whole=True)
     if not results.is_file():
         raise UserError(f"no eval results at {results}: run `make eval` first")
-    return build_report(results, Path(eval_cfg.paths.report_dir))
+    return build_report(results, report_dir)
+
+
+# The keys of eval_results.json the page is built from, with their JSON types.
+_RESULT_KEYS = {"generation": dict, "models": list, "sentences": list, "rows": list, "failures": list}
+
+
+def read_results(results_json: Path) -> dict[str, Any]:
+    """``eval_results.json``, or a UserError naming the file when it is cut off or not ours."""
+    again = "run `make eval` again to rewrite it (existing audio is reused)"
+    try:
+        results = json.loads(Path(results_json).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{results_json} is not a text file ({exc.reason}); {again}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{results_json} is truncated or corrupt (line {exc.lineno}, column {exc.colno}: {exc.msg}); {again}"
+        ) from None
+    if not isinstance(results, dict):
+        raise UserError(f"{results_json} holds a {type(results).__name__}, not the eval results; {again}")
+    wrong = [key for key, kind in _RESULT_KEYS.items() if not isinstance(results.get(key), kind)]
+    if wrong:
+        raise UserError(f"{results_json} lacks {', '.join(wrong)} (not written by `kanitts eval`?); {again}")
+    return results
 
 
 def build_report(results_json: Path, report_dir: Path) -> Path:
-    """Write the report folder for an ``eval_results.json``; returns the path of index.html."""
-    results = json.loads(Path(results_json).read_text(encoding="utf-8"))
+    """Write the report folder for an ``eval_results.json``; returns the path of index.html.
+
+    The folder is built beside ``report_dir`` and swapped in whole: a failure leaves the
+    previous report as it was.
+    """
+    results = read_results(results_json)
     audio_dir = Path(results_json).parent  # row["audio"] paths are relative to it
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(report_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "audio").mkdir(parents=True)
+    write_atomically(Path(report_dir), lambda folder: _write_report(results, audio_dir, folder))
+    return Path(report_dir) / "index.html"
+
+
+def _write_report(results: dict[str, Any], audio_dir: Path, folder: Path) -> None:
+    (folder / "audio").mkdir(parents=True)
     for row in results["rows"]:
-        target = tmp / "audio" / row["audio"]
+        source = audio_dir / row["audio"]
+        if not source.is_file():
+            raise UserError(
+                f"{source}: the audio of {row['experiment_id']} / {row['sentence_id']} listed in "
+                f"{audio_dir / 'eval_results.json'} is missing; run `make eval` again to regenerate it"
+            )
+        target = folder / "audio" / row["audio"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(audio_dir / row["audio"], target)
-    curves = _loss_plots(results["models"], tmp / "plots")
+        shutil.copyfile(source, target)
+    curves = _loss_plots(results["models"], folder / "plots")
     templates = resources.files("kanitts.evaluation") / "templates"
     for name in ASSETS:
-        (tmp / name).write_text((templates / name).read_text(encoding="utf-8"), encoding="utf-8")
+        (folder / name).write_text((templates / name).read_text(encoding="utf-8"), encoding="utf-8")
     page = Template((templates / "report.html").read_text(encoding="utf-8")).substitute(
         title="KaniTTS evaluation",
         summary=_summary(results),
@@ -62,9 +100,7 @@ def build_report(results_json: Path, report_dir: Path) -> Path:
         metrics=_metrics_table(results["rows"]),
         failures=_failures(results["failures"]),
     )
-    (tmp / "index.html").write_text(page, encoding="utf-8")
-    swap_in(tmp, report_dir)
-    return report_dir / "index.html"
+    (folder / "index.html").write_text(page, encoding="utf-8")
 
 
 # --- pieces of the page --------------------------------------------------------------------
@@ -86,11 +122,13 @@ def _fmt(value: Any) -> str:
 
 def _summary(results: dict[str, Any]) -> str:
     g = results["generation"]
+    unloaded = sum(1 for m in results["models"] if m.get("error"))
     models = len(results["models"])
     sentences = len(results["sentences"])
     sampling = ", ".join(f"{k} {g[k]}" for k in ("temperature", "top_p", "repetition_penalty", "max_new_tokens") if k in g)
     return (
-        f"<p>{models} model(s) x {sentences} sentence(s) = {len(results['rows'])} sample(s). "
+        f"<p>{models} model(s) x {sentences} sentence(s) = {len(results['rows'])} sample(s)"
+        + (f"; {unloaded} model(s) could not be loaded (see Problems)" if unloaded else "") + ". "
         f"Sampling: {_e(sampling)}.</p>"
     )
 
@@ -100,8 +138,12 @@ def _grid(results: dict[str, Any]) -> str:
     by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in results["rows"]:
         by_cell.setdefault((row["sentence_id"], row["experiment_id"]), []).append(row)
+    errors = {m["experiment_id"]: m["error"] for m in results["models"] if m.get("error")}
     head = "".join(
-        f"<th scope='col'>{_e(m['experiment_id'])}<span class='desc'>{_e(_description(m))}</span></th>"
+        f"<th scope='col'>{_e(m['experiment_id'])}<span class='desc'>{_e(_description(m))}</span>"
+        + (f"<span class='missing failed'>not evaluated: {_e(errors[m['experiment_id']])}</span>"
+           if m["experiment_id"] in errors else "")
+        + "</th>"
         for m in results["models"]
     )
     lines = [f"<table class='grid'><thead><tr><th scope='col'>sentence</th>{head}</tr></thead><tbody>"]
@@ -110,7 +152,8 @@ def _grid(results: dict[str, Any]) -> str:
         cells = []
         for model in models:
             rows = by_cell.get((sid, model), [])
-            cells.append("<td>" + "".join(_sample(r) for r in rows) + ("" if rows else "<span class='missing'>no sample</span>") + "</td>")
+            empty = "not evaluated" if model in errors else "no sample"
+            cells.append("<td>" + "".join(_sample(r) for r in rows) + ("" if rows else f"<span class='missing'>{empty}</span>") + "</td>")
         lines.append(
             f"<tr data-sentence='{_e(sid)}'><th scope='row'><span class='sid'>{_e(sid)}</span>"
             f"<span class='text'>{_e(sentence['sentence'])}</span></th>{''.join(cells)}</tr>"

@@ -97,11 +97,12 @@ class EvalSummary:
     dataset_dir: Path
     report_index: Path | None = None
     hub_url: str | None = None
+    upload_error: str | None = None
     seconds: float = 0.0
 
     @property
     def succeeded(self) -> bool:
-        return bool(self.rows) and not self.failures
+        return bool(self.rows) and not self.failures and not self.upload_error
 
     def per_model(self) -> list[str]:
         """One line per model: samples, truncated, mean duration and speaker similarity."""
@@ -125,6 +126,8 @@ class EvalSummary:
             lines.append(f"report:  {self.report_index}")
         if self.hub_url:
             lines.append(f"hub:     {self.hub_url}")
+        if self.upload_error:
+            lines.append(f"upload failed (the results above are kept): {self.upload_error}")
         lines += [f"failed:  {f}" for f in self.failures]
         return "\n".join(lines)
 
@@ -241,10 +244,13 @@ def run_eval(
 
     from kanitts.codecs import load_codec
     from kanitts.devices import resolve_device
+    from kanitts.files import check_output_folder
 
     started = time.perf_counter()
     eval_cfg = configs.eval
-    audio_dir = Path(eval_cfg.paths.audio_output_dir)
+    audio_dir = check_output_folder(eval_cfg.paths.audio_output_dir, "eval_config.yaml: paths.audio_output_dir")
+    if report:
+        check_output_folder(eval_cfg.paths.report_dir, "eval_config.yaml: paths.report_dir", replaced_whole=True)
     targets, missing = eval_targets(configs)
     if only:
         unknown = sorted(set(only) - {t.experiment_id for t in targets} - set(missing))
@@ -260,6 +266,7 @@ def run_eval(
     similarity = _speaker_similarity(configs)
     device = resolve_device(device or configs.inference.model.device_map)
     codec = None
+    load_errors: dict[str, str] = {}
 
     sidecars: dict[tuple[str, str], list[dict[str, Any]]] = {}
     generated = reused = 0
@@ -284,7 +291,8 @@ def run_eval(
             tts = load_model(target.model, codec=codec, model_cfg=configs.model,
                              inference_cfg=configs.inference, device=device)
         except (UserError, OSError, RuntimeError, ValueError) as exc:
-            failures.append(f"{target.experiment_id}: cannot load {target.model}: {exc}")
+            load_errors[target.experiment_id] = f"cannot load {target.model}: {exc}"
+            failures.append(f"{target.experiment_id}: {load_errors[target.experiment_id]}")
             bar.update(len(todo))
             continue
         _seed_everything(SEED)
@@ -303,17 +311,21 @@ def run_eval(
     bar.close()
 
     rows = _rows(targets, sentences, sidecars, outputs, similarity)
-    summary = _write_results(configs, targets, sentences, rows, failures, audio_dir)
+    summary = _write_results(configs, targets, sentences, rows, failures, audio_dir, load_errors)
     summary.generated, summary.reused = generated, reused
-    if eval_cfg.huggingface.upload_dataset and rows:
-        from kanitts.hub import upload_eval_dataset
-
-        summary.hub_url = upload_eval_dataset(summary.dataset_dir, eval_cfg.huggingface.repo_name,
-                                              private=eval_cfg.huggingface.private)
+    # The report comes before the upload: a Hub that says no must not cost the local results.
     if report and rows:
         from kanitts.evaluation.report import build_report_from_config
 
         summary.report_index = build_report_from_config(eval_cfg)
+    if eval_cfg.huggingface.upload_dataset and rows:
+        from kanitts.hub import upload_eval_dataset
+
+        try:
+            summary.hub_url = upload_eval_dataset(summary.dataset_dir, eval_cfg.huggingface.repo_name,
+                                                  private=eval_cfg.huggingface.private)
+        except UserError as exc:
+            summary.upload_error = str(exc)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -394,7 +406,8 @@ def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity) -> list[d
     return rows
 
 
-def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path) -> EvalSummary:
+def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path,
+                   load_errors: dict[str, str]) -> EvalSummary:
     audio_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "audio_dir": str(audio_dir),
@@ -406,6 +419,7 @@ def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path)
                 "train_configuration": t.train_configuration,
                 "checkpoint_dir": str(t.checkpoint_dir) if t.checkpoint_dir else None,
                 "loss_history": loss_history(t.checkpoint_dir),
+                "error": load_errors.get(t.experiment_id),
             }
             for t in targets
         ],
@@ -449,7 +463,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def eval_dataset(rows: list[dict[str, Any]], audio_dir: Path):
-    """The rows as a ``datasets.Dataset`` with the WAV bytes embedded in an ``Audio`` column."""
+    """The rows as a ``datasets.Dataset`` with the WAV bytes embedded in an ``Audio`` column.
+
+    The column is ``Audio(decode=False)``: a row reads back as ``{"bytes", "path"}`` with no audio
+    backend. Decoding (``decode=True``) needs torchcodec and FFmpeg's libraries in datasets 4 and
+    later, which this project does not install; ``soundfile.read(io.BytesIO(row["audio"]["bytes"]))``
+    reads the WAV, and ``cast_column("audio", Audio())`` decodes where torchcodec is installed.
+    """
     from datasets import Audio, Dataset, Features, Value
 
     columns = [c for c in CSV_COLUMNS if c != "audio"]
@@ -464,10 +484,7 @@ def eval_dataset(rows: list[dict[str, Any]], audio_dir: Path):
     dataset = Dataset.from_list(records)
     features = Features({**dataset.features, "audio": {"bytes": Value("binary"), "path": Value("string")}})
     dataset = dataset.cast(features)
-    sample_rate = int(rows[0]["sample_rate"])
-    return dataset.cast_column("audio", Audio(sampling_rate=sample_rate, decode=False)).cast_column(
-        "audio", Audio(sampling_rate=sample_rate)
-    )
+    return dataset.cast_column("audio", Audio(sampling_rate=int(rows[0]["sample_rate"]), decode=False))
 
 
 def save_eval_dataset(rows: list[dict[str, Any]], audio_dir: Path, dataset_dir: Path) -> None:

@@ -410,6 +410,9 @@ def run_experiments(
     """
     from transformers import AutoTokenizer
 
+    from kanitts.files import check_output_folder
+    from kanitts.training.lora import check_base_model
+
     experiments_cfg = configs.experiments
     if experiments_cfg is None or configs.model is None:
         raise UserError("training needs experiments.yaml and model_config.yaml")
@@ -431,12 +434,14 @@ def run_experiments(
             pending.append(experiment)
     if not pending:
         return results
+    check_output_folder(checkpoints_dir, "checkpoints folder")
 
     base_model = experiments_cfg.base_model
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
     except (OSError, ValueError) as exc:
         raise UserError(f"experiments.yaml: base_model {base_model!r}: its tokenizer could not be loaded: {exc}") from exc
+    check_base_model(base_model, TokenLayout.from_config(configs.model))
     if train_dataset is None:
         train_dataset, fingerprint = _build_dataset(configs, tokenizer)
     else:

@@ -14,6 +14,7 @@ import torch
 
 from kanitts.config import LoraArgs
 from kanitts.errors import UserError
+from kanitts.tokens import TokenLayout
 
 
 def flash_attention_available() -> bool:
@@ -70,14 +71,37 @@ def choose_precision(trainer_args: dict[str, Any]) -> tuple[dict[str, Any], torc
 
 def load_base_model(name_or_path: str, attn_implementation: str, dtype: torch.dtype):
     """The base causal LM from a Hub id or a local folder, as a UserError when it cannot be read."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    from kanitts.files import check_model_weights, corrupt_download
+
+    check_model_weights(name_or_path, f"experiments.yaml: base_model {name_or_path!r}")
     try:
         return AutoModelForCausalLM.from_pretrained(
             name_or_path, attn_implementation=attn_implementation, dtype=dtype
         )
+    except SafetensorError as exc:
+        raise corrupt_download(name_or_path, exc, "experiments.yaml: base_model") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"experiments.yaml: base_model {name_or_path!r} could not be loaded: {exc}") from exc
+
+
+def check_base_model(name_or_path: str, layout: TokenLayout) -> None:
+    """Refuse, before any data is built, a base model whose weights do not read or whose
+    vocabulary stops below the token layout's highest id (training would fail at the first
+    audio token, after the data step)."""
+    from transformers import AutoConfig
+
+    from kanitts.files import check_model_weights
+    from kanitts.inference import check_vocabulary
+
+    check_model_weights(name_or_path, f"experiments.yaml: base_model {name_or_path!r}")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"experiments.yaml: base_model {name_or_path!r} could not be loaded: {exc}") from None
+    check_vocabulary(int(config.get_text_config().vocab_size), layout, name_or_path)
 
 
 def wrap_with_lora(model, lora_args: LoraArgs):
