@@ -1,6 +1,8 @@
 """Audio chunks for Kanade training, read from the CSV that ``dump_dataset`` writes (§4.6).
 
-Every file is cut into fixed windows at the model rate: a file no longer than ``chunk_size``
+Audio is resampled to the model rate with the original's windowed-sinc resampler
+(:func:`kanade_tokenizer.audio.resample`), as ``load_audio`` does. Every file is cut into fixed
+windows at the model rate: a file no longer than ``chunk_size``
 gives one window (zero-padded at the end when loaded); a longer one gives windows at 0, hop,
 2·hop, ... plus one aligned to the file's end. The windows are deterministic and training
 only shuffles their order, as the reference recipe does.
@@ -20,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -159,9 +160,9 @@ class ChunkedAudioDataset(Dataset):
             data = f.read(frames, dtype="float32", always_2d=True)
         if data.shape[0] == 0:
             raise AudioDataError("no samples at this offset (is the CSV length right?)")
-        audio = data.mean(axis=1, dtype=np.float32) if self.config.mono else data[:, 0]
-        audio = resample(audio, record.sample_rate, sr)[: chunk.size]
-        wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        channels = torch.from_numpy(data.T)
+        audio = channels.mean(dim=0) if self.config.mono else channels[0]
+        wave = resample(audio, record.sample_rate, sr)[: chunk.size].contiguous()
         if self.config.normalize:
             wave = peak_normalize(wave)
         return torch.nn.functional.pad(wave, (0, chunk.size - wave.numel()))
