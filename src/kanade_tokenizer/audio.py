@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,29 @@ def resample(audio: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
         return _resampler(orig_sr, target_sr)(audio)
 
 
+_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def wav_truncation(header_log: str) -> str | None:
+    """Why a WAV file is cut short, from libsndfile's header log (``SoundFile.extra_info``), or None.
+
+    libsndfile reads a WAV file whose ``data`` chunk declares more bytes than the file holds
+    without an error, returning what is there; its log notes the mismatch as ``data : N (should
+    be M)``. The size 0xFFFFFFFF, which streaming writers leave when they do not know the length,
+    is not judged.
+    """
+    match = _DATA_CHUNK.search(header_log or "")
+    if match is None:
+        return None
+    declared, present = int(match.group(1)), int(match.group(2))
+    if declared == 0xFFFFFFFF or declared <= present:
+        return None
+    return (
+        f"the WAV file is cut short: its header declares {declared} bytes of audio but the file "
+        f"holds {present} (an interrupted copy or download?); copy or export it again"
+    )
+
+
 def peak_normalize(audio: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``audio / (max|audio| + eps)`` (silence stays silence)."""
     return audio / (audio.abs().max() + eps)
@@ -66,7 +90,8 @@ def load_audio(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AudioLoadError: libsndfile cannot decode it, or it holds no samples.
+        AudioLoadError: libsndfile cannot decode it, it holds no samples, or it is a WAV file
+            cut short (see :func:`wav_truncation`).
     """
     import soundfile as sf
 
@@ -76,9 +101,14 @@ def load_audio(
     if path.is_dir():
         raise AudioLoadError(f"{path}: is a folder, not an audio file")
     try:
-        data, orig_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            problem = wav_truncation(f.extra_info)
+            if problem is None:
+                data, orig_sr = f.read(dtype="float32", always_2d=True), f.samplerate
     except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
         raise AudioLoadError(f"{path}: cannot read audio ({e})") from e
+    if problem is not None:
+        raise AudioLoadError(f"{path}: {problem}")
     if data.shape[0] == 0:
         raise AudioLoadError(f"{path}: the file holds no audio samples")
     wave = torch.from_numpy(data.T).mean(dim=0)  # (C, T) -> (T,), averaged in torch as the original
@@ -108,4 +138,6 @@ def save_audio(
     return path
 
 
-__all__ = ["AUDIO_SUFFIXES", "AudioLoadError", "load_audio", "peak_normalize", "resample", "save_audio"]
+__all__ = [
+    "AUDIO_SUFFIXES", "AudioLoadError", "load_audio", "peak_normalize", "resample", "save_audio", "wav_truncation",
+]

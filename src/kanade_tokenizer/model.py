@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .files import atomic_path
+from .files import atomic_path, describe_weights_file
 from .modules.fsq import FiniteScalarQuantizer
 from .modules.global_encoder import GlobalEncoder
 from .modules.postnet import PostNet
@@ -367,6 +367,7 @@ class KanadeModel(nn.Module):
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        _check_weights_file(Path(weights_file))
         with safe_open(str(weights_file), framework="pt") as f:
             keys = list(f.keys())
         ssl_keys = [k for k in keys if k.startswith("ssl_feature_extractor.")]
@@ -533,6 +534,11 @@ class KanadeModel(nn.Module):
     @property
     def codebook_size(self) -> int:
         return self.local_quantizer.codebook_size
+
+    @property
+    def global_embedding_dim(self) -> int:
+        """Size of the global (speaker) embedding (128 for the released models)."""
+        return int(self.global_encoder.pooling.norm.normalized_shape[0])
 
     @property
     def token_rate(self) -> float:
@@ -952,6 +958,22 @@ def _as_list(waveforms: Sequence[Tensor] | Tensor, lengths: Sequence[int] | Tens
         lengths = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
         items = [w[:n] for w, n in zip(items, lengths)]
     return items
+
+
+def _check_weights_file(path: Path) -> None:
+    """Refuse weights that are not safetensors, saying what they are and how to convert them
+    (safetensors' own error, "header too large", says neither)."""
+    what = describe_weights_file(path)
+    if what is None:
+        return
+    hint = ""
+    if "PyTorch" in what or "pickle" in what:
+        out = path.with_name(path.stem + "-converted.safetensors") if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+        hint = (
+            f"; convert it with `python -m kanade_tokenizer.scripts.export_safetensors {path} -o {out}` "
+            "(add --trust-checkpoint for a Lightning checkpoint you made yourself) and load that"
+        )
+    raise KanadeWeightsError(f"{path} is {what}{hint}")
 
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
