@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from kanade_tokenizer.audio import AUDIO_SUFFIXES, load_audio, save_audio
-from kanade_tokenizer.files import atomic_path
+from kanade_tokenizer.files import KanadeHubError, atomic_path
 
 TOKEN_FORMAT = "kanade-tokens/1"
 TOKEN_SUFFIX = ".safetensors"
@@ -77,7 +77,9 @@ def load_model(model: str | os.PathLike[str], weights: str | os.PathLike[str] | 
             loaded = KanadeModel.from_pretrained(model, weights_path=os.fspath(weights))
         else:
             loaded = KanadeModel.from_pretrained(model)
-    except (OSError, ValueError, KeyError, KanadeWeightsError) as e:  # missing files, hub, config, weights
+    except KanadeHubError as e:
+        raise KanadeInputError(str(e)) from None
+    except (OSError, ValueError, KeyError, KanadeWeightsError) as e:  # missing files, config, weights
         raise KanadeInputError(f"cannot load the Kanade model {model!r}: {type(e).__name__}: {e}") from e
     loaded = loaded.eval()
     if device is not None:
@@ -209,10 +211,11 @@ def collect_audio_inputs(inputs: Sequence[str | os.PathLike[str]], output_dir: s
 
 def save_tokens(path: str | os.PathLike[str], features: Any, *, source: str = "", num_samples: int | None = None,
                 sample_rate: int | None = None, model_name: str = "", save_content_embedding: bool = False,
-                facts: dict[str, str] | None = None) -> Path:
+                facts: dict[str, str] | None = None, extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Write one utterance's KanadeFeatures to ``path`` (safetensors; written to a temporary name first).
 
-    ``facts`` (:func:`model_facts` of the model that encoded it) are stored in the metadata."""
+    ``facts`` (:func:`model_facts` of the model that encoded it) are stored in the metadata;
+    ``extra`` tensors (e.g. ``kanade-train predict``'s ``mel``) are stored beside the tokens."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -222,6 +225,8 @@ def save_tokens(path: str | os.PathLike[str], features: Any, *, source: str = ""
         tensors["global_embedding"] = features.global_embedding.detach().to("cpu", torch.float32)
     if save_content_embedding and getattr(features, "content_embedding", None) is not None:
         tensors["content_embedding"] = features.content_embedding.detach().to("cpu", torch.float32)
+    for name, value in (extra or {}).items():
+        tensors[name] = value.detach().to("cpu")
     metadata = {"format": TOKEN_FORMAT, "source": str(source), "model": str(model_name)}
     metadata.update(facts or {})
     metadata["kanade_tokenizer_version"] = _version()

@@ -1,5 +1,6 @@
 """Output files appear whole or not at all: written under a temporary name, then renamed; and
-weights files that are not safetensors say what they are.
+weights files that are not safetensors say what they are; Hub downloads that fail say so in
+one line.
 
 The same rule as the fine-tuning pipeline's outputs (one distribution, one rule): temporary
 names carry their owner, and leftovers of killed runs are removed by the next write into the
@@ -57,4 +58,22 @@ def describe_weights_file(path: str | os.PathLike[str]) -> str | None:
     return f"not a safetensors file (it starts with bytes {head[:8].hex(' ')})"
 
 
-__all__ = ["atomic_path", "describe_weights_file"]
+class KanadeHubError(OSError):
+    """A file from the Hugging Face Hub that cannot be had: offline and not cached, no network,
+    no such repo or file. One line that says which, and how to get it."""
+
+
+def hub_error(what: str, repo: str, exc: BaseException) -> KanadeHubError:
+    """The :class:`KanadeHubError` for ``exc``, raised while fetching ``what`` from ``repo``."""
+    from huggingface_hub import constants
+
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    if constants.HF_HUB_OFFLINE:
+        hint = f"HF_HUB_OFFLINE is set and it is not in the local cache; fetch it once with network (`hf download {repo}`)"
+    else:
+        hint = f"check the network and the repo id, or fetch it where there is network (`hf download {repo}`)"
+    return KanadeHubError(f"cannot load {what} from the Hugging Face Hub ({repo}): {first.rstrip('.')}; {hint}")
+
+
+__all__ = ["KanadeHubError", "atomic_path", "describe_weights_file", "hub_error"]

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .files import atomic_path, describe_weights_file
+from .files import atomic_path, describe_weights_file, hub_error
 from .modules.fsq import FiniteScalarQuantizer
 from .modules.global_encoder import GlobalEncoder
 from .modules.postnet import PostNet
@@ -1010,12 +1010,14 @@ def _resolve_files(name_or_path, repo_id, revision, config_path, weights_path, c
         from huggingface_hub import hf_hub_download
 
         kwargs = {"revision": revision, "cache_dir": cache_dir, "token": token}
-        config_file = Path(hf_hub_download(str(name_or_path), CONFIG_NAME, **kwargs))
-        weights_file = (
-            Path(weights_path)
-            if weights_path is not None
-            else Path(hf_hub_download(str(name_or_path), WEIGHTS_NAME, **kwargs))
-        )
+        repo = str(name_or_path)
+        try:
+            config_file = Path(hf_hub_download(repo, CONFIG_NAME, **kwargs))
+            weights_file = (
+                Path(weights_path) if weights_path is not None else Path(hf_hub_download(repo, WEIGHTS_NAME, **kwargs))
+            )
+        except OSError as exc:  # offline and not cached, no network, no such repo or file (all OSErrors)
+            raise hub_error(f"the Kanade model {repo}", repo, exc) from None
     else:
         raise FileNotFoundError(f"no such file or folder, and not a Hugging Face repo id: {name_or_path}")
     for f in (config_file, weights_file):

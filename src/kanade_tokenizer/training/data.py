@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..audio import peak_normalize, resample
+from ..audio import load_audio, peak_normalize, resample
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,35 @@ class ChunkedAudioDataset(Dataset):
         raise AudioDataError(f"{self.csv_path}: none of the listed audio files could be read")
 
 
+class WholeFileDataset(Dataset):
+    """Every file of the CSV whole (not cut into chunks), read with ``load_audio`` at the model
+    rate, for ``kanade-train predict``. A file that cannot be read yields None and a warning
+    naming its CSV row, so one bad file does not end a long run."""
+
+    def __init__(self, config: AudioDataConfig):
+        self.config = config
+        self.csv_path = Path(config.csv_path)
+        self.records = read_audio_csv(config.csv_path, config.audio_root)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Chunk] | None:
+        record = self.records[index]
+        try:
+            wave = load_audio(record.path, self.config.sample_rate, normalize=self.config.normalize)
+        except Exception as e:  # unreadable, truncated, empty
+            logger.warning("%s row %d: skipping %s (%s)", self.csv_path, record.row, record.path, e)
+            return None
+        return wave, Chunk(record, 0, wave.numel())
+
+
+def collate_files(items: list[tuple[torch.Tensor, Chunk] | None]) -> AudioBatch | None:
+    """:func:`collate_audio` of the readable items; None when there is none."""
+    items = [item for item in items if item is not None]
+    return collate_audio(items) if items else None
+
+
 def collate_audio(items: list[tuple[torch.Tensor, Chunk]]) -> AudioBatch:
     lengths = torch.tensor([wave.numel() for wave, _ in items], dtype=torch.long)
     waveform = torch.zeros(len(items), 1, int(lengths.max()))
@@ -198,21 +227,42 @@ def collate_audio(items: list[tuple[torch.Tensor, Chunk]]) -> AudioBatch:
 
 
 class AudioDataModule(pl.LightningDataModule):
-    """Train / validation / test splits, each an :class:`AudioDataConfig` (val and test optional)."""
+    """Train / validation / test splits, each an :class:`AudioDataConfig` (val and test optional),
+    and the files ``predict`` runs over: ``predict_config``, or ``test_config`` when there is none
+    (whole files; chunk settings do not apply). ``predict`` writes to ``predict_dir`` (None:
+    ``<trainer.default_root_dir>/predictions``), and with ``predict_vocoder`` (a vocoder Hub id or
+    folder, e.g. ``vocos``) also the reconstructions as audio."""
 
     def __init__(
         self,
         train_config: AudioDataConfig,
         val_config: AudioDataConfig | None = None,
         test_config: AudioDataConfig | None = None,
+        predict_config: AudioDataConfig | None = None,
+        predict_dir: str | None = None,
+        predict_vocoder: str | None = None,
     ):
         super().__init__()
+        self.predict_dir = predict_dir
+        self.predict_vocoder = predict_vocoder
         self.train_config = train_config
         self.val_config = val_config
         self.test_config = test_config
-        self.datasets: dict[str, ChunkedAudioDataset] = {}
+        self.predict_config = predict_config
+        self.datasets: dict[str, Dataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            if "predict" not in self.datasets:
+                config = self.predict_config or self.test_config
+                if config is None:
+                    raise AudioDataError(
+                        "predict needs the files to run over: set data.predict_config (or data.test_config) "
+                        "with a csv_path and audio_root"
+                    )
+                self.predict_config = config
+                self.datasets["predict"] = WholeFileDataset(config)
+            return
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ())
         for split in wanted or ("train", "val", "test"):
             config = getattr(self, f"{split}_config")
@@ -240,3 +290,14 @@ class AudioDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        config = self.predict_config
+        return DataLoader(
+            self.datasets["predict"],
+            batch_size=config.batch_size,
+            shuffle=False,
+            num_workers=config.num_workers,
+            pin_memory=config.pin_memory,
+            collate_fn=collate_files,
+        )
