@@ -217,3 +217,27 @@ def test_predict_without_files_to_run_is_one_line(corpus, tmp_path, monkeypatch,
     monkeypatch.setattr("sys.argv", ["kanade-train", "predict", "--config", str(config), "--data.test_config", "null"])
     assert main() == 1
     assert "predict needs the files to run over: set data.predict_config" in capsys.readouterr().err
+
+
+def test_hub_models_that_cannot_be_fetched_are_one_line(corpus, tmp_path, monkeypatch, capsys):
+    """Offline (as in the tests): the recipe's SSL model and an hf: starting point are not cached."""
+    from kanade_tokenizer.commands import KanadeInputError, load_model
+    from kanade_tokenizer.files import KanadeHubError
+    from kanade_tokenizer.training.cli import main
+    from kanade_tokenizer.training.pipeline import KanadePipeline, KanadePipelineConfig
+
+    cfg = tiny_config()
+    cfg["model"]["init_args"]["ssl_feature_extractor"]["init_args"]["pretrained"] = "nobody/no-such-wavlm"
+    (tmp_path / "hub_ssl.yaml").write_text(yaml.safe_dump(cfg))
+    config = recipe("12hz_pretrain.yaml", corpus, tmp_path)
+    monkeypatch.setattr("sys.argv", ["kanade-train", "fit", "--config", str(config),
+                                     "--model.model_config", str(tmp_path / "hub_ssl.yaml")])
+    assert main() == 1
+    err = capsys.readouterr().err
+    assert "error: cannot load the SSL model nobody/no-such-wavlm from the Hugging Face Hub (nobody/no-such-wavlm)" in err
+    assert "`hf download nobody/no-such-wavlm`" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    with pytest.raises(KanadeHubError, match=r"pipeline_config.ckpt_path hf:nobody/no-such-kanade from the Hugging Face Hub"):
+        KanadePipeline(str(corpus / "tiny.yaml"), KanadePipelineConfig(ckpt_path="hf:nobody/no-such-kanade"))
+    with pytest.raises(KanadeInputError, match=r"^cannot load the Kanade model nobody/no-such-kanade from the Hugging Face Hub"):
+        load_model("nobody/no-such-kanade")
