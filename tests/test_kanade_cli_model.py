@@ -118,6 +118,11 @@ def test_clip_shorter_than_one_token_is_refused_before_encoding(tmp_path, saved,
     assert "blip.wav: 0.015 s (360 samples at 24000 Hz)" in err
     assert "needs at least 481 samples (20.0 ms)" in err and len(err.strip().splitlines()) == 1
     assert (out / "ok.safetensors").read_bytes() == before and not (out / "blip.safetensors").exists()
+    # voice conversion of such a clip, too (as a reference voice it is fine)
+    argv = ["convert", "--reference", str(ok), "-o", str(tmp_path / "vc.wav"), *common(saved)]
+    assert main([*argv, "--source", str(tmp_path / "in" / "blip.wav")]) == 1
+    assert "blip.wav: 0.015 s (360 samples at 24000 Hz)" in capsys.readouterr().err
+    assert not (tmp_path / "vc.wav").exists()
 
 
 def test_truncated_wav_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):

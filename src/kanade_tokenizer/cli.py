@@ -116,6 +116,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for path in (args.source, args.reference):
         if not Path(path).is_file():
             raise commands.KanadeInputError(f"{path}: no such audio file")
+    commands.read_audio_headers([commands.AudioInput(Path(p), Path(args.output)) for p in (args.source, args.reference)])
     model, vocoder = _load(args)
     out = commands.convert_voice(model, vocoder, args.source, args.reference, args.output)
     print(f"wrote {out}")

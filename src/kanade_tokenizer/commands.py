@@ -530,6 +530,8 @@ def convert_voice(model, vocoder, source: str | os.PathLike[str], reference: str
                   output: str | os.PathLike[str]) -> Path:
     """Speak ``source``'s content in ``reference``'s voice; writes ``output`` (same length as the source)."""
     sr = model_sample_rate(model)
+    pairs = read_audio_headers([AudioInput(Path(source), Path(output)), AudioInput(Path(reference), Path(output))])
+    _check_long_enough(pairs[:1], model, sr)  # the reference only gives a voice: any length does
     device = model_device(model)
     src = load_audio(source, sample_rate=sr).to(device)
     ref = load_audio(reference, sample_rate=sr).to(device)
