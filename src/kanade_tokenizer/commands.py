@@ -315,6 +315,13 @@ def check_token_ids(path: str | os.PathLike[str], ids: torch.Tensor, codebook_si
         )
 
 
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:  # not a number: a file edited by hand, compared as written
+        return a == b
+
+
 def check_tokens_match(path: str | os.PathLike[str], tokens: TokenFile, model, model_name: str = "") -> None:
     """Refuse tokens that a different kind of model made, or ids outside this model's vocabulary."""
     have = model_facts(model)
@@ -324,7 +331,7 @@ def check_tokens_match(path: str | os.PathLike[str], tokens: TokenFile, model, m
                "global_embedding_dim": "with {}-dim global embeddings"}
     for key in MODEL_FACTS:
         recorded, own = tokens.metadata.get(key), have.get(key)
-        if recorded and own and float(recorded) != float(own):
+        if recorded and own and not _same_number(recorded, own):
             hint = f"; decode it with the model that made it (--model {made_by})" if made_by else ""
             raise KanadeInputError(
                 f"{path}: made by {made_by or 'another model'} {phrases[key].format(recorded)}, "
