@@ -133,10 +133,10 @@ def test_truncated_wav_is_named_before_the_model_loads(tmp_path, capsys, monkeyp
     monkeypatch.setattr(commands, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["encode", str(tmp_path / "cut.wav"), "-o", str(tmp_path / "tok")]) == 1
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'cut.wav'}: the WAV file is cut short: its header declares 48000 bytes" in err
+    assert f"{tmp_path / 'cut.wav'}: truncated: the data chunk declares 48000 bytes but the file holds 23978" in err
     from kanade_tokenizer.audio import AudioLoadError, load_audio
 
-    with pytest.raises(AudioLoadError, match="cut.wav: the WAV file is cut short"):
+    with pytest.raises(AudioLoadError, match="cut.wav: truncated: the data chunk declares"):
         load_audio(tmp_path / "cut.wav")
 
 
@@ -224,7 +224,8 @@ def test_token_ids_outside_the_vocabulary_are_named(tmp_path, saved, capsys):
 
 
 def test_written_files_are_readable_by_others(tmp_path, saved):
-    """save_pretrained, token files, exports and dumps get 0666 less the umask, like any file."""
+    """save_pretrained, token files, exports and dumps get 0666 less the umask, like any file
+    (safetensors itself creates 0600 files)."""
     from kanade_tokenizer.scripts.dump_dataset import main as dump
     from kanade_tokenizer.scripts.export_safetensors import export_safetensors
 
@@ -240,5 +241,8 @@ def test_written_files_are_readable_by_others(tmp_path, saved):
         files = [folder / "config.yaml", folder / "model.safetensors", tmp_path / "tok" / "a.safetensors",
                  exported, tmp_path / "data.csv"]
         assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o644" for f in files}
+        os.umask(0o007)  # a group-shared setup: the mode follows the umask
+        folder = model.save_pretrained(tmp_path / "shared")
+        assert oct((folder / "model.safetensors").stat().st_mode & 0o777) == "0o660"
     finally:
         os.umask(old)

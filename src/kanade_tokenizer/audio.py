@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -51,27 +50,15 @@ def resample(audio: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
         return _resampler(orig_sr, target_sr)(audio)
 
 
-_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+def wav_truncation(path: str | os.PathLike[str]) -> str | None:
+    """Why the WAV file at ``path`` is cut short (its ``data`` chunk claims more bytes than the
+    file holds), or None; libsndfile reads such files without an error, returning what is there.
+    The rule is :func:`kanitts.audio.wav_truncation`'s, so ``kanitts prepare`` and ``kanade``
+    judge a file alike."""
+    from kanitts.audio import wav_truncation as header_truncation
 
-
-def wav_truncation(header_log: str) -> str | None:
-    """Why a WAV file is cut short, from libsndfile's header log (``SoundFile.extra_info``), or None.
-
-    libsndfile reads a WAV file whose ``data`` chunk declares more bytes than the file holds
-    without an error, returning what is there; its log notes the mismatch as ``data : N (should
-    be M)``. The size 0xFFFFFFFF, which streaming writers leave when they do not know the length,
-    is not judged.
-    """
-    match = _DATA_CHUNK.search(header_log or "")
-    if match is None:
-        return None
-    declared, present = int(match.group(1)), int(match.group(2))
-    if declared == 0xFFFFFFFF or declared <= present:
-        return None
-    return (
-        f"the WAV file is cut short: its header declares {declared} bytes of audio but the file "
-        f"holds {present} (an interrupted copy or download?); copy or export it again"
-    )
+    with open(path, "rb") as f:
+        return header_truncation(f.read(65536), os.fstat(f.fileno()).st_size)
 
 
 def peak_normalize(audio: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -100,15 +87,13 @@ def load_audio(
         raise FileNotFoundError(f"audio file not found: {path}")
     if path.is_dir():
         raise AudioLoadError(f"{path}: is a folder, not an audio file")
-    try:
-        with sf.SoundFile(str(path)) as f:
-            problem = wav_truncation(f.extra_info)
-            if problem is None:
-                data, orig_sr = f.read(dtype="float32", always_2d=True), f.samplerate
-    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
-        raise AudioLoadError(f"{path}: cannot read audio ({e})") from e
+    problem = wav_truncation(path)
     if problem is not None:
         raise AudioLoadError(f"{path}: {problem}")
+    try:
+        data, orig_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
+        raise AudioLoadError(f"{path}: cannot read audio ({e})") from e
     if data.shape[0] == 0:
         raise AudioLoadError(f"{path}: the file holds no audio samples")
     wave = torch.from_numpy(data.T).mean(dim=0)  # (C, T) -> (T,), averaged in torch as the original

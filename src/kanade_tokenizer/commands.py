@@ -158,12 +158,13 @@ def read_audio_headers(pairs: Sequence[AudioInput]) -> list[AudioInput]:
 
     problems = []
     for pair in pairs:
+        problem = None
         try:
-            with sf.SoundFile(str(pair.path)) as f:
-                problem = wav_truncation(f.extra_info)
-                pair.num_frames, pair.sample_rate = int(f.frames), int(f.samplerate)
+            problem = wav_truncation(pair.path)
+            info = sf.info(str(pair.path))
+            pair.num_frames, pair.sample_rate = int(info.frames), int(info.samplerate)
         except Exception as e:  # libsndfile errors on files it cannot open
-            problem = f"cannot read audio ({e})"
+            problem = problem or f"cannot read audio ({e})"
         if problem is None and pair.num_frames == 0:
             problem = "the file holds no audio samples"
         if problem is not None:
