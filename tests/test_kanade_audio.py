@@ -80,3 +80,25 @@ def test_save_audio_round_trip(tmp_path):
     back, sr = sf.read(out, dtype="float32")
     assert sr == 24000 and back.shape == (4800,)
     np.testing.assert_allclose(back, x.numpy(), atol=1e-4)  # PCM_16 quantisation
+
+
+@pytest.mark.parametrize("sr,channels", [(16000, 1), (44100, 2), (22050, 1), (8000, 3)])
+def test_resampling_is_the_original_windowed_sinc(tmp_path, sr, channels):
+    """load_audio resamples with the module resampler (torchaudio's Resample defaults, as the
+    original), bit for bit; the training data reads through the same function."""
+    from kanade_tokenizer.modules.resample import Resampler
+    from kanade_tokenizer.training.data import AudioDataConfig, ChunkedAudioDataset
+
+    rng = np.random.default_rng(sr)
+    data = (0.3 * rng.standard_normal((int(0.7 * sr), channels))).astype(np.float32)
+    sf.write(tmp_path / "x.wav", data, sr, subtype="FLOAT")
+    mono = torch.from_numpy(data.T.copy()).mean(dim=0)
+    expected = Resampler(sr, 24000)(mono[None])[0]
+    assert torch.equal(load_audio(tmp_path / "x.wav", 24000, normalize=False), expected)
+    assert torch.equal(load_audio(tmp_path / "x.wav", 24000), expected / (expected.abs().max() + 1e-8))
+
+    (tmp_path / "x.csv").write_text(f"audio_id,path,length,sample_rate\nx,x.wav,{len(data)},{sr}\n")
+    config = AudioDataConfig(csv_path=str(tmp_path / "x.csv"), audio_root=str(tmp_path), chunk_size=24000, normalize=False)
+    wave, _ = ChunkedAudioDataset(config)[0]
+    n = expected.numel()
+    assert torch.equal(wave[:n], expected) and not wave[n:].any()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import pytest
@@ -139,13 +141,52 @@ def test_length_formulas(name, L, pad, tokens, mel, estimate):
         assert model._calculate_original_audio_length(tokens) == estimate
 
 
-def test_padding_gives_exactly_ceil_frames(tiny):
+#: Lengths under 30 s at 24 kHz where the original's floating-point E = ceil(L / 24000 * 16000 / 320)
+#: is one more than ceil(L / 480): L / 24000 * 16000 rounds to just above a multiple of 320.
+FLOAT_FRAME_LENGTHS = [193440, 195360, 386400, 386880, 390240, 390720]
+
+
+def _original_padding(L: int) -> int:
+    """The original's `_calculate_waveform_padding` arithmetic (kanade-reference.md §1.1), in
+    its floating-point order: n16 = L / 24000 * 16000; E = ceil(n16 / 320);
+    req16 = get_minimum_input_length(E) = 320·E + 80 for WavLM's conv stack;
+    req24 = req16 / 16000 * 24000; p = ceil((req24 - L) / 2)."""
+    n16 = L / 24000 * 16000
+    E = math.ceil(n16 / 320)
+    req16 = 320 * E + 80
+    req24 = req16 / 16000 * 24000
+    return math.ceil((req24 - L) / 2)
+
+
+def test_padding_matches_the_original_arithmetic(tiny):
+    lengths = list(range(1, 5 * 24000)) + FLOAT_FRAME_LENGTHS
+    lengths += torch.randint(5 * 24000, 30 * 24000, (20000,), generator=torch.Generator().manual_seed(0)).tolist()
+    mismatches = [L for L in lengths if tiny._calculate_waveform_padding(L) != _original_padding(L)]
+    assert mismatches == []
+    # the float arithmetic gives one sample more than exact integers for a few % of lengths ...
+    exact = [math.ceil((480 * -(-L // 480) + 120 - L) / 2) for L in range(1, 5 * 24000)]
+    more = sum(_original_padding(L) != e for L, e in zip(range(1, 5 * 24000), exact))
+    assert 0.02 < more / len(exact) < 0.04
+    # ... and a whole extra WavLM frame (one more token at 25 Hz) for these lengths
+    for L in FLOAT_FRAME_LENGTHS:
+        assert tiny.num_tokens(L) == (-(-L // 480) + 1) // 2
+
+
+def test_padding_gives_exactly_the_expected_frames(tiny):
     ssl = tiny.ssl_feature_extractor
-    for L in [1, 100, 479, 480, 481, 24000, 24001, 72123]:
+    for L in [1, 100, 479, 480, 481, 24000, 24001, 72123, *FLOAT_FRAME_LENGTHS]:
         p = tiny._calculate_waveform_padding(L)
-        assert 60 <= p <= 300 or L < 480
+        assert 60 <= p <= 301 or L < 480  # 301: the extra frame of FLOAT_FRAME_LENGTHS
         n16 = ssl.resampler.output_length(L + 2 * p)
-        assert ssl.num_frames(n16) == -(-L // 480)
+        assert ssl.num_frames(n16) == tiny._expected_ssl_frames(L)
+    wave = synthetic_speech(FLOAT_FRAME_LENGTHS[0] / 24000)
+    assert tiny.encode(wave).content_token_indices.numel() == tiny.num_tokens(wave.numel()) == 202
+
+
+def test_min_audio_length_is_one_token(tiny):
+    n = tiny.min_audio_length()
+    assert (n, tiny.num_tokens(n - 1), tiny.num_tokens(n)) == (481, 0, 1)
+    assert _build_meta("12hz").min_audio_length() == 1441
 
 
 # --- encode / decode ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from safetensors import safe_open
 
 from kanade_tokenizer import KanadeModel
 from kanade_tokenizer.scripts.dump_dataset import scan_audio, write_csv
@@ -172,3 +173,71 @@ def test_kanade_train_reports_a_missing_csv_without_a_traceback(corpus, tmp_path
                                      "--data.train_config.csv_path", str(tmp_path / "nope.csv")])
     assert main() == 1
     assert f"{tmp_path / 'nope.csv'}: no such CSV" in capsys.readouterr().err
+
+
+def test_predict_writes_tokens_mels_and_audio_for_whole_files(corpus, tmp_path):
+    """`kanade-train predict --ckpt_path`: every file of the test CSV, whole, in the `kanade encode`
+    token format plus the mel reconstruction (and audio with a vocoder); the tokens are those of
+    the trained model's encode of load_audio(file)."""
+    from kanade_tokenizer import load_audio
+    from kanade_tokenizer.commands import load_tokens
+    from kanade_tokenizer.training.cli import run
+    from kanade_tokenizer.vocoders.vocos import Vocos, VocosConfig
+
+    torch.manual_seed(0)
+    config = recipe("12hz_pretrain.yaml", corpus, tmp_path / "run", ckpt_path=None)
+    run(["fit", "--config", str(config)])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    vocoder = Vocos(VocosConfig(n_mels=16, dim=16, intermediate_dim=32, num_layers=1)).save_pretrained(tmp_path / "vocos")
+    out = tmp_path / "predicted"
+    run(["predict", "--config", str(config), "--ckpt_path", str(last),
+         "--data.predict_dir", str(out), "--data.predict_vocoder", str(vocoder)])
+    assert sorted(p.name for p in out.iterdir()) == ["a.safetensors", "a.wav", "b.safetensors", "b.wav", "c.safetensors", "c.wav"]
+
+    from kanade_tokenizer.scripts.export_safetensors import model_state_dict, read_checkpoint
+
+    model = KanadeModel.from_config(corpus / "tiny.yaml")
+    model.load_weights(model_state_dict(read_checkpoint(last)))  # with the (random, tiny) WavLM it trained with
+    model.eval()
+    for name, path in (("a", "spk/a.wav"), ("b", "spk/b.wav"), ("c", "c.wav")):
+        wave = load_audio(corpus / "audio" / path, 24000)
+        tokens = load_tokens(out / f"{name}.safetensors")
+        assert torch.equal(tokens.content_token_indices, model.encode(wave).content_token_indices)
+        assert tokens.num_samples == wave.numel() and tokens.metadata["model"] == str(last)
+        assert tokens.metadata["token_rate"] == "25" and tokens.metadata["source"] == str(corpus / "audio" / path)
+        with safe_open(str(out / f"{name}.safetensors"), framework="pt") as f:
+            assert f.get_tensor("mel").shape == (16, wave.numel() // 256 + 1)
+        assert sf.info(out / f"{name}.wav").frames == wave.numel()
+
+
+def test_predict_without_files_to_run_is_one_line(corpus, tmp_path, monkeypatch, capsys):
+    from kanade_tokenizer.training.cli import main
+
+    config = recipe("12hz_pretrain.yaml", corpus, tmp_path)
+    monkeypatch.setattr("sys.argv", ["kanade-train", "predict", "--config", str(config), "--data.test_config", "null"])
+    assert main() == 1
+    assert "predict needs the files to run over: set data.predict_config" in capsys.readouterr().err
+
+
+def test_hub_models_that_cannot_be_fetched_are_one_line(corpus, tmp_path, monkeypatch, capsys):
+    """Offline (as in the tests): the recipe's SSL model and an hf: starting point are not cached."""
+    from kanade_tokenizer.commands import KanadeInputError, load_model
+    from kanade_tokenizer.files import KanadeHubError
+    from kanade_tokenizer.training.cli import main
+    from kanade_tokenizer.training.pipeline import KanadePipeline, KanadePipelineConfig
+
+    cfg = tiny_config()
+    cfg["model"]["init_args"]["ssl_feature_extractor"]["init_args"]["pretrained"] = "nobody/no-such-wavlm"
+    (tmp_path / "hub_ssl.yaml").write_text(yaml.safe_dump(cfg))
+    config = recipe("12hz_pretrain.yaml", corpus, tmp_path)
+    monkeypatch.setattr("sys.argv", ["kanade-train", "fit", "--config", str(config),
+                                     "--model.model_config", str(tmp_path / "hub_ssl.yaml")])
+    assert main() == 1
+    err = capsys.readouterr().err
+    assert "error: cannot load the SSL model nobody/no-such-wavlm from the Hugging Face Hub (nobody/no-such-wavlm)" in err
+    assert "`hf download nobody/no-such-wavlm`" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    with pytest.raises(KanadeHubError, match=r"pipeline_config.ckpt_path hf:nobody/no-such-kanade from the Hugging Face Hub"):
+        KanadePipeline(str(corpus / "tiny.yaml"), KanadePipelineConfig(ckpt_path="hf:nobody/no-such-kanade"))
+    with pytest.raises(KanadeInputError, match=r"^cannot load the Kanade model nobody/no-such-kanade from the Hugging Face Hub"):
+        load_model("nobody/no-such-kanade")

@@ -291,6 +291,12 @@ def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path,
     train, report = sequences.build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer, num_proc=1)
     assert len(train) == len(ds) == 6
     assert {"input_ids", "labels", "attention_mask"} <= set(train.column_names)
+    # "clip number 0" in 0.4 s is 32.5 characters per second: suspect, and filtered out as docs/prepare.md shows
+    assert ds["warnings"][0].startswith("text too long") and ds["warnings"][1:] == [""] * 5
+    entry = {"reponame": str(out), "speaker_id": "alice", "categorical_filter": {"column_name": "warnings", "value": ""}}
+    cfg = DatasetConfig.model_validate({"hf_datasets": [entry], "cache_dir": str(tmp_path / "cache2")})
+    clean, _ = sequences.build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer, num_proc=1)
+    assert len(clean) == 5
 
 
 # --- run control ------------------------------------------------------------------------------
@@ -522,3 +528,134 @@ def test_source_errors_and_malformed_lines(tones, tiny_codec_dir, tmp_path):
     result = prepare_dataset(_opts(manifest, out, tiny_codec_dir))
     assert result.rows == 1
     assert _rejected(out) == {"mixed.jsonl:2": "malformed", "mixed.jsonl:3": "malformed", "gone.wav": "missing audio"}
+
+
+# --- transcript encodings ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_tones(tmp_path):
+    root = tmp_path / "enc"
+    root.mkdir()
+    for name in ("a", "b"):
+        _tone(root / f"{name}.wav", 0.8)
+    return root
+
+
+def test_manifest_in_another_encoding_is_named_then_read_with_encoding(two_tones, tiny_codec_dir, tmp_path):
+    from kanitts.cli import main
+
+    manifest = two_tones / "manifest.csv"
+    manifest.write_bytes("path,text\na.wav,un café noir\nb.wav,déjà vu again\n".encode("cp1252"))
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as err:
+        prepare_dataset(_opts(manifest, out, tiny_codec_dir))
+    message = str(err.value)
+    assert str(manifest) in message and "line 2, byte 13 of that line (byte 23 of the file) is 0xE9" in message
+    assert "--encoding cp1252" in message and "iconv -f cp1252 -t utf-8" in message
+    assert not out.exists() and not Path(str(out) + ".partial").exists()  # refused before anything is written
+
+    prepare_dataset(_opts(manifest, out, tiny_codec_dir, encoding="cp1252"))
+    assert _load(out)["text"] == ["un café noir", "déjà vu again"]
+
+    # UTF-16 with a byte-order mark is recognised without --encoding
+    manifest.write_text("path,text\na.wav,un café noir\nb.wav,déjà vu again\n", encoding="utf-16")
+    prepare_dataset(_opts(manifest, tmp_path / "u16", tiny_codec_dir))
+    assert _load(tmp_path / "u16")["text"] == ["un café noir", "déjà vu again"]
+    # ... without one it is named, with the codec to pass
+    manifest.write_text("path,text\na.wav,tea\n", encoding="utf-16-le")
+    with pytest.raises(UserError, match=r"line 1 holds a NUL byte.*--encoding utf-16-le"):
+        prepare_dataset(_opts(manifest, tmp_path / "x", tiny_codec_dir))
+
+    # metadata.csv of a folder, through the CLI
+    (two_tones / "manifest.csv").unlink()
+    (two_tones / "metadata.csv").write_bytes("a|Grüße\nb|naïve\n".encode("latin-1"))
+    argv = ["prepare", str(two_tones), str(tmp_path / "meta"), "--codec-model", str(tiny_codec_dir), "--no-progress"]
+    assert main(argv) == 1
+    assert main([*argv, "--encoding", "latin-1"]) == 0
+    assert _load(tmp_path / "meta")["text"] == ["Grüße", "naïve"]
+    with pytest.raises(UserError, match="--encoding 'klingon' is not a text encoding"):
+        prepare_dataset(_opts(two_tones, tmp_path / "y", tiny_codec_dir, encoding="klingon"))
+
+
+def test_cli_names_the_undecodable_metadata_line(two_tones, tiny_codec_dir, tmp_path, capsys):
+    from kanitts.cli import main
+
+    (two_tones / "metadata.csv").write_bytes(b"a|fine\nb|caf\xe9\n")
+    assert main(["prepare", str(two_tones), str(tmp_path / "o"), "--codec-model", str(tiny_codec_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "metadata.csv: line 2, byte 6 of that line" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# --- suspect clips ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def suspects(tmp_path):
+    """A good clip, a clipped one, a float file past full scale, and two whose transcripts do not
+    fit their length."""
+    root = tmp_path / "suspects"
+    root.mkdir()
+    _tone(root / "ok.wav", 1.0)
+    t = np.arange(SR) / SR
+    sf.write(root / "clipped.wav", np.clip(3.0 * np.sin(2 * np.pi * 180 * t), -1, 1), SR, subtype="PCM_16")
+    sf.write(root / "hot.wav", (1.6 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), SR, subtype="FLOAT")
+    _tone(root / "rush.wav", 0.5)
+    _tone(root / "sparse.wav", 3.0)
+    lines = [
+        "ok|a normal sentence",
+        "clipped|a loud sentence",
+        "hot|a float sentence",
+        "rush|" + "far too many words for half a second of audio, " * 2,
+        "sparse|hm",
+    ]
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_suspect_clips_are_kept_with_warnings(suspects, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    result = prepare_dataset(_opts(suspects, out, tiny_codec_dir))
+    ds = _load(out)
+    warnings = dict(zip(ds["source"], ds["warnings"]))
+    assert warnings["ok.wav"] == ""
+    assert warnings["clipped.wav"].startswith("clipped: ") and "% of the samples at full scale" in warnings["clipped.wav"]
+    assert warnings["hot.wav"].startswith("over full scale: peak 1.6 (+4.1 dBFS)")
+    assert warnings["rush.wav"] == "text too long: 93 characters in 0.50 s (186.0/s > 30/s)"
+    assert warnings["sparse.wav"] == "text too short: 2 characters in 3.00 s (0.7/s < 2/s)"
+    assert result.rows == 5 and result.rejected == 0 and result.warned == 4
+    assert result.warnings_by_kind == {"clipped": 1, "over full scale": 1, "text too long": 1, "text too short": 1}
+    summary = result.summary()
+    assert "kept 4 suspect clip(s) with warnings" in summary
+    for source in ("clipped.wav", "hot.wav", "rush.wav", "sparse.wav"):
+        assert f"  {source}: {warnings[source]}" in summary
+    info = json.loads((out / "kanitts_prepare.json").read_text())
+    assert info["warned"] == 4 and info["warnings_by_kind"]["clipped"] == 1
+
+    # thresholds are options: a permissive run warns about nothing
+    loose = prepare_dataset(_opts(suspects, tmp_path / "loose", tiny_codec_dir, max_clipped_fraction=1.0,
+                                  min_chars_per_second=0, max_chars_per_second=500))
+    assert loose.warned == 1 and loose.warnings_by_kind == {"over full scale": 1}  # a fact, not a threshold
+
+
+def test_suspect_clips_can_be_rejected(suspects, tiny_codec_dir, tmp_path):
+    out = tmp_path / "out"
+    result = prepare_dataset(_opts(suspects, out, tiny_codec_dir, suspect_clips="reject"))
+    assert _load(out)["source"] == ["ok.wav"] and _load(out)["warnings"] == [""]
+    assert _rejected(out) == {
+        "clipped.wav": "clipped", "hot.wav": "over full scale", "rush.wav": "text too long", "sparse.wav": "text too short",
+    }
+    assert result.rejected == 4 and result.warned == 0
+    with open(out / "rejected.csv", newline="") as f:
+        details = {r["source"]: r["detail"] for r in csv.DictReader(f)}
+    assert details["rush.wav"].startswith("text too long: 93 characters")
+
+
+def test_suspect_clip_options_are_checked(suspects, tiny_codec_dir, tmp_path):
+    with pytest.raises(UserError, match=r"characters per second must satisfy 0 <= min \(40\) < max \(30\)"):
+        prepare_dataset(_opts(suspects, tmp_path / "a", tiny_codec_dir, min_chars_per_second=40))
+    with pytest.raises(UserError, match="--suspect-clips must be warn or reject"):
+        prepare_dataset(_opts(suspects, tmp_path / "b", tiny_codec_dir, suspect_clips="drop"))
+    with pytest.raises(UserError, match=r"--clip-level must lie in \(0, 1\]"):
+        prepare_dataset(_opts(suspects, tmp_path / "c", tiny_codec_dir, clip_level=1.5))

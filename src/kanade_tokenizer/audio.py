@@ -1,13 +1,21 @@
-"""Audio I/O for the Kanade tokenizer: soundfile for reading and writing, soxr for resampling.
+"""Audio I/O for the Kanade tokenizer: soundfile for reading and writing, and the original's
+windowed-sinc resampler.
 
 ``load_audio`` follows the original's recipe (kanade-reference.md §6): read, average the
 channels to mono, resample to the model's rate, then peak-normalise with
 ``x / (max|x| + 1e-8)``. The model was trained on peak-normalised audio, so keep
 ``normalize=True`` unless the input is already normalised.
+
+Resampling is :class:`~kanade_tokenizer.modules.resample.Resampler` (torchaudio's ``Resample``
+with its defaults, bit for bit), the resampler the released models were trained and run with,
+for every input of the tokenizer: ``load_audio`` (and so ``kanade encode``) and the training
+data. A different resampler (soxr, say) gives slightly different samples and so, now and then, a
+different token.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -15,6 +23,7 @@ import numpy as np
 import torch
 
 from kanade_tokenizer.files import atomic_path
+from kanade_tokenizer.modules.resample import Resampler
 
 #: File suffixes the CLI treats as audio when it scans folders (all readable by libsndfile).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
@@ -24,15 +33,32 @@ class AudioLoadError(ValueError):
     """An audio file that cannot be used: unreadable, empty, or of an unsupported format."""
 
 
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample ``(samples,)`` or ``(samples, channels)`` audio with soxr (high quality)."""
-    if orig_sr == target_sr:
-        return audio
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_sr: int, target_sr: int) -> Resampler:
+    return Resampler(orig_sr, target_sr)
+
+
+def resample(audio: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
+    """Resample float ``(..., samples)`` audio along its last axis with the original's resampler
+    (windowed sinc, Hann window, 6 zero crossings, rolloff 0.99); ceil(L * target / orig) samples."""
+    orig_sr, target_sr = int(orig_sr), int(target_sr)
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
-    import soxr
+    if orig_sr == target_sr:
+        return audio
+    with torch.no_grad():
+        return _resampler(orig_sr, target_sr)(audio)
 
-    return soxr.resample(audio, orig_sr, target_sr, quality="HQ")
+
+def wav_truncation(path: str | os.PathLike[str]) -> str | None:
+    """Why the WAV file at ``path`` is cut short (its ``data`` chunk claims more bytes than the
+    file holds), or None; libsndfile reads such files without an error, returning what is there.
+    The rule is :func:`kanitts.audio.wav_truncation`'s, so ``kanitts prepare`` and ``kanade``
+    judge a file alike."""
+    from kanitts.audio import wav_truncation as header_truncation
+
+    with open(path, "rb") as f:
+        return header_truncation(f.read(65536), os.fstat(f.fileno()).st_size)
 
 
 def peak_normalize(audio: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -45,12 +71,14 @@ def load_audio(
 ) -> torch.Tensor:
     """Read an audio file as a mono float32 tensor of shape ``(samples,)`` at ``sample_rate``.
 
-    Channels are averaged, the audio is resampled with soxr when its rate differs, and (by
-    default) peak-normalised to ``x / (max|x| + 1e-8)``, as the original ``load_audio`` does.
+    Channels are averaged, the audio is resampled with :func:`resample` (the original's
+    windowed-sinc resampler) when its rate differs, and (by default) peak-normalised to
+    ``x / (max|x| + 1e-8)``, as the original ``load_audio`` does.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AudioLoadError: libsndfile cannot decode it, or it holds no samples.
+        AudioLoadError: libsndfile cannot decode it, it holds no samples, or it is a WAV file
+            cut short (see :func:`wav_truncation`).
     """
     import soundfile as sf
 
@@ -59,15 +87,17 @@ def load_audio(
         raise FileNotFoundError(f"audio file not found: {path}")
     if path.is_dir():
         raise AudioLoadError(f"{path}: is a folder, not an audio file")
+    problem = wav_truncation(path)
+    if problem is not None:
+        raise AudioLoadError(f"{path}: {problem}")
     try:
         data, orig_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
         raise AudioLoadError(f"{path}: cannot read audio ({e})") from e
     if data.shape[0] == 0:
         raise AudioLoadError(f"{path}: the file holds no audio samples")
-    mono = data.mean(axis=1, dtype=np.float32)
-    mono = resample(mono, int(orig_sr), int(sample_rate))
-    wave = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    wave = torch.from_numpy(data.T).mean(dim=0)  # (C, T) -> (T,), averaged in torch as the original
+    wave = resample(wave, int(orig_sr), int(sample_rate)).contiguous()
     if normalize:
         wave = peak_normalize(wave)
     return wave
@@ -93,4 +123,6 @@ def save_audio(
     return path
 
 
-__all__ = ["AUDIO_SUFFIXES", "AudioLoadError", "load_audio", "peak_normalize", "resample", "save_audio"]
+__all__ = [
+    "AUDIO_SUFFIXES", "AudioLoadError", "load_audio", "peak_normalize", "resample", "save_audio", "wav_truncation",
+]

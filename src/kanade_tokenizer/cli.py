@@ -83,7 +83,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise commands.KanadeInputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    commands.collect_audio_inputs(args.inputs, args.output)  # fail on bad inputs before loading the model
+    # fail on bad inputs (missing, unreadable, truncated) before loading the model
+    commands.read_audio_headers(commands.collect_audio_inputs(args.inputs, args.output))
     model, _ = _load(args, with_vocoder=False)
     summary = commands.encode_files(
         model, args.inputs, args.output, batch_size=args.batch_size, model_name=args.model,
@@ -100,7 +101,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         commands.load_tokens(path)
     model, vocoder = _load(args)
     summary = commands.decode_files(
-        model, vocoder, args.tokens, args.output, reference=args.reference, progress=not args.no_progress
+        model, vocoder, args.tokens, args.output, reference=args.reference, progress=not args.no_progress,
+        model_name=args.model,
     )
     print(f"{summary} -> {args.output}")
     return 0
@@ -114,6 +116,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for path in (args.source, args.reference):
         if not Path(path).is_file():
             raise commands.KanadeInputError(f"{path}: no such audio file")
+    commands.read_audio_headers([commands.AudioInput(Path(p), Path(args.output)) for p in (args.source, args.reference)])
     model, vocoder = _load(args)
     out = commands.convert_voice(model, vocoder, args.source, args.reference, args.output)
     print(f"wrote {out}")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .files import atomic_path
+from .files import atomic_path, describe_weights_file, hub_error
 from .modules.fsq import FiniteScalarQuantizer
 from .modules.global_encoder import GlobalEncoder
 from .modules.postnet import PostNet
@@ -367,6 +367,7 @@ class KanadeModel(nn.Module):
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        _check_weights_file(Path(weights_file))
         with safe_open(str(weights_file), framework="pt") as f:
             keys = list(f.keys())
         ssl_keys = [k for k in keys if k.startswith("ssl_feature_extractor.")]
@@ -535,6 +536,11 @@ class KanadeModel(nn.Module):
         return self.local_quantizer.codebook_size
 
     @property
+    def global_embedding_dim(self) -> int:
+        """Size of the global (speaker) embedding (128 for the released models)."""
+        return int(self.global_encoder.pooling.norm.normalized_shape[0])
+
+    @property
     def token_rate(self) -> float:
         """Content tokens per second (12.5 or 25 for the released models)."""
         ssl = self.ssl_feature_extractor
@@ -566,23 +572,36 @@ class KanadeModel(nn.Module):
 
     # --- length arithmetic --------------------------------------------------------------------
 
-    def _calculate_waveform_padding(self, audio_length: int, ensure_recon_length: bool = False) -> int:
-        """Zero samples added on *each* side so WavLM yields exactly ceil(L / 480) frames."""
+    def _expected_ssl_frames(self, audio_length: int) -> int:
+        """WavLM frames the original expects for ``audio_length`` samples: ceil(L / sr * 16000 /
+        hop), in floating point and in that order. That is ceil(L / 480) at 24 kHz except where the
+        rounding of ``L / 24000 * 16000`` lands just above a whole number of frames (6 lengths
+        under 30 s), where it is one more; the released checkpoints were trained on that."""
         ssl = self.ssl_feature_extractor
-        sr, ssl_sr = self.config.sample_rate, ssl.ssl_sample_rate
-        # E = ceil(n16 / hop) with n16 = L * ssl_sr / sr, in exact integer arithmetic
-        frames = -(-(int(audio_length) * ssl_sr) // (sr * ssl.hop_size))
-        if ensure_recon_length:
-            f = self.config.downsample_factor
-            frames = -(-frames // f) * f
-        required = ssl.get_minimum_input_length(frames) * sr / ssl_sr
-        return max(0, math.ceil((required - audio_length) / 2))
+        return math.ceil(int(audio_length) / self.config.sample_rate * ssl.ssl_sample_rate / ssl.hop_size)
+
+    def _calculate_waveform_padding(self, audio_length: int, ensure_recon_length: bool = False) -> int:
+        """Zero samples added on *each* side so WavLM yields the expected frames.
+
+        The original's floating-point arithmetic, operation for operation (kanade-reference.md
+        §1.1): required = get_minimum_input_length(E) / 16000 * sr, p = ceil((required - L) / 2).
+        Exact integer arithmetic would give about 3 % of lengths one sample less padding, and a
+        different token count for the lengths :meth:`_expected_ssl_frames` names.
+        """
+        ssl = self.ssl_feature_extractor
+        sr = self.config.sample_rate
+        frames = self._expected_ssl_frames(audio_length)
+        if ensure_recon_length and (remainder := frames % self.config.downsample_factor) != 0:
+            frames += self.config.downsample_factor - remainder
+        required = ssl.get_minimum_input_length(frames) / ssl.ssl_sample_rate * sr
+        return max(0, math.ceil((required - int(audio_length)) / 2))
 
     def _calculate_original_audio_length(self, token_length: int) -> int:
-        """Audio length estimated from a token count (used when decode gets no target length)."""
+        """Audio length estimated from a token count (used when decode gets no target length),
+        in the original's floating-point order."""
         ssl = self.ssl_feature_extractor
         frames = int(token_length) * self.config.downsample_factor
-        return math.ceil(ssl.get_minimum_input_length(frames) * self.config.sample_rate / ssl.ssl_sample_rate)
+        return math.ceil(ssl.get_minimum_input_length(frames) / ssl.ssl_sample_rate * self.config.sample_rate)
 
     def _calculate_target_mel_length(self, audio_length: int) -> int:
         c = self.config
@@ -593,10 +612,21 @@ class KanadeModel(nn.Module):
         return (int(audio_length) - c.n_fft) // c.hop_length + 1
 
     def num_tokens(self, audio_length: int) -> int:
-        """Content tokens for ``audio_length`` samples: floor(ceil(L / 480) / f)."""
-        ssl = self.ssl_feature_extractor
-        frames = -(-(int(audio_length) * ssl.ssl_sample_rate) // (self.config.sample_rate * ssl.hop_size))
-        return frames // self.config.downsample_factor
+        """Content tokens for ``audio_length`` samples: floor(E / f), E as in
+        :meth:`_expected_ssl_frames` (ceil(L / 480) but for a few lengths)."""
+        return self._expected_ssl_frames(audio_length) // self.config.downsample_factor
+
+    def min_audio_length(self) -> int:
+        """The fewest samples that give one content token (searched, not solved, so that it
+        follows the floating-point formula of :meth:`num_tokens` exactly)."""
+        lo, hi = 1, self.config.downsample_factor * self.config.sample_rate  # a frame is well under 1 s
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.num_tokens(mid) >= 1:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     # --- batched building blocks ----------------------------------------------------------------
 
@@ -930,6 +960,22 @@ def _as_list(waveforms: Sequence[Tensor] | Tensor, lengths: Sequence[int] | Tens
     return items
 
 
+def _check_weights_file(path: Path) -> None:
+    """Refuse weights that are not safetensors, saying what they are and how to convert them
+    (safetensors' own error, "header too large", says neither)."""
+    what = describe_weights_file(path)
+    if what is None:
+        return
+    hint = ""
+    if "PyTorch" in what or "pickle" in what:
+        out = path.with_name(path.stem + "-converted.safetensors") if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+        hint = (
+            f"; convert it with `python -m kanade_tokenizer.scripts.export_safetensors {path} -o {out}` "
+            "(add --trust-checkpoint for a Lightning checkpoint you made yourself) and load that"
+        )
+    raise KanadeWeightsError(f"{path} is {what}{hint}")
+
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -964,12 +1010,14 @@ def _resolve_files(name_or_path, repo_id, revision, config_path, weights_path, c
         from huggingface_hub import hf_hub_download
 
         kwargs = {"revision": revision, "cache_dir": cache_dir, "token": token}
-        config_file = Path(hf_hub_download(str(name_or_path), CONFIG_NAME, **kwargs))
-        weights_file = (
-            Path(weights_path)
-            if weights_path is not None
-            else Path(hf_hub_download(str(name_or_path), WEIGHTS_NAME, **kwargs))
-        )
+        repo = str(name_or_path)
+        try:
+            config_file = Path(hf_hub_download(repo, CONFIG_NAME, **kwargs))
+            weights_file = (
+                Path(weights_path) if weights_path is not None else Path(hf_hub_download(repo, WEIGHTS_NAME, **kwargs))
+            )
+        except OSError as exc:  # offline and not cached, no network, no such repo or file (all OSErrors)
+            raise hub_error(f"the Kanade model {repo}", repo, exc) from None
     else:
         raise FileNotFoundError(f"no such file or folder, and not a Hugging Face repo id: {name_or_path}")
     for f in (config_file, weights_file):

@@ -102,6 +102,9 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speaker-column", default=None,
                    help="HF dataset speaker column (default: 'speaker' when the dataset has one)")
     g.add_argument("--speaker", default=None, help="one speaker name for the whole input")
+    g.add_argument("--encoding", default="auto",
+                   help="encoding of metadata.csv / the manifest (default auto: UTF-8, or UTF-8/16/32 "
+                        "with a byte-order mark); e.g. cp1252, latin-1, utf-16-le")
     g = p.add_argument_group("codec")
     g.add_argument("--codec", default=None, help="codec kind (default: codec.kind of model_config.yaml, nanocodec)")
     g.add_argument("--codec-model", default=None,
@@ -121,6 +124,17 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="reject clips whose peak is below this (default: -60 dBFS)")
     g.add_argument("--min-duration", type=float, default=0.3, help="seconds (default: 0.3)")
     g.add_argument("--max-duration", type=float, default=40.0, help="seconds (default: 40)")
+    g = p.add_argument_group("suspect clips (kept with a `warnings` entry, or rejected)")
+    g.add_argument("--suspect-clips", default="warn", choices=["warn", "reject"],
+                   help="keep suspect clips with a warning (default) or reject them")
+    g.add_argument("--clip-level", type=float, default=0.999,
+                   help="|sample| at or above this counts as full scale (default: 0.999)")
+    g.add_argument("--max-clipped-fraction", type=float, default=0.001,
+                   help="a clip with more of its samples at full scale is clipped (default: 0.001 = 0.1%%)")
+    g.add_argument("--min-chars-per-second", type=float, default=2.0,
+                   help="transcripts slower than this are too short for their audio (default: 2)")
+    g.add_argument("--max-chars-per-second", type=float, default=30.0,
+                   help="transcripts faster than this are too long for their audio (default: 30)")
     g = p.add_argument_group("run")
     g.add_argument("--batch-seconds", type=float, default=None,
                    help="padded audio seconds per encoder batch (default: 600 on GPU, 60 on CPU)")

@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..files import hub_error
 from .resample import Resampler
 from .utils import lengths_to_mask
 
@@ -120,7 +122,12 @@ class SSLFeatureExtractor(nn.Module):
             source = self.pretrained if isinstance(self.pretrained, str) else HF_MODELS.get(self.model_name)
             if source is None:
                 raise ValueError(f"unknown SSL model {self.model_name!r}; known: {sorted(HF_MODELS)}")
-            model = WavLMModel.from_pretrained(source)
+            try:
+                model = WavLMModel.from_pretrained(source)
+            except OSError as exc:  # offline and not cached, no network, no such repo
+                if Path(str(source)).exists():
+                    raise
+                raise hub_error(f"the SSL model {source}", str(source), exc) from None
         else:
             model = WavLMModel(build_wavlm_config(self.model_name, self.model_config))
         # layers past output_layer never run: drop them to save memory

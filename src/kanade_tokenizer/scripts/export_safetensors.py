@@ -7,7 +7,8 @@
 What it does (kanade-reference.md §3.2):
 
 1. Reads a Lightning ``.ckpt`` (its ``state_dict``), a plain ``.pt``/``.pth`` state dict or a
-   ``.safetensors`` file. Pickles are opened with ``torch.load(weights_only=True)``; a Lightning
+   ``.safetensors`` file, told apart by their content (a ``torch.save`` file named
+   ``.safetensors`` is read as what it is). Pickles are opened with ``torch.load(weights_only=True)``; a Lightning
    checkpoint whose hyper-parameters hold custom classes needs ``--trust-checkpoint`` (only for
    files you made yourself).
 2. Keeps the KanadeModel's tensors: keys under ``model.`` lose that prefix; ``discriminator.*``
@@ -18,7 +19,8 @@ What it does (kanade-reference.md §3.2):
    Including ``feature_decoder`` without ``conv_upsample`` is refused when the model has a
    ``conv_downsample`` (the decoder needs it).
 4. Writes the tensors (contiguous, CPU) to ``OUT`` (default: the checkpoint path with the suffix
-   ``.safetensors``), first to a temporary name, then renamed.
+   ``.safetensors``), first to a temporary name, then renamed; the file is readable as any file
+   the user creates (0666 less the umask).
 
 The result has the key set of the released ``model.safetensors`` files (282 tensors for the
 12.5 Hz and 25 Hz models) and loads with ``KanadeModel.from_pretrained(config, weights_path=OUT)``.
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from kanade_tokenizer.files import atomic_path
+from kanade_tokenizer.files import atomic_path, describe_weights_file
 
 #: Modules left out of the export unless asked for.
 TRAINING_ONLY_MODULES = ("ssl_feature_extractor", "feature_decoder", "conv_upsample")
@@ -47,19 +49,27 @@ class ExportError(ValueError):
 
 
 def read_checkpoint(path: str | os.PathLike[str], trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """The raw tensor dict of a .ckpt / .pt / .pth / .safetensors file (Lightning's ``state_dict`` if present)."""
+    """The raw tensor dict of a .ckpt / .pt / .pth / .safetensors file (Lightning's ``state_dict`` if present).
+
+    The format is told by the content, not the suffix, so a ``torch.save`` file named
+    ``model.safetensors`` converts too.
+    """
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such checkpoint")
-    if path.suffix == ".safetensors":
+    what = describe_weights_file(path)
+    if what is None:
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as e:
             raise ExportError(f"{path}: not a readable safetensors file ({e})") from e
+    if "PyTorch" not in what and "pickle" not in what:
+        raise ExportError(f"{path} is {what}")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+        with open(path, "rb") as f:  # a file object: torch.load would go by a .safetensors suffix
+            raw = torch.load(f, map_location="cpu", weights_only=not trust_checkpoint)
     except Exception as e:
         hint = "" if trust_checkpoint else (
             " If this is a Lightning checkpoint you made yourself whose hyper-parameters hold custom "

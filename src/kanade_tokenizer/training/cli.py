@@ -31,14 +31,16 @@ def run(args: Sequence[str] | None = None):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`kanade-train`; ``argv`` None reads the command line (LightningCLI's own parsing)."""
+    from ..files import KanadeHubError
     from ..model import KanadeConfigError, KanadeWeightsError
     from ..scripts.export_safetensors import ExportError
     from .data import AudioDataError
     from .pipeline import PipelineConfigError
 
+    user_errors = (AudioDataError, PipelineConfigError, ExportError, KanadeConfigError, KanadeWeightsError, KanadeHubError)
     try:
         run(argv)
-    except (AudioDataError, PipelineConfigError, ExportError, KanadeConfigError, KanadeWeightsError) as e:
+    except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,6 +1,8 @@
 """Audio chunks for Kanade training, read from the CSV that ``dump_dataset`` writes (§4.6).
 
-Every file is cut into fixed windows at the model rate: a file no longer than ``chunk_size``
+Audio is resampled to the model rate with the original's windowed-sinc resampler
+(:func:`kanade_tokenizer.audio.resample`), as ``load_audio`` does. Every file is cut into fixed
+windows at the model rate: a file no longer than ``chunk_size``
 gives one window (zero-padded at the end when loaded); a longer one gives windows at 0, hop,
 2·hop, ... plus one aligned to the file's end. The windows are deterministic and training
 only shuffles their order, as the reference recipe does.
@@ -20,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..audio import peak_normalize, resample
+from ..audio import load_audio, peak_normalize, resample
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +160,9 @@ class ChunkedAudioDataset(Dataset):
             data = f.read(frames, dtype="float32", always_2d=True)
         if data.shape[0] == 0:
             raise AudioDataError("no samples at this offset (is the CSV length right?)")
-        audio = data.mean(axis=1, dtype=np.float32) if self.config.mono else data[:, 0]
-        audio = resample(audio, record.sample_rate, sr)[: chunk.size]
-        wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        channels = torch.from_numpy(data.T)
+        audio = channels.mean(dim=0) if self.config.mono else channels[0]
+        wave = resample(audio, record.sample_rate, sr)[: chunk.size].contiguous()
         if self.config.normalize:
             wave = peak_normalize(wave)
         return torch.nn.functional.pad(wave, (0, chunk.size - wave.numel()))
@@ -182,6 +183,35 @@ class ChunkedAudioDataset(Dataset):
         raise AudioDataError(f"{self.csv_path}: none of the listed audio files could be read")
 
 
+class WholeFileDataset(Dataset):
+    """Every file of the CSV whole (not cut into chunks), read with ``load_audio`` at the model
+    rate, for ``kanade-train predict``. A file that cannot be read yields None and a warning
+    naming its CSV row, so one bad file does not end a long run."""
+
+    def __init__(self, config: AudioDataConfig):
+        self.config = config
+        self.csv_path = Path(config.csv_path)
+        self.records = read_audio_csv(config.csv_path, config.audio_root)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Chunk] | None:
+        record = self.records[index]
+        try:
+            wave = load_audio(record.path, self.config.sample_rate, normalize=self.config.normalize)
+        except Exception as e:  # unreadable, truncated, empty
+            logger.warning("%s row %d: skipping %s (%s)", self.csv_path, record.row, record.path, e)
+            return None
+        return wave, Chunk(record, 0, wave.numel())
+
+
+def collate_files(items: list[tuple[torch.Tensor, Chunk] | None]) -> AudioBatch | None:
+    """:func:`collate_audio` of the readable items; None when there is none."""
+    items = [item for item in items if item is not None]
+    return collate_audio(items) if items else None
+
+
 def collate_audio(items: list[tuple[torch.Tensor, Chunk]]) -> AudioBatch:
     lengths = torch.tensor([wave.numel() for wave, _ in items], dtype=torch.long)
     waveform = torch.zeros(len(items), 1, int(lengths.max()))
@@ -197,21 +227,42 @@ def collate_audio(items: list[tuple[torch.Tensor, Chunk]]) -> AudioBatch:
 
 
 class AudioDataModule(pl.LightningDataModule):
-    """Train / validation / test splits, each an :class:`AudioDataConfig` (val and test optional)."""
+    """Train / validation / test splits, each an :class:`AudioDataConfig` (val and test optional),
+    and the files ``predict`` runs over: ``predict_config``, or ``test_config`` when there is none
+    (whole files; chunk settings do not apply). ``predict`` writes to ``predict_dir`` (None:
+    ``<trainer.default_root_dir>/predictions``), and with ``predict_vocoder`` (a vocoder Hub id or
+    folder, e.g. ``vocos``) also the reconstructions as audio."""
 
     def __init__(
         self,
         train_config: AudioDataConfig,
         val_config: AudioDataConfig | None = None,
         test_config: AudioDataConfig | None = None,
+        predict_config: AudioDataConfig | None = None,
+        predict_dir: str | None = None,
+        predict_vocoder: str | None = None,
     ):
         super().__init__()
+        self.predict_dir = predict_dir
+        self.predict_vocoder = predict_vocoder
         self.train_config = train_config
         self.val_config = val_config
         self.test_config = test_config
-        self.datasets: dict[str, ChunkedAudioDataset] = {}
+        self.predict_config = predict_config
+        self.datasets: dict[str, Dataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            if "predict" not in self.datasets:
+                config = self.predict_config or self.test_config
+                if config is None:
+                    raise AudioDataError(
+                        "predict needs the files to run over: set data.predict_config (or data.test_config) "
+                        "with a csv_path and audio_root"
+                    )
+                self.predict_config = config
+                self.datasets["predict"] = WholeFileDataset(config)
+            return
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ())
         for split in wanted or ("train", "val", "test"):
             config = getattr(self, f"{split}_config")
@@ -239,3 +290,14 @@ class AudioDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        config = self.predict_config
+        return DataLoader(
+            self.datasets["predict"],
+            batch_size=config.batch_size,
+            shuffle=False,
+            num_workers=config.num_workers,
+            pin_memory=config.pin_memory,
+            collate_fn=collate_files,
+        )

@@ -11,6 +11,12 @@ the same forward; each optimiser is AdamW with a OneCycleLR stepped per batch an
 norm clipped. Lightning counts every optimiser step in ``global_step``, so with the
 discriminator on ``max_steps`` is about twice the number of batches (as in the reference). ``pipeline_config.ckpt_path`` starts from a Lightning ``.ckpt``, a
 safetensors export or ``hf:{repo}@{revision}`` (model weights only; optimiser state is fresh).
+
+``predict`` encodes whole files and writes, per file, what ``kanade encode`` writes (tokens and
+global embedding, decodable with ``kanade decode``) plus the model's mel reconstruction, and with
+a vocoder that reconstruction as audio: what a user checks a trained tokenizer with. Where and
+with which vocoder are the data module's ``predict_dir`` and ``predict_vocoder``, not pipeline
+settings: with ``--ckpt_path`` LightningCLI replaces the model's settings by the checkpoint's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..files import hub_error
 from ..model import KanadeModel
 from ..modules.discriminator import SpectrogramDiscriminator
 from ..modules.mel import MelSpectrogramFeature
@@ -130,7 +137,10 @@ class KanadePipeline(pl.LightningModule):
             from huggingface_hub import hf_hub_download
 
             repo, _, revision = ckpt_path[3:].partition("@")
-            path = Path(hf_hub_download(repo, "model.safetensors", revision=revision or None))
+            try:
+                path = Path(hf_hub_download(repo, "model.safetensors", revision=revision or None))
+            except OSError as exc:  # offline and not cached, no network, no such repo or revision
+                raise hub_error(f"pipeline_config.ckpt_path {ckpt_path}", repo, exc) from None
         else:
             path = Path(ckpt_path)
         state = model_state_dict(read_checkpoint(path))
@@ -268,6 +278,64 @@ class KanadePipeline(pl.LightningModule):
         waveform = batch.waveform[:, 0]
         out = self(waveform)
         self._log_losses("test", out, self.reconstruction_losses(out, waveform), waveform.size(0))
+
+    # --- predict --------------------------------------------------------------------------------
+
+    def on_predict_start(self) -> None:
+        from ..commands import load_vocoder_for, model_facts
+
+        data = self.trainer.datamodule
+        out, vocoder = getattr(data, "predict_dir", None), getattr(data, "predict_vocoder", None)
+        self._predict_dir = Path(out or Path(self.trainer.default_root_dir) / "predictions")
+        self._vocoder = load_vocoder_for(self.model, vocoder, device=self.device) if vocoder else None
+        self._facts = model_facts(self.model)
+        self._made_by = str(self.trainer.ckpt_path or self.hparams["model_config"])
+        self._predicted = self._skipped = 0
+
+    def predict_step(self, batch: AudioBatch | None, batch_idx: int) -> list[dict]:
+        """Encode each whole file, reconstruct its mel, write ``<predict_dir>/<audio_id>.safetensors``
+        (the ``kanade encode`` token format plus ``mel``) and, with a vocoder, ``<audio_id>.wav``."""
+        from ..audio import save_audio
+        from ..commands import mel_to_audio, save_tokens
+
+        if batch is None:  # every file of the batch was unreadable (each one logged)
+            return []
+        model, sr = self.model, self.model.config.sample_rate
+        items = []
+        for i, n in enumerate(batch.lengths.tolist()):
+            if n < model.min_audio_length():
+                logger.warning("%s: %.3f s is shorter than one token; skipped", batch.paths[i], n / sr)
+                self._skipped += 1
+                continue
+            items.append(i)
+        if not items:
+            return []
+        waves = [batch.waveform[i, 0, : int(batch.lengths[i])] for i in items]
+        features = model.encode_batch(waves)
+        mels = model.decode_batch(
+            [f.global_embedding for f in features],
+            content_token_indices=[f.content_token_indices for f in features],
+            target_audio_lengths=[w.numel() for w in waves],
+        )
+        written = []
+        for i, wave, feat, mel in zip(items, waves, features, mels):
+            target = self._predict_dir / f"{batch.audio_ids[i]}.safetensors"
+            save_tokens(target, feat, source=batch.paths[i], num_samples=wave.numel(), sample_rate=sr,
+                        model_name=self._made_by, facts=self._facts, extra={"mel": mel})
+            if self._vocoder is not None:
+                save_audio(target.with_suffix(".wav"), mel_to_audio(self._vocoder, mel, wave.numel()), sr)
+            written.append({"audio_id": batch.audio_ids[i], "tokens": int(feat.content_token_indices.numel()),
+                            "file": str(target)})
+        self._predicted += len(written)
+        return written
+
+    def on_predict_end(self) -> None:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        audio = " and .wav reconstructions" if self._vocoder is not None else ""
+        skipped = f"; {self._skipped} file(s) shorter than one token skipped" if self._skipped else ""
+        rank_zero_info(f"predict: wrote {self._predicted} token file(s){audio} to {self._predict_dir}{skipped}")
+        self._vocoder = None
 
     def _optimizer_pair(self, params: list[nn.Parameter], lr: float, total_steps: int):
         c = self.config

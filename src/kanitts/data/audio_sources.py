@@ -13,13 +13,20 @@ transcript, an optional speaker and audio that :meth:`Source.read` decodes on de
 
 A line that cannot be used (malformed, missing audio file) does not stop anything: the item
 carries a ``problem`` and ends up in ``rejected.csv``.
+
+Text files (``metadata.csv``, manifests) are UTF-8 unless they start with a byte-order mark
+(UTF-8, UTF-16 or UTF-32), or ``encoding`` names their codec. A file that is not what it is read
+as is refused as a whole, naming the line and byte where decoding failed: a Latin-1 or cp1252
+transcript read as UTF-8 would otherwise fail on one line and pass mojibake on the next.
 """
 
 from __future__ import annotations
 
 import abc
+import codecs
 import csv
 import hashlib
+import io
 import json
 import threading
 from collections.abc import Iterable
@@ -92,6 +99,90 @@ def _clean_speaker(value: Any) -> str | None:
     return value or None
 
 
+# --- text files -----------------------------------------------------------------------------------
+
+#: Byte-order marks and the codec that reads past them; UTF-32 first (its LE mark starts like UTF-16's).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def check_encoding(encoding: str) -> str | None:
+    """Why ``encoding`` cannot be used (None when it can): ``auto`` or a codec Python knows."""
+    if encoding == "auto":
+        return None
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        return f"--encoding {encoding!r} is not a text encoding Python knows (e.g. utf-8, cp1252, latin-1, utf-16)"
+    if not getattr(info, "_is_text_encoding", True):
+        return f"--encoding {encoding!r} is not a text encoding"
+    return None
+
+
+def read_text(path: Path, encoding: str = "auto") -> str:
+    """The whole text of a transcript file, decoded strictly.
+
+    ``auto``: the codec of a byte-order mark, else UTF-8. A byte that does not decode raises
+    :class:`UserError` naming the line, the byte and how to read or convert the file; so does a
+    NUL character, which in a file read as UTF-8 means UTF-16 without a byte-order mark.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if encoding == "auto":
+        codec = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    else:
+        codec = encoding
+    if codec == "utf-8" and b"\x00" in data:  # UTF-8 text has no NUL; UTF-16 text is full of them
+        raise UserError(_nul_problem(path, data[: data.index(b"\x00")].count(b"\n") + 1, codec))
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise UserError(_decode_problem(path, data, codec, exc, encoding == "auto")) from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 mark in a file named as --encoding utf-8
+    if "\x00" in text:
+        raise UserError(_nul_problem(path, text.count("\n", 0, text.index("\x00")) + 1, codec))
+    return text
+
+
+def _nul_problem(path: Path, line: int, codec: str) -> str:
+    return (
+        f"{path}: line {line} holds a NUL byte, so it is not {codec} text; a file saved as UTF-16 "
+        "without a byte-order mark looks like this. Pass --encoding utf-16-le (or utf-16-be), "
+        "or save it as UTF-8."
+    )
+
+
+def _decode_problem(path: Path, data: bytes, codec: str, exc: UnicodeDecodeError, auto: bool) -> str:
+    start, NEWLINE = exc.start, b"\n"
+    line = data[:start].decode(codec, errors="replace").count("\n") + 1
+    bad = " ".join(f"0x{b:02X}" for b in data[start : min(exc.end, start + 4)])
+    column = ""
+    if codecs.lookup(codec).name in ("utf-8", "utf-8-sig"):  # one byte per newline: count within the line
+        column = f", byte {start - data.rfind(NEWLINE, 0, start)} of that line"
+    where = f"{path}: line {line}{column} (byte {start + 1} of the file) is {bad}, which is not valid {codec}"
+    if not auto:
+        return f"{where}: the file is in another encoding than --encoding {codec}."
+    if codec != "utf-8":
+        return f"{where} although the file starts with a {codec} byte-order mark; pass --encoding with its real encoding."
+    guess, family = "cp1252", "cp1252 (Western European)"
+    try:
+        data.decode(guess)
+    except UnicodeDecodeError:
+        guess, family = "latin-1", "Latin-1"
+    return (
+        f"{where}. Windows and older tools often write {family}: pass --encoding {guess} "
+        f"(or the file's real encoding), or convert the file to UTF-8 once: "
+        f"iconv -f {guess} -t utf-8 '{path}' > '{path}.utf8' && mv '{path}.utf8' '{path}'"
+    )
+
+
 # --- files on disk --------------------------------------------------------------------------------
 
 
@@ -129,7 +220,13 @@ class FolderSource(_FileSource):
 
     kind = "folder"
 
-    def __init__(self, root: str | Path, text_field: str = "normalized", metadata: str = "metadata.csv"):
+    def __init__(
+        self,
+        root: str | Path,
+        text_field: str = "normalized",
+        metadata: str = "metadata.csv",
+        encoding: str = "auto",
+    ):
         if text_field not in ("normalized", "text"):
             raise UserError(f"text field must be 'normalized' or 'text', got {text_field!r}")
         self.root = Path(root)
@@ -143,10 +240,7 @@ class FolderSource(_FileSource):
         self.description = str(meta.resolve())
         index = self._index_audio()
         self._items, self._paths = [], []
-        try:
-            lines = meta.read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read {meta}: {exc}") from None
+        lines = read_text(meta, encoding).splitlines()
         for line_no, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -201,11 +295,11 @@ class ManifestSource(_FileSource):
 
     kind = "manifest"
 
-    def __init__(self, manifest: str | Path):
+    def __init__(self, manifest: str | Path, encoding: str = "auto"):
         manifest = Path(manifest)
         self.root = manifest.parent
         self.description = str(manifest.resolve())
-        rows = list(self._rows(manifest))
+        rows = list(self._rows(manifest, encoding))
         self.has_speaker = any(
             isinstance(r, dict) and _clean_speaker(r.get("speaker")) is not None for _, r in rows
         )
@@ -238,15 +332,11 @@ class ManifestSource(_FileSource):
             self._paths.append(path)
 
     @staticmethod
-    def _rows(manifest: Path) -> Iterable[tuple[int, dict | str]]:
+    def _rows(manifest: Path, encoding: str = "auto") -> Iterable[tuple[int, dict | str]]:
         suffix = manifest.suffix.lower()
         if suffix not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):
             raise UserError(f"{manifest}: a manifest must be .csv, .tsv or .jsonl")
-        try:
-            handle = manifest.open(encoding="utf-8-sig", newline="")
-        except OSError as exc:
-            raise UserError(f"cannot read the manifest {manifest}: {exc}") from None
-        with handle:
+        with io.StringIO(read_text(manifest, encoding), newline="") as handle:
             if suffix in (".jsonl", ".json", ".ndjson"):
                 for line_no, line in enumerate(handle, start=1):
                     if not line.strip():
@@ -407,9 +497,11 @@ def open_source(
     audio_column: str = "audio",
     text_column: str = "text",
     speaker_column: str | None = None,
+    encoding: str = "auto",
 ) -> Source:
     """Pick the source for ``input``: a folder with metadata.csv, a .csv/.jsonl manifest, a
-    ``save_to_disk`` folder or anything else ``datasets.load_dataset`` takes (Hub id)."""
+    ``save_to_disk`` folder or anything else ``datasets.load_dataset`` takes (Hub id).
+    ``encoding`` is that of metadata.csv or the manifest (see :func:`read_text`)."""
     path = Path(str(input)).expanduser()
     if kind == "auto":
         if path.is_file():
@@ -427,11 +519,11 @@ def open_source(
         else:
             kind = "hf"
     if kind == "folder":
-        return FolderSource(path, text_field=text_field)
+        return FolderSource(path, text_field=text_field, encoding=encoding)
     if kind == "manifest":
         if not path.is_file():
             raise UserError(f"manifest {input} does not exist")
-        return ManifestSource(path)
+        return ManifestSource(path, encoding=encoding)
     if kind == "hf":
         return HFSource(
             str(input),

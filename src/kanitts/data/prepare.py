@@ -5,8 +5,10 @@ The run, in order:
 1. **Input** (:mod:`kanitts.data.audio_sources`): a folder with ``metadata.csv``, a CSV/JSONL manifest,
    or a Hugging Face audio dataset; items are numbered and cut into shards of ``shard_size``.
 2. **Audio** (:mod:`kanitts.audio`), in a thread pool one shard ahead of the encoder: decode,
-   downmix, resample to the codec rate, optional trimming and normalisation, and the checks that
-   reject a clip (unreadable, empty, silent, too short, too long, no text).
+   downmix, resample to the codec rate, optional trimming and normalisation, the checks that
+   reject a clip (unreadable, empty, silent, too short, too long, no text) and those that mark it
+   as suspect (clipped, over full scale, a transcript too long or short for the audio): kept
+   with a ``warnings`` entry, or rejected with ``suspect_clips="reject"``.
 3. **Encoding**: clips of a shard sorted by length and cut into batches of about
    ``batch_seconds`` of padded audio; ``codec.encode`` pads each clip to whole frames, so
    ``encoded_len = ceil(samples / samples_per_frame)`` as in the reference datasets.
@@ -56,7 +58,7 @@ from kanitts.audio import (
     trim_silence,
 )
 from kanitts.codecs import Codec, load_codec
-from kanitts.data.audio_sources import Source, SourceItem, open_source
+from kanitts.data.audio_sources import Source, SourceItem, check_encoding, open_source
 from kanitts.errors import UserError
 from kanitts.locks import RunLock
 from kanitts.files import check_output_folder
@@ -82,6 +84,7 @@ class PrepareOptions:
     text_column: str = "text"
     speaker_column: str | None = None  # None: use a "speaker" column when there is one
     speaker: str | None = None  # one speaker for the whole input (overrides any column)
+    encoding: str = "auto"  # metadata.csv / manifest: UTF-8 (or its byte-order mark's), or a codec name
     # codec
     codec: str = "nanocodec"
     codec_model: str | None = None  # Hub id or local folder; None: the codec's default weights
@@ -96,6 +99,12 @@ class PrepareOptions:
     silence_dbfs: float = -60.0  # clips whose peak stays below this are rejected as silent
     min_duration: float = 0.3
     max_duration: float = 40.0
+    # suspect clips: kept with a warning ("warn") or rejected ("reject")
+    suspect_clips: str = "warn"
+    clip_level: float = 0.999  # |x| at or above this is "at full scale"
+    max_clipped_fraction: float = 0.001  # more samples than this at full scale: clipped
+    min_chars_per_second: float = 2.0  # transcript characters per second of (trimmed) audio
+    max_chars_per_second: float = 30.0
     # batching and sharding
     batch_seconds: float | None = None  # padded audio per batch; None: 600 on GPU, 60 on CPU
     max_batch_size: int | None = None  # None: 64 on GPU, 1 on CPU (batching does not pay there)
@@ -127,6 +136,19 @@ class PrepareOptions:
             problems.append("--shard-size, --max-batch-size and --num-workers must be at least 1")
         if self.batch_seconds is not None and self.batch_seconds <= 0:
             problems.append("--batch-seconds must be positive")
+        if self.suspect_clips not in ("warn", "reject"):
+            problems.append(f"--suspect-clips must be warn or reject, not {self.suspect_clips!r}")
+        if not 0 < self.clip_level <= 1:
+            problems.append(f"--clip-level must lie in (0, 1], not {self.clip_level:g}")
+        if not 0 <= self.max_clipped_fraction <= 1:
+            problems.append(f"--max-clipped-fraction must lie in [0, 1], not {self.max_clipped_fraction:g}")
+        if not 0 <= self.min_chars_per_second < self.max_chars_per_second:
+            problems.append(
+                f"characters per second must satisfy 0 <= min ({self.min_chars_per_second:g}) "
+                f"< max ({self.max_chars_per_second:g})"
+            )
+        if (problem := check_encoding(self.encoding)) is not None:
+            problems.append(problem)
         if problems:
             raise UserError("; ".join(problems))
 
@@ -140,6 +162,9 @@ class PrepareResult:
     items: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    warned: int = 0  # clips kept with warnings
+    warnings_by_kind: dict[str, int] = field(default_factory=dict)
+    warning_examples: list[str] = field(default_factory=list)  # "source: warning", the first few
     audio_hours: float = 0.0
     encoded_hours_this_run: float = 0.0
     seconds: float = 0.0
@@ -176,6 +201,15 @@ class PrepareResult:
             f"{self.hours_per_second * 3600:.1f}x real time)"
             + (f"; {self.shards_resumed} shard(s) reused from the interrupted run" if self.shards_resumed else ""),
         ]
+        if self.warned:
+            kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.warnings_by_kind.items()))
+            lines.append(
+                f"kept {self.warned} suspect clip(s) with warnings ({kinds}); the `warnings` column "
+                "names them (empty for the others), --suspect-clips reject leaves them out:"
+            )
+            lines += [f"  {example}" for example in self.warning_examples]
+            if self.warned > len(self.warning_examples):
+                lines.append(f"  ... and {self.warned - len(self.warning_examples)} more")
         if self.speakers:
             top = sorted(self.speakers.items(), key=lambda kv: (-kv[1], kv[0]))
             shown = ", ".join(f"{k}: {v}" for k, v in top[:10])
@@ -197,6 +231,11 @@ class _Rejected(Exception):
 class _Clip:
     item: SourceItem
     audio: np.ndarray  # mono float32 at the codec rate
+    warnings: list[str] = field(default_factory=list)  # "kind: what was measured"
+
+
+#: at most this many warned clips are listed one by one in the summary
+WARNING_EXAMPLES = 10
 
 
 # --- distributed helpers -------------------------------------------------------------------------
@@ -350,6 +389,7 @@ def _open_source(options: PrepareOptions) -> Source:
         options.input,
         options.input_kind,
         text_field=options.text_field,
+        encoding=options.encoding,
         split=options.split,
         config_name=options.config_name,
         audio_column=options.audio_column,
@@ -468,7 +508,8 @@ def _manifest(options: PrepareOptions, source: Source, codec: Codec) -> dict[str
         for key in (
             "text_field", "split", "config_name", "audio_column", "text_column", "speaker_column",
             "speaker", "normalize", "peak_dbfs", "loudness_lufs", "trim_silence", "trim_top_db",
-            "silence_dbfs", "min_duration", "max_duration", "shard_size",
+            "silence_dbfs", "min_duration", "max_duration", "shard_size", "suspect_clips",
+            "clip_level", "max_clipped_fraction", "min_chars_per_second", "max_chars_per_second",
         )
     }
     codec_part = codec.describe()
@@ -520,6 +561,7 @@ def _load_clip(source: Source, item: SourceItem, options: PrepareOptions, sample
     audio = to_mono(samples)
     if not np.isfinite(audio).all():
         raise _Rejected("unreadable", "the audio contains NaN or infinite samples")
+    warnings = _level_warnings(samples, options)
     peak = peak_dbfs(audio)
     if peak < options.silence_dbfs:
         raise _Rejected("silent", f"peak {peak:.1f} dBFS is below {options.silence_dbfs:g} dBFS")
@@ -531,12 +573,42 @@ def _load_clip(source: Source, item: SourceItem, options: PrepareOptions, sample
         raise _Rejected("too short", f"{duration:.2f} s < {options.min_duration:g} s")
     if duration > options.max_duration:
         raise _Rejected("too long", f"{duration:.2f} s > {options.max_duration:g} s")
+    warnings += _text_rate_warnings(item.text, duration, options)
+    if warnings and options.suspect_clips == "reject":
+        raise _Rejected(warnings[0].split(":", 1)[0], "; ".join(warnings))
     if options.normalize == "peak":
         audio = peak_normalize(audio, options.peak_dbfs)
     elif options.normalize == "loudness":
         audio = loudness_normalize(audio, sample_rate, options.loudness_lufs, peak_limit_dbfs=options.peak_dbfs)
     np.clip(audio, -1.0, 1.0, out=audio)
-    return _Clip(item, np.ascontiguousarray(audio, dtype=np.float32))
+    return _Clip(item, np.ascontiguousarray(audio, dtype=np.float32), warnings)
+
+
+def _level_warnings(samples: np.ndarray, options: PrepareOptions) -> list[str]:
+    """Over full scale (float samples past ±1) or clipped (too many samples at full scale),
+    measured on the decoded channels before downmixing and resampling, which would hide both."""
+    magnitude = np.abs(samples)
+    peak = float(magnitude.max())
+    if peak > 1.0:
+        return [f"over full scale: peak {peak:.3g} ({20 * math.log10(peak):+.1f} dBFS), cut to ±1 unless --normalize lowers it"]
+    at_full_scale = np.count_nonzero(magnitude >= options.clip_level) / magnitude.size
+    if at_full_scale > options.max_clipped_fraction:
+        return [f"clipped: {100 * at_full_scale:.2f}% of the samples at full scale (|x| >= {options.clip_level:g})"]
+    return []
+
+
+def _text_rate_warnings(text: str, duration: float, options: PrepareOptions) -> list[str]:
+    """A transcript implausibly long or short for the audio: likely paired with the wrong clip,
+    or cut. Characters are counted with runs of whitespace as one."""
+    if duration <= 0:
+        return []
+    chars = len(" ".join(text.split()))
+    rate = chars / duration
+    if rate > options.max_chars_per_second:
+        return [f"text too long: {chars} characters in {duration:.2f} s ({rate:.1f}/s > {options.max_chars_per_second:g}/s)"]
+    if rate < options.min_chars_per_second:
+        return [f"text too short: {chars} characters in {duration:.2f} s ({rate:.1f}/s < {options.min_chars_per_second:g}/s)"]
+    return []
 
 
 def _safe_load(source: Source, item: SourceItem, options: PrepareOptions, sample_rate: int) -> _Clip | _Rejected:
@@ -619,6 +691,9 @@ def _encode_shards(
                 for item_index, r in zip(shard_items[k], loaded)
                 if isinstance(r, _Rejected)
             ]
+            warned = [
+                {"index": c.item.index, "source": c.item.source, "warnings": c.warnings} for c in clips if c.warnings
+            ]
             rows: dict[int, dict[str, Any]] = {}
             for batch in _batches(clips, budget, max_batch):
                 lengths = torch.tensor([len(c.audio) for c in batch], dtype=torch.int64)
@@ -643,7 +718,7 @@ def _encode_shards(
                     )
             if bar is not None and rejected:
                 bar.update(len(rejected))
-            _write_shard(partial, k, [rows[i] for i in sorted(rows)], rejected, manifest, codec)
+            _write_shard(partial, k, [rows[i] for i in sorted(rows)], rejected, warned, manifest, codec)
             result.shards_done_here += 1
             result.rejected += len(rejected)
     if bar is not None:
@@ -658,6 +733,7 @@ def _row(clip: _Clip, cols: dict[str, Any], has_speaker: bool, speaker: str | No
         row["speaker"] = speaker if speaker is not None else clip.item.speaker
     row["duration_sec"] = len(clip.audio) / sr
     row["source"] = clip.item.source
+    row["warnings"] = "; ".join(clip.warnings)
     return row
 
 
@@ -670,11 +746,12 @@ def _features(codec: Codec, has_speaker: bool):
         spec["speaker"] = Value("string")
     spec["duration_sec"] = Value("float64")
     spec["source"] = Value("string")
+    spec["warnings"] = Value("string")
     return Features(spec)
 
 
 def _write_shard(
-    partial: Path, k: int, rows: list[dict], rejected: list[dict], manifest: dict, codec: Codec
+    partial: Path, k: int, rows: list[dict], rejected: list[dict], warned: list[dict], manifest: dict, codec: Codec
 ) -> None:
     from datasets import Dataset
 
@@ -694,6 +771,7 @@ def _write_shard(
         "rows": len(rows),
         "audio_seconds": float(sum(r["duration_sec"] for r in rows)),
         "rejected": rejected,
+        "warned": warned,
     }
     _write_json(tmp / "meta.json", meta)
     if final.exists():  # only an unfinished leftover can be here (no meta.json): replace it
@@ -709,6 +787,7 @@ def _assemble(output: Path, partial: Path, manifest: dict, result: PrepareResult
 
     parts = []
     rejected: list[dict] = []
+    warned: list[dict] = []
     audio_seconds = 0.0
     for k in range(manifest["num_shards"]):
         meta = _read_json(_shard_dir(partial, k) / "meta.json")
@@ -717,12 +796,17 @@ def _assemble(output: Path, partial: Path, manifest: dict, result: PrepareResult
                 f"shard {k} in {partial} does not belong to this run; start over with --overwrite"
             )
         rejected.extend(meta["rejected"])
+        warned.extend(meta["warned"])
         audio_seconds += meta["audio_seconds"]
         if meta["rows"]:
             parts.append(load_from_disk(str(_shard_dir(partial, k) / "data")))
 
     result.rejected = len(rejected)
     result.rejected_by_reason = dict(Counter(r["reason"] for r in rejected))
+    warned.sort(key=lambda w: w["index"])
+    result.warned = len(warned)
+    result.warnings_by_kind = dict(Counter(text.split(":", 1)[0] for w in warned for text in w["warnings"]))
+    result.warning_examples = [f"{w['source']}: {'; '.join(w['warnings'])}" for w in warned[:WARNING_EXAMPLES]]
     if not parts:
         _write_rejected(partial / REJECTED_NAME, rejected)
         raise UserError(
@@ -747,6 +831,9 @@ def _assemble(output: Path, partial: Path, manifest: dict, result: PrepareResult
         "items": result.items,
         "rejected": result.rejected,
         "rejected_by_reason": result.rejected_by_reason,
+        "warned": result.warned,
+        "warnings_by_kind": result.warnings_by_kind,
+        "warning_examples": result.warning_examples,
         "audio_hours": result.audio_hours,
         "speakers": result.speakers,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -767,6 +854,9 @@ def _result_from_summary(output: Path) -> PrepareResult:
         items=summary.get("items", 0),
         rejected=summary.get("rejected", 0),
         rejected_by_reason=summary.get("rejected_by_reason", {}),
+        warned=summary.get("warned", 0),
+        warnings_by_kind=summary.get("warnings_by_kind", {}),
+        warning_examples=summary.get("warning_examples", []),
         audio_hours=summary.get("audio_hours", 0.0),
         speakers=summary.get("speakers", {}),
         assembled=True,
