@@ -168,7 +168,7 @@ def test_mfcc_embedder_tells_two_voices_apart(tmp_path):
     other = similarity.score(voice(230, 1.3, 7, 0.55), SR, "low")
     assert same > other
     assert similarity.score(voice(100, 1.0, 3, 0.85), SR, "nobody") is None
-    vector = MfccStatsEmbedder().embed(voice(100, 1.0, 1, 0.8))
+    vector = MfccStatsEmbedder().embed(voice(100, 1.0, 1, 0.8), SR)
     assert vector.shape == (38,) and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -189,7 +189,7 @@ def test_kanade_global_embedding_as_speaker_embedder(tmp_path):
     embedder = load_embedder(f"kanade:{folder}")
     assert embedder.sample_rate == 24000
     clip = voice(120, 1.0, 0, 0.8)
-    vector = embedder.embed(clip)
+    vector = embedder.embed(clip, SR)
     assert vector.ndim == 1 and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
     ref = write_wav(tmp_path / "ref.wav", clip, SR)
     similarity = SpeakerSimilarity(embedder, {"alice": [str(ref)]})

@@ -33,8 +33,11 @@ class SpeakerEmbedder(Protocol):
     name: str
     sample_rate: int
 
-    def embed(self, audio: np.ndarray) -> np.ndarray:
-        """Mono float audio at ``sample_rate`` -> 1-D unit-norm embedding."""
+    def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Mono float audio recorded at ``sample_rate`` -> 1-D unit-norm embedding.
+
+        Each embedder resamples to its own ``sample_rate`` the way its model expects.
+        """
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -62,10 +65,13 @@ class MfccStatsEmbedder:
     n_mfcc = 20
     voiced_below_peak_db = 35.0
 
-    def embed(self, audio: np.ndarray) -> np.ndarray:
+    def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         from scipy.fft import dct
 
-        audio = np.asarray(audio, dtype=np.float64).reshape(-1)
+        from kanitts.audio import resample
+
+        audio = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, self.sample_rate)
+        audio = audio.astype(np.float64)
         if len(audio) < self.win:
             audio = np.pad(audio, (0, self.win - len(audio)))
         emphasised = np.append(audio[0], audio[1:] - 0.97 * audio[:-1])
@@ -95,10 +101,12 @@ class KanadeGlobalEmbedder:
         self.name = f"kanade:{weights}"
         self.sample_rate = int(self.model.sample_rate)
 
-    def embed(self, audio: np.ndarray) -> np.ndarray:
+    def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Resampled with the tokenizer's own resampler, as its checkpoints were trained."""
         import torch
+        from kanade_tokenizer.audio import resample
 
-        wave = torch.from_numpy(np.asarray(audio, dtype=np.float32).reshape(-1))
+        wave = resample(torch.from_numpy(np.asarray(audio, dtype=np.float32).reshape(-1)), sample_rate, self.sample_rate)
         features = self.model.encode(wave, return_content=False, return_global=True)
         return _unit(features.global_embedding.detach().float().cpu().numpy().reshape(-1))
 
@@ -128,7 +136,7 @@ class SpeakerSimilarity:
     """Cosine similarity of samples to each speaker's reference recordings."""
 
     def __init__(self, embedder: SpeakerEmbedder, references: dict[str, list[str]]):
-        from kanitts.audio import AudioDecodeError, load_audio, resample, to_mono
+        from kanitts.audio import AudioDecodeError, load_audio, to_mono
 
         self.embedder = embedder
         self.centroids: dict[str, np.ndarray] = {}
@@ -141,16 +149,14 @@ class SpeakerSimilarity:
                     samples, rate = load_audio(path)
                 except AudioDecodeError as exc:
                     raise UserError(f"speaker_similarity.references.{speaker}: cannot read {path}: {exc}") from None
-                vectors.append(embedder.embed(resample(to_mono(samples), rate, embedder.sample_rate)))
+                vectors.append(embedder.embed(to_mono(samples), rate))
             if vectors:
                 self.centroids[speaker.lower()] = _unit(np.mean(vectors, axis=0))
 
     def score(self, audio: np.ndarray, sample_rate: int, speaker: str | None) -> float | None:
         """Similarity in [-1, 1] to ``speaker``'s references; None when it has none or audio is empty."""
-        from kanitts.audio import resample
-
         centroid = self.centroids.get((speaker or "").lower())
         if centroid is None or len(audio) == 0:
             return None
-        vector = self.embedder.embed(resample(np.asarray(audio, dtype=np.float32), sample_rate, self.embedder.sample_rate))
+        vector = self.embedder.embed(np.asarray(audio, dtype=np.float32), sample_rate)
         return round(float(np.dot(vector, centroid)), 4)
