@@ -62,3 +62,26 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
         raise RuntimeError("disk full")
     assert path.read_text() == "1"
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_finished_outputs_are_readable_as_the_umask_says(tmp_path):
+    """safetensors writes 0600 files; a swapped-in checkpoint and an atomic file still get
+    0666 less the umask, so a shared model folder is readable by its group and others."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        write_atomically(tmp_path / "model", lambda folder: save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors")))
+        with atomic_file(tmp_path / "weights.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        os.umask(0o007)
+        with atomic_file(tmp_path / "shared.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "weights.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "shared.safetensors").stat().st_mode & 0o777 == 0o660

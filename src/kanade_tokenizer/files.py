@@ -12,35 +12,13 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from kanitts.atomic import atomic_file
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """:func:`kanitts.atomic.atomic_file`, and the finished file gets the mode ``open()`` would
-    give it, 0666 less the umask, whatever its writer chose: safetensors' ``save_file`` creates
-    0600 files, which other users (a shared model folder, a container) could not read."""
-    with atomic_file(path) as tmp:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-
-
-def _umask() -> int:
-    """The process umask. Linux reports it in /proc/self/status; elsewhere reading it means
-    setting it (``os.umask``) and setting it straight back, a window another thread could see."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+atomic_path = atomic_file
+"""Write-then-rename with the pipeline's rule (:func:`kanitts.atomic.atomic_file`)."""
 
 
 def describe_weights_file(path: str | os.PathLike[str]) -> str | None:

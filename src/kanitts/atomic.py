@@ -106,8 +106,35 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
 
 
+def process_umask() -> int:
+    """The process umask. Linux reports it in /proc/self/status; elsewhere reading it means
+    setting it (``os.umask``) and setting it straight back, a window another thread could see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def readable_as_opened(path: Path) -> None:
+    """Give the files at ``path`` (a file, or every file below a folder) the mode ``open()``
+    would, 0666 less the umask, whatever their writer chose: safetensors' ``save_file`` creates
+    0600 files, which other users of a shared model folder or a container could not read."""
+    mode = 0o666 & ~process_umask()
+    files = [path] if not path.is_dir() else [Path(root) / name for root, _, names in os.walk(path) for name in names]
+    for file in files:
+        if not file.is_symlink() and file.stat().st_mode & 0o777 != mode:
+            os.chmod(file, mode)
+
+
 def swap_in(staged: Path, final: Path) -> None:
-    """Move the complete folder ``staged`` to ``final``, replacing any folder there."""
+    """Move the complete folder ``staged`` to ``final``, replacing any folder there; its files
+    get the modes ``open()`` would give them (:func:`readable_as_opened`)."""
+    readable_as_opened(staged)
     if final.exists():
         old = temporary_sibling(final, "old")
         shutil.rmtree(old, ignore_errors=True)
@@ -141,13 +168,15 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     The parent folder is created. If the block raises, the temporary file is removed and an
     existing ``path`` is left untouched. The temporary name does not end in ``path``'s suffix:
-    writers that pick a format from the suffix must be told the format.
+    writers that pick a format from the suffix must be told the format. The finished file gets
+    the mode ``open()`` would give it (:func:`readable_as_opened`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
         yield tmp
+        readable_as_opened(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
