@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-from packaging.requirements import Requirement
-
 from conftest import REPO_ROOT
+from packaging.requirements import Requirement
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -356,9 +356,9 @@ class NanoCodec(Codec):
 
         padded_lengths = (frames * spf).to(self._device)
         ragged = bool((frames < max_frames).any())
-        with self._fill.lengths(padded_lengths, padded_total) if ragged else contextlib.nullcontext():
-            with self._autocast():
-                latent, _ = self.model.audio_encoder(audio.unsqueeze(1), None)
+        fill = self._fill.lengths(padded_lengths, padded_total) if ragged else contextlib.nullcontext()
+        with fill, self._autocast():
+            latent, _ = self.model.audio_encoder(audio.unsqueeze(1), None)
         codes = self.model.vector_quantizer.encode(latent.float(), None).to(torch.int64)
         frames = frames.to(self._device)
         valid = torch.arange(codes.shape[-1], device=self._device)[None, :] < frames[:, None]

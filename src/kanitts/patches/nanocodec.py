@@ -52,8 +52,7 @@ class ReplicateFill:
         wrappers = [m for m in encoder.modules() if isinstance(m, Conv1dNorm)]
         if not wrappers:
             raise _unsupported(f"{type(encoder).__name__} has no Conv1dNorm layers")
-        lacking = [type(m).__name__ for m in wrappers if not isinstance(getattr(m, "padding_mode", None), str)]
-        if lacking:
+        if any(not isinstance(getattr(m, "padding_mode", None), str) for m in wrappers):
             raise _unsupported("Conv1dNorm has no padding_mode attribute")
         wrapped = {id(getattr(m, "conv", None)) for m in wrappers}
         bare = [
