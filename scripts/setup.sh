@@ -159,7 +159,7 @@ if os.environ["KANITTS_MODE"] == "lock":
     for line in open(os.environ["KANITTS_LOCK"]):
         if not line[:1].isalnum():
             continue
-        pin = Requirement(line)
+        pin = Requirement(line.strip())
         if pin.marker is not None and not pin.marker.evaluate():
             continue
         name = pin.name.lower().replace("_", "-")
