@@ -175,6 +175,6 @@ else:
     print("  newest releases within pyproject.toml's ranges (not the lock)")
 PYEOF
 for tool in espeak-ng chromium; do
-  if command -v "$tool" >/dev/null; then printf '  %-13s %s\n' "$tool" "$("$tool" --version 2>/dev/null | head -1)"; else printf '  %-13s not installed\n' "$tool"; fi
+  if command -v "$tool" >/dev/null; then printf '  %-15s %s\n' "$tool" "$("$tool" --version 2>/dev/null | head -1)"; else printf '  %-15s not installed\n' "$tool"; fi
 done
 say "setup complete: run 'make test' next"
