@@ -11,21 +11,25 @@ YELLOW := \033[1;33m
 NC := \033[0m
 
 .DEFAULT_GOAL := help
-.PHONY: help setup login prepare data train eval report synthesize test-config upload-model \
+.PHONY: help setup lock login prepare data train eval report synthesize test-config upload-model \
         test demo bench clean clean-all
 
 help: ## show this list
 	@printf "$(CYAN)kanitts$(NC): fine-tune, evaluate and publish LLM-based TTS models\n\n"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  $(YELLOW)make %-13s$(NC) %s\n", $$1, $$2}'
-	@printf "\nVariables: CONFIG_DIR=$(CONFIG_DIR) (every pipeline target), MODEL_ID, REPO, PRIVATE=1 (upload-model),\n"
+	@printf "\nVariables: VENV=$(VENV) and NEWEST=1 (setup), CONFIG_DIR=$(CONFIG_DIR) (every pipeline target),\n"
+	@printf "           MODEL_ID, REPO, PRIVATE=1 (upload-model),\n"
 	@printf "           INPUT, OUTPUT, SPEAKER (prepare), TEXT, MODEL, OUT (synthesize), YES=1 (clean-all)\n"
 
 $(PY):
 	@printf "$(YELLOW)No environment found: run 'make setup' first.$(NC)\n"; exit 1
 
-setup: ## install everything into .venv (torch for this machine, the package, test tools); re-run is quick
-	@bash scripts/setup.sh
+setup: ## install the tested versions (requirements/lock.txt) into .venv; NEWEST=1: newest releases instead
+	@VENV="$(VENV)" NEWEST="$(NEWEST)" bash scripts/setup.sh
+
+lock: ## re-resolve requirements/lock.txt to the newest releases pyproject.toml allows (UPGRADE=0 keeps pins)
+	@UPGRADE="$(or $(UPGRADE),1)" bash scripts/lock.sh
 
 login: $(PY) ## log in to the Hugging Face Hub and W&B (reads HF_TOKEN / WANDB_API_KEY if set)
 	@$(KANITTS) login
@@ -76,13 +80,13 @@ bench: $(PY) ## run the benchmarks (ratios against baselines measured in the sam
 	@for b in benchmarks/bench_*.py; do printf "\n$(CYAN)== $$b$(NC)\n"; $(PY) $$b || exit 1; done
 
 clean: ## remove caches (Python, pytest, processed-data cache)
-	@find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} + 2>/dev/null || true
+	@find . \( -path ./$(VENV) -o -path ./.venv-newest \) -prune -o -type d -name __pycache__ -exec rm -rf {} + 2>/dev/null || true
 	@rm -rf .pytest_cache .hypothesis .mypy_cache .ruff_cache .cache build dist src/*.egg-info
 	@printf "$(GREEN)cleaned caches$(NC)\n"
 
-clean-all: clean ## also remove checkpoints, audio samples, reports and .venv (asks first; YES=1 skips)
+clean-all: clean ## also remove checkpoints, audio samples, reports and the venvs (asks first; YES=1 skips)
 	@if [ "$(YES)" != 1 ]; then \
-	  read -r -p "Delete checkpoints/, audio_samples/, report/ and $(VENV)/? [y/N] " ans; \
+	  read -r -p "Delete checkpoints/, audio_samples/, report/, $(VENV)/ and .venv-newest/? [y/N] " ans; \
 	  case "$$ans" in y|Y|yes) ;; *) echo "nothing deleted"; exit 1;; esac; fi
-	@rm -rf checkpoints audio_samples report $(VENV) examples/work
-	@printf "$(GREEN)removed checkpoints, audio samples, reports and $(VENV)$(NC)\n"
+	@rm -rf checkpoints audio_samples report $(VENV) .venv-newest examples/work
+	@printf "$(GREEN)removed checkpoints, audio samples, reports, $(VENV) and .venv-newest$(NC)\n"

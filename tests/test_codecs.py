@@ -146,6 +146,62 @@ def test_fast_upsampling_matches_the_package(tiny_codec):
         assert torch.allclose(fast, slow, atol=1e-5)
 
 
+def _fresh_tiny_model():
+    """A tiny nanocodec-torch model with none of kanitts' patches installed."""
+    from kanitts.codecs.nanocodec import _build_model, _merge_config
+
+    return _build_model(_merge_config(TINY_NANOCODEC_CONFIG))
+
+
+def _refusal(call) -> str:
+    from kanitts.patches import UnsupportedVersion, installed_version
+
+    with pytest.raises(UnsupportedVersion) as caught:
+        call()
+    message = str(caught.value)
+    assert message.startswith(f"nanocodec-torch {installed_version('nanocodec-torch')} is not supported: ")
+    assert "kanitts was tested with nanocodec-torch 1.0.0" in message
+    return message
+
+
+def test_fast_upsampling_refuses_layers_it_does_not_understand():
+    from nanocodec_torch.models.decoder import CausalConvTranspose1d
+
+    from kanitts.patches.nanocodec import install_fast_upsampling
+
+    decoder = _fresh_tiny_model().audio_decoder
+    del decoder.up_sample_conv_layers[1].trim
+    message = _refusal(lambda: install_fast_upsampling(decoder))
+    assert "audio_decoder.up_sample_conv_layers[1] (CausalConvTranspose1d) has no trim" in message
+
+    class Untrimmed(CausalConvTranspose1d):
+        """Same attributes, but an upstream forward that no longer trims: the fast path would differ."""
+
+        def forward(self, x):
+            trim, self.trim = self.trim, 0
+            try:
+                return super().forward(x)
+            finally:
+                self.trim = trim
+
+    decoder = _fresh_tiny_model().audio_decoder
+    for layer in decoder.up_sample_conv_layers:
+        layer.__class__ = Untrimmed
+    message = _refusal(lambda: install_fast_upsampling(decoder))
+    assert "Untrimmed.forward no longer computes the transposed convolution" in message
+    assert all("forward" not in vars(layer) for layer in decoder.up_sample_conv_layers)
+
+
+def test_replicate_fill_refuses_an_encoder_it_does_not_understand():
+    from kanitts.patches.nanocodec import ReplicateFill
+
+    encoder = _fresh_tiny_model().audio_encoder
+    encoder.extra = torch.nn.Conv1d(4, 4, 3)
+    message = _refusal(lambda: ReplicateFill(encoder))
+    assert "the encoder has convolutions outside Conv1dNorm (extra)" in message
+    assert not any(m._forward_pre_hooks for m in encoder.modules())
+
+
 def test_dataset_columns(tiny_codec):
     waves, lens = _signals([2 * SPF, SPF + 1, 10])
     codes, frames = tiny_codec.encode(waves, lens)

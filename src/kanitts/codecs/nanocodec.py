@@ -19,6 +19,9 @@ What this wrapper adds to the package (see ``nanocodec_torch.AudioCodecModel``):
 - **Fast, batch-correct decoding**: the decoder is causal, so padding frames never leak into
   valid samples; the package's grouped transposed convolution (a Python loop over up to 432
   groups) is replaced by the equivalent ``conv_transpose1d(groups=...)`` call.
+
+The two changes to the package's modules live in :mod:`kanitts.patches.nanocodec`, with what they
+rely on and the versions they were tested with.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import copy
 import hashlib
 import json
 import os
-import types
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from kanitts.atomic import atomic_file
 from kanitts.codecs.base import Codec
 from kanitts.devices import resolve_device
 from kanitts.errors import UserError
+from kanitts.patches.nanocodec import ReplicateFill, install_fast_upsampling
 
 DEFAULT_NANOCODEC = "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch"
 CONFIG_NAME = "config.json"
@@ -215,9 +218,8 @@ class NanoCodec(Codec):
         self.num_codebooks = len(model.vector_quantizer.fsqs)
         self.codebook_size = int(model.vector_quantizer.fsqs[0].codebook_size)
 
-        self._fill: tuple[torch.Tensor, int] | None = None
-        self._install_replicate_fill()
-        self._install_fast_upsampling()
+        self._fill = ReplicateFill(model.audio_encoder)
+        install_fast_upsampling(model.audio_decoder)
 
     # --- construction -----------------------------------------------------------------------
 
@@ -353,46 +355,15 @@ class NanoCodec(Codec):
         audio = audio * (positions[None, :] < lengths.to(self._device)[:, None])
 
         padded_lengths = (frames * spf).to(self._device)
-        self._fill = (padded_lengths, padded_total) if bool((frames < max_frames).any()) else None
-        try:
-            with self._autocast():
-                latent, _ = self.model.audio_encoder(audio.unsqueeze(1), None)
-        finally:
-            self._fill = None
+        ragged = bool((frames < max_frames).any())
+        fill = self._fill.lengths(padded_lengths, padded_total) if ragged else contextlib.nullcontext()
+        with fill, self._autocast():
+            latent, _ = self.model.audio_encoder(audio.unsqueeze(1), None)
         codes = self.model.vector_quantizer.encode(latent.float(), None).to(torch.int64)
         frames = frames.to(self._device)
         valid = torch.arange(codes.shape[-1], device=self._device)[None, :] < frames[:, None]
         codes = codes * valid[:, None, :]
         return codes, frames
-
-    def _install_replicate_fill(self) -> None:
-        from nanocodec_torch.layers import Conv1dNorm
-
-        for module in self.model.audio_encoder.modules():
-            if isinstance(module, Conv1dNorm):
-                module.register_forward_pre_hook(self._replicate_fill_hook)
-
-    def _replicate_fill_hook(self, module: torch.nn.Module, args: tuple) -> tuple | None:
-        """Make positions past each item's end equal its last valid value (see module docstring).
-
-        Works in place on the tail only: every encoder convolution's input is a fresh tensor (our
-        padded audio or an activation's output), and only padding positions change.
-        """
-        if self._fill is None:
-            return None
-        x = args[0]
-        padded_lengths, padded_total = self._fill
-        width = x.shape[-1]
-        valid = padded_lengths // (padded_total // width)
-        start = int(valid.min())
-        if start >= width:
-            return None
-        last_index = (valid - 1).clamp(min=0).view(-1, 1, 1).expand(x.shape[0], x.shape[1], 1)
-        last = x.gather(2, last_index)
-        tail = x[:, :, start:]
-        beyond = torch.arange(start, width, device=x.device)[None, None, :] >= valid[:, None, None]
-        tail.copy_(torch.where(beyond, last, tail))
-        return None
 
     # --- decode -------------------------------------------------------------------------------
 
@@ -435,19 +406,6 @@ class NanoCodec(Codec):
         positions = torch.arange(audio.shape[-1], device=self._device)
         audio = audio * (positions[None, :] < sample_lengths[:, None])
         return audio, sample_lengths
-
-    def _install_fast_upsampling(self) -> None:
-        for layer in self.model.audio_decoder.up_sample_conv_layers:
-            layer.forward = types.MethodType(_fast_transposed_forward, layer)
-
-
-def _fast_transposed_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """``CausalConvTranspose1d.forward`` as one grouped transposed convolution (same result)."""
-    weight = self.weight.permute(0, 2, 1)  # [in, K, 1] -> [in, 1, K]
-    out = F.conv_transpose1d(x, weight.to(x.dtype), self.bias.to(x.dtype), stride=self.stride, groups=self.groups)
-    if self.trim > 0 and out.shape[2] > self.trim:
-        out = out[:, :, : -self.trim]
-    return out
 
 
 # --- where the files are ------------------------------------------------------------------------

@@ -15,138 +15,20 @@ Two parts of LFM2 would let a sequence see the one before it:
   without it, :data:`PACKED_SDPA` runs PyTorch's scaled-dot-product attention on each sequence
   separately, which costs no L x L mask and no attention across sequences.
 
-``enable_exact_packing(model)`` installs both on a loaded model; the packed and unpacked
-per-token losses then agree to float rounding (tests/test_packing.py).
+``enable_exact_packing(model)`` installs both on a loaded model (the patches themselves, what
+they rely on in transformers and the versions they were tested with are in
+:mod:`kanitts.patches.lfm2`); the packed and unpacked per-token losses then agree to float
+rounding (tests/test_packing.py).
 """
 
 from __future__ import annotations
 
-from types import MethodType
-from typing import Any
-
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-# Name under which the per-sequence attention is registered with transformers.
-PACKED_SDPA = "kanitts_packed_sdpa"
+from kanitts.patches.lfm2 import PACKED_SDPA, patch_short_convs, unpatch_short_convs, use_packed_sdpa
 
 # Attention implementations that read the cu_seq_lens boundaries themselves.
 VARLEN_NATIVE = ("flash_attention_2", "flash_attention_3")
-
-
-def positions_in_sequence(cu_seq_lens: torch.Tensor, length: int) -> torch.Tensor:
-    """Each token's index inside its own sequence, from the cumulative boundaries [0, n1, n1+n2, ...]."""
-    cu_seq_lens = cu_seq_lens.to(torch.long)
-    tokens = torch.arange(length, device=cu_seq_lens.device)
-    sequence = torch.searchsorted(cu_seq_lens[1:], tokens, right=True)
-    return tokens - cu_seq_lens[sequence]
-
-
-def segment_causal_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, positions: torch.Tensor
-) -> torch.Tensor:
-    """Depthwise causal convolution that never reaches into the previous sequence.
-
-    x: (1, channels, tokens); weight: (channels, kernel); positions: (tokens,) as from
-    :func:`positions_in_sequence`. Output position t is the sum over taps k of
-    ``weight[:, k] * x[t - (kernel - 1 - k)]``, the tap counted only when it stays inside t's
-    sequence, which is exactly what a zero-padded convolution of that sequence alone computes.
-    """
-    kernel = weight.shape[-1]
-    length = x.shape[-1]
-    x = x.to(weight.dtype)
-    out = torch.zeros_like(x) if bias is None else bias[None, :, None].expand_as(x).clone()
-    for tap in range(kernel):
-        back = kernel - 1 - tap
-        shifted = F.pad(x, (back, 0))[..., :length] if back else x
-        if back:
-            shifted = shifted * (positions >= back).to(x.dtype)
-        out = out + weight[None, :, tap, None] * shifted
-    return out
-
-
-def _segment_aware_short_conv_forward(
-    self: nn.Module,
-    hidden_states: torch.Tensor,
-    past_key_values: Any = None,
-    attention_mask: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """Lfm2ShortConv.forward for packed rows; anything else goes to the class's own forward."""
-    cu_seq_lens = kwargs.get("cu_seq_lens_q")
-    if cu_seq_lens is None or past_key_values is not None:
-        return type(self).forward(self, hidden_states, past_key_values, attention_mask, **kwargs)
-    if hidden_states.shape[0] != 1:
-        raise ValueError(
-            f"packed batches are one row of sequences laid end to end; got {hidden_states.shape[0]} rows"
-        )
-    gates = self.in_proj(hidden_states).transpose(-1, -2)
-    b_gate, c_gate, x = gates.chunk(3, dim=-2)
-    positions = positions_in_sequence(cu_seq_lens, hidden_states.shape[1])
-    conv = segment_causal_conv1d(b_gate * x, self.conv.weight.squeeze(1), self.conv.bias, positions)
-    y = (c_gate * conv.to(c_gate.dtype)).transpose(-1, -2).contiguous()
-    return self.out_proj(y)
-
-
-def packed_sdpa_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """Causal SDPA run on each packed sequence alone; an unpacked row is one sequence.
-
-    query/key/value: (1, heads, tokens, head_dim). Returns (1, tokens, heads, head_dim) like
-    transformers' attention functions.
-    """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if attention_mask is not None:
-        raise ValueError(
-            f"{PACKED_SDPA} attends within packed sequences and takes no padding mask; "
-            "batch with PackingCollator, or use sdpa for padded batches"
-        )
-    cu_seq_lens = kwargs.pop("cu_seq_lens_q", None)
-    if cu_seq_lens is None:
-        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
-    bounds = cu_seq_lens.tolist()
-    outputs = [
-        sdpa_attention_forward(
-            module,
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            None,
-            dropout=dropout,
-            scaling=scaling,
-            **kwargs,
-        )[0]
-        for start, end in zip(bounds[:-1], bounds[1:])
-    ]
-    return torch.cat(outputs, dim=1), None
-
-
-def register_packed_attention() -> None:
-    """Makes :data:`PACKED_SDPA` a name transformers accepts as an attention implementation.
-
-    It is registered without a mask function on purpose: transformers then builds no
-    (tokens x tokens) mask for packed rows, which this function would not read.
-    """
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-
-
-def is_short_conv(module: nn.Module) -> bool:
-    """LFM2's gated short-convolution block (Lfm2ShortConv, and its namesakes in LFM2 variants)."""
-    return type(module).__name__.endswith("ShortConv") and all(
-        hasattr(module, name) for name in ("in_proj", "conv", "out_proj")
-    )
 
 
 def enable_exact_packing(model: nn.Module) -> str:
@@ -156,24 +38,23 @@ def enable_exact_packing(model: nn.Module) -> str:
     uses a varlen-capable flash attention, switches attention to :data:`PACKED_SDPA`. Returns the
     attention implementation now in use. Padded batches (no ``cu_seq_lens_q``) still take the
     stock convolution path; :func:`disable_exact_packing` restores the original attention.
+    Raises :class:`kanitts.patches.UnsupportedVersion` on a transformers it does not understand.
     """
-    for module in model.modules():
-        if is_short_conv(module):
-            module.forward = MethodType(_segment_aware_short_conv_forward, module)
+    patch_short_convs(model)
     implementation = model.config._attn_implementation
     if implementation in VARLEN_NATIVE:
         return implementation
-    register_packed_attention()
-    model._kanitts_attention_before_packing = implementation
-    model.set_attn_implementation(PACKED_SDPA)
+    try:
+        model._kanitts_attention_before_packing = use_packed_sdpa(model)
+    except BaseException:
+        unpatch_short_convs(model)
+        raise
     return PACKED_SDPA
 
 
 def disable_exact_packing(model: nn.Module) -> None:
     """Undoes :func:`enable_exact_packing` (before saving, so no checkpoint names our attention)."""
-    for module in model.modules():
-        if is_short_conv(module) and "forward" in vars(module):
-            del module.forward
+    unpatch_short_convs(model)
     previous = getattr(model, "_kanitts_attention_before_packing", None)
     if previous is not None:
         model.set_attn_implementation(previous)
