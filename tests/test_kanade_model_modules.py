@@ -125,6 +125,27 @@ def test_attention_backends_agree(window, padded):
             torch.testing.assert_close(out[b, :n], ref[b, :n], atol=1e-5, rtol=1e-5)
 
 
+def test_blocked_backend_gives_sdpa_4d_inputs(monkeypatch):
+    """SDPA's fused CUDA kernels take (batch, heads, length, dim) only; 5-D goes to the math kernel."""
+    torch.manual_seed(4)
+    B, T, H, D = 2, 100, 2, 8
+    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+    lengths = torch.tensor([100, 57])
+    dense = local_window_attention(q, k, v, 7, lengths=lengths, backend="sdpa_dense")
+    shapes = []
+    sdpa = local_attention.F.scaled_dot_product_attention
+
+    def recording(q_, k_, v_, attn_mask=None, **kwargs):
+        shapes.append((q_.dim(), k_.dim(), v_.dim(), attn_mask.dim()))
+        return sdpa(q_, k_, v_, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(local_attention.F, "scaled_dot_product_attention", recording)
+    blocked = local_window_attention(q, k, v, 7, lengths=lengths, backend="sdpa_blocked", block_size=16)
+    assert shapes == [(4, 4, 4, 4)]
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(blocked[b, :n], dense[b, :n], atol=1e-6, rtol=1e-5)
+
+
 def test_auto_backend_switches_to_blocked_for_long_inputs():
     q = torch.randn(1, 1000, 1, 8)
     assert local_attention.resolve_backend("sdpa", q, 1000, 125, 128) == "sdpa_blocked"

@@ -47,18 +47,25 @@ def _flash_functions():
     return flash_attn_func, flash_attn_varlen_func
 
 
+#: the only dtypes flash-attn 2 kernels take
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def flash_attention_available() -> bool:
-    """Whether the ``flash-attn`` package can be imported."""
+    """Whether ``flash-attn`` imports: installed *and* built for this torch (a wheel built for
+    another torch is found by ``find_spec`` but fails to load its CUDA extension)."""
     return _flash_functions() is not None
 
 
+def flash_attention_supports(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """The one rule for flash-attn 2, here and in LoRA training: a working install, a CUDA
+    device and fp16/bf16 activations."""
+    return torch.device(device).type == "cuda" and dtype in FLASH_DTYPES and flash_attention_available()
+
+
 def flash_attention_usable(q: Tensor) -> bool:
-    """Whether the flash backend can run on this tensor (installed, CUDA, fp16/bf16)."""
-    return (
-        q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and flash_attention_available()
-    )
+    """Whether the flash backend can run on this tensor (see ``flash_attention_supports``)."""
+    return flash_attention_supports(q.device, q.dtype)
 
 
 def band_mask(
@@ -94,7 +101,9 @@ def _sdpa_dense(q, k, v, window_size, lengths, dropout_p, scale):
 
 
 def _sdpa_blocked(q, k, v, window_size, lengths, dropout_p, scale, block_size):
-    # q, k, v: (B, H, T, D)
+    # q, k, v: (B, H, T, D). The blocks become batch items: SDPA's fused CUDA kernels take only
+    # 4-D (batch, heads, length, dim) inputs and send anything else to the math kernel, which
+    # materialises fp32 scores.
     B, H, T, D = q.shape
     half = window_size // 2
     n_blocks = math.ceil(T / block_size)
@@ -103,10 +112,12 @@ def _sdpa_blocked(q, k, v, window_size, lengths, dropout_p, scale, block_size):
     q = F.pad(q, (0, 0, 0, padded - T))
     k = F.pad(k, (0, 0, half, padded - T + half))  # (B, H, padded + 2*half, D)
     v = F.pad(v, (0, 0, half, padded - T + half))
-    qb = q.view(B, H, n_blocks, block_size, D)
+    # (B, H, n_blocks, len, D) -> (B * n_blocks, H, len, D)
+    qb = q.view(B, H, n_blocks, block_size, D).transpose(1, 2).reshape(B * n_blocks, H, block_size, D)
     # unfold gives (B, H, n_blocks, D, span); move the key axis before the feature axis
-    kb = k.unfold(2, span, block_size).transpose(-1, -2)
-    vb = v.unfold(2, span, block_size).transpose(-1, -2)
+    kb, vb = (
+        t.unfold(2, span, block_size).permute(0, 2, 1, 4, 3).reshape(B * n_blocks, H, span, D) for t in (k, v)
+    )
 
     device = q.device
     r = torch.arange(block_size, device=device)[:, None]  # query offset inside the block
@@ -124,10 +135,11 @@ def _sdpa_blocked(q, k, v, window_size, lengths, dropout_p, scale, block_size):
     limit = lengths if lengths is not None else torch.full((B,), T, device=device)
     key_valid = (key_pos[None] >= 0) & (key_pos[None] < limit[:, None, None])  # (B, n_blocks, span)
     mask = band[None, None] & key_valid[:, :, None, :]  # (B, n_blocks, block, span)
-    mask = mask | diag[None, None]
+    mask = (mask | diag[None, None]).reshape(B * n_blocks, 1, block_size, span)
     out = F.scaled_dot_product_attention(
-        qb, kb, vb, attn_mask=mask[:, None], dropout_p=dropout_p, scale=scale
-    )  # (B, H, n_blocks, block, D)
+        qb, kb, vb, attn_mask=mask, dropout_p=dropout_p, scale=scale
+    )  # (B * n_blocks, H, block, D)
+    out = out.view(B, n_blocks, H, block_size, D).transpose(1, 2)
     return out.reshape(B, H, padded, D)[:, :, :T]
 
 
