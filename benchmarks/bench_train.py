@@ -221,7 +221,7 @@ def main() -> None:
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     from kanitts.training.lora import flash_attention_available
 
-    attention = "flash_attention_2" if cuda and flash_attention_available() else "sdpa"
+    attention = "flash_attention_2" if cuda and flash_attention_available(dtype) else "sdpa"
     layout = TokenLayout.from_config(tiny_model_config(64400 if args.shape == "lfm2-350m" else 384))
     sequences = synthetic_sequences(layout, args.sequences)
     lengths = [len(s) for s in sequences]

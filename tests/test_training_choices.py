@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -45,14 +47,55 @@ def test_missing_or_disabled_trackers_never_fail(no_wandb_login, monkeypatch):
     assert resolve_tracking("none", "p").report_to == ["none"]
 
 
+@pytest.fixture
+def fake_flash_attn(monkeypatch, tmp_path):
+    """A CUDA machine (as far as the choice can tell) with a ``flash_attn`` package on the path;
+    ``write(body)`` sets what importing it does."""
+    from kanade_tokenizer.modules import local_attention
+
+    package = tmp_path / "site" / "flash_attn"
+    package.mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    local_attention._flash_functions.cache_clear()
+
+    def write(body: str) -> None:
+        (package / "__init__.py").write_text(body)
+        sys.modules.pop("flash_attn", None)
+        local_attention._flash_functions.cache_clear()
+
+    yield write
+    sys.modules.pop("flash_attn", None)
+    local_attention._flash_functions.cache_clear()
+
+
 def test_attention_auto_falls_back_to_sdpa_without_flash_attn(monkeypatch):
-    monkeypatch.setattr(lora, "flash_attention_available", lambda: False)
-    assert lora.choose_attention("auto")[0] == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    choice, notes = lora.choose_attention("auto", torch.bfloat16)
+    assert choice == "sdpa" and "no CUDA GPU" in notes[0]
     assert lora.choose_attention("eager") == ("eager", [])
-    with pytest.raises(UserError, match="flash_attention_2"):
-        lora.choose_attention("flash_attention_2")
-    monkeypatch.setattr(lora, "flash_attention_available", lambda: True)
-    assert lora.choose_attention("auto") == ("flash_attention_2", [])
+    with pytest.raises(UserError, match="training.attn_implementation: flash_attention_2 .* no CUDA GPU"):
+        lora.choose_attention("flash_attention_2", torch.bfloat16)
+
+
+def test_attention_auto_takes_flash_only_where_it_runs(fake_flash_attn):
+    fake_flash_attn("def flash_attn_func(*a, **k): pass\ndef flash_attn_varlen_func(*a, **k): pass\n")
+    assert lora.choose_attention("auto", torch.bfloat16) == ("flash_attention_2", [])
+    assert lora.choose_attention("flash_attention_2", torch.float16) == ("flash_attention_2", [])
+    # flash-attn takes only fp16/bf16: an fp32 experiment gets sdpa, and says why
+    choice, notes = lora.choose_attention("auto", torch.float32)
+    assert choice == "sdpa" and "fp16/bf16" in notes[0] and "float32" in notes[0]
+    with pytest.raises(UserError, match="fp16/bf16.*trainer_args.bf16"):
+        lora.choose_attention("flash_attention_2", torch.float32)
+
+
+def test_attention_auto_skips_a_flash_attn_built_for_another_torch(fake_flash_attn):
+    # found on the path, but its CUDA extension does not load (the usual wrong-wheel failure)
+    fake_flash_attn("raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c10')\n")
+    choice, notes = lora.choose_attention("auto", torch.bfloat16)
+    assert choice == "sdpa" and "does not import" in notes[0]
+    with pytest.raises(UserError, match="does not import"):
+        lora.choose_attention("flash_attention_2", torch.bfloat16)
 
 
 def test_bf16_only_where_supported(monkeypatch):

@@ -278,7 +278,8 @@ class TrainingRun:
         notes += tracking.notes
         args, dtype, arg_notes = training_arguments(experiment, run_dir, tracking.report_to, self.project_name)
         notes += arg_notes
-        attention, attention_notes = choose_attention(options.attn_implementation)
+        compute = torch.float16 if args.fp16 else dtype  # fp16 trains fp32 weights under fp16 autocast
+        attention, attention_notes = choose_attention(options.attn_implementation, compute)
         # The Trainer seeds only once it exists, after the LoRA weights are drawn: seeded here,
         # the same seed gives the same adapter and so the same model.
         if args.full_determinism:

@@ -7,7 +7,6 @@ machine has, and every fallback is said out loud as a note.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
@@ -17,26 +16,44 @@ from kanitts.errors import UserError
 from kanitts.tokens import TokenLayout
 
 
-def flash_attention_available() -> bool:
-    """flash-attn 2 is usable: the package is installed and a CUDA GPU is present."""
-    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+def flash_attention_available(dtype: torch.dtype = torch.bfloat16) -> bool:
+    """flash-attn 2 can run a ``dtype`` training here: the rule the Kanade tokenizer's attention
+    uses too (the package imports, a CUDA GPU, fp16/bf16)."""
+    from kanade_tokenizer.modules.local_attention import flash_attention_supports
+
+    return torch.cuda.is_available() and flash_attention_supports("cuda", dtype)
 
 
-def choose_attention(requested: str) -> tuple[str, list[str]]:
+def _flash_missing(dtype: torch.dtype) -> str:
+    from kanade_tokenizer.modules.local_attention import FLASH_DTYPES
+    from kanade_tokenizer.modules.local_attention import flash_attention_available as importable
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available"
+    if not importable():
+        return "flash_attn does not import (not installed, or built for another torch)"
+    if dtype not in FLASH_DTYPES:
+        name = str(dtype).replace("torch.", "")
+        return f"flash-attn 2 runs only in fp16/bf16, this experiment trains in {name} (trainer_args.bf16: true)"
+    return "flash-attn 2 cannot run here"
+
+
+def choose_attention(requested: str, dtype: torch.dtype = torch.float32) -> tuple[str, list[str]]:
     """The attention implementation to load the model with, and notes on the choice.
 
-    ``auto`` takes flash_attention_2 when it can run, else PyTorch's sdpa. An explicit choice is
-    honoured, but flash_attention_2 on a machine without it is a clear error, not a silent skip.
+    ``dtype`` is what the layers compute in (bf16/fp16 training, else fp32). ``auto`` takes
+    flash_attention_2 when it can run that, else PyTorch's sdpa. An explicit choice is honoured,
+    but flash_attention_2 where it cannot run is a clear error, not a crash at the first forward.
     """
     if requested == "auto":
-        if flash_attention_available():
+        if flash_attention_available(dtype):
             return "flash_attention_2", []
-        return "sdpa", ["attention: sdpa (flash-attn 2 needs the flash_attn package and a CUDA GPU)"]
-    if requested == "flash_attention_2" and not flash_attention_available():
+        return "sdpa", [f"attention: sdpa ({_flash_missing(dtype)})"]
+    if requested == "flash_attention_2" and not flash_attention_available(dtype):
         raise UserError(
             "training.attn_implementation: flash_attention_2 was asked for, but "
-            + ("no CUDA GPU is available" if importlib.util.find_spec("flash_attn") else "flash_attn is not installed")
-            + "; use `auto` (flash-attn when available, else sdpa) or `sdpa`"
+            + _flash_missing(dtype)
+            + "; use `auto` (flash-attn when it can run, else sdpa) or `sdpa`"
         )
     return requested, []
 
