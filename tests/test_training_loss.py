@@ -169,6 +169,20 @@ def test_head_loss_with_bias_matches_cross_entropy():
         assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_bf16_hidden_gradient_is_scaled_in_fp32():
+    """The mean's 1/N reaches the bf16 hidden-state gradient unrounded: one bf16 rounding, not two."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 40, bias=False).to(torch.bfloat16)
+    hidden = torch.randn(30, 16, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 40, (30,))
+    head_cross_entropy_sum(hidden, targets, head, chunk_tokens=8).backward()
+    summed = hidden.grad.clone()
+    hidden.grad = None
+    scale = 1 / 3  # 0.333984375 in bf16
+    (head_cross_entropy_sum(hidden, targets, head, chunk_tokens=8) * scale).backward()
+    assert torch.equal(hidden.grad, (summed.float() * scale).to(torch.bfloat16))
+
+
 def test_no_targets_gives_nan_like_stock_mean():
     head = torch.nn.Linear(4, 5, bias=False)
     labels = torch.full((1, 6), IGNORE_INDEX)

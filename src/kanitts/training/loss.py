@@ -92,8 +92,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     def backward(ctx, grad_total):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        # the scale stays fp32 (1 / tokens is not a bf16 number: rounding it first is up to 0.4 % off)
         return (
-            grad_hidden * grad_total.to(grad_hidden.dtype) if want_hidden else None,
+            (grad_hidden.float() * grad_total).to(grad_hidden.dtype) if want_hidden else None,
             (grad_weight * grad_total).to(ctx.weight_dtype) if want_weight else None,
             (grad_bias * grad_total).to(ctx.bias_dtype) if want_bias else None,
             None,
