@@ -399,6 +399,24 @@ def test_ranks_split_the_shards_and_rank0_merges(tones, tiny_codec_dir, tmp_path
     assert _load(out).to_list() == _load(single).to_list()
 
 
+def test_each_rank_encodes_on_its_own_gpu(monkeypatch, tmp_path):
+    """Under torchrun, `--device cuda` means this rank's GPU, not cuda:0 for every rank."""
+    import torch
+
+    from kanitts.data.prepare import _Ranks
+
+    chosen = []
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    ranks = _Ranks(PrepareOptions(input=str(tmp_path), output=str(tmp_path / "out"), rank=1, world_size=2))
+    assert ranks.device("cuda") == "cuda:1" and ranks.device(None) == "cuda:1" and chosen == [1, 1]
+    assert ranks.device("cuda:0") == "cuda:0" and ranks.device("cpu") == "cpu"  # a named device stays
+    monkeypatch.setenv("LOCAL_RANK", "3")  # more processes than GPUs: they share round-robin
+    assert _Ranks(PrepareOptions(input=str(tmp_path), output="o", rank=3, world_size=4)).device("cuda") == "cuda:1"
+
+
 def test_everything_rejected_is_an_error(tmp_path, tiny_codec_dir):
     root = tmp_path / "bad"
     root.mkdir()

@@ -278,7 +278,9 @@ class _Ranks:
         return box[0]
 
     def device(self, requested: str | None) -> str | None:
-        if requested is not None or self.world_size == 1:
+        """One GPU per rank: a bare or implied ``cuda`` becomes this rank's ``cuda:<local rank>``
+        (``cuda:N`` and ``cpu`` are taken as given)."""
+        if self.world_size == 1 or requested not in (None, "auto", "cuda"):
             return requested
         import torch
 
@@ -286,7 +288,7 @@ class _Ranks:
             index = self.local_rank % torch.cuda.device_count()
             torch.cuda.set_device(index)
             return f"cuda:{index}"
-        return None
+        return requested if requested == "cuda" else None  # resolve_device names the missing GPU
 
 
 # --- the run ----------------------------------------------------------------------------------
