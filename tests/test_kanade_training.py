@@ -154,6 +154,27 @@ def test_data_module_resamples_pads_and_skips_unreadable_files(corpus, tmp_path,
         ChunkedAudioDataset(AudioDataConfig(csv_path=str(tmp_path / "bad.csv"), audio_root=str(audio)))
 
 
+def test_batches_pin_through_the_data_loader(monkeypatch):
+    """`pin_memory: true` pins the waveforms (pinning itself needs CUDA, so it is stubbed here)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from kanade_tokenizer.training.data import AudioBatch
+
+    pinned = []
+
+    def fake_pin(tensor, *args, **kwargs):
+        pinned.append(tensor)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    batch = AudioBatch(torch.randn(2, 1, 8), torch.tensor([8, 5]), ["a", "b"], ["a.wav", "b.wav"], [0, 3])
+    out = pin_memory(batch)  # what the DataLoader's pinning thread does with every batch
+    assert isinstance(out, AudioBatch)
+    assert [t.data_ptr() for t in pinned] == [batch.waveform.data_ptr(), batch.lengths.data_ptr()]
+    assert out.waveform is not batch.waveform and torch.equal(out.waveform, batch.waveform)
+    assert (out.audio_ids, out.paths, out.offsets) == (batch.audio_ids, batch.paths, batch.offsets)
+
+
 def test_discriminator_bands_intermediates_and_weight_norm_keys():
     from kanade_tokenizer.modules.discriminator import SpectrogramDiscriminator
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -80,6 +80,12 @@ class AudioBatch:
     audio_ids: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+
+    def pin_memory(self) -> "AudioBatch":
+        """A copy with the tensors in pinned memory. The DataLoader's ``pin_memory`` pins only
+        tensors, mappings, sequences and objects with this method; a plain dataclass would pass
+        through unpinned."""
+        return replace(self, waveform=self.waveform.pin_memory(), lengths=self.lengths.pin_memory())
 
 
 def read_audio_csv(csv_path: str | Path, audio_root: str | Path) -> list[AudioRecord]:
