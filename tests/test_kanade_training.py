@@ -4,6 +4,9 @@ export to safetensors that load strictly; the data module cuts, pads and skips b
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +44,7 @@ def recipe(name: str, corpus: Path, run_dir: Path, **pipeline_overrides) -> Path
     """The shipped recipe with the tiny model, the tiny corpus and a 2-step CPU trainer."""
     config = yaml.safe_load((RECIPES / name).read_text())
     config["trainer"].update(
-        accelerator="cpu", devices=1, precision="32-true", max_steps=2, limit_train_batches=2,
+        accelerator="cpu", devices=1, strategy="auto", precision="32-true", max_steps=2, limit_train_batches=2,
         limit_val_batches=1, logger=False, enable_progress_bar=False, default_root_dir=str(run_dir),
     )
     config["trainer"]["callbacks"] = [  # the LR monitor needs a logger
@@ -104,6 +107,89 @@ def test_pretrain_then_gan_recipes_train_export_and_reload(corpus, tmp_path):
     assert any(not torch.equal(after[k], trained[k]) for k in decoder)
     _, gan_tensors = exported_model(corpus, tmp_path / "gan" / "checkpoints" / "last.ckpt")
     assert not any(k.startswith("discriminator.") for k in gan_tensors)
+
+
+def _fit_one_step(corpus: Path, **trainer_kwargs):
+    """One GAN-less mel training step of the tiny model; returns the trainer."""
+    import lightning.pytorch as pl
+
+    from kanade_tokenizer.training.data import AudioDataConfig, AudioDataModule
+    from kanade_tokenizer.training.pipeline import KanadePipeline, KanadePipelineConfig
+
+    torch.manual_seed(0)
+    pipeline = KanadePipeline(str(corpus / "tiny.yaml"), KanadePipelineConfig(train_feature=False))
+    data = AudioDataModule(AudioDataConfig(
+        csv_path=str(corpus / "train.csv"), audio_root=str(corpus / "audio"), chunk_size=CHUNK, batch_size=2,
+    ))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs,
+    )
+    trainer.fit(pipeline, data)
+    return trainer
+
+
+def test_precision_is_lightnings_alone_and_16_mixed_clips_the_unscaled_norm(corpus):
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from kanade_tokenizer.training.pipeline import KanadePipeline
+
+    # no bf16 autocast of the model's own on CUDA: `precision: 32-true` trains in fp32 there too
+    pipeline = KanadePipeline(str(corpus / "tiny.yaml"))
+    assert pipeline.model._autocast_dtype(torch.device("cuda")) is None
+    # Lightning runs fp16 on a CPU only with an explicit plugin; the scale 2**8 keeps fp16 finite
+    fp32 = _fit_one_step(corpus, precision="32-true")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    fp16 = _fit_one_step(corpus, plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+    norm32, norm16 = (float(t.callback_metrics["train/gen/grad_norm"]) for t in (fp32, fp16))
+    assert norm16 == pytest.approx(norm32, rel=0.01)  # clipped after unscaling, not 256 times larger
+
+
+def test_mel_target_is_fp32_under_autocast(corpus):
+    from kanade_tokenizer.training.pipeline import KanadePipeline
+
+    pipeline = KanadePipeline(str(corpus / "tiny.yaml")).eval()
+    waveform = torch.stack([synthetic_speech(1.0, seed=5), synthetic_speech(1.0, seed=6)])
+    expected = pipeline.mel_feature(waveform)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pipeline(waveform)
+    assert out["mel_recon"].dtype == torch.float32 and torch.equal(out["mel_real"], expected)
+
+
+@pytest.mark.slow
+def test_gan_recipe_trains_on_two_ddp_processes(corpus, tmp_path):
+    """The shipped GAN recipe on 2 CPU processes (DDP over gloo), as on a 2-GPU machine."""
+    config = recipe("12hz_gan.yaml", corpus, tmp_path, ckpt_path=None)
+    settings = yaml.safe_load(config.read_text())
+    shipped = yaml.safe_load((RECIPES / "12hz_gan.yaml").read_text())["trainer"]
+    settings["trainer"].update(
+        devices=2, strategy=shipped.get("strategy", "auto"), max_steps=2, limit_val_batches=0, enable_checkpointing=False,
+        callbacks=[],
+    )
+    settings["data"]["val_config"] = settings["data"]["test_config"] = None
+    config.write_text(yaml.safe_dump(settings))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "kanade_tokenizer.training.cli", "fit", "--config", str(config)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "`max_steps=2` reached" in done.stderr + done.stdout
+
+
+def test_gan_stage_refuses_ddp_that_does_not_look_for_unused_parameters(corpus, tmp_path):
+    import torch.distributed as dist
+
+    from kanade_tokenizer.training.cli import run
+    from kanade_tokenizer.training.pipeline import PipelineConfigError
+
+    config = recipe("12hz_gan.yaml", corpus, tmp_path, ckpt_path=None)
+    try:
+        with pytest.raises(PipelineConfigError, match="trainer.strategy: .*ddp_find_unused_parameters_true"):
+            run(["fit", "--config", str(config), "--trainer.strategy", "ddp"])  # one process
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_chunk_offsets_cover_the_file_with_an_end_aligned_window():

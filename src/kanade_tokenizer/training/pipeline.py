@@ -114,7 +114,11 @@ class KanadePipeline(pl.LightningModule):
         self.save_hyperparameters({"model_config": str(model_config), "pipeline_config": asdict(config)})
         self.config = config
         self.automatic_optimization = False
-        self.model = KanadeModel.from_config(model_config, build_feature_decoder=config.train_feature)
+        # no autocast of the model's own: Lightning's `trainer.precision` alone decides (32-true
+        # trains in fp32, bf16-mixed in bf16 autocast), on every device
+        self.model = KanadeModel.from_config(
+            model_config, build_feature_decoder=config.train_feature, mixed_precision="fp32"
+        )
         if config.train_feature and self.model.feature_decoder is None:
             raise PipelineConfigError(f"{model_config}: train_feature needs a feature_decoder section in the model config")
         self.model.ssl_feature_extractor.requires_grad_(False)
@@ -126,6 +130,7 @@ class KanadePipeline(pl.LightningModule):
                         module.requires_grad_(False)
         self.mel_feature = MelSpectrogramFeature.from_config(self.model.config) if config.train_mel else None
         self.discriminator = discriminator if config.use_discriminator else None
+        self._grad_norm: Tensor | None = None  # of the last optimiser step, for the log
         if config.ckpt_path:
             self.load_initial_weights(config.ckpt_path)
 
@@ -172,7 +177,10 @@ class KanadePipeline(pl.LightningModule):
                 mel_length = model._calculate_target_mel_length(length)
                 out["mel_recon"] = model.forward_mel(content, embedding, [mel_length] * waveform.size(0))
         if self.config.train_mel:
-            out["mel_real"] = self.mel_feature(waveform.float())
+            # the target in fp32 whatever the precision: under bf16 autocast the filterbank
+            # matmul alone moves the log-mel by up to 0.02
+            with torch.autocast(waveform.device.type, enabled=False):
+                out["mel_real"] = self.mel_feature(waveform.float())
         return out
 
     def reconstruction_losses(self, out: dict[str, Tensor], waveform: Tensor) -> dict[str, Tensor]:
@@ -239,11 +247,10 @@ class KanadePipeline(pl.LightningModule):
             disc_loss = disc_real + disc_fake
             opt_disc.zero_grad()
             self.manual_backward(disc_loss)
-            disc_norm = torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), c.gradient_clip_val)
-            opt_disc.step()
+            opt_disc.step()  # clips in on_before_optimizer_step
             self.log_dict(
                 {"train/disc/real": disc_real.detach(), "train/disc/fake": disc_fake.detach(),
-                 "train/disc/loss": disc_loss.detach(), "train/disc/grad_norm": disc_norm},
+                 "train/disc/loss": disc_loss.detach(), "train/disc/grad_norm": self._grad_norm},
                 on_step=True, batch_size=batch_size,
             )
             # the generator is judged by the discriminator as it is now, against real maps from before
@@ -262,12 +269,33 @@ class KanadePipeline(pl.LightningModule):
             raise FloatingPointError(f"non-finite training loss at step {self.global_step}: {losses['loss'].item()}")
         opt_gen.zero_grad()
         self.manual_backward(losses["loss"])
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.gradient_clip_val)
-        opt_gen.step()
+        opt_gen.step()  # clips in on_before_optimizer_step
         sched_gen.step()
         self._log_losses("train", out, losses, batch_size)
-        self.log("train/gen/grad_norm", grad_norm, on_step=True, batch_size=batch_size)
+        self.log("train/gen/grad_norm", self._grad_norm, on_step=True, batch_size=batch_size)
         return losses["loss"].detach()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip here, not in ``training_step``: Lightning unscales 16-mixed gradients only inside
+        ``optimizer.step()``, just before this hook, so a clip before ``step()`` would measure the
+        loss-scaled norm (2**16 times too large) and shrink every update to nothing. The norm is
+        logged by ``training_step`` (logging from this hook resets the step's metrics in the
+        first batch)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.gradient_clip_val)
+
+    def on_fit_start(self) -> None:
+        ddp = self.trainer.strategy.model
+        if (
+            self.discriminator is not None
+            and isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+            and not ddp.find_unused_parameters
+        ):
+            raise PipelineConfigError(
+                "trainer.strategy: the GAN stage runs a discriminator backward that reaches no generator "
+                "parameter, which DDP refuses unless it looks for unused parameters; use "
+                "`strategy: ddp_find_unused_parameters_true` (as config/kanade/train/12hz_gan.yaml does)"
+            )
 
     def validation_step(self, batch: AudioBatch, batch_idx: int) -> None:
         waveform = batch.waveform[:, 0]
