@@ -98,3 +98,44 @@ def test_packed_batch_sampler_reshuffles_packs_per_epoch_reproducibly():
     assert first != second
     sampler.set_epoch(0)
     assert list(sampler) == first
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_resumed_epoch_on_two_processes_replays_that_epochs_pack_order(tmp_path, monkeypatch, rank):
+    """A resume mid-epoch on 2 GPUs, simulated: the loader wrapped as accelerate does for rank
+    `rank` of 2, then skipped and given its epoch as the Trainer does; the rank must see its share
+    of that epoch's pack order, not epoch 0's."""
+    import datasets
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
+    from transformers import TrainerState, TrainingArguments
+
+    from kanitts.training.trainer import ExperimentTrainer
+
+    lengths = [7, 30, 12, 25, 9, 18, 40, 3, 22, 15, 11, 27, 5, 33, 19, 8, 41]  # 8 packs of <= 45
+    rows = datasets.Dataset.from_dict({"id": list(range(len(lengths))), "length": lengths})
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", seed=7)
+    trainer = ExperimentTrainer(
+        model=torch.nn.Linear(1, 1), args=args, train_dataset=rows, max_tokens_per_batch=45,
+        data_collator=lambda batch: [row["id"] for row in batch],
+    )
+    monkeypatch.setattr(
+        trainer.accelerator, "prepare",
+        lambda loader: prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False),
+    )
+    loader = trainer.get_train_dataloader()
+    epoch, done = 2, 1  # resuming in the third epoch, one step already trained on each rank
+    state = TrainerState(epoch=epoch + done / len(loader), global_step=epoch * len(loader) + done)
+
+    # what transformers' training loop does for the resumed epoch
+    trainer.callback_handler.on_epoch_begin(args, state, trainer.control)
+    resumed = skip_first_batches(loader, done)
+    resumed.set_epoch(epoch)
+    inner = getattr(getattr(resumed, "batch_sampler", None), "batch_sampler", None)
+    if hasattr(inner, "set_epoch"):
+        inner.set_epoch(epoch)
+    seen = list(resumed)
+
+    unsharded = PackedBatchSampler(lengths, max_tokens=45, seed=7)
+    unsharded.set_epoch(epoch)
+    expected = list(unsharded)[rank::2][done:]
+    assert seen == expected and len(expected) >= 2

@@ -147,7 +147,10 @@ class PackedBatchSampler:
 
     The packs are fixed once (so an epoch always has the same number of steps, which the
     Trainer's schedule and resume rely on); only their order changes with ``set_epoch``, seeded,
-    so a resumed run sees the same order and skips exactly the batches it had trained.
+    so a resumed run sees the same order and skips exactly the batches it had trained. On several
+    processes every rank iterates this same order and accelerate's ``BatchSamplerShard`` deals the
+    packs out in turn; :class:`kanitts.training.trainer.PackOrderEpoch` sets the epoch, since the
+    wrappers do not always pass it down.
     """
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, seed: int = 0):

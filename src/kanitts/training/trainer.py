@@ -42,11 +42,14 @@ class ExperimentTrainer(Trainer):
         self.chunked_loss = chunked_loss
         self.loss_chunk_tokens = loss_chunk_tokens
         self.tokens_trained = 0
+        self._pack_order = PackOrderEpoch()
+        self.add_callback(self._pack_order)
 
     def get_train_dataloader(self) -> DataLoader:
         if self.max_tokens_per_batch is None:
             return super().get_train_dataloader()
         sampler = PackedBatchSampler(self.train_dataset["length"], self.max_tokens_per_batch, seed=self.args.seed)
+        self._pack_order.sampler = sampler
         loader = DataLoader(
             self.train_dataset,
             batch_sampler=sampler,
@@ -89,6 +92,24 @@ class ExperimentTrainer(Trainer):
         """Tokens trained on by all processes together."""
         count = torch.tensor(self.tokens_trained, device=self.args.device)
         return int(self.accelerator.reduce(count, reduction="sum"))
+
+
+class PackOrderEpoch(TrainerCallback):
+    """Gives the pack sampler the epoch about to run, from the trainer's own state.
+
+    transformers and accelerate pass ``set_epoch`` down their data-loader wrappers, but not in
+    every nesting: on several processes a resumed epoch's loader holds the sampler inside
+    accelerate's ``BatchSamplerShard`` inside its ``SkipBatchSampler``, the epoch stops at the
+    shard, and the sampler would replay epoch 0's pack order instead of the one it had trained.
+    ``state.epoch`` (whole epochs done plus the fraction of this one) is right in every case.
+    """
+
+    def __init__(self) -> None:
+        self.sampler: PackedBatchSampler | None = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.sampler is not None:
+            self.sampler.set_epoch(int(state.epoch or 0))
 
 
 class GracefulInterrupt(TrainerCallback):
