@@ -3,19 +3,25 @@
 The reference dataset pipeline encodes one clip per call (NeMo ``AudioCodecModel.encode`` at batch
 size 1, each clip zero-padded to a multiple of 1,764 samples). Here the same clips go through
 
-- **one at a time** (the baseline): ``nanocodec_torch.AudioCodecModel.encode`` on each padded clip;
+- **one at a time** (the baseline): the package's encoder and quantizer
+  (``nanocodec_torch.AudioCodecModel.encode``'s two calls) on each padded clip, in the same
+  precision as ours (``encode`` itself turns CUDA autocast off, which would compare fp32 with bf16);
 - **kanitts, one clip per call**: ``NanoCodec.encode`` per clip (what prepare does on a CPU);
 - **batched**: the prepare command's length buckets (``_batches``) through ``NanoCodec.encode``
   (padding to whole frames, replicate-fill so codes equal the one-at-a-time codes),
 
-with the full-size NanoCodec (61.7 M parameters) randomly initialised (no download), in the same
+with the full-size NanoCodec (61.7 M parameters; ``--codec tiny``: the tests' small one, whose codes
+vary more with the input) randomly initialised (no download), in the same
 process: each bucket is encoded all ways back to back, the order alternating, best of the rounds
 per bucket (so load from other processes hits all alike). The batched codes are compared with the
-one-at-a-time codes. Clips: espeak-ng sentences in two voices (en-us, en-us+f3) when espeak-ng is
-installed, else synthetic speech-like signals.
+one-at-a-time codes. With ``--dtype bf16`` the batched codes are also compared with an fp32
+encoding of the same clips by the same weights: the share of codes (and of frames) that bf16
+moves to another value. Clips: espeak-ng sentences in two voices (en-us, en-us+f3) when espeak-ng
+is installed, else synthetic speech-like signals.
 
     python benchmarks/bench_prepare.py                   # ~1-3 minutes on 2 idle CPU cores
     python benchmarks/bench_prepare.py --device cuda --clips 64 --batch-seconds 600
+    python benchmarks/bench_prepare.py --dtype bf16 --codec tiny --rounds 1   # bf16 vs fp32 codes
 
 Output: one line per measurement (on a CPU also the process CPU time, steadier on a shared
 machine); the last line is ``ratio: <batched / one-at-a-time>`` in audio seconds per wall second.
@@ -43,6 +49,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kanitts.codecs.nanocodec import NanoCodec  # noqa: E402
 from kanitts.data.prepare import _batches, _Clip  # noqa: E402
+from kanitts.tiny import TINY_NANOCODEC_CONFIG  # noqa: E402
 
 SR = 22050
 SENTENCES = [
@@ -91,17 +98,30 @@ def _sync(device: torch.device) -> None:
 
 
 def one_at_a_time(codec: NanoCodec, clips: list[np.ndarray]) -> list[torch.Tensor]:
-    """The reference way: the package's encode, one clip per call, padded to whole frames."""
+    """The reference way, one clip per call, padded to whole frames: what the package's
+    ``encode`` runs (encoder, then quantizer), without its decorator that disables CUDA autocast,
+    so that the baseline computes in ``codec.compute_dtype`` like ours (the quantizer in fp32)."""
     model, spf, out = codec.model, codec.samples_per_frame, []
     with torch.inference_mode():
         for x in clips:
             padded = math.ceil(len(x) / spf) * spf
-            audio = torch.zeros(1, padded, device=codec.device)
-            audio[0, : len(x)] = torch.from_numpy(x).to(codec.device)
+            audio = torch.zeros(1, 1, padded, device=codec.device)
+            audio[0, 0, : len(x)] = torch.from_numpy(x).to(codec.device)
+            length = torch.tensor([padded], device=codec.device)
             with codec._autocast():
-                tokens, _ = model.encode(audio, torch.tensor([padded], device=codec.device))
+                encoded, encoded_len = model.audio_encoder(audio, length)
+            tokens = model.vector_quantizer.encode(encoded.float(), encoded_len)
             out.append(tokens[0].to("cpu", torch.int64))
     return out
+
+
+def differing_codes(codes: dict[int, torch.Tensor], reference: dict[int, torch.Tensor]) -> tuple[int, int, int, int]:
+    """(codes that differ, codes, frames with any differing code, frames)."""
+    diff = sum(int((codes[i] != reference[i]).sum()) for i in reference)
+    total = sum(reference[i].numel() for i in reference)
+    frames_diff = sum(int((codes[i] != reference[i]).any(0).sum()) for i in reference)
+    frames = sum(reference[i].shape[-1] for i in reference)
+    return diff, total, frames_diff, frames
 
 
 def encode_batch(codec: NanoCodec, clips: list[np.ndarray]) -> list[torch.Tensor]:
@@ -128,19 +148,23 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                        help="encoder precision of baseline and ours (bf16: also counts codes that differ from fp32)")
+    parser.add_argument("--codec", default="full", choices=["full", "tiny"],
+                        help="full-size NanoCodec (61.7 M) or the tests' tiny one, both random")
     parser.add_argument("--batch-seconds", type=float, default=60.0, help="bucket budget (padded audio per batch)")
     parser.add_argument("--max-batch-size", type=int, default=64)
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    codec = NanoCodec.from_config(seed=0, device=device, dtype=args.dtype)
+    config = TINY_NANOCODEC_CONFIG if args.codec == "tiny" else None
+    codec = NanoCodec.from_config(config, seed=0, device=device, dtype=args.dtype)
     clips, kind = _clips(args.clips)
     total = sum(len(x) for x in clips) / SR
     params = sum(p.numel() for p in codec.model.parameters()) / 1e6
     print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
-    print(f"codec: full-size NanoCodec, random init, {params:.1f} M parameters, {args.dtype} on {device}")
+    print(f"codec: {args.codec} NanoCodec, random init, {params:.1f} M parameters, {args.dtype} on {device}")
     print(f"clips: {len(clips)} {kind}, {total:.1f} s of audio, "
           f"{min(len(x) for x in clips) / SR:.2f}-{max(len(x) for x in clips) / SR:.2f} s each")
 
@@ -178,11 +202,19 @@ def main() -> None:
               "(sums of per-bucket bests so far)", flush=True)
 
     same = sum(int(torch.equal(single_codes[i], batched_codes[i])) for i in range(len(clips)))
-    frames = sum(single_codes[i].shape[-1] for i in range(len(clips)))
-    diff = sum(int((single_codes[i] != batched_codes[i]).sum()) for i in range(len(clips)))
+    diff, codes_total, _, _ = differing_codes(batched_codes, single_codes)
     distinct = len(torch.unique(torch.cat([c.flatten() for c in single_codes.values()])))
-    print(f"codes identical to one-at-a-time: {same}/{len(clips)} clips ({diff} of {frames * 4} codes differ; "
+    print(f"codes identical to one-at-a-time: {same}/{len(clips)} clips ({diff} of {codes_total} codes differ; "
           f"{distinct} distinct code values)")
+    if args.dtype != "fp32":
+        # the same weights (same seed) in fp32, the same buckets
+        reference = NanoCodec.from_config(config, seed=0, device=device, dtype="fp32")
+        fp32_codes: dict[int, torch.Tensor] = {}
+        for bucket in buckets:
+            fp32_codes.update(zip(bucket, encode_batch(reference, [clips[i] for i in bucket])))
+        diff, codes_total, frames_diff, frames = differing_codes(batched_codes, fp32_codes)
+        print(f"{args.dtype} codes that differ from fp32: {diff} of {codes_total} ({100 * diff / codes_total:.2f} %); "
+              f"frames with any code changed: {frames_diff} of {frames} ({100 * frames_diff / frames:.2f} %)")
     single_speed = total / sum(best["single"])
     batched_speed = total / sum(best["batched"])
     print(f"one-at-a-time: {single_speed:.2f} audio s per wall s")

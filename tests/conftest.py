@@ -20,6 +20,20 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run only where PyTorch sees a CUDA GPU."""
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not cuda_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these on one)")
+    for item in cuda_tests:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_tts(tmp_path_factory):
     """(folder, ModelConfig): a tiny LFM2 + tokenizer standing in for a KaniTTS base model."""

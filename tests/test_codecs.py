@@ -223,3 +223,27 @@ def test_full_size_config_shapes():
     assert 60e6 < params < 63e6
     codes, frames = codec.encode(torch.from_numpy(np.zeros((1, SPF + 1), np.float32)))
     assert codes.shape == (1, 4, 2) and frames.tolist() == [2]
+
+
+@pytest.mark.cuda
+def test_encode_on_cuda_equals_cpu_codes_for_most_frames(tiny_codec_dir):
+    """fp32 NanoCodec on the GPU against the CPU, with TF32 off (pure fp32: only the summation
+    order differs) and with PyTorch's default (cuDNN convolutions in TF32)."""
+    lengths = [5 * SPF + 17, 2 * SPF, SPF + 900, 4 * SPF - 3, 700, 9 * SPF]
+    waves, lens = _signals(lengths, seed=2)
+    cpu_codes, frames = load_codec("nanocodec", tiny_codec_dir, device="cpu").encode(waves, lens)
+    gpu = load_codec("nanocodec", tiny_codec_dir, device="cuda")
+    valid = torch.arange(cpu_codes.shape[-1])[None, :] < frames[:, None]
+    shares = {}
+    default_tf32 = torch.backends.cudnn.allow_tf32
+    for tf32 in (False, True):
+        torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            codes, gpu_frames = gpu.encode(waves, lens)
+        finally:
+            torch.backends.cudnn.allow_tf32 = default_tf32
+        assert torch.equal(gpu_frames.cpu(), frames)
+        equal = (codes.cpu() == cpu_codes).all(1) & valid
+        shares[tf32] = float(equal.sum()) / float(valid.sum())
+    print(f"NanoCodec frames equal on cuda and cpu: {shares[False]:.4f} (TF32 off), {shares[True]:.4f} (TF32 on)")
+    assert shares[False] >= 0.98

@@ -110,3 +110,43 @@ def test_long_input_uses_blocked_attention_and_matches_dense(model):
         model.set_attention_backend("auto")
     assert torch.equal(auto.content_token_indices, dense.content_token_indices)
     torch.testing.assert_close(auto.global_embedding, dense.global_embedding)
+
+
+@pytest.mark.cuda
+def test_encode_batch_on_cuda_flash_equals_dense_sdpa(waves):
+    """bf16 on a GPU (the released models' setting): the flash-attn windows (varlen for the
+    padded items) give the tokens dense-mask SDPA gives."""
+    from kanade_tokenizer.modules.local_attention import flash_attention_supports
+
+    if not flash_attention_supports("cuda", torch.bfloat16):
+        pytest.skip("flash-attn 2 does not import on this machine")
+    model = build_tiny_model(seed=0).cuda()
+    model.set_attention_backend("flash")
+    flash = model.encode_batch(waves, max_padding=None)
+    model.set_attention_backend("sdpa_dense")
+    dense = model.encode_batch(waves, max_padding=None)
+    same = sum(int((f.content_token_indices == d.content_token_indices).sum()) for f, d in zip(flash, dense))
+    total = sum(d.content_token_indices.numel() for d in dense)
+    print(f"flash vs dense SDPA on cuda, bf16: {same} of {total} tokens equal")
+    assert same >= 0.95 * total
+    for f, d in zip(flash, dense):
+        torch.testing.assert_close(f.global_embedding, d.global_embedding, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.cuda
+def test_blocked_attention_runs_a_fused_cuda_kernel():
+    """With the math kernel forbidden, blocked SDPA still runs (4-D inputs reach a fused kernel)
+    and matches the dense mask in bf16."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from kanade_tokenizer.modules.local_attention import local_window_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 700, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    lengths = torch.tensor([700, 431], device="cuda")
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(fused):
+        blocked = local_window_attention(q, k, v, 125, lengths=lengths, backend="sdpa_blocked")
+    dense = local_window_attention(q, k, v, 125, lengths=lengths, backend="sdpa_dense")
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(blocked[b, :n].float(), dense[b, :n].float(), atol=2e-2, rtol=2e-2)

@@ -109,21 +109,28 @@ def test_pretrain_then_gan_recipes_train_export_and_reload(corpus, tmp_path):
     assert not any(k.startswith("discriminator.") for k in gan_tensors)
 
 
-def _fit_one_step(corpus: Path, **trainer_kwargs):
-    """One GAN-less mel training step of the tiny model; returns the trainer."""
+def _fit_one_step(corpus: Path, gan: bool = False, accelerator: str = "cpu", max_steps: int = 1, hooks=None,
+                  **trainer_kwargs):
+    """``max_steps`` optimiser steps of the tiny model's mel training (with the discriminator:
+    two per batch); ``hooks(pipeline)`` runs before fitting. Returns the trainer."""
     import lightning.pytorch as pl
 
+    from kanade_tokenizer.modules.discriminator import SpectrogramDiscriminator
     from kanade_tokenizer.training.data import AudioDataConfig, AudioDataModule
     from kanade_tokenizer.training.pipeline import KanadePipeline, KanadePipelineConfig
 
     torch.manual_seed(0)
-    pipeline = KanadePipeline(str(corpus / "tiny.yaml"), KanadePipelineConfig(train_feature=False))
+    discriminator = SpectrogramDiscriminator(frequency_bins=16, channels=8, dilation=[1, 1, 1]) if gan else None
+    config = KanadePipelineConfig(train_feature=False, use_discriminator=gan)
+    pipeline = KanadePipeline(str(corpus / "tiny.yaml"), config, discriminator=discriminator)
+    if hooks is not None:
+        hooks(pipeline)
     data = AudioDataModule(AudioDataConfig(
         csv_path=str(corpus / "train.csv"), audio_root=str(corpus / "audio"), chunk_size=CHUNK, batch_size=2,
     ))
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs,
+        accelerator=accelerator, devices=1, max_steps=max_steps, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs,
     )
     trainer.fit(pipeline, data)
     return trainer
@@ -143,6 +150,39 @@ def test_precision_is_lightnings_alone_and_16_mixed_clips_the_unscaled_norm(corp
     fp16 = _fit_one_step(corpus, plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
     norm32, norm16 = (float(t.callback_metrics["train/gen/grad_norm"]) for t in (fp32, fp16))
     assert norm16 == pytest.approx(norm32, rel=0.01)  # clipped after unscaling, not 256 times larger
+
+
+@pytest.mark.cuda
+def test_two_gan_steps_on_cuda_in_32_true_and_16_mixed(corpus):
+    """On a GPU, `precision: 32-true` computes in fp32 throughout (no bf16 autocast of the model's
+    own), and 16-mixed runs fp16 with the gradient norm clipped after unscaling."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    def dtype_recorder(seen: set):
+        def install(pipeline):
+            def record(_module, _args, output):
+                for t in output if isinstance(output, (tuple, list)) else (output,):
+                    if torch.is_tensor(t) and t.is_floating_point():
+                        seen.add(t.dtype)
+
+            for module in pipeline.modules():
+                module.register_forward_hook(record)
+        return install
+
+    seen32, seen16 = set(), set()
+    fp32 = _fit_one_step(corpus, gan=True, accelerator="cuda", max_steps=4, hooks=dtype_recorder(seen32),
+                         precision="32-true")
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**8)
+    fp16 = _fit_one_step(corpus, gan=True, accelerator="cuda", max_steps=4, hooks=dtype_recorder(seen16),
+                         plugins=[MixedPrecision("16-mixed", "cuda", scaler)])
+    metrics32, metrics16 = fp32.callback_metrics, fp16.callback_metrics
+    print(f"activation dtypes: 32-true {sorted(map(str, seen32))}, 16-mixed {sorted(map(str, seen16))}; "
+          f"gen grad norm {float(metrics32['train/gen/grad_norm']):.3f} / {float(metrics16['train/gen/grad_norm']):.3f}")
+    assert fp32.global_step == fp16.global_step == 4
+    assert seen32 == {torch.float32} and torch.float16 in seen16
+    for key in ("train/loss", "train/disc/loss", "train/gen/grad_norm", "train/disc/grad_norm"):
+        assert math.isfinite(float(metrics32[key])) and math.isfinite(float(metrics16[key])), key
+    assert float(metrics16["train/gen/grad_norm"]) == pytest.approx(float(metrics32["train/gen/grad_norm"]), rel=0.1)
 
 
 def test_mel_target_is_fp32_under_autocast(corpus):

@@ -60,8 +60,9 @@ def trainable_gradients(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def stock_and_chunked(model, batch, num_items_in_batch=None):
-    """(loss, gradients, d loss / d final hidden states) of the stock path, then of ours."""
+def stock_and_chunked(model, batch, num_items_in_batch=None, chunk_tokens=CHUNK):
+    """(loss, gradients, d loss / d final hidden states) of the stock path, then of ours
+    (``chunk_tokens`` None: the device's default chunk)."""
     decoder, _ = decoder_and_head(model)
     results = []
     for chunked in (False, True):
@@ -75,7 +76,7 @@ def stock_and_chunked(model, batch, num_items_in_batch=None):
         handle = decoder.register_forward_hook(keep_hidden)
         try:
             if chunked:
-                loss = model_loss(model, batch, num_items_in_batch, chunk_tokens=CHUNK)
+                loss = model_loss(model, batch, num_items_in_batch, chunk_tokens=chunk_tokens)
             else:
                 extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
                 loss = model(**batch, **extra).loss
@@ -262,3 +263,31 @@ def test_chunked_loss_is_a_training_option_on_by_default():
     assert TrainingOptions.model_validate({"chunked_loss": False}).chunked_loss is False
     with pytest.raises(ValueError):
         TrainingOptions.model_validate({"chunked_loss": "sometimes"})
+
+
+@pytest.mark.cuda
+def test_chunked_loss_on_cuda_in_gpu_sized_chunks_matches_stock(tmp_path):
+    """bf16 on a GPU with the KaniTTS vocabulary: the default GPU chunk (about 800 tokens) and a
+    pack of about 2,000 targets, so the loss crosses chunk boundaries as in real training."""
+    from kanitts.tiny import build_lfm2
+    from kanitts.training.loss import default_chunk_tokens
+
+    vocab = 80538
+    base = build_lfm2(tmp_path, vocab_size=vocab, hidden_size=64, layer_types=("conv", "full_attention"))
+    base = base.to("cuda", torch.bfloat16)
+    generator = torch.Generator().manual_seed(4)
+    examples = []
+    for n in (700, 520, 410, 380):
+        ids = torch.randint(3, vocab, (n,), generator=generator).tolist()
+        ids[n // 4] = START_OF_AI
+        examples.append({"input_ids": ids})
+    batch = PackingCollator(start_of_ai=START_OF_AI)(examples)
+    assert sum(len(e["input_ids"]) for e in examples) > 2 * default_chunk_tokens(vocab, torch.device("cuda"))
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    model = lora_model(base, packed=True)
+    stock, chunked = stock_and_chunked(model, batch, chunk_tokens=None)
+    print(f"loss on cuda: stock {stock[0].item():.6f}, chunked {chunked[0].item():.6f}")
+    assert abs(chunked[0].item() - stock[0].item()) <= 1e-3 * stock[0].item()
+    assert torch.allclose(chunked[2].float(), stock[2].float(), rtol=0.05, atol=1e-3)
+    for name, grad in chunked[1].items():
+        assert torch.allclose(grad.float(), stock[1][name].float(), rtol=0.05, atol=1e-3), name
