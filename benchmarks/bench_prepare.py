@@ -152,19 +152,28 @@ def main() -> None:
                         help="encoder precision of baseline and ours (bf16: also counts codes that differ from fp32)")
     parser.add_argument("--codec", default="full", choices=["full", "tiny"],
                         help="full-size NanoCodec (61.7 M) or the tests' tiny one, both random")
+    parser.add_argument("--codec-model", default=None,
+                        help="trained NanoCodec weights instead (a local folder, or a Hub id when online)")
     parser.add_argument("--batch-seconds", type=float, default=60.0, help="bucket budget (padded audio per batch)")
     parser.add_argument("--max-batch-size", type=int, default=64)
     args = parser.parse_args()
 
     device = torch.device(args.device)
     config = TINY_NANOCODEC_CONFIG if args.codec == "tiny" else None
-    codec = NanoCodec.from_config(config, seed=0, device=device, dtype=args.dtype)
+
+    def build(dtype: str) -> NanoCodec:
+        if args.codec_model:
+            return NanoCodec.from_pretrained(args.codec_model, device=device, dtype=dtype)
+        return NanoCodec.from_config(config, seed=0, device=device, dtype=dtype)
+
+    codec = build(args.dtype)
     clips, kind = _clips(args.clips)
     total = sum(len(x) for x in clips) / SR
     params = sum(p.numel() for p in codec.model.parameters()) / 1e6
     print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
-    print(f"codec: {args.codec} NanoCodec, random init, {params:.1f} M parameters, {args.dtype} on {device}")
+    weights = f"weights {args.codec_model}" if args.codec_model else f"{args.codec}, random init"
+    print(f"codec: NanoCodec ({weights}), {params:.1f} M parameters, {args.dtype} on {device}")
     print(f"clips: {len(clips)} {kind}, {total:.1f} s of audio, "
           f"{min(len(x) for x in clips) / SR:.2f}-{max(len(x) for x in clips) / SR:.2f} s each")
 
@@ -208,7 +217,7 @@ def main() -> None:
           f"{distinct} distinct code values)")
     if args.dtype != "fp32":
         # the same weights (same seed) in fp32, the same buckets
-        reference = NanoCodec.from_config(config, seed=0, device=device, dtype="fp32")
+        reference = build("fp32")
         fp32_codes: dict[int, torch.Tensor] = {}
         for bucket in buckets:
             fp32_codes.update(zip(bucket, encode_batch(reference, [clips[i] for i in bucket])))

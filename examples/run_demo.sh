@@ -6,15 +6,44 @@
 #   4. kanitts train: two LoRA experiments (padded batches; exact packing with loss on audio)
 #   5. kanitts eval: base + both checkpoints speak the eval set -> WAVs, metrics, HTML report
 # Everything lands in examples/work/ (delete it to start over).
+#
+#   DEVICE=cuda DTYPE=bf16 make demo    on a GPU in bf16: prepare and eval on DEVICE (default: prepare
+#                                       on the CPU, eval where inference_config.yaml says), training
+#                                       (on the GPU whenever there is one) and eval in bf16 through a
+#                                       config copy in examples/work/config-bf16
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 KANITTS=${KANITTS:-.venv/bin/kanitts}
+DEVICE=${DEVICE:-}
+DTYPE=${DTYPE:-fp32}
 WORK=examples/work
 CONFIG=examples/config
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 
 step() { printf '\n\033[0;36m== %s\033[0m\n' "$*"; }
+
+case "$DTYPE" in fp32|bf16) ;; *) echo "DTYPE must be fp32 or bf16, not $DTYPE" >&2; exit 2;; esac
+if [ "$DTYPE" = bf16 ]; then
+  # trainer_args.bf16 for every experiment, bf16 weights at eval; the paths inside stay the same
+  CONFIG="$WORK/config-bf16"
+  mkdir -p "$CONFIG"
+  "$PY" - examples/config "$CONFIG" <<'PYEOF'
+import shutil, sys
+from pathlib import Path
+import yaml
+source, target = Path(sys.argv[1]), Path(sys.argv[2])
+for f in source.glob("*.yaml"):
+    shutil.copy(f, target / f.name)
+experiments = yaml.safe_load((source / "experiments.yaml").read_text())
+for experiment in experiments["experiments"]:
+    experiment.setdefault("trainer_args", {})["bf16"] = True
+(target / "experiments.yaml").write_text(yaml.safe_dump(experiments, sort_keys=False))
+inference = yaml.safe_load((source / "inference_config.yaml").read_text())
+inference["model"]["torch_dtype"] = "bfloat16"
+(target / "inference_config.yaml").write_text(yaml.safe_dump(inference, sort_keys=False))
+PYEOF
+fi
 
 step "1/5 demo assets (voices, tiny base model, tiny codec)"
 if [ -f "$WORK/codec/model.safetensors" ] && [ -f "$WORK/base_model/model.safetensors" ]; then
@@ -30,7 +59,7 @@ for speaker in alice bob; do
   else
     # The codec is the one examples/config/model_config.yaml names (codec.weights).
     "$KANITTS" prepare "$WORK/recordings/$speaker" --output "$WORK/data/$speaker" \
-      --speaker "$speaker" --config-dir "$CONFIG" --device cpu
+      --speaker "$speaker" --config-dir "$CONFIG" --device "${DEVICE:-cpu}" --dtype "$DTYPE"
   fi
 done
 
@@ -42,6 +71,6 @@ step "4/5 kanitts train: two LoRA experiments"
 "$KANITTS" train --config-dir "$CONFIG"
 
 step "5/5 kanitts eval: listen in the report"
-"$KANITTS" eval --config-dir "$CONFIG"
+"$KANITTS" eval --config-dir "$CONFIG" ${DEVICE:+--device "$DEVICE"}
 
 printf '\nDone. Open %s/report/index.html in a browser.\n' "$WORK"
