@@ -13,9 +13,9 @@ repeated frames, two speakers) and a small local tokenizer, then runs
 checks that both give identical input_ids, labels and attention_mask, and prints rows/s and the
 ratio. The last line is `ratio: <ours over the baseline>`.
 
-`reference_training_dataset` is also the parity oracle of tests/test_data_sequences.py, which
-imports it from this file: the reference algorithm is written down once, here, independently of
-TokenLayout, so the tests compare two separate implementations.
+`reference_training_dataset` is the oracle in tests/reference/data_processing.py, the same code
+the parity tests of tests/test_data_sequences.py compare against: the reference algorithm is
+written down once, there, independently of TokenLayout.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,94 +32,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The source tree, and tests/ for the reference oracle (tests/reference/), shared with the tests.
+sys.path[:0] = [str(REPO_ROOT / "src"), str(REPO_ROOT / "tests")]
 
 import datasets  # noqa: E402
+from reference.data_processing import reference_training_dataset, same_sequences  # noqa: E402
 
-from kanitts.config import DatasetConfig, ModelConfig  # noqa: E402
-from kanitts.data.codec_sources import load_source  # noqa: E402
+from kanitts.config import DatasetConfig  # noqa: E402
 
 FPS = 12.5
-
-# --- (a) the reference algorithm, one row at a time ------------------------------------------
-
-
-def reference_training_dataset(
-    dataset_cfg: DatasetConfig,
-    model_cfg: ModelConfig,
-    tokenizer_path: str,
-    *,
-    num_shards: int = 1,
-    final_shuffle_seed: int | None = None,
-    max_len_seed: int = 42,
-) -> datasets.Dataset:
-    """The reference data step. Its final shuffle is unseeded (pass a seed to compare outputs);
-    its max_len sample always uses seed 42 (pass another to compare with a different `seed`)."""
-    parts = []
-    for entry in dataset_cfg.hf_datasets:
-        table = load_source(entry)
-        if entry.categorical_filter is not None:
-            column, value = entry.categorical_filter.column_name, entry.categorical_filter.value
-            table = table.filter(lambda row: row[column] == value)
-        renames = {
-            entry.text_col_name: "text",
-            **{c: f"nano_layer_{i + 1}" for i, c in enumerate(entry.layer_columns())},
-            entry.encoded_len: "encoded_len",
-        }
-        table = table.rename_columns({old: new for old, new in renames.items() if old != new})
-        shards = [table.shard(num_shards=num_shards, index=i, contiguous=True) for i in range(num_shards)]
-        job = (tokenizer_path, dataset_cfg.max_duration_sec, entry.speaker_id, model_cfg)
-        if num_shards == 1:
-            done = [_reference_shard(shards[0], *job)]
-        else:
-            with ProcessPoolExecutor(max_workers=num_shards) as pool:
-                done = list(pool.map(_reference_shard, shards, *[[arg] * num_shards for arg in job]))
-        part = datasets.concatenate_datasets(done)
-        if entry.max_len is not None:
-            part = part.shuffle(seed=max_len_seed).select(range(entry.max_len))
-        parts.append(part)
-    return datasets.concatenate_datasets(parts).shuffle(seed=final_shuffle_seed)
-
-
-def _reference_shard(
-    shard: datasets.Dataset, tokenizer_path: str, max_duration_sec: float | None, speaker_id: str | None, model_cfg: ModelConfig
-) -> datasets.Dataset:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    special = model_cfg.special_tokens
-    codec = model_cfg.codec
-    layers = [f"nano_layer_{i + 1}" for i in range(codec.num_codebooks)]
-    if max_duration_sec:
-        shard = shard.filter(lambda row: row["encoded_len"] / codec.fps <= max_duration_sec)
-
-    def audio_codes(row: dict) -> dict:
-        frames = np.array([row[layer] for layer in layers]).T
-        frames = frames + np.array([codec.codebook_size * i for i in range(codec.num_codebooks)])
-        changed = np.any(frames[1:] != frames[:-1], axis=1)
-        frames = frames[np.insert(changed, 0, True)]
-        row["codes_list"] = (frames + codec.audio_tokens_start).flatten().tolist()
-        return row
-
-    def sequence(row: dict) -> dict:
-        prompt = f"{speaker_id.lower()}: {row['text']}" if speaker_id is not None else row["text"]
-        text_ids = tokenizer.encode(prompt, add_special_tokens=True)
-        text_ids.append(special.end_of_text)
-        ids = (
-            [special.start_of_human] + text_ids + [special.end_of_human, special.start_of_ai, special.start_of_speech]
-            + row["codes_list"] + [special.end_of_speech, special.end_of_ai]
-        )
-        row["input_ids"] = ids
-        row["labels"] = ids
-        row["attention_mask"] = [1] * len(ids)
-        return row
-
-    shard = shard.map(audio_codes, remove_columns=layers)
-    shard = shard.filter(lambda row: row["codes_list"] is not None)
-    shard = shard.filter(lambda row: len(row["codes_list"]) > 0)
-    shard = shard.map(sequence, remove_columns=["text", "codes_list"])
-    return shard.remove_columns([c for c in shard.column_names if c not in ("input_ids", "labels", "attention_mask")])
-
 
 # --- the synthetic data ------------------------------------------------------------------------
 
@@ -177,16 +98,6 @@ def benchmark_configs(source: str, cache_dir: str, bob_max_len: int) -> DatasetC
                  "categorical_filter": {"column_name": "speaker", "value": "bob"}},
             ],
         }
-    )
-
-
-def same_sequences(a: datasets.Dataset, b: datasets.Dataset) -> bool:
-    if len(a) != len(b):
-        return False
-    a, b = a.flatten_indices(), b.flatten_indices()
-    return all(
-        a.data.column(c).combine_chunks().equals(b.data.column(c).combine_chunks())
-        for c in ("input_ids", "labels", "attention_mask")
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 
 import datasets
@@ -15,19 +14,7 @@ from kanitts.data import sequences as seq
 from kanitts.data.report import RowStatus, TrainingDataReport
 from kanitts.data.sequences import build_training_dataset
 from kanitts.errors import UserError
-from conftest import REPO_ROOT
-
-
-def _load_reference():
-    # The reference algorithm is written once, in the benchmark (the issue asks for it there);
-    # the tests use that same code as their oracle instead of keeping a second copy.
-    spec = importlib.util.spec_from_file_location("bench_data", REPO_ROOT / "benchmarks" / "bench_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = _load_reference()
+from reference import data_processing as reference  # the oracle, shared with benchmarks/bench_data.py
 
 CODEBOOK = 4032
 
