@@ -103,3 +103,16 @@ def project_copy(evaluated_project, tmp_path, monkeypatch):
     shutil.copytree(evaluated_project[0], copy)
     monkeypatch.chdir(copy)
     return Path("config")
+
+
+def upstream_fixed(package: str, what: str, patch: str) -> str:
+    """The failure message of a canary: a test marked ``canary`` asserts a bug of a third-party
+    package that one of kanitts' patches works around, so it fails on the first release that
+    fixes the bug, and that failure is news, not a regression: it says which release and what
+    to do."""
+    from importlib.metadata import version
+
+    return (
+        f"upstream fixed {what} ({package} {version(package)}): "
+        f"remove this canary and the patch in {patch} if no longer needed"
+    )
