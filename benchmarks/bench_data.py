@@ -37,9 +37,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "src"), str(REPO_ROOT / "tests")]
 
 import datasets  # noqa: E402
-from reference.data_processing import reference_training_dataset, same_sequences  # noqa: E402
 
 from kanitts.config import DatasetConfig  # noqa: E402
+
+from reference.data_processing import reference_training_dataset, same_sequences  # noqa: E402
 
 FPS = 12.5
 
@@ -154,7 +155,8 @@ def main() -> None:
         if not identical:
             raise SystemExit("outputs differ")
         base_rate, ours_rate = args.rows / baseline_s, args.rows / ours_s
-        print(f"baseline (reference, per row): {baseline_s:8.2f} s  {base_rate:10,.0f} rows/s  {baseline_cpu:8.2f} CPU s")
+        print(f"baseline (reference, per row): {baseline_s:8.2f} s  {base_rate:10,.0f} rows/s  "
+              f"{baseline_cpu:8.2f} CPU s")
         print(f"ours (vectorised, no cache):   {ours_s:8.2f} s  {ours_rate:10,.0f} rows/s  {ours_cpu:8.2f} CPU s")
         print(f"CPU time ratio (baseline over ours; steadier than wall time on a busy machine): "
               f"{baseline_cpu / ours_cpu:.1f}")

@@ -25,10 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kanitts.config import InferenceConfig, ModelConfig  # noqa: E402
-from kanitts.inference import KaniTTS  # noqa: E402
-from kanitts.tiny import build_lfm2, build_tiny_nanocodec, build_tokenizer, tiny_model_config  # noqa: E402
-from kanitts.tokens import TokenLayout  # noqa: E402
+from kanitts.config import InferenceConfig, ModelConfig
+from kanitts.inference import KaniTTS
+from kanitts.tiny import build_lfm2, build_tiny_nanocodec, build_tokenizer, tiny_model_config
+from kanitts.tokens import TokenLayout
 
 SENTENCES = [
     "alice: Hello, this is a test of the text to speech system.",
@@ -124,7 +124,8 @@ def main() -> None:
         tts.synthesize(SENTENCES[:2], batch_size=2, max_new_tokens=10)  # warm-up
 
         figures = {}
-        for name, batch in (("one prompt at a time (reference)", 1), (f"batched x{args.batch_size} (kanitts)", args.batch_size)):
+        runs = (("one prompt at a time (reference)", 1), (f"batched x{args.batch_size} (kanitts)", args.batch_size))
+        for name, batch in runs:
             best = None
             for repeat in range(args.repeats):
                 wall, audio, failed = run(tts, batch, seed=repeat)

@@ -59,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    max_padding = {"auto": "auto", "none": None}.get(args.max_padding.lower(), None)
+    max_padding = {"auto": "auto", "none": None}.get(args.max_padding.lower())
     if args.max_padding.lower() not in ("auto", "none"):
         max_padding = float(args.max_padding)
 

@@ -170,8 +170,9 @@ def main() -> None:
     clips, kind = _clips(args.clips)
     total = sum(len(x) for x in clips) / SR
     params = sum(p.numel() for p in codec.model.parameters()) / 1e6
-    print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}")
     weights = f"weights {args.codec_model}" if args.codec_model else f"{args.codec}, random init"
     print(f"codec: NanoCodec ({weights}), {params:.1f} M parameters, {args.dtype} on {device}")
     print(f"clips: {len(clips)} {kind}, {total:.1f} s of audio, "
@@ -198,13 +199,13 @@ def main() -> None:
             order = methods if (r + k) % 2 == 0 else methods[::-1]
             for method in order:
                 if method == "single":
-                    dt, cpu, codes = _timed(lambda: one_at_a_time(codec, bucket_clips), device)
+                    dt, cpu, codes = _timed(lambda group=bucket_clips: one_at_a_time(codec, group), device)
                     single_codes.update(zip(bucket, codes))
                 elif method == "batched":
-                    dt, cpu, codes = _timed(lambda: encode_batch(codec, bucket_clips), device)
+                    dt, cpu, codes = _timed(lambda group=bucket_clips: encode_batch(codec, group), device)
                     batched_codes.update(zip(bucket, codes))
                 else:  # what prepare does on a CPU: NanoCodec.encode, one clip per call
-                    dt, cpu, _ = _timed(lambda: [encode_batch(codec, [x]) for x in bucket_clips], device)
+                    dt, cpu, _ = _timed(lambda group=bucket_clips: [encode_batch(codec, [x]) for x in group], device)
                 best[method][k] = min(best[method][k], dt)
                 best_cpu[method][k] = min(best_cpu[method][k], cpu)
         print(f"round {r + 1}: one-at-a-time {sum(best['single']):.2f} s, batched {sum(best['batched']):.2f} s "

@@ -225,8 +225,10 @@ def main() -> None:
     layout = TokenLayout.from_config(tiny_model_config(64400 if args.shape == "lfm2-350m" else 384))
     sequences = synthetic_sequences(layout, args.sequences)
     lengths = [len(s) for s in sequences]
-    machine = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, " \
-                                                           f"{torch.get_num_threads()} torch threads"
+    machine = (
+        torch.cuda.get_device_name() if cuda
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    )
     print(f"device: {args.device} ({machine}); shape {args.shape}, vocab {layout.vocab_size}, {dtype}, "
           f"attention {attention}")
     print(f"data: {len(sequences)} sequences, {sum(lengths)} tokens, length {min(lengths)}-{max(lengths)} "

@@ -79,9 +79,9 @@ def evaluated_project(tmp_path_factory, tiny_tts, tiny_codec_dir):
 
     Its config paths are relative to the folder: copy it and chdir into the copy to resume.
     """
-    from eval_project import build_project, eval_configs
-
     from kanitts.evaluation.runner import run_eval
+
+    from eval_project import build_project, eval_configs
 
     root = tmp_path_factory.mktemp("eval_project")
     build_project(root, tiny_tts[0], tiny_tts[1], tiny_codec_dir)

@@ -14,6 +14,7 @@ from kanitts.data import sequences as seq
 from kanitts.data.report import RowStatus, TrainingDataReport
 from kanitts.data.sequences import build_training_dataset
 from kanitts.errors import UserError
+
 from reference import data_processing as reference  # the oracle, shared with benchmarks/bench_data.py
 
 CODEBOOK = 4032
@@ -81,7 +82,10 @@ def assert_same_as_reference(cfg, tiny_tts, tokenizer, **kwargs):
         pytest.param([{}], {"max_duration_sec": 3.0}, id="no-speaker-duration-filter"),
         pytest.param(
             [
-                {"speaker_id": "Alice", "max_len": 5, "categorical_filter": {"column_name": "speaker", "value": "alice"}},
+                {
+                    "speaker_id": "Alice", "max_len": 5,
+                    "categorical_filter": {"column_name": "speaker", "value": "alice"},
+                },
                 {"speaker_id": "bob", "categorical_filter": {"column_name": "speaker", "value": "bob"}},
                 {"max_len": 7},
             ],
@@ -120,7 +124,9 @@ def test_sequence_layout_and_columns(tmp_path, tiny_tts, tiny_tokenizer, tiny_la
     expected = tiny_layout.training_ids(text_ids, tiny_layout.frames_to_ids(codes))
     assert out[0]["input_ids"] == expected == out[0]["labels"]
     assert out[0]["attention_mask"] == [1] * len(expected)
-    assert (out[0]["speaker"], out[0]["dataset"], out[0]["length"]) == ("Carol", cfg.hf_datasets[0].label, len(expected))
+    assert (out[0]["speaker"], out[0]["dataset"], out[0]["length"]) == (
+        "Carol", cfg.hf_datasets[0].label, len(expected)
+    )
     assert out.features["input_ids"].feature.dtype == "int32" and out.features["labels"].feature.dtype == "int64"
 
 
@@ -209,7 +215,8 @@ def test_bad_rows_are_skipped_counted_and_reported_with_an_example(tmp_path, tin
     assert "codes outside [0, codebook_size) (bad data) (e.g. row 3)" in summary
 
     # What survives is exactly what the reference makes of the good rows alone.
-    clean = config(tmp_path, [{"reponame": save([bad_rows()[i] for i in (0, 8)], tmp_path / "good"), "speaker_id": "alice"}])
+    good = save([bad_rows()[i] for i in (0, 8)], tmp_path / "good")
+    clean = config(tmp_path, [{"reponame": good, "speaker_id": "alice"}])
     expected = reference.reference_training_dataset(clean, tiny_tts[1], str(tiny_tts[0]), final_shuffle_seed=42)
     assert reference.same_sequences(expected, out)
 
@@ -225,13 +232,19 @@ def test_encoded_len_one_frame_off_is_kept_and_counted_as_the_reference_keeps_it
     cfg = config(tmp_path, [{"reponame": save(rows, tmp_path / "off"), "speaker_id": "alice"}], max_duration_sec=3.0)
     out, report = build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer)
     summary = report.datasets[0]
-    assert (summary.rows_kept, summary.encoded_len_off_by_one.count, summary.encoded_len_off_by_one.example_row) == (4, 2, 1)
+    off_by_one = summary.encoded_len_off_by_one
+    assert (summary.rows_kept, off_by_one.count, off_by_one.example_row) == (4, 2, 1)
     assert {k: (d.count, d.example_row) for k, d in summary.dropped.items()} == {"encoded_len_mismatch": (1, 4)}
     text = report.format()
-    assert "2 kept row(s) with encoded_len one frame off the layers, trained on the layers as the reference does (e.g. row 1)" in text
+    assert (
+        "2 kept row(s) with encoded_len one frame off the layers, trained on the layers as the reference does "
+        "(e.g. row 1)"
+    ) in text
     assert "encoded_len more than one frame off the layers (bad data) (e.g. row 4)" in text
     assert TrainingDataReport.from_json(report.to_json()) == report
-    kept = config(tmp_path, [{"reponame": save(rows[:4], tmp_path / "kept"), "speaker_id": "alice"}], max_duration_sec=3.0)
+    kept = config(
+        tmp_path, [{"reponame": save(rows[:4], tmp_path / "kept"), "speaker_id": "alice"}], max_duration_sec=3.0
+    )
     expected = reference.reference_training_dataset(kept, tiny_tts[1], str(tiny_tts[0]), final_shuffle_seed=42)
     assert len(expected) == 4 and reference.same_sequences(expected, out)
 
@@ -244,12 +257,14 @@ def test_missing_column_names_dataset_column_and_what_it_has(tmp_path, tiny_tts,
     message = str(err.value)
     assert f"dataset {source}: column 'transcript' (text_col_name) not found" in message
     assert "column 'nano_layer_3' (nano_layer_3) not found" in message
-    assert "it has columns ['text', 'nano_layer_1', 'nano_layer_2', 'nano_layer_4', 'encoded_len', 'speaker']" in message
+    columns = "['text', 'nano_layer_1', 'nano_layer_2', 'nano_layer_4', 'encoded_len', 'speaker']"
+    assert f"it has columns {columns}" in message
 
 
 def test_wrong_column_type_is_named(tmp_path, tiny_tts, tiny_tokenizer):
     source = save([{**row("x", frames((1, 1, 1, 1))), "nano_layer_2": "1"}], tmp_path / "c")
-    with pytest.raises(UserError, match=r"column 'nano_layer_2' \(nano_layer_2\) holds string, expected lists of integer codes"):
+    expected = r"column 'nano_layer_2' \(nano_layer_2\) holds string, expected lists of integer codes"
+    with pytest.raises(UserError, match=expected):
         build_training_dataset(config(tmp_path, [{"reponame": source}]), tiny_tts[1], tiny_tokenizer)
 
 
@@ -259,10 +274,15 @@ def test_wrong_column_type_is_named(tmp_path, tiny_tts, tiny_tokenizer):
         (
             {"categorical_filter": {"column_name": "speaker", "value": "carol"}},
             {},
-            r"no rows left after categorical_filter \(speaker == 'carol'\): it matches none of the 20 rows; "
-            r"values in column 'speaker' include \['alice', 'bob'\]",
+            (
+                r"no rows left after categorical_filter \(speaker == 'carol'\): it matches none of the 20 rows; "
+                r"values in column 'speaker' include \['alice', 'bob'\]"
+            ),
         ),
-        ({}, {"max_duration_sec": 0.01}, r"no rows left after max_duration_sec: 0.01 \(20 of 20 .*shortest clip is 0.1 s"),
+        (
+            {}, {"max_duration_sec": 0.01},
+            r"no rows left after max_duration_sec: 0.01 \(20 of 20 .*shortest clip is 0.1 s",
+        ),
     ],
 )
 def test_a_dataset_emptied_by_a_filter_names_the_filter(tmp_path, tiny_tts, tiny_tokenizer, entry, extra, expected):
@@ -274,7 +294,8 @@ def test_a_dataset_emptied_by_a_filter_names_the_filter(tmp_path, tiny_tts, tiny
 
 def test_a_dataset_of_only_bad_rows_lists_the_reasons(tmp_path, tiny_tts, tiny_tokenizer):
     source = save([bad_rows()[i] for i in (1, 3)], tmp_path / "c")
-    with pytest.raises(UserError, match=r"after the bad-data checks.*1 codec layers differ in length .*e\.g\. row 0\), 1 codes outside"):
+    expected = r"after the bad-data checks.*1 codec layers differ in length .*e\.g\. row 0\), 1 codes outside"
+    with pytest.raises(UserError, match=expected):
         build_training_dataset(config(tmp_path, [{"reponame": source}]), tiny_tts[1], tiny_tokenizer)
 
 
@@ -327,7 +348,8 @@ def test_second_run_reuses_the_cache_and_inputs_invalidate_it(tmp_path, tiny_tts
     keys = {seq.cache_key(c, tiny_tts[1], tiny_tokenizer, [datasets.load_from_disk(source)]) for c in changed}
     assert len(keys | {report.fingerprint}) == 4
     save(clean_rows()[:5], tmp_path / "c2")
-    _, other = build_training_dataset(config(tmp_path, [{"reponame": str(tmp_path / "c2"), "speaker_id": "alice"}]), tiny_tts[1], tiny_tokenizer)
+    other_cfg = config(tmp_path, [{"reponame": str(tmp_path / "c2"), "speaker_id": "alice"}])
+    _, other = build_training_dataset(other_cfg, tiny_tts[1], tiny_tokenizer)
     assert other.fingerprint != report.fingerprint
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temporary folder left
 
@@ -401,7 +423,8 @@ def test_null_cells_are_bad_rows_and_an_empty_file_is_named(tmp_path, tiny_tts, 
     datasets.Dataset.from_dict(columns, features=features).to_parquet(str(nulls))
     out, report = build_training_dataset(config(tmp_path, [{"reponame": str(nulls)}]), tiny_tts[1], tiny_tokenizer)
     assert len(out) == 1
-    assert {k: d.example_row for k, d in report.datasets[0].dropped.items()} == {"empty_text": 0, "encoded_len_mismatch": 2}
+    dropped = report.datasets[0].dropped
+    assert {k: d.example_row for k, d in dropped.items()} == {"empty_text": 0, "encoded_len_mismatch": 2}
 
     empty = tmp_path / "empty.parquet"
     datasets.Dataset.from_dict({k: [] for k in features}, features=features).to_parquet(str(empty))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from kanitts.data.collate import IGNORE_INDEX, PackingCollator
 from kanitts.patches.lfm2 import PACKED_SDPA, positions_in_sequence, segment_causal_conv1d
 from kanitts.training.packing import disable_exact_packing, enable_exact_packing
+
 from conftest import upstream_fixed
 
 VOCAB = 300
@@ -125,7 +126,7 @@ def test_packed_row_without_boundaries_is_refused(hybrid_lfm2, sequences):
     batch = PackingCollator(start_of_ai=START_OF_AI)([{"input_ids": s} for s in sequences])
     enable_exact_packing(hybrid_lfm2)
     try:
-        with torch.no_grad(), pytest.raises(ValueError, match="position_ids restarting at 0.*without cu_seq_lens_q"):
+        with torch.no_grad(), pytest.raises(ValueError, match=r"position_ids restarting at 0.*without cu_seq_lens_q"):
             hybrid_lfm2(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
     finally:
         disable_exact_packing(hybrid_lfm2)
@@ -210,7 +211,10 @@ class SwappedGatesShortConv(RenamedCacheShortConv):
 @pytest.mark.parametrize(
     ("block", "what"),
     [
-        (RenamedCacheShortConv, r"RenamedCacheShortConv\.forward\(self, hidden_states, state=None.*has no cache argument"),
+        (
+            RenamedCacheShortConv,
+            r"RenamedCacheShortConv\.forward\(self, hidden_states, state=None.*has no cache argument",
+        ),
         (NoConvShortConv, "NoConvShortConv has no conv submodule"),
         (SwappedGatesShortConv, "no longer computes the gated short convolution"),
     ],

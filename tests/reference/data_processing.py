@@ -41,7 +41,7 @@ def reference_training_dataset(
         table = load_source(entry)
         if entry.categorical_filter is not None:
             column, value = entry.categorical_filter.column_name, entry.categorical_filter.value
-            table = table.filter(lambda row: row[column] == value)
+            table = table.filter(lambda row, column=column, value=value: row[column] == value)
         renames = {
             entry.text_col_name: "text",
             **{c: f"nano_layer_{i + 1}" for i, c in enumerate(entry.layer_columns())},
@@ -63,7 +63,11 @@ def reference_training_dataset(
 
 
 def _reference_shard(
-    shard: datasets.Dataset, tokenizer_path: str, max_duration_sec: float | None, speaker_id: str | None, model_cfg: ModelConfig
+    shard: datasets.Dataset,
+    tokenizer_path: str,
+    max_duration_sec: float | None,
+    speaker_id: str | None,
+    model_cfg: ModelConfig,
 ) -> datasets.Dataset:
     from transformers import AutoTokenizer
 
