@@ -12,7 +12,7 @@ NC := \033[0m
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock login prepare data train eval report synthesize test-config upload-model \
-        test demo bench clean clean-all
+        test lint demo bench clean clean-all
 
 help: ## show this list
 	@printf "$(CYAN)kanitts$(NC): fine-tune, evaluate and publish LLM-based TTS models\n\n"
@@ -72,6 +72,9 @@ upload-model: $(PY) ## publish checkpoints/MODEL_ID to the Hub repo REPO with a 
 
 test: $(PY) ## run the test suite (offline, CPU, tiny models)
 	@HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: $(PY) ## ruff check (rules in pyproject.toml) and lint-imports (the import contracts)
+	@$(VENV)/bin/ruff check . && PYTHONPATH=src $(VENV)/bin/lint-imports
 
 demo: $(PY) ## offline end to end: espeak clips -> prepare -> train 2 experiments -> eval -> report
 	@bash examples/run_demo.sh
