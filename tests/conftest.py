@@ -81,14 +81,14 @@ def evaluated_project(tmp_path_factory, tiny_tts, tiny_codec_dir):
     """
     from eval_project import build_project, eval_configs
 
-    from kanitts.evaluation.runner import run_eval
+    from kanitts.recipes.eval import evaluate
 
     root = tmp_path_factory.mktemp("eval_project")
     build_project(root, tiny_tts[0], tiny_tts[1], tiny_codec_dir)
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        summary = run_eval(eval_configs(Path("config")), report=True)
+        summary = evaluate(eval_configs(Path("config")), report=True)
     finally:
         os.chdir(cwd)
     return root, summary
