@@ -79,7 +79,7 @@ def evaluated_project(tmp_path_factory, tiny_tts, tiny_codec_dir):
 
     Its config paths are relative to the folder: copy it and chdir into the copy to resume.
     """
-    from kanitts.evaluation.runner import run_eval
+    from kanitts.recipes.eval import evaluate
 
     from eval_project import build_project, eval_configs
 
@@ -88,7 +88,7 @@ def evaluated_project(tmp_path_factory, tiny_tts, tiny_codec_dir):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        summary = run_eval(eval_configs(Path("config")), report=True)
+        summary = evaluate(eval_configs(Path("config")), report=True)
     finally:
         os.chdir(cwd)
     return root, summary

@@ -13,7 +13,8 @@ import yaml
 from eval_project import EXPERIMENTS, SR, eval_configs, voice
 
 from kanitts.evaluation.metrics import measure, silence_edges
-from kanitts.evaluation.runner import BASE_ID, CSV_COLUMNS, run_eval, slugify
+from kanitts.evaluation.results import CSV_COLUMNS, slugify
+from kanitts.evaluation.runner import BASE_ID, run_eval
 from kanitts.evaluation.speaker import MfccStatsEmbedder, SpeakerSimilarity, load_embedder
 from kanitts.errors import UserError
 from kanitts.inference import write_wav
@@ -29,7 +30,7 @@ def test_sentence_ids_that_would_share_a_file_are_refused(project_copy):
     eval_set = {"eval_set": [{"Prompt 1": "alice: One."}, {"prompt:1": "alice: Two."}]}
     (project_copy / "eval_set.yaml").write_text(yaml.safe_dump(eval_set))
     with pytest.raises(UserError, match="same file name"):
-        run_eval(eval_configs(project_copy), report=False)
+        run_eval(eval_configs(project_copy))
 
 
 def test_eval_writes_files_rows_dataset_and_report(evaluated_project):
@@ -88,7 +89,7 @@ def test_eval_dataset_rows_read_back_without_an_audio_backend(evaluated_project)
 
 def test_eval_resumes_and_regenerates_what_changed(project_copy):
     configs = eval_configs(project_copy)
-    again = run_eval(configs, report=False)
+    again = run_eval(configs)
     assert (again.generated, again.reused) == (0, 9)
 
     eval_set = yaml.safe_load((project_copy / "eval_set.yaml").read_text())
@@ -96,18 +97,57 @@ def test_eval_resumes_and_regenerates_what_changed(project_copy):
     (project_copy / "eval_set.yaml").write_text(yaml.safe_dump(eval_set))
     wav = Path("audio samples/exp-a/no_speaker.wav")
     stamp = wav.stat().st_mtime_ns
-    changed = run_eval(eval_configs(project_copy), report=False)
+    changed = run_eval(eval_configs(project_copy))
     assert (changed.generated, changed.reused) == (3, 6)
     assert wav.stat().st_mtime_ns == stamp
 
-    forced = run_eval(eval_configs(project_copy), force=True, only=["exp-a"], report=False)
+    forced = run_eval(eval_configs(project_copy), force=True, only=["exp-a"])
     assert (forced.generated, forced.reused) == (3, 0)
     assert {r["experiment_id"] for r in forced.rows} == {"exp-a"}
 
 
+def test_eval_leaves_the_global_random_state_as_it_was(project_copy):
+    """Generation is seeded inside the run; numpy's and torch's global generators are not changed."""
+    import random
+
+    import torch
+
+    np.random.seed(7)
+    torch.manual_seed(7)
+    random.seed(7)
+    before = (np.random.get_state()[1].copy(), torch.random.get_rng_state().clone(), random.getstate())
+    first = run_eval(eval_configs(project_copy), force=True, only=["base"])
+    assert first.generated == 3
+    assert np.array_equal(np.random.get_state()[1], before[0])
+    assert torch.equal(torch.random.get_rng_state(), before[1]) and random.getstate() == before[2]
+    wav = Path("audio samples/base/prompt_1.wav")
+    audio = wav.read_bytes()
+    torch.manual_seed(99)  # another caller state: the same seeded samples
+    run_eval(eval_configs(project_copy), force=True, only=["base"])
+    assert wav.read_bytes() == audio
+
+
+def test_reference_processing_num_proc_loads_with_a_note(project_copy, capsys):
+    from kanitts.cli import main
+    from kanitts.config import load_configs
+
+    config = yaml.safe_load((project_copy / "eval_config.yaml").read_text())
+    config["processing"] = {"num_proc": 4}
+    (project_copy / "eval_config.yaml").write_text(yaml.safe_dump(config))
+    assert load_configs(project_copy, kinds=("eval",)).eval.processing.notes == [
+        "processing.num_proc is ignored (eval needs no process pool); remove it"]
+    assert main(["eval", "--config-dir", str(project_copy), "--no-report"]) == 0
+    assert (f"warning: {project_copy / 'eval_config.yaml'}: processing.num_proc is ignored"
+            in capsys.readouterr().out)
+    config["processing"] = {"num_proc": 0}
+    (project_copy / "eval_config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["eval", "--config-dir", str(project_copy), "--no-report"]) == 1
+    assert "eval_config.yaml: processing.num_proc: expected a positive number, got 0" in capsys.readouterr().err
+
+
 def test_missing_checkpoint_is_named_and_the_rest_goes_on(project_copy):
     shutil.rmtree("ckpt/exp-b")
-    summary = run_eval(eval_configs(project_copy), report=False)
+    summary = run_eval(eval_configs(project_copy))
     assert len(summary.failures) == 1
     assert "exp-b" in summary.failures[0] and "no checkpoint" in summary.failures[0]
     assert {r["experiment_id"] for r in summary.rows} == {BASE_ID, "exp-a"}
@@ -131,7 +171,7 @@ def test_a_model_or_sentence_that_fails_is_reported(project_copy):
         tts.synthesize = synthesize
         return tts
 
-    summary = run_eval(eval_configs(project_copy), force=True, only=["base", "exp-a"], report=False,
+    summary = run_eval(eval_configs(project_copy), force=True, only=["base", "exp-a"],
                        load_model=flaky_loader)
     assert any(f.startswith("exp-a: cannot load") for f in summary.failures)
     fox = [f for f in summary.failures if "prompt:2" in f]
@@ -141,7 +181,7 @@ def test_a_model_or_sentence_that_fails_is_reported(project_copy):
 
 def test_unknown_only_id_is_a_user_error(project_copy):
     with pytest.raises(UserError, match="unknown id"):
-        run_eval(eval_configs(project_copy), only=["nope"], report=False)
+        run_eval(eval_configs(project_copy), only=["nope"])
 
 
 def test_metrics_of_a_known_signal():

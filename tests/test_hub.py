@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from kanitts.errors import UserError
+from kanitts.files import is_hub_id, is_repo_id
 from kanitts.hub import build_model_card, checkpoint_problems, upload_model
 
 
@@ -173,6 +174,16 @@ def test_incomplete_checkpoint_is_refused_before_any_request(evaluated_project, 
     assert hub.auth == []
 
 
+def test_one_rule_tells_hub_ids_from_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("nineninesix/kani-tts-400m-0.3-pt") and is_hub_id("me/model.v2")
+    for path in ("./me/model", "/abs/model", "~/model/x", "a/b/c", "model", "me\\model", "", None):
+        assert not is_hub_id(path), path
+    (tmp_path / "me" / "model").mkdir(parents=True)
+    assert not is_hub_id("me/model")  # an existing folder wins, as in from_pretrained
+    assert is_repo_id("me/model")  # where to upload: spelling only
+
+
 def test_rejected_credentials_become_a_user_error(evaluated_project, hub):
     hub.reject_with = 401
     with pytest.raises(UserError, match="make login"):
@@ -195,12 +206,12 @@ def test_eval_dataset_is_pushed_when_asked(project_copy, hub):
     import pyarrow.parquet as pq
 
     from eval_project import eval_configs
-    from kanitts.evaluation.runner import run_eval
+    from kanitts.recipes.eval import evaluate
 
     config = yaml.safe_load((project_copy / "eval_config.yaml").read_text())
     config["huggingface"] = {"upload_dataset": True, "repo_name": "me/eval-results", "private": True}
     (project_copy / "eval_config.yaml").write_text(yaml.safe_dump(config))
-    summary = run_eval(eval_configs(project_copy), report=False)
+    summary = evaluate(eval_configs(project_copy), report=False)
     assert summary.generated == 0 and summary.hub_url.endswith("/datasets/me/eval-results")
     assert hub.repos["dataset:me/eval-results"]["visibility"] == "private"
     received = hub.files["dataset:me/eval-results"]

@@ -67,7 +67,7 @@ def test_cells_run_top_to_bottom(tmp_path, monkeypatch):
     import types
 
     from kanitts.config import check_config_dir, load_configs
-    from kanitts.evaluation.runner import CSV_COLUMNS, RESULTS_CSV
+    from kanitts.evaluation.results import CSV_COLUMNS, RESULTS_CSV
     from kanitts.inference import write_wav
 
     shutil.copytree(REPO_ROOT / "config", tmp_path / "config")

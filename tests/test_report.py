@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kanitts.evaluation.report import build_report, differing_settings, flatten
+from kanitts.evaluation.html_report import build_report, differing_settings, flatten
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -64,6 +64,21 @@ def test_report_is_rebuilt_atomically_from_results(report, tmp_path):
     rebuilt = build_report(results, tmp_path / "again")
     assert rebuilt.read_text(encoding="utf-8") == index.read_text(encoding="utf-8")
     assert not (tmp_path / "again.tmp").exists()
+
+
+def test_report_leaves_matplotlib_as_the_caller_set_it(report, tmp_path):
+    """The curves are drawn on their own Agg canvases: no backend switch, no pyplot figures left."""
+    import sys
+
+    import matplotlib
+
+    index, summary = report
+    backend = matplotlib.rcParams["backend"]
+    pyplot_loaded = "matplotlib.pyplot" in sys.modules
+    build_report(index.parent.parent / summary.results_json, tmp_path / "again")
+    assert matplotlib.rcParams["backend"] == backend
+    assert ("matplotlib.pyplot" in sys.modules) == pyplot_loaded
+    assert {p.name for p in (tmp_path / "again" / "plots").iterdir()} == {"all.png", "exp-a.png", "exp-b.png"}
 
 
 def click(driver, element) -> None:

@@ -54,10 +54,10 @@ def test_eval_results_dataset_and_report_show_the_key_not_the_secret(project_cop
     from datasets import load_from_disk
 
     from eval_project import eval_configs
-    from kanitts.evaluation.runner import run_eval
+    from kanitts.recipes.eval import evaluate
 
     _add_secrets(project_copy)
-    summary = run_eval(eval_configs(project_copy), report=True)
+    summary = evaluate(eval_configs(project_copy), report=True)
     assert summary.generated == 0  # the samples are reused: only the settings were rewritten
     audio_dir, report_dir = Path("audio samples"), Path("report")
     files = _files_under(audio_dir, report_dir)

@@ -27,6 +27,7 @@ from kanitts.errors import ConfigError, UserError
 from kanitts.evaluation.runner import BASE_ID, run_eval
 from kanitts.files import check_output_file, check_output_folder, check_safetensors
 from kanitts.inference import KaniTTS
+from kanitts.recipes.eval import evaluate
 
 
 def _cut(file: Path) -> None:
@@ -193,12 +194,12 @@ def test_eval_refuses_unwritable_outputs_before_generating(project_copy, monkeyp
     (project_copy / "eval_config.yaml").write_text(yaml.safe_dump(config))
     Path("notes").write_text("a file where the report's folder should be")
     with pytest.raises(UserError, match="paths.report_dir notes/report cannot be created: notes is a file"):
-        run_eval(eval_configs(project_copy), force=True)
+        evaluate(eval_configs(project_copy), force=True)
     assert results.read_bytes() == before
 
     _fail_writes(monkeypatch, errno.ENOSPC)
     with pytest.raises(UserError, match="paths.audio_output_dir audio samples cannot be written: No space left"):
-        run_eval(eval_configs(project_copy), force=True, report=False)
+        run_eval(eval_configs(project_copy), force=True)
     assert results.read_bytes() == before
 
 

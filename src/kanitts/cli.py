@@ -50,12 +50,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
-    from kanitts.accounts import login_all
+    from kanitts.recipes import login
 
-    results = login_all(interactive=not args.non_interactive)
-    for r in results:
-        print(f"{r.service}: {r.detail}")
-    return 0 if all(r.ok or r.detail.startswith("skipped") for r in results) else 1
+    return login.run(interactive=not args.non_interactive)
 
 
 # --- prepare ------------------------------------------------------------------------------
@@ -153,57 +150,29 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:
-    from kanitts.config import load_configs
-    from kanitts.files import check_output_file
-    from kanitts.inference import KaniTTS, text_problem, write_wav
+    from kanitts.recipes import synthesize
 
-    problem = text_problem(args.text, args.speaker)
-    if problem:
-        raise UserError(f"the text to say ({args.text!r}): {problem}")
-    check_output_file(args.output, "output file (-o)")
-    configs = load_configs(args.config_dir, kinds=("model", "inference"))
-    tts = KaniTTS.from_pretrained(
-        args.model, codec=args.codec, model_cfg=configs.model, inference_cfg=configs.inference, device=args.device
-    )
-    result = tts.synthesize([args.text], speaker=args.speaker)[0]
-    for problem in result.problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    if not result.ok:
-        print("error: the model produced no audio", file=sys.stderr)
-        return 1
-    write_wav(args.output, result.audio, result.sample_rate)
-    print(f"{args.output}: {result.duration_sec:.2f} s ({result.num_frames} frames)")
-    return 0
+    return synthesize.run(text=args.text, model=args.model, output=args.output, config_dir=args.config_dir,
+                          speaker=args.speaker, codec=args.codec, device=args.device)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from kanitts.config import load_configs
-    from kanitts.evaluation.runner import run_eval
+    from kanitts.recipes import eval as eval_recipe
 
-    configs = load_configs(args.config_dir, kinds=("experiments", "eval", "eval_set", "model", "inference"))
-    for line in configs.warnings:
-        print(f"warning: {line}")
-    summary = run_eval(configs, force=args.force, only=args.only, device=args.device, report=not args.no_report)
-    print(summary.describe())
-    return 0 if summary.succeeded else 1
+    return eval_recipe.run(config_dir=args.config_dir, force=args.force, only=args.only, device=args.device,
+                           report=not args.no_report)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kanitts.config import load_configs
-    from kanitts.evaluation.report import build_report_from_config
+    from kanitts.recipes import report
 
-    configs = load_configs(args.config_dir, kinds=("eval",))
-    index = build_report_from_config(configs.eval)
-    print(f"report: {index}")
-    return 0
+    return report.run(config_dir=args.config_dir)
 
 
 def _cmd_upload_model(args: argparse.Namespace) -> int:
-    from kanitts.hub import upload_model_from_config
+    from kanitts.recipes import publish
 
-    url = upload_model_from_config(args.config_dir, args.model_id, args.repo, private=args.private)
-    print(f"uploaded {args.model_id} to {url}")
-    return 0
+    return publish.run(config_dir=args.config_dir, model_id=args.model_id, repo=args.repo, private=args.private)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

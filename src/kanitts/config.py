@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -282,7 +283,35 @@ class EvalHub(_Strict):
 
 
 class EvalProcessing(_Strict):
-    num_proc: PositiveInt = 1
+    """The reference's ``processing`` section, of which nothing is used here.
+
+    Its ``num_proc`` sized a process pool for dataset work; here eval generates on one device and
+    measures a sample in milliseconds, so there is no pool to size. Files that set it load as
+    before; :attr:`notes` says that it is ignored (``kanitts eval`` prints it as a warning).
+    """
+
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _drop_num_proc(cls, data: Any, handler) -> EvalProcessing:
+        ignored: tuple[str, ...] = ()
+        if isinstance(data, dict) and "num_proc" in data:
+            try:  # a wrong value is still an error, named at its key
+                TypeAdapter(PositiveInt).validate_python(data["num_proc"])
+            except ValidationError as exc:
+                errors = [{"type": e["type"], "loc": ("num_proc", *e["loc"]), "input": e["input"],
+                           **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+                raise ValidationError.from_exception_data(cls.__name__, errors) from None
+            data = {k: v for k, v in data.items() if k != "num_proc"}
+            ignored = ("num_proc",)
+        model = handler(data)
+        model._ignored = ignored
+        return model
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"processing.{key} is ignored (eval needs no process pool); remove it" for key in self._ignored]
 
 
 class SpeakerSimilarity(_Strict):

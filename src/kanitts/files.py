@@ -5,11 +5,14 @@
   in one line before an hour of encoding or training, not as a traceback at the first save.
 - **Weights**: a truncated or corrupt ``*.safetensors`` makes safetensors raise
   "Error while deserializing header" without saying which file; here the file is named.
+- **Hub ids**: whether a name a user gives is a Hugging Face Hub repo id or a local path, by
+  one rule (:func:`is_hub_id`) for every command.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -17,6 +20,26 @@ from kanitts.errors import UserError
 
 # Bytes the probe writes and syncs: enough that a full disk refuses them.
 _PROBE_BYTES = 64 * 1024
+
+# The Hub's repo id: ``owner/name``, each part starting with a letter or digit.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_repo_id(name: str | None) -> bool:
+    """``name`` is spelled as a Hub repo id (``owner/name``), whatever exists on this disk.
+
+    For names that can only be repo ids (where to upload); a name that may also be a folder
+    goes through :func:`is_hub_id`.
+    """
+    return bool(name) and bool(_HUB_ID.match(str(name)))
+
+
+def is_hub_id(name: str | Path | None) -> bool:
+    """``name`` means a Hub repo: spelled ``owner/name`` and not an existing local path.
+
+    A folder that happens to be called ``owner/name`` wins, as it does for ``from_pretrained``.
+    """
+    return is_repo_id(None if name is None else str(name)) and not Path(str(name)).expanduser().exists()
 
 
 def _existing_ancestor(path: Path, what: str, start: Path | None = None) -> Path:

@@ -10,7 +10,6 @@ from the eval results, so what the card claims is what was measured.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,12 @@ from typing import Any
 import yaml
 
 from kanitts.config import CodecSection, EvalSentence
-from kanitts.errors import ConfigError, UserError
+from kanitts.errors import UserError
+from kanitts.files import check_safetensors, is_hub_id, is_repo_id
 from kanitts.redact import redact_secrets
-from kanitts.files import check_safetensors
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 LICENSE = "apache-2.0"
-
-
-def is_hub_id(name: str | None) -> bool:
-    """``owner/name`` that is not an existing local path."""
-    return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
 
 
 def push_files(
@@ -46,10 +39,12 @@ def push_files(
     Every way the Hub can fail (offline mode, no token, no network, refused, not found) is one
     UserError that names the repo and the cause.
     """
+    # huggingface_hub and datasets are imported where used: each takes a noticeable part of a
+    # second, and most commands that import this module use only one of them.
     from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
     from huggingface_hub import errors as hub_errors
 
-    if not _HUB_ID.match(repo_id):
+    if not is_repo_id(repo_id):
         raise UserError(f"{repo_id!r} is not a Hub repo id: use user/name or org/name")
     if token is None and get_token() is None:
         raise UserError(f"cannot upload to {repo_id}: not logged in to the Hugging Face Hub "
@@ -300,27 +295,3 @@ def upload_model(
         files["experiment.yaml"] = yaml.safe_dump(redact_secrets(recorded), sort_keys=False).encode()
     return push_files(repo_id, files, repo_type="model", private=private,
                       commit_message=f"Upload {folder.name} (kanitts)", token=token)
-
-
-def upload_model_from_config(config_dir: Path | str, model_id: str, repo_id: str, private: bool = False) -> str:
-    """`kanitts upload-model`: checkpoint, datasets and eval results located through the configs."""
-    from kanitts.config import load_configs
-    from kanitts.evaluation.report import read_results
-    from kanitts.evaluation.runner import RESULTS_JSON
-
-    if not model_id.strip():
-        raise UserError("name the checkpoint to upload: --model-id <model_id from experiments.yaml>")
-    configs = load_configs(config_dir, kinds=("eval",))
-    folder = Path(configs.eval.paths.checkpoints_dir) / model_id
-    try:
-        dataset_cfg = load_configs(config_dir, kinds=("dataset",)).dataset
-        dataset_ids = [entry.reponame for entry in dataset_cfg.hf_datasets]
-    except ConfigError:
-        dataset_ids = []
-    try:
-        codec = load_configs(config_dir, kinds=("model",)).model.codec
-    except ConfigError:
-        codec = None
-    results = Path(configs.eval.paths.audio_output_dir) / RESULTS_JSON
-    eval_rows = read_results(results)["rows"] if results.is_file() else []
-    return upload_model(folder, repo_id, private=private, dataset_ids=dataset_ids, eval_rows=eval_rows, codec=codec)

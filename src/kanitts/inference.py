@@ -23,10 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from kanitts.atomic import atomic_file
+from kanitts.codecs import load_codec
 from kanitts.codecs.base import Codec
-from kanitts.config import GenerationSection, InferenceConfig, ModelConfig
+from kanitts.config import EvalSentence, GenerationSection, InferenceConfig, ModelConfig
 from kanitts.devices import resolve_device
 from kanitts.errors import UserError
+from kanitts.files import check_model_weights, corrupt_download, is_hub_id
 from kanitts.tokens import TokenLayout
 
 
@@ -116,12 +118,9 @@ class KaniTTS:
         ``model_cfg.codec.weights``. ``model_cfg`` must describe the model's token space (the
         reference KaniTTS layout when None).
         """
+        # transformers takes seconds to import: only loading a model pays for it.
         from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from kanitts.codecs import load_codec
-        from kanitts.files import check_model_weights, corrupt_download
-        from kanitts.hub import is_hub_id
 
         model_cfg = model_cfg or ModelConfig()
         inference_cfg = inference_cfg or InferenceConfig()
@@ -343,8 +342,6 @@ def _count_generated(ids: np.ndarray, pad: int, end_of_speech: int) -> int:
 
 def text_problem(text: str, speaker: str | None = None) -> str | None:
     """Why ``text`` cannot be spoken (empty, or a speaker prefix with nothing after it), or None."""
-    from kanitts.config import EvalSentence
-
     if not text.strip():
         return "empty text: give the words to say"
     prefixed = EvalSentence("", text)

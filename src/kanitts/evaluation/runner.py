@@ -7,8 +7,10 @@ sample (the reference's ``experiment_id, train_configuration, sentence_id, sente
 plus what happened and the metrics) into:
 
 - ``<audio_output_dir>/eval_results.csv`` and ``eval_results.json`` (what the report reads),
-- ``<audio_output_dir>/eval_dataset/`` (``datasets`` save_to_disk, audio embedded),
-- the Hub dataset ``huggingface.repo_name`` when ``upload_dataset`` is true.
+- ``<audio_output_dir>/eval_dataset/`` (``datasets`` save_to_disk, audio embedded);
+
+their names and shape are :mod:`kanitts.evaluation.results`'. The report and the Hub upload
+are the eval recipe's next steps (:mod:`kanitts.recipes.eval`).
 
 Work is resumable: a sample whose sidecar records the same model files, sentence and sampling
 settings is not generated again (``force`` regenerates). Metrics are always recomputed from the
@@ -18,45 +20,35 @@ reported and the rest goes on.
 
 from __future__ import annotations
 
-import csv
+import contextlib
+import gc
 import hashlib
 import json
-import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+import soundfile as sf
+import torch
 import yaml
+from tqdm.auto import tqdm
 
-from kanitts.atomic import atomic_file, write_atomically
+from kanitts.codecs import load_codec
 from kanitts.config import ConfigSet, EvalSentence
+from kanitts.devices import resolve_device
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import measure
+from kanitts.evaluation.results import loss_history, slugify, write_results, write_text
+from kanitts.evaluation.speaker import SpeakerSimilarity, load_embedder
+from kanitts.files import check_output_folder
 from kanitts.inference import KaniTTS, SynthesisResult, write_wav
 from kanitts.redact import redact_secrets
 from kanitts.tokens import TokenLayout
 
 BASE_ID = "base"
-RESULTS_JSON = "eval_results.json"
-RESULTS_CSV = "eval_results.csv"
-DATASET_DIR = "eval_dataset"
 SEED = 1234  # every model samples from the same seed, so a rerun with --force reproduces it
-CSV_COLUMNS = [
-    "experiment_id", "sentence_id", "take", "sentence", "audio", "truncated", "problems",
-    "duration_sec", "chars_per_sec", "leading_silence_sec", "trailing_silence_sec",
-    "clipping_fraction", "peak_dbfs", "speaker_similarity", "train_configuration",
-]
-
-
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-
-
-def slugify(name: str) -> str:
-    """A file name that is safe on every OS: letters, digits, '-', '_' and '.' only."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:120] or "unnamed"
-    return f"_{slug}" if slug.split(".")[0].upper() in _WINDOWS_RESERVED else slug
 
 
 def _check_file_names(sentences: list[EvalSentence]) -> None:
@@ -88,6 +80,8 @@ class EvalTarget:
 
 @dataclass
 class EvalSummary:
+    """What an eval run produced; the eval recipe adds where the report and the upload went."""
+
     rows: list[dict[str, Any]]
     failures: list[str]
     generated: int
@@ -227,7 +221,7 @@ class _Outputs:
             "num_frames": result.num_frames,
             "num_generated_tokens": result.num_generated_tokens,
         }
-        _atomic_write(wav.with_suffix(".json"), json.dumps(data, indent=2))
+        write_text(wav.with_suffix(".json"), json.dumps(data, indent=2))
         return data
 
 
@@ -236,21 +230,12 @@ def run_eval(
     force: bool = False,
     only: list[str] | None = None,
     device: str | None = None,
-    report: bool = True,
     load_model: Callable[..., KaniTTS] = KaniTTS.from_pretrained,
 ) -> EvalSummary:
     """Evaluate the base model and every checkpoint on the eval set (see the module docstring)."""
-    from tqdm.auto import tqdm
-
-    from kanitts.codecs import load_codec
-    from kanitts.devices import resolve_device
-    from kanitts.files import check_output_folder
-
     started = time.perf_counter()
     eval_cfg = configs.eval
     audio_dir = check_output_folder(eval_cfg.paths.audio_output_dir, "eval_config.yaml: paths.audio_output_dir")
-    if report:
-        check_output_folder(eval_cfg.paths.report_dir, "eval_config.yaml: paths.report_dir", replaced_whole=True)
     targets, missing = eval_targets(configs)
     if only:
         unknown = sorted(set(only) - {t.experiment_id for t in targets} - set(missing))
@@ -271,61 +256,50 @@ def run_eval(
     sidecars: dict[tuple[str, str], list[dict[str, Any]]] = {}
     generated = reused = 0
     bar = tqdm(total=len(targets) * len(sentences), unit="sample", desc="eval")
-    for target in targets:
-        todo = []
-        for sentence in sentences:
-            signature = _signature(target, sentence, configs)
-            done = None if force else outputs.done(target, sentence, signature)
-            if done is not None:
-                sidecars[(target.experiment_id, sentence.sentence_id)] = done
-                reused += 1
-                bar.update(1)
-            else:
-                todo.append((sentence, signature))
-        if not todo:
-            continue
-        bar.set_postfix_str(target.experiment_id)
-        if codec is None:  # every model needs it: a codec that does not load stops the run
-            codec = load_codec(configs.model.codec.kind, configs.model.codec.weights, device=device)
-        try:
-            tts = load_model(target.model, codec=codec, model_cfg=configs.model,
-                             inference_cfg=configs.inference, device=device)
-        except (UserError, OSError, RuntimeError, ValueError) as exc:
-            load_errors[target.experiment_id] = f"cannot load {target.model}: {exc}"
-            failures.append(f"{target.experiment_id}: {load_errors[target.experiment_id]}")
-            bar.update(len(todo))
-            continue
-        _seed_everything(SEED)
-        for batch in _chunks(todo, configs.inference.generation.batch_size):
-            for (sentence, signature), results, error in _generate(tts, batch):
-                bar.update(1)
-                if error:
-                    failures.append(f"{target.experiment_id} / {sentence.sentence_id}: generation failed: {error}")
-                    continue
-                sidecars[(target.experiment_id, sentence.sentence_id)] = [
-                    outputs.save(target, sentence, take, signature, result) for take, result in enumerate(results)
-                ]
-                generated += 1
-        del tts
-        _release_memory()
+    # Loading a model or the codec draws from torch's generator too: the whole run is scoped.
+    with kept_random_state(device):
+        for target in targets:
+            todo = []
+            for sentence in sentences:
+                signature = _signature(target, sentence, configs)
+                done = None if force else outputs.done(target, sentence, signature)
+                if done is not None:
+                    sidecars[(target.experiment_id, sentence.sentence_id)] = done
+                    reused += 1
+                    bar.update(1)
+                else:
+                    todo.append((sentence, signature))
+            if not todo:
+                continue
+            bar.set_postfix_str(target.experiment_id)
+            if codec is None:  # every model needs it: a codec that does not load stops the run
+                codec = load_codec(configs.model.codec.kind, configs.model.codec.weights, device=device)
+            try:
+                tts = load_model(target.model, codec=codec, model_cfg=configs.model,
+                                 inference_cfg=configs.inference, device=device)
+            except (UserError, OSError, RuntimeError, ValueError) as exc:
+                load_errors[target.experiment_id] = f"cannot load {target.model}: {exc}"
+                failures.append(f"{target.experiment_id}: {load_errors[target.experiment_id]}")
+                bar.update(len(todo))
+                continue
+            torch.manual_seed(SEED)
+            for batch in _chunks(todo, configs.inference.generation.batch_size):
+                for (sentence, signature), results, error in _generate(tts, batch):
+                    bar.update(1)
+                    if error:
+                        failures.append(f"{target.experiment_id} / {sentence.sentence_id}: generation failed: {error}")
+                        continue
+                    sidecars[(target.experiment_id, sentence.sentence_id)] = [
+                        outputs.save(target, sentence, take, signature, result) for take, result in enumerate(results)
+                    ]
+                    generated += 1
+            del tts
+            _release_memory()
     bar.close()
 
     rows = _rows(targets, sentences, sidecars, outputs, similarity)
     summary = _write_results(configs, targets, sentences, rows, failures, audio_dir, load_errors)
     summary.generated, summary.reused = generated, reused
-    # The report comes before the upload: a Hub that says no must not cost the local results.
-    if report and rows:
-        from kanitts.evaluation.report import build_report_from_config
-
-        summary.report_index = build_report_from_config(eval_cfg)
-    if eval_cfg.huggingface.upload_dataset and rows:
-        from kanitts.hub import upload_eval_dataset
-
-        try:
-            summary.hub_url = upload_eval_dataset(summary.dataset_dir, eval_cfg.huggingface.repo_name,
-                                                  private=eval_cfg.huggingface.private)
-        except UserError as exc:
-            summary.upload_error = str(exc)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -336,20 +310,23 @@ def _chunks(items: list, size: int) -> list[list]:
 
 def _release_memory() -> None:
     """Give the previous model's GPU memory back before the next one loads."""
-    import gc
-
-    import torch
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def _seed_everything(seed: int) -> None:
-    import torch
+@contextlib.contextmanager
+def kept_random_state(device: str) -> Iterator[None]:
+    """Leave torch's random state as the caller had it, whatever the block seeds or draws.
 
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    ``generate`` samples from torch's global generator (it takes no ``torch.Generator``), and
+    building a model draws from it before the weights load; so the run seeds that generator
+    and forks its state (CPU, and the CUDA device in use), restored on the way out. numpy's and
+    Python's generators are never seeded here: nothing in eval draws from them.
+    """
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
@@ -374,15 +351,11 @@ def _speaker_similarity(configs: ConfigSet):
     settings = configs.eval.speaker_similarity
     if settings is None or not settings.references:
         return None
-    from kanitts.evaluation.speaker import SpeakerSimilarity, load_embedder
-
     return SpeakerSimilarity(load_embedder(settings.embedder), settings.references)
 
 
 def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity) -> list[dict[str, Any]]:
     """One row per sample that exists, model-major, metrics measured from the WAV files."""
-    import soundfile as sf
-
     rows = []
     for target in targets:
         config_json = json.dumps(target.train_configuration, sort_keys=True)
@@ -408,7 +381,6 @@ def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity) -> list[d
 
 def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path,
                    load_errors: dict[str, str]) -> EvalSummary:
-    audio_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "audio_dir": str(audio_dir),
         "generation": configs.inference.generation.model_dump(),
@@ -427,67 +399,6 @@ def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path,
         "rows": rows,
         "failures": failures,
     }
-    json_path = audio_dir / RESULTS_JSON
-    _atomic_write(json_path, json.dumps(results, indent=2))
-    csv_path = audio_dir / RESULTS_CSV
-    with atomic_file(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    dataset_dir = audio_dir / DATASET_DIR
-    if rows:
-        save_eval_dataset(rows, audio_dir, dataset_dir)
+    json_path, csv_path, dataset_dir = write_results(results, audio_dir)
     return EvalSummary(rows=rows, failures=failures, generated=0, reused=0, results_json=json_path,
                        csv_path=csv_path, dataset_dir=dataset_dir)
-
-
-def loss_history(checkpoint_dir: Path | None) -> list[dict[str, float]]:
-    """The ``[{step, loss}]`` a checkpoint's metrics.json records (empty when it has none)."""
-    if checkpoint_dir is None:
-        return []
-    try:
-        metrics = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return []
-    history = metrics.get("loss_history") if isinstance(metrics, dict) else None
-    return [
-        {"step": float(p["step"]), "loss": float(p["loss"])}
-        for p in history or []
-        if isinstance(p, dict) and isinstance(p.get("step"), (int, float)) and isinstance(p.get("loss"), (int, float))
-    ]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def eval_dataset(rows: list[dict[str, Any]], audio_dir: Path):
-    """The rows as a ``datasets.Dataset`` with the WAV bytes embedded in an ``Audio`` column.
-
-    The column is ``Audio(decode=False)``: a row reads back as ``{"bytes", "path"}`` with no audio
-    backend. Decoding (``decode=True``) needs torchcodec and FFmpeg's libraries in datasets 4 and
-    later, which this project does not install; ``soundfile.read(io.BytesIO(row["audio"]["bytes"]))``
-    reads the WAV, and ``cast_column("audio", Audio())`` decodes where torchcodec is installed.
-    """
-    from datasets import Audio, Dataset, Features, Value
-
-    columns = [c for c in CSV_COLUMNS if c != "audio"]
-    records = []
-    for row in rows:
-        record = {c: row[c] for c in columns}
-        # The Audio feature keeps only a file name, so the name carries the experiment too.
-        record["audio"] = {"bytes": (audio_dir / row["audio"]).read_bytes(), "path": row["audio"].replace("/", "__")}
-        records.append(record)
-    # Arrow infers the types; the audio column is stored as the Audio feature's own struct and
-    # then cast, which needs no audio backend (encoding through Audio would).
-    dataset = Dataset.from_list(records)
-    features = Features({**dataset.features, "audio": {"bytes": Value("binary"), "path": Value("string")}})
-    dataset = dataset.cast(features)
-    return dataset.cast_column("audio", Audio(sampling_rate=int(rows[0]["sample_rate"]), decode=False))
-
-
-def save_eval_dataset(rows: list[dict[str, Any]], audio_dir: Path, dataset_dir: Path) -> None:
-    """save_to_disk into a temporary folder, then swap it in: never a half-written dataset."""
-    dataset = eval_dataset(rows, audio_dir)
-    write_atomically(dataset_dir, lambda folder: dataset.save_to_disk(str(folder)))

@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from kanitts.audio import AudioDecodeError, load_audio, resample, to_mono
 from kanitts.errors import UserError
 
 
@@ -66,9 +67,7 @@ class MfccStatsEmbedder:
     voiced_below_peak_db = 35.0
 
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        from scipy.fft import dct
-
-        from kanitts.audio import resample
+        from scipy.fft import dct  # scipy.fft loads in a fraction of a second: only this embedder pays
 
         audio = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, self.sample_rate)
         audio = audio.astype(np.float64)
@@ -136,8 +135,6 @@ class SpeakerSimilarity:
     """Cosine similarity of samples to each speaker's reference recordings."""
 
     def __init__(self, embedder: SpeakerEmbedder, references: dict[str, list[str]]):
-        from kanitts.audio import AudioDecodeError, load_audio, to_mono
-
         self.embedder = embedder
         self.centroids: dict[str, np.ndarray] = {}
         for speaker, paths in references.items():

@@ -17,49 +17,16 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from kanitts.atomic import write_atomically
-from kanitts.config import EvalConfig
 from kanitts.errors import UserError
-from kanitts.files import check_output_folder
 from kanitts.evaluation.metrics import METRIC_LABELS
+from kanitts.evaluation.results import RESULTS_JSON, read_results, slugify
 from kanitts.redact import redact_secrets
 
 ASSETS = ("report.css", "report.js")
-
-
-def build_report_from_config(eval_cfg: EvalConfig) -> Path:
-    """`kanitts report`: read the eval outputs of ``audio_output_dir``, write ``report_dir``."""
-    from kanitts.evaluation.runner import RESULTS_JSON
-
-    results = Path(eval_cfg.paths.audio_output_dir) / RESULTS_JSON
-    report_dir = check_output_folder(eval_cfg.paths.report_dir, "eval_config.yaml: paths.report_dir",
-                                     replaced_whole=True)
-    if not results.is_file():
-        raise UserError(f"no eval results at {results}: run `make eval` first")
-    return build_report(results, report_dir)
-
-
-# The keys of eval_results.json the page is built from, with their JSON types.
-_RESULT_KEYS = {"generation": dict, "models": list, "sentences": list, "rows": list, "failures": list}
-
-
-def read_results(results_json: Path) -> dict[str, Any]:
-    """``eval_results.json``, or a UserError naming the file when it is cut off or not ours."""
-    again = "run `make eval` again to rewrite it (existing audio is reused)"
-    try:
-        results = json.loads(Path(results_json).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{results_json} is not a text file ({exc.reason}); {again}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{results_json} is truncated or corrupt (line {exc.lineno}, column {exc.colno}: {exc.msg}); {again}"
-        ) from None
-    if not isinstance(results, dict):
-        raise UserError(f"{results_json} holds a {type(results).__name__}, not the eval results; {again}")
-    wrong = [key for key, kind in _RESULT_KEYS.items() if not isinstance(results.get(key), kind)]
-    if wrong:
-        raise UserError(f"{results_json} lacks {', '.join(wrong)} (not written by `kanitts eval`?); {again}")
-    return results
 
 
 def build_report(results_json: Path, report_dir: Path) -> Path:
@@ -81,7 +48,7 @@ def _write_report(results: dict[str, Any], audio_dir: Path, folder: Path) -> Non
         if not source.is_file():
             raise UserError(
                 f"{source}: the audio of {row['experiment_id']} / {row['sentence_id']} listed in "
-                f"{audio_dir / 'eval_results.json'} is missing; run `make eval` again to regenerate it"
+                f"{audio_dir / RESULTS_JSON} is missing; run `make eval` again to regenerate it"
             )
         target = folder / "audio" / row["audio"]
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -237,14 +204,11 @@ def _value(value: Any) -> str:
 
 
 def _loss_plots(models: list[dict[str, Any]], plot_dir: Path) -> str:
-    """One PNG per experiment with a loss history, plus all of them on one chart."""
-    import matplotlib
+    """One PNG per experiment with a loss history, plus all of them on one chart.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from kanitts.evaluation.runner import slugify
-
+    Each chart is a ``Figure`` on its own Agg canvas: no pyplot, so no process-wide backend
+    switch and no figure registry that a caller's plotting would share.
+    """
     histories = {m["experiment_id"]: [(p["step"], p["loss"]) for p in m.get("loss_history", [])] for m in models}
     histories = {k: v for k, v in histories.items() if v}
     if not histories:
@@ -253,7 +217,9 @@ def _loss_plots(models: list[dict[str, Any]], plot_dir: Path) -> str:
     figures = []
 
     def save(name: str, series: dict[str, list[tuple[float, float]]], title: str) -> None:
-        fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=100)
+        fig = Figure(figsize=(5.5, 3.2), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
         for label, points in series.items():
             ax.plot([p[0] for p in points], [p[1] for p in points], label=label, marker="." if len(points) < 40 else None)
         ax.set_xlabel("step")
@@ -264,7 +230,6 @@ def _loss_plots(models: list[dict[str, Any]], plot_dir: Path) -> str:
             ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(plot_dir / name)
-        plt.close(fig)
         figures.append(f"<figure><img src='plots/{_e(name)}' alt='{_e(title)}'><figcaption>{_e(title)}</figcaption></figure>")
 
     if len(histories) > 1:

@@ -1,0 +1,32 @@
+"""`kanitts synthesize`: speak one text with a checkpoint or base model into a WAV file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kanitts.config import load_configs
+from kanitts.errors import UserError
+from kanitts.files import check_output_file
+from kanitts.inference import KaniTTS, text_problem, write_wav
+
+
+def run(*, text: str, model: str, output: Path, config_dir: Path, speaker: str | None = None,
+        codec: str | None = None, device: str | None = None) -> int:
+    # The text and the output are checked before the model loads (seconds to minutes).
+    problem = text_problem(text, speaker)
+    if problem:
+        raise UserError(f"the text to say ({text!r}): {problem}")
+    check_output_file(output, "output file (-o)")
+    configs = load_configs(config_dir, kinds=("model", "inference"))
+    tts = KaniTTS.from_pretrained(model, codec=codec, model_cfg=configs.model, inference_cfg=configs.inference,
+                                  device=device)
+    result = tts.synthesize([text], speaker=speaker)[0]
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not result.ok:
+        print("error: the model produced no audio", file=sys.stderr)
+        return 1
+    write_wav(output, result.audio, result.sample_rate)
+    print(f"{output}: {result.duration_sec:.2f} s ({result.num_frames} frames)")
+    return 0
