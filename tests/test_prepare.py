@@ -488,29 +488,86 @@ def test_cli_prepare_takes_the_codec_model_config_names(tones, tiny_codec_dir, t
     assert str(tiny_codec_dir) in manifest
 
 
-@pytest.mark.slow
-def test_two_processes_with_torch_distributed(tones, tiny_codec_dir, tmp_path):
-    """What `torchrun --nproc_per_node 2 -m kanitts prepare ...` does, on CPU with gloo."""
+def test_recipe_from_python_and_the_cli_make_the_same_dataset(tones, tiny_codec_dir, tmp_path, capsys):
+    """The codec model_config.yaml names reaches the Python API as it reaches the CLI."""
+    from kanitts.cli import main
+    from kanitts.recipes import prepare
+
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "model_config.yaml").write_text(f"codec: {{kind: nanocodec, weights: {tiny_codec_dir}}}\n")
+    from_python, from_cli = tmp_path / "python", tmp_path / "cli"
+    options = PrepareOptions(input=str(tones), output=str(from_python), speaker="alice", progress=False)
+    assert prepare.run(options, config_dir=config_dir) == 0
+    assert f"wrote {from_python}" in capsys.readouterr().out
+    assert main(["prepare", str(tones), str(from_cli), "--speaker", "alice", "--no-progress",
+                 "--config-dir", str(config_dir)]) == 0
+    a, b = _load(from_python), _load(from_cli)
+    assert a.column_names == b.column_names and a.features == b.features
+    assert a.to_list() == b.to_list()
+    summaries = [json.loads((out / "kanitts_prepare.json").read_text())["manifest"] for out in (from_python, from_cli)]
+    assert summaries[0]["codec"] == summaries[1]["codec"] and summaries[0]["codec"]["name_or_path"] == str(tiny_codec_dir)
+    assert summaries[0]["fingerprint"] == summaries[1]["fingerprint"]
+    # the spec the recipe makes: the config's codec unless the caller names one
+    assert prepare.resolve_codec(config_dir) == CodecSpec(kind="nanocodec", weights=str(tiny_codec_dir))
+    assert prepare.resolve_codec(config_dir, weights="other").weights == "other"
+
+
+def _two_ranks(cmd: list[str], tmp_path: Path) -> list[tuple[str, str]]:
+    """Run ``cmd`` as ranks 0 and 1 of one gloo job (what torchrun sets up); their (stdout, stderr)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "out"
     src = str(Path(__file__).resolve().parents[1] / "src")
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [sys.executable, "-m", "kanitts", "prepare", str(tones), str(out), "--codec-model",
-               str(tiny_codec_dir), "--shard-size", "2", "--no-progress", "--device", "cpu"]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+
+@pytest.mark.slow
+def test_two_processes_with_torch_distributed(tones, tiny_codec_dir, tmp_path):
+    """What `torchrun --nproc_per_node 2 -m kanitts prepare ...` does, on CPU with gloo."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "kanitts", "prepare", str(tones), str(out), "--codec-model",
+           str(tiny_codec_dir), "--shard-size", "2", "--no-progress", "--device", "cpu"]
+    outputs = _two_ranks(cmd, tmp_path)
     assert "wrote" in outputs[0][0]
     ds = _load(out)
     assert len(ds) == 6 and ds["source"] == [f"t{i}.wav" for i in range(6)]
+
+
+RECIPE_IN_A_RANK = """
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from kanitts.prepare.options import PrepareOptions
+from kanitts.recipes import prepare
+
+tones, out, codec_dir = sys.argv[1:]
+options = PrepareOptions(input=tones, output=out, shard_size=2, progress=False)
+code = prepare.run(options, config_dir=Path("no-config"), codec_model=codec_dir, device="cpu")
+print("group after the run:", dist.is_initialized())
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_the_process_group_prepare_makes_is_destroyed_after_the_run(tones, tiny_codec_dir, tmp_path):
+    """A script or notebook that goes on after prepare is not left holding a gloo group."""
+    out = tmp_path / "out"
+    outputs = _two_ranks([sys.executable, "-c", RECIPE_IN_A_RANK, str(tones), str(out), str(tiny_codec_dir)], tmp_path)
+    assert [o[0].strip().splitlines()[-1] for o in outputs] == ["group after the run: False"] * 2
+    assert len(_load(out)) == 6
 
 
 def test_length_bucketing():
