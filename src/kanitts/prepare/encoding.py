@@ -20,10 +20,15 @@ from kanitts.prepare.shards import make_row, write_shard
 from kanitts.prepare.sources import Source
 
 
-def length_buckets(clips: list[Clip], budget_samples: int, max_batch: int, max_padding: float = 0.1) -> list[list[Clip]]:
-    """Length bucketing: longest first; a batch holds clips whose padded size fits the budget
-    and that are each at least ``1 - max_padding`` of the batch's longest clip (so at most about
-    10 % of what the encoder computes is padding)."""
+def length_buckets(
+    clips: list[Clip], budget_samples: int, max_batch: int, max_padding: float = 0.1
+) -> list[list[Clip]]:
+    """Length bucketing, so that padding neither wastes the encoder nor runs it out of memory.
+
+    Longest first; a batch holds clips whose padded size fits ``budget_samples`` and that are
+    each at least ``1 - max_padding`` of the batch's longest clip (so at most about 10 % of what
+    the encoder computes is padding). Written here because the rule is two comparisons on a
+    sorted list; no library offers this budget-and-ratio cut for a plain list."""
     ordered = sorted(clips, key=lambda c: -len(c.audio))
     batches: list[list[Clip]] = []
     current: list[Clip] = []

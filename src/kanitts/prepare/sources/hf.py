@@ -18,6 +18,7 @@ from kanitts.audio import AudioDecodeError, load_audio
 from kanitts.errors import UserError
 from kanitts.prepare.sources.base import Source, SourceItem, clean_speaker, clean_text
 
+
 class HFSource(Source):
     """A Hugging Face audio dataset (Hub id or local folder)."""
 
