@@ -22,10 +22,10 @@ import soundfile as sf
 
 from kanitts.audio import resample
 from kanitts.codecs import load_codec
+from kanitts.errors import UserError
 from kanitts.prepare.assembly import PrepareResult
 from kanitts.prepare.options import CodecSpec, PrepareOptions
 from kanitts.prepare.pipeline import prepare_dataset
-from kanitts.errors import UserError
 
 SR = 22050
 SPF = 1764

@@ -87,7 +87,8 @@ def level_warnings(samples: np.ndarray, options: PrepareOptions) -> list[str]:
     magnitude = np.abs(samples)
     peak = float(magnitude.max())
     if peak > 1.0:
-        return [f"over full scale: peak {peak:.3g} ({20 * math.log10(peak):+.1f} dBFS), cut to ±1 unless --normalize lowers it"]
+        level = f"peak {peak:.3g} ({20 * math.log10(peak):+.1f} dBFS)"
+        return [f"over full scale: {level}, cut to ±1 unless --normalize lowers it"]
     at_full_scale = np.count_nonzero(magnitude >= options.clip_level) / magnitude.size
     if at_full_scale > options.max_clipped_fraction:
         return [f"clipped: {100 * at_full_scale:.2f}% of the samples at full scale (|x| >= {options.clip_level:g})"]
@@ -102,9 +103,11 @@ def text_rate_warnings(text: str, duration: float, options: PrepareOptions) -> l
     chars = len(" ".join(text.split()))
     rate = chars / duration
     if rate > options.max_chars_per_second:
-        return [f"text too long: {chars} characters in {duration:.2f} s ({rate:.1f}/s > {options.max_chars_per_second:g}/s)"]
+        limit = f"{rate:.1f}/s > {options.max_chars_per_second:g}/s"
+        return [f"text too long: {chars} characters in {duration:.2f} s ({limit})"]
     if rate < options.min_chars_per_second:
-        return [f"text too short: {chars} characters in {duration:.2f} s ({rate:.1f}/s < {options.min_chars_per_second:g}/s)"]
+        limit = f"{rate:.1f}/s < {options.min_chars_per_second:g}/s"
+        return [f"text too short: {chars} characters in {duration:.2f} s ({limit})"]
     return []
 
 

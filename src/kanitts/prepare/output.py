@@ -28,7 +28,8 @@ def lock_output(output: Path, ranks: Ranks, held: ExitStack) -> str | None:
     Ranks started by hand each lock their own part, as they each write their own shards.
     """
     part = f".rank-{ranks.rank}" if ranks.rank else ""
-    lock = RunLock(output.with_name(f".{output.name}{part}.lock"), f"{output}" + (f" (rank {ranks.rank})" if part else ""))
+    what = f"{output}" + (f" (rank {ranks.rank})" if part else "")
+    lock = RunLock(output.with_name(f".{output.name}{part}.lock"), what)
     try:
         note = lock.acquire()
     except UserError as exc:

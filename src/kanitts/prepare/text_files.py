@@ -83,7 +83,10 @@ def _decode_problem(path: Path, data: bytes, codec: str, exc: UnicodeDecodeError
     if not auto:
         return f"{where}: the file is in another encoding than --encoding {codec}."
     if codec != "utf-8":
-        return f"{where} although the file starts with a {codec} byte-order mark; pass --encoding with its real encoding."
+        return (
+            f"{where} although the file starts with a {codec} byte-order mark; "
+            "pass --encoding with its real encoding."
+        )
     guess, family = "cp1252", "cp1252 (Western European)"
     try:
         data.decode(guess)
