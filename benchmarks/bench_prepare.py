@@ -7,7 +7,7 @@ size 1, each clip zero-padded to a multiple of 1,764 samples). Here the same cli
   (``nanocodec_torch.AudioCodecModel.encode``'s two calls) on each padded clip, in the same
   precision as ours (``encode`` itself turns CUDA autocast off, which would compare fp32 with bf16);
 - **kanitts, one clip per call**: ``NanoCodec.encode`` per clip (what prepare does on a CPU);
-- **batched**: the prepare command's length buckets (``_batches``) through ``NanoCodec.encode``
+- **batched**: the prepare command's length buckets (``length_buckets``) through ``NanoCodec.encode``
   (padding to whole frames, replicate-fill so codes equal the one-at-a-time codes),
 
 with the full-size NanoCodec (61.7 M parameters; ``--codec tiny``: the tests' small one, whose codes
@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from kanitts.codecs.nanocodec import NanoCodec  # noqa: E402
-from kanitts.data.prepare import _batches, _Clip  # noqa: E402
+from kanitts.prepare.cleaning import Clip  # noqa: E402
+from kanitts.prepare.encoding import length_buckets  # noqa: E402
 from kanitts.tiny import TINY_NANOCODEC_CONFIG  # noqa: E402
 
 SR = 22050
@@ -181,8 +182,8 @@ def main() -> None:
     # The buckets prepare makes of these clips; each bucket is timed both ways back to back
     # (order alternating by round), best of the rounds per bucket, so that load changes on a
     # shared machine hit both methods alike.
-    items = [_Clip(item=i, audio=x) for i, x in enumerate(clips)]
-    buckets = [[c.item for c in b] for b in _batches(items, int(args.batch_seconds * SR), args.max_batch_size)]
+    items = [Clip(item=i, audio=x) for i, x in enumerate(clips)]
+    buckets = [[c.item for c in b] for b in length_buckets(items, int(args.batch_seconds * SR), args.max_batch_size)]
     print(f"buckets ({args.batch_seconds:g} s budget, max {args.max_batch_size} clips): "
           f"{len(buckets)}, sizes {[len(b) for b in buckets]}")
     one_at_a_time(codec, clips[:1])  # warm-up

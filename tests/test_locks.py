@@ -64,13 +64,15 @@ def test_a_held_lock_is_refused_with_its_holder_and_taken_over_once_it_dies(tmp_
 
 
 def test_a_second_prepare_into_one_output_is_refused_before_anything_is_written(tmp_path, tiny_codec_dir):
-    from kanitts.data.prepare import PrepareOptions, prepare_dataset
+    from kanitts.prepare.options import CodecSpec, PrepareOptions
+    from kanitts.prepare.pipeline import prepare_dataset
 
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text('{"path": "missing.wav", "text": "never read"}\n')
     out = tmp_path / "out"
-    options = PrepareOptions(input=str(manifest), output=str(out), codec_model=str(tiny_codec_dir), progress=False)
+    options = PrepareOptions(input=str(manifest), output=str(out), progress=False)
+    codec = CodecSpec(kind="nanocodec", weights=str(tiny_codec_dir))
     with lock_held_elsewhere(tmp_path / ".out.lock") as holder:
         with pytest.raises(UserError, match=f"^{out} is in use by another run: pid {holder.pid} on host"):
-            prepare_dataset(options)
+            prepare_dataset(options, codec)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", ".out.lock.json", "manifest.jsonl"]

@@ -22,8 +22,10 @@ import soundfile as sf
 
 from kanitts.audio import resample
 from kanitts.codecs import load_codec
-from kanitts.data.prepare import PrepareOptions, prepare_dataset
 from kanitts.errors import UserError
+from kanitts.prepare.assembly import PrepareResult
+from kanitts.prepare.options import CodecSpec, PrepareOptions
+from kanitts.prepare.pipeline import prepare_dataset
 
 SR = 22050
 SPF = 1764
@@ -55,10 +57,12 @@ def _expected_frames(path: Path) -> int:
     return math.ceil(len(resample(x.mean(axis=1), sr, SR)) / SPF)
 
 
-def _opts(inp, out, codec_dir, **kw) -> PrepareOptions:
+def _prepare(inp, out, codec_dir, codec=None, **kw) -> PrepareResult:
+    """The component with the tiny codec: a CodecSpec naming its folder, or ``codec`` loaded."""
     kw.setdefault("progress", False)
     kw.setdefault("num_workers", 2)
-    return PrepareOptions(input=str(inp), output=str(out), codec_model=str(codec_dir), **kw)
+    options = PrepareOptions(input=str(inp), output=str(out), **kw)
+    return prepare_dataset(options, codec if codec is not None else CodecSpec(kind="nanocodec", weights=str(codec_dir)))
 
 
 def _load(out):
@@ -175,7 +179,7 @@ def tones(tmp_path):
 @needs_espeak
 def test_folder_with_broken_files(ljs_folder, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
-    result = prepare_dataset(_opts(ljs_folder, out, tiny_codec_dir, max_batch_size=8))
+    result = _prepare(ljs_folder, out, tiny_codec_dir, max_batch_size=8)
     ds = _load(out)
     _assert_codec_dataset(ds)
     assert "speaker" not in ds.column_names  # nobody named one
@@ -206,7 +210,7 @@ def test_folder_with_broken_files(ljs_folder, tiny_codec_dir, tmp_path):
 @needs_espeak
 def test_max_duration_and_text_field(ljs_folder, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
-    result = prepare_dataset(_opts(ljs_folder, out, tiny_codec_dir, max_duration=3.0, text_field="text"))
+    result = _prepare(ljs_folder, out, tiny_codec_dir, max_duration=3.0, text_field="text")
     ds = _load(out)
     assert all(d <= 3.0 for d in ds["duration_sec"])
     assert "too long" in result.rejected_by_reason
@@ -216,7 +220,7 @@ def test_max_duration_and_text_field(ljs_folder, tiny_codec_dir, tmp_path):
 @needs_espeak
 def test_manifest_with_two_voices(voices, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
-    prepare_dataset(_opts(voices / "manifest.csv", out, tiny_codec_dir))
+    _prepare(voices / "manifest.csv", out, tiny_codec_dir)
     ds = _load(out)
     _assert_codec_dataset(ds)
     assert ds["speaker"] == ["adam", "adam", "eve", "eve"]
@@ -227,7 +231,7 @@ def test_manifest_with_two_voices(voices, tiny_codec_dir, tmp_path):
         assert any(a[f"nano_layer_{i}"] != e[f"nano_layer_{i}"] for i in range(1, 5))
     # --speaker names one speaker for everything
     out2 = tmp_path / "out2"
-    prepare_dataset(_opts(voices / "manifest.csv", out2, tiny_codec_dir, speaker="narrator"))
+    _prepare(voices / "manifest.csv", out2, tiny_codec_dir, speaker="narrator")
     assert set(_load(out2)["speaker"]) == {"narrator"}
 
 
@@ -252,10 +256,8 @@ def test_hf_audio_dataset(voices, tiny_codec_dir, tmp_path):
     DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(hf_dir))
 
     out = tmp_path / "out"
-    result = prepare_dataset(
-        _opts(hf_dir, out, tiny_codec_dir, audio_column="wav", text_column="sentence", speaker_column="spk",
-              max_batch_size=8, batch_seconds=30)
-    )
+    result = _prepare(hf_dir, out, tiny_codec_dir, audio_column="wav", text_column="sentence", speaker_column="spk",
+                      max_batch_size=8, batch_seconds=30)
     out_ds = _load(out)
     _assert_codec_dataset(out_ds)
     assert result.rows == 4
@@ -264,22 +266,22 @@ def test_hf_audio_dataset(voices, tiny_codec_dir, tmp_path):
     assert out_ds["text"] == [r["text"] for r in rows]
     # the file-based run of the same audio, one clip per call, gives the same codes
     ref = tmp_path / "ref"
-    prepare_dataset(_opts(voices / "manifest.csv", ref, tiny_codec_dir, max_batch_size=1))
+    _prepare(voices / "manifest.csv", ref, tiny_codec_dir, max_batch_size=1)
     for i in range(1, 5):
         assert _load(ref)[f"nano_layer_{i}"] == out_ds[f"nano_layer_{i}"]
 
     out_test = tmp_path / "out_test"
-    prepare_dataset(_opts(hf_dir, out_test, tiny_codec_dir, split="test", audio_column="wav", text_column="sentence"))
+    _prepare(hf_dir, out_test, tiny_codec_dir, split="test", audio_column="wav", text_column="sentence")
     assert len(_load(out_test)) == 1 and "speaker" not in _load(out_test).column_names
     with pytest.raises(UserError, match="no audio column 'audio'"):
-        prepare_dataset(_opts(hf_dir, tmp_path / "x", tiny_codec_dir, text_column="sentence"))
+        _prepare(hf_dir, tmp_path / "x", tiny_codec_dir, text_column="sentence")
     with pytest.raises(UserError, match="no split 'dev'"):
-        prepare_dataset(_opts(hf_dir, tmp_path / "y", tiny_codec_dir, split="dev", audio_column="wav"))
+        _prepare(hf_dir, tmp_path / "y", tiny_codec_dir, split="dev", audio_column="wav")
 
 
 def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path, tiny_tts, tiny_tokenizer):
     out = tmp_path / "out"
-    prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice"))
+    _prepare(tones, out, tiny_codec_dir, speaker="alice")
     ds = _load(out)
     _assert_codec_dataset(ds)
     sequences = pytest.importorskip("kanitts.data.sequences")
@@ -304,23 +306,23 @@ def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path,
 
 def test_refuses_existing_output_then_overwrites(tones, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
-    prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice"))
+    _prepare(tones, out, tiny_codec_dir, speaker="alice")
     with pytest.raises(UserError, match="already exists"):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice"))
-    again = prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="alice", resume=True))
+        _prepare(tones, out, tiny_codec_dir, speaker="alice")
+    again = _prepare(tones, out, tiny_codec_dir, speaker="alice", resume=True)
     assert again.already_complete and again.rows == 6
     with pytest.raises(UserError, match="different inputs or options"):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="bob", resume=True))
-    prepare_dataset(_opts(tones, out, tiny_codec_dir, speaker="bob", overwrite=True))
+        _prepare(tones, out, tiny_codec_dir, speaker="bob", resume=True)
+    _prepare(tones, out, tiny_codec_dir, speaker="bob", overwrite=True)
     assert set(_load(out)["speaker"]) == {"bob"}
     with pytest.raises(UserError, match="exclude each other"):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, resume=True, overwrite=True))
+        _prepare(tones, out, tiny_codec_dir, resume=True, overwrite=True)
     # an output folder not made by kanitts is never touched by --resume
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not written by kanitts"):
-        prepare_dataset(_opts(tones, foreign, tiny_codec_dir, resume=True))
+        _prepare(tones, foreign, tiny_codec_dir, resume=True)
     assert (foreign / "keep.txt").read_text() == "mine"
 
 
@@ -349,30 +351,30 @@ def test_resume_continues_from_finished_shards(tones, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
     opts = dict(shard_size=2, speaker="alice")
     with pytest.raises(_Interrupt):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, **opts), codec=_flaky_codec(tiny_codec_dir, 4))
+        _prepare(tones, out, tiny_codec_dir, **opts, codec=_flaky_codec(tiny_codec_dir, 4))
     partial = Path(str(out) + ".partial")
     assert not out.exists()
     assert sorted(p.name for p in (partial / "shards").iterdir()) == ["shard-00000", "shard-00001"]
 
     with pytest.raises(UserError, match="interrupted run"):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, **opts))
+        _prepare(tones, out, tiny_codec_dir, **opts)
     with pytest.raises(UserError, match="cannot resume"):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", resume=True))
+        _prepare(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", resume=True)
     with pytest.raises(UserError, match="cannot resume"):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=3, speaker="alice", resume=True))
+        _prepare(tones, out, tiny_codec_dir, shard_size=3, speaker="alice", resume=True)
 
     # a stray shard from some other run in the folder is never picked up
     stray = partial / "shards" / "shard-00099"
     shutil.copytree(partial / "shards" / "shard-00000", stray)
 
     codec = _flaky_codec(tiny_codec_dir, None)
-    result = prepare_dataset(_opts(tones, out, tiny_codec_dir, resume=True, **opts), codec=codec)
+    result = _prepare(tones, out, tiny_codec_dir, resume=True, **opts, codec=codec)
     assert codec.clips == 2  # only the third shard was encoded
     assert result.shards_resumed == 2 and result.rows == 6
     resumed = _load(out)
 
     fresh = tmp_path / "fresh"
-    prepare_dataset(_opts(tones, fresh, tiny_codec_dir, **opts))
+    _prepare(tones, fresh, tiny_codec_dir, **opts)
     assert resumed.to_list() == _load(fresh).to_list()
 
 
@@ -380,22 +382,22 @@ def test_stale_rows_never_mix_into_another_run(tones, tiny_codec_dir, tmp_path):
     """The reference pipeline's bug: a second speaker's run picked up the first one's shards."""
     out = tmp_path / "out"
     with pytest.raises(_Interrupt):  # alice's run dies half way
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, speaker="alice"), codec=_flaky_codec(tiny_codec_dir, 2))
+        _prepare(tones, out, tiny_codec_dir, shard_size=2, speaker="alice", codec=_flaky_codec(tiny_codec_dir, 2))
     with pytest.raises(UserError, match="cannot resume"):
-        prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", resume=True))
-    prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", overwrite=True))
+        _prepare(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", resume=True)
+    _prepare(tones, out, tiny_codec_dir, shard_size=2, speaker="bob", overwrite=True)
     ds = _load(out)
     assert len(ds) == 6 and set(ds["speaker"]) == {"bob"}
 
 
 def test_ranks_split_the_shards_and_rank0_merges(tones, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
-    r1 = prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, rank=1, world_size=2))
+    r1 = _prepare(tones, out, tiny_codec_dir, shard_size=2, rank=1, world_size=2)
     assert not r1.assembled and r1.shards_done_here == 1  # shard 1 of 0..2
-    r0 = prepare_dataset(_opts(tones, out, tiny_codec_dir, shard_size=2, rank=0, world_size=2, resume=True))
+    r0 = _prepare(tones, out, tiny_codec_dir, shard_size=2, rank=0, world_size=2, resume=True)
     assert r0.assembled and r0.shards_done_here == 2 and r0.rows == 6
     single = tmp_path / "single"
-    prepare_dataset(_opts(tones, single, tiny_codec_dir, shard_size=2))
+    _prepare(tones, single, tiny_codec_dir, shard_size=2)
     assert _load(out).to_list() == _load(single).to_list()
 
 
@@ -403,18 +405,18 @@ def test_each_rank_encodes_on_its_own_gpu(monkeypatch, tmp_path):
     """Under torchrun, `--device cuda` means this rank's GPU, not cuda:0 for every rank."""
     import torch
 
-    from kanitts.data.prepare import _Ranks
+    from kanitts.prepare.distributed import Ranks
 
     chosen = []
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    ranks = _Ranks(PrepareOptions(input=str(tmp_path), output=str(tmp_path / "out"), rank=1, world_size=2))
+    ranks = Ranks(rank=1, world_size=2)
     assert ranks.device("cuda") == "cuda:1" and ranks.device(None) == "cuda:1" and chosen == [1, 1]
     assert ranks.device("cuda:0") == "cuda:0" and ranks.device("cpu") == "cpu"  # a named device stays
     monkeypatch.setenv("LOCAL_RANK", "3")  # more processes than GPUs: they share round-robin
-    assert _Ranks(PrepareOptions(input=str(tmp_path), output="o", rank=3, world_size=4)).device("cuda") == "cuda:1"
+    assert Ranks(rank=3, world_size=4).device("cuda") == "cuda:1"
 
 
 def test_everything_rejected_is_an_error(tmp_path, tiny_codec_dir):
@@ -424,7 +426,7 @@ def test_everything_rejected_is_an_error(tmp_path, tiny_codec_dir):
     sf.write(root / "b.wav", np.zeros(SR, np.float32), SR)
     (root / "metadata.csv").write_text("a|one\nb|two\n")
     with pytest.raises(UserError, match="none of the 2 items could be used"):
-        prepare_dataset(_opts(root, tmp_path / "out", tiny_codec_dir))
+        _prepare(root, tmp_path / "out", tiny_codec_dir)
     assert (tmp_path / "out.partial" / "rejected.csv").is_file()
 
 
@@ -436,15 +438,15 @@ def test_audio_options(tmp_path, tiny_codec_dir):
     silence = np.zeros(SR // 2, np.float32)
     sf.write(root / "a.wav", np.concatenate([silence, tone, silence]), SR)
     (root / "metadata.csv").write_text("a|hello\n")
-    plain = prepare_dataset(_opts(root, tmp_path / "plain", tiny_codec_dir))
+    plain = _prepare(root, tmp_path / "plain", tiny_codec_dir)
     assert plain.rows == 1 and _load(tmp_path / "plain")["duration_sec"] == [1.5]
-    prepare_dataset(_opts(root, tmp_path / "trim", tiny_codec_dir, trim_silence=True, normalize="loudness"))
+    _prepare(root, tmp_path / "trim", tiny_codec_dir, trim_silence=True, normalize="loudness")
     trimmed = _load(tmp_path / "trim")
     assert 0.5 <= trimmed["duration_sec"][0] <= 0.65
     assert trimmed["encoded_len"][0] == math.ceil(round(trimmed["duration_sec"][0] * SR) / SPF)
-    prepare_dataset(_opts(root, tmp_path / "peak", tiny_codec_dir, normalize="peak"))
+    _prepare(root, tmp_path / "peak", tiny_codec_dir, normalize="peak")
     with pytest.raises(UserError, match="normalize"):
-        prepare_dataset(_opts(root, tmp_path / "x", tiny_codec_dir, normalize="loud"))
+        _prepare(root, tmp_path / "x", tiny_codec_dir, normalize="loud")
 
 
 def test_push_to_hub_after_writing(tones, tiny_codec_dir, tmp_path, monkeypatch):
@@ -452,7 +454,7 @@ def test_push_to_hub_after_writing(tones, tiny_codec_dir, tmp_path, monkeypatch)
 
     pushed = {}
     monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, private=False, **kw: pushed.update(repo=repo, private=private, rows=len(self)))
-    result = prepare_dataset(_opts(tones, tmp_path / "out", tiny_codec_dir, push_to_hub="me/tones", private=True))
+    result = _prepare(tones, tmp_path / "out", tiny_codec_dir, push_to_hub="me/tones", private=True)
     assert pushed == {"repo": "me/tones", "private": True, "rows": 6}
     assert result.pushed_to == "me/tones"
 
@@ -486,64 +488,125 @@ def test_cli_prepare_takes_the_codec_model_config_names(tones, tiny_codec_dir, t
     assert str(tiny_codec_dir) in manifest
 
 
-@pytest.mark.slow
-def test_two_processes_with_torch_distributed(tones, tiny_codec_dir, tmp_path):
-    """What `torchrun --nproc_per_node 2 -m kanitts prepare ...` does, on CPU with gloo."""
+def test_recipe_from_python_and_the_cli_make_the_same_dataset(tones, tiny_codec_dir, tmp_path, capsys):
+    """The codec model_config.yaml names reaches the Python API as it reaches the CLI."""
+    from kanitts.cli import main
+    from kanitts.recipes import prepare
+
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "model_config.yaml").write_text(f"codec: {{kind: nanocodec, weights: {tiny_codec_dir}}}\n")
+    from_python, from_cli = tmp_path / "python", tmp_path / "cli"
+    options = PrepareOptions(input=str(tones), output=str(from_python), speaker="alice", progress=False)
+    assert prepare.run(options, config_dir=config_dir) == 0
+    assert f"wrote {from_python}" in capsys.readouterr().out
+    assert main(["prepare", str(tones), str(from_cli), "--speaker", "alice", "--no-progress",
+                 "--config-dir", str(config_dir)]) == 0
+    a, b = _load(from_python), _load(from_cli)
+    assert a.column_names == b.column_names and a.features == b.features
+    assert a.to_list() == b.to_list()
+    summaries = [json.loads((out / "kanitts_prepare.json").read_text())["manifest"] for out in (from_python, from_cli)]
+    assert summaries[0]["codec"] == summaries[1]["codec"] and summaries[0]["codec"]["name_or_path"] == str(tiny_codec_dir)
+    assert summaries[0]["fingerprint"] == summaries[1]["fingerprint"]
+    # the spec the recipe makes: the config's codec unless the caller names one
+    assert prepare.resolve_codec(config_dir) == CodecSpec(kind="nanocodec", weights=str(tiny_codec_dir))
+    assert prepare.resolve_codec(config_dir, weights="other").weights == "other"
+
+
+def _two_ranks(cmd: list[str], tmp_path: Path) -> list[tuple[str, str]]:
+    """Run ``cmd`` as ranks 0 and 1 of one gloo job (what torchrun sets up); their (stdout, stderr)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "out"
     src = str(Path(__file__).resolve().parents[1] / "src")
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [sys.executable, "-m", "kanitts", "prepare", str(tones), str(out), "--codec-model",
-               str(tiny_codec_dir), "--shard-size", "2", "--no-progress", "--device", "cpu"]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+
+@pytest.mark.slow
+def test_two_processes_with_torch_distributed(tones, tiny_codec_dir, tmp_path):
+    """What `torchrun --nproc_per_node 2 -m kanitts prepare ...` does, on CPU with gloo."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "kanitts", "prepare", str(tones), str(out), "--codec-model",
+           str(tiny_codec_dir), "--shard-size", "2", "--no-progress", "--device", "cpu"]
+    outputs = _two_ranks(cmd, tmp_path)
     assert "wrote" in outputs[0][0]
     ds = _load(out)
     assert len(ds) == 6 and ds["source"] == [f"t{i}.wav" for i in range(6)]
 
 
-def test_length_bucketing():
-    from kanitts.data.prepare import _batches, _Clip
+RECIPE_IN_A_RANK = """
+import sys
+from pathlib import Path
 
-    clips = [_Clip(item=i, audio=np.zeros(n, np.float32)) for i, n in enumerate([100, 95, 92, 50, 48, 10, 99])]
-    batches = _batches(clips, budget_samples=10_000, max_batch=64)
+import torch.distributed as dist
+
+from kanitts.prepare.options import PrepareOptions
+from kanitts.recipes import prepare
+
+tones, out, codec_dir = sys.argv[1:]
+options = PrepareOptions(input=tones, output=out, shard_size=2, progress=False)
+code = prepare.run(options, config_dir=Path("no-config"), codec_model=codec_dir, device="cpu")
+print("group after the run:", dist.is_initialized())
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_the_process_group_prepare_makes_is_destroyed_after_the_run(tones, tiny_codec_dir, tmp_path):
+    """A script or notebook that goes on after prepare is not left holding a gloo group."""
+    out = tmp_path / "out"
+    outputs = _two_ranks([sys.executable, "-c", RECIPE_IN_A_RANK, str(tones), str(out), str(tiny_codec_dir)], tmp_path)
+    assert [o[0].strip().splitlines()[-1] for o in outputs] == ["group after the run: False"] * 2
+    assert len(_load(out)) == 6
+
+
+def test_length_bucketing():
+    from kanitts.prepare.cleaning import Clip
+    from kanitts.prepare.encoding import length_buckets
+
+    clips = [Clip(item=i, audio=np.zeros(n, np.float32)) for i, n in enumerate([100, 95, 92, 50, 48, 10, 99])]
+    batches = length_buckets(clips, budget_samples=10_000, max_batch=64)
     assert [[c.item for c in b] for b in batches] == [[0, 6, 1, 2], [3, 4], [5]]
-    small = _batches(clips, budget_samples=200, max_batch=64)  # two 100-sample clips per batch
+    small = length_buckets(clips, budget_samples=200, max_batch=64)  # two 100-sample clips per batch
     assert all(len(b) * len(b[0].audio) <= 200 for b in small)
     assert sum(len(b) for b in small) == len(clips)
-    assert all(len(b) <= 2 for b in _batches(clips, 10_000, max_batch=2))
+    assert all(len(b) <= 2 for b in length_buckets(clips, 10_000, max_batch=2))
 
 
 def test_source_errors_and_malformed_lines(tones, tiny_codec_dir, tmp_path):
-    from kanitts.data.audio_sources import open_source
+    from kanitts.prepare.sources import open_source
+
+    def source(given, kind="auto"):
+        return open_source(PrepareOptions(input=str(given), output="unused", input_kind=kind))
 
     with pytest.raises(UserError, match="cannot load the dataset 'nobody/nothing'"):
-        open_source("nobody/nothing", "hf")  # offline in tests: a clear error, not a traceback
+        source("nobody/nothing", "hf")  # offline in tests: a clear error, not a traceback
     with pytest.raises(UserError, match="does not exist"):
-        open_source(tmp_path / "nowhere")
+        source(tmp_path / "nowhere")
     (tmp_path / "bad.csv").write_text("file,transcript\na.wav,hello\n")
     with pytest.raises(UserError, match="missing path, text"):
-        open_source(tmp_path / "bad.csv")
+        source(tmp_path / "bad.csv")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(UserError, match="cannot load the dataset"):
-        open_source(tmp_path / "empty_dir")  # a folder without metadata.csv is read as an HF dataset
+        source(tmp_path / "empty_dir")  # a folder without metadata.csv is read as an HF dataset
     with pytest.raises(UserError, match="no metadata.csv"):
-        open_source(tones.parent)  # audio files but no transcripts
+        source(tones.parent)  # audio files but no transcripts
 
     lines = tones.read_text().splitlines()[:1] + ["{not json", json.dumps({"path": "t1.wav"}), json.dumps({"path": "gone.wav", "text": "x"})]
     manifest = tones.with_name("mixed.jsonl")
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    result = prepare_dataset(_opts(manifest, out, tiny_codec_dir))
+    result = _prepare(manifest, out, tiny_codec_dir)
     assert result.rows == 1
     assert _rejected(out) == {"mixed.jsonl:2": "malformed", "mixed.jsonl:3": "malformed", "gone.wav": "missing audio"}
 
@@ -567,23 +630,23 @@ def test_manifest_in_another_encoding_is_named_then_read_with_encoding(two_tones
     manifest.write_bytes("path,text\na.wav,un café noir\nb.wav,déjà vu again\n".encode("cp1252"))
     out = tmp_path / "out"
     with pytest.raises(UserError) as err:
-        prepare_dataset(_opts(manifest, out, tiny_codec_dir))
+        _prepare(manifest, out, tiny_codec_dir)
     message = str(err.value)
     assert str(manifest) in message and "line 2, byte 13 of that line (byte 23 of the file) is 0xE9" in message
     assert "--encoding cp1252" in message and "iconv -f cp1252 -t utf-8" in message
     assert not out.exists() and not Path(str(out) + ".partial").exists()  # refused before anything is written
 
-    prepare_dataset(_opts(manifest, out, tiny_codec_dir, encoding="cp1252"))
+    _prepare(manifest, out, tiny_codec_dir, encoding="cp1252")
     assert _load(out)["text"] == ["un café noir", "déjà vu again"]
 
     # UTF-16 with a byte-order mark is recognised without --encoding
     manifest.write_text("path,text\na.wav,un café noir\nb.wav,déjà vu again\n", encoding="utf-16")
-    prepare_dataset(_opts(manifest, tmp_path / "u16", tiny_codec_dir))
+    _prepare(manifest, tmp_path / "u16", tiny_codec_dir)
     assert _load(tmp_path / "u16")["text"] == ["un café noir", "déjà vu again"]
     # ... without one it is named, with the codec to pass
     manifest.write_text("path,text\na.wav,tea\n", encoding="utf-16-le")
     with pytest.raises(UserError, match=r"line 1 holds a NUL byte.*--encoding utf-16-le"):
-        prepare_dataset(_opts(manifest, tmp_path / "x", tiny_codec_dir))
+        _prepare(manifest, tmp_path / "x", tiny_codec_dir)
 
     # metadata.csv of a folder, through the CLI
     (two_tones / "manifest.csv").unlink()
@@ -593,7 +656,7 @@ def test_manifest_in_another_encoding_is_named_then_read_with_encoding(two_tones
     assert main([*argv, "--encoding", "latin-1"]) == 0
     assert _load(tmp_path / "meta")["text"] == ["Grüße", "naïve"]
     with pytest.raises(UserError, match="--encoding 'klingon' is not a text encoding"):
-        prepare_dataset(_opts(two_tones, tmp_path / "y", tiny_codec_dir, encoding="klingon"))
+        _prepare(two_tones, tmp_path / "y", tiny_codec_dir, encoding="klingon")
 
 
 def test_cli_names_the_undecodable_metadata_line(two_tones, tiny_codec_dir, tmp_path, capsys):
@@ -634,7 +697,7 @@ def suspects(tmp_path):
 
 def test_suspect_clips_are_kept_with_warnings(suspects, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
-    result = prepare_dataset(_opts(suspects, out, tiny_codec_dir))
+    result = _prepare(suspects, out, tiny_codec_dir)
     ds = _load(out)
     warnings = dict(zip(ds["source"], ds["warnings"]))
     assert warnings["ok.wav"] == ""
@@ -652,14 +715,14 @@ def test_suspect_clips_are_kept_with_warnings(suspects, tiny_codec_dir, tmp_path
     assert info["warned"] == 4 and info["warnings_by_kind"]["clipped"] == 1
 
     # thresholds are options: a permissive run warns about nothing
-    loose = prepare_dataset(_opts(suspects, tmp_path / "loose", tiny_codec_dir, max_clipped_fraction=1.0,
-                                  min_chars_per_second=0, max_chars_per_second=500))
+    loose = _prepare(suspects, tmp_path / "loose", tiny_codec_dir, max_clipped_fraction=1.0,
+                                  min_chars_per_second=0, max_chars_per_second=500)
     assert loose.warned == 1 and loose.warnings_by_kind == {"over full scale": 1}  # a fact, not a threshold
 
 
 def test_suspect_clips_can_be_rejected(suspects, tiny_codec_dir, tmp_path):
     out = tmp_path / "out"
-    result = prepare_dataset(_opts(suspects, out, tiny_codec_dir, suspect_clips="reject"))
+    result = _prepare(suspects, out, tiny_codec_dir, suspect_clips="reject")
     assert _load(out)["source"] == ["ok.wav"] and _load(out)["warnings"] == [""]
     assert _rejected(out) == {
         "clipped.wav": "clipped", "hot.wav": "over full scale", "rush.wav": "text too long", "sparse.wav": "text too short",
@@ -672,8 +735,8 @@ def test_suspect_clips_can_be_rejected(suspects, tiny_codec_dir, tmp_path):
 
 def test_suspect_clip_options_are_checked(suspects, tiny_codec_dir, tmp_path):
     with pytest.raises(UserError, match=r"characters per second must satisfy 0 <= min \(40\) < max \(30\)"):
-        prepare_dataset(_opts(suspects, tmp_path / "a", tiny_codec_dir, min_chars_per_second=40))
+        _prepare(suspects, tmp_path / "a", tiny_codec_dir, min_chars_per_second=40)
     with pytest.raises(UserError, match="--suspect-clips must be warn or reject"):
-        prepare_dataset(_opts(suspects, tmp_path / "b", tiny_codec_dir, suspect_clips="drop"))
+        _prepare(suspects, tmp_path / "b", tiny_codec_dir, suspect_clips="drop")
     with pytest.raises(UserError, match=r"--clip-level must lie in \(0, 1\]"):
-        prepare_dataset(_opts(suspects, tmp_path / "c", tiny_codec_dir, clip_level=1.5))
+        _prepare(suspects, tmp_path / "c", tiny_codec_dir, clip_level=1.5)

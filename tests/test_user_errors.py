@@ -220,14 +220,15 @@ def test_report_and_synthesize_refuse_a_file_in_the_way(project_copy, tmp_path, 
 
 
 def test_prepare_refuses_an_output_under_a_file(tmp_path, tiny_codec_dir):
-    from kanitts.data.prepare import PrepareOptions, prepare_dataset
+    from kanitts.prepare.options import CodecSpec, PrepareOptions
+    from kanitts.prepare.pipeline import prepare_dataset
 
     blocker = tmp_path / "data"
     blocker.write_text("x")
-    options = PrepareOptions(input=str(tmp_path / "clips"), output=str(blocker / "codec-dataset"),
-                             codec_model=str(tiny_codec_dir), device="cpu")
+    options = PrepareOptions(input=str(tmp_path / "clips"), output=str(blocker / "codec-dataset"))
+    codec = CodecSpec(kind="nanocodec", weights=str(tiny_codec_dir), device="cpu")
     with pytest.raises(UserError, match=f"output folder {blocker / 'codec-dataset'} cannot be created: {blocker} is a file"):
-        prepare_dataset(options)
+        prepare_dataset(options, codec)
     assert blocker.read_text() == "x"
 
 

@@ -59,91 +59,68 @@ def _cmd_login(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from kanitts.data.prepare import PrepareOptions, prepare_dataset
+    from kanitts.prepare.options import PrepareOptions
+    from kanitts.recipes import prepare
 
     if args.output is not None and args.output_opt is not None and args.output != args.output_opt:
         raise UserError(f"two outputs given: {args.output} and --output {args.output_opt}")
     args.output = args.output or args.output_opt
     if args.output is None:
         raise UserError("name the output folder: kanitts prepare INPUT OUTPUT (or --output OUTPUT)")
-    if args.codec is None or args.codec_model is None:
-        # The codec that model_config.yaml names is the one training and inference decode with.
-        from kanitts.config import CONFIG_FILES, ModelConfig, load_config
-
-        has_model_config = (args.config_dir / CONFIG_FILES["model"]).is_file()
-        codec = load_config("model", args.config_dir).codec if has_model_config else ModelConfig().codec
-        if args.codec is None:
-            args.codec = codec.kind
-        if args.codec_model is None and args.codec == codec.kind:
-            args.codec_model = codec.weights
-    fields = PrepareOptions.__dataclass_fields__
-    options = PrepareOptions(**{k: v for k, v in vars(args).items() if k in fields})
-    result = prepare_dataset(options)
-    print(result.summary())
-    return 0
+    names = PrepareOptions.__dataclass_fields__
+    options = PrepareOptions(**{k: v for k, v in vars(args).items() if k in names})
+    return prepare.run(
+        options, config_dir=args.config_dir, codec=args.codec, codec_model=args.codec_model,
+        device=args.device, dtype=args.dtype,
+    )
 
 
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``kanitts prepare``; defaults and most help texts come from the options dataclasses."""
+    from kanitts.prepare import options as opts
+
+    def flag(group, name: str, cls: type = opts.PrepareOptions, **kw) -> None:
+        dest = kw.pop("dest", name)
+        value = opts.default(cls, dest)
+        if isinstance(value, bool):
+            kw.setdefault("action", "store_false" if value else "store_true")
+        elif value is not None and "choices" not in kw:
+            kw.setdefault("type", type(value))
+        kw.setdefault("help", opts.help_text(cls, dest))
+        group.add_argument(f"--{name.replace('_', '-')}", dest=dest, default=value, **kw)
+
     p.add_argument("input", help="folder with metadata.csv, a .csv/.jsonl manifest (path,text[,speaker]), "
                    "or a Hugging Face audio dataset (Hub id or local folder)")
     p.add_argument("output", nargs="?", help="folder to write the codec dataset to (save_to_disk layout)")
     p.add_argument("--output", "-o", dest="output_opt", default=None, metavar="OUTPUT", help="same as OUTPUT")
     g = p.add_argument_group("input")
-    g.add_argument("--input-kind", default="auto", choices=["auto", "folder", "manifest", "hf"])
-    g.add_argument("--text-field", default="normalized", choices=["normalized", "text"],
-                   help="metadata.csv: use the 3rd (normalized) column when present, or always the 2nd")
-    g.add_argument("--split", default="train", help="HF dataset split (default: train)")
-    g.add_argument("--config-name", default=None, help="HF dataset configuration (subset)")
-    g.add_argument("--audio-column", default="audio")
-    g.add_argument("--text-column", default="text")
-    g.add_argument("--speaker-column", default=None,
-                   help="HF dataset speaker column (default: 'speaker' when the dataset has one)")
-    g.add_argument("--speaker", default=None, help="one speaker name for the whole input")
-    g.add_argument("--encoding", default="auto",
-                   help="encoding of metadata.csv / the manifest (default auto: UTF-8, or UTF-8/16/32 "
-                        "with a byte-order mark); e.g. cp1252, latin-1, utf-16-le")
+    flag(g, "input_kind", choices=opts.INPUT_KINDS)
+    flag(g, "text_field", choices=opts.TEXT_FIELDS)
+    for name in ("split", "config_name", "audio_column", "text_column", "speaker_column", "speaker", "encoding"):
+        flag(g, name)
     g = p.add_argument_group("codec")
-    g.add_argument("--codec", default=None, help="codec kind (default: codec.kind of model_config.yaml, nanocodec)")
+    g.add_argument("--codec", default=None, help="codec kind (default: codec.kind of model_config.yaml)")
     g.add_argument("--codec-model", default=None,
-                   help="Hub id or local folder of the codec weights (default: codec.weights of "
-                        "model_config.yaml, nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the GPU when there is one)")
-    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="encoder precision (default fp32, as the reference datasets; bf16 is faster "
-                        "on GPUs but can change a few codes; auto: bf16 on GPU, fp32 on CPU)")
+                   help="Hub id or local folder of the codec weights (default: codec.weights of model_config.yaml)")
+    flag(g, "device", opts.CodecSpec)
+    flag(g, "dtype", opts.CodecSpec, choices=opts.DTYPES)
     g = p.add_argument_group("audio")
-    g.add_argument("--normalize", default="none", choices=["none", "peak", "loudness"])
-    g.add_argument("--peak-dbfs", type=float, default=-1.0, help="peak target / ceiling (default: -1)")
-    g.add_argument("--loudness-lufs", type=float, default=-23.0, help="loudness target (default: -23 LUFS)")
-    g.add_argument("--trim-silence", action="store_true", help="cut leading and trailing silence")
-    g.add_argument("--trim-top-db", type=float, default=40.0)
-    g.add_argument("--silence-dbfs", type=float, default=-60.0,
-                   help="reject clips whose peak is below this (default: -60 dBFS)")
-    g.add_argument("--min-duration", type=float, default=0.3, help="seconds (default: 0.3)")
-    g.add_argument("--max-duration", type=float, default=40.0, help="seconds (default: 40)")
+    flag(g, "normalize", choices=opts.NORMALIZE_MODES)
+    for name in ("peak_dbfs", "loudness_lufs", "trim_silence", "trim_top_db", "silence_dbfs",
+                 "min_duration", "max_duration"):
+        flag(g, name)
     g = p.add_argument_group("suspect clips (kept with a `warnings` entry, or rejected)")
-    g.add_argument("--suspect-clips", default="warn", choices=["warn", "reject"],
-                   help="keep suspect clips with a warning (default) or reject them")
-    g.add_argument("--clip-level", type=float, default=0.999,
-                   help="|sample| at or above this counts as full scale (default: 0.999)")
-    g.add_argument("--max-clipped-fraction", type=float, default=0.001,
-                   help="a clip with more of its samples at full scale is clipped (default: 0.001 = 0.1%%)")
-    g.add_argument("--min-chars-per-second", type=float, default=2.0,
-                   help="transcripts slower than this are too short for their audio (default: 2)")
-    g.add_argument("--max-chars-per-second", type=float, default=30.0,
-                   help="transcripts faster than this are too long for their audio (default: 30)")
+    flag(g, "suspect_clips", choices=opts.SUSPECT_CLIP_MODES)
+    for name in ("clip_level", "max_clipped_fraction", "min_chars_per_second", "max_chars_per_second"):
+        flag(g, name)
     g = p.add_argument_group("run")
-    g.add_argument("--batch-seconds", type=float, default=None,
-                   help="padded audio seconds per encoder batch (default: 600 on GPU, 60 on CPU)")
-    g.add_argument("--max-batch-size", type=int, default=None,
-                   help="clips per encoder call (default: 64 on GPU, 1 on CPU, where batching does not pay)")
-    g.add_argument("--shard-size", type=int, default=500, help="clips per resumable shard")
-    g.add_argument("--num-workers", type=int, default=4, help="audio decoding threads")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run (same inputs/options)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output or interrupted run")
-    g.add_argument("--push-to-hub", default=None, metavar="REPO", help="also push the dataset to this Hub repo")
-    g.add_argument("--private", action="store_true", help="make the pushed dataset private")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    flag(g, "batch_seconds", type=float)
+    flag(g, "max_batch_size", type=int)
+    for name in ("shard_size", "num_workers", "resume", "overwrite"):
+        flag(g, name)
+    flag(g, "push_to_hub", metavar="REPO")
+    flag(g, "private")
+    flag(g, "no_progress", dest="progress")
 
 
 # --- synthesize, eval, report, upload-model --------------------------------------------------

@@ -1,0 +1,155 @@
+"""What a prepare run takes: :class:`PrepareOptions` and :class:`CodecSpec`.
+
+Every default of ``kanitts prepare`` is written here and nowhere else: ``kanitts.cli`` builds its
+flags from these fields (default and help text), so the command line and
+``prepare_dataset(PrepareOptions(...), CodecSpec(...))`` cannot drift apart.
+
+The codec is not an option with a default: which codec encodes a dataset is what training and
+inference must decode with, so it comes from ``model_config.yaml`` (the recipe,
+:mod:`kanitts.recipes.prepare`, reads it) or from the caller, never from a fallback here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kanitts.errors import UserError
+from kanitts.prepare.text_files import check_encoding
+
+INPUT_KINDS = ("auto", "folder", "manifest", "hf")
+TEXT_FIELDS = ("normalized", "text")
+NORMALIZE_MODES = ("none", "peak", "loudness")
+SUSPECT_CLIP_MODES = ("warn", "reject")
+DTYPES = ("fp32", "bf16", "fp16", "auto")
+
+
+def _opt(default: Any, help: str | None = None) -> Any:
+    """A field whose ``help`` the CLI shows next to the flag (``%(default)s`` is argparse's)."""
+    return field(default=default, metadata={"help": help} if help else {})
+
+
+@dataclass
+class CodecSpec:
+    """The codec a run encodes with: ``kind`` (a registered codec), ``weights`` (Hub id or folder)
+    and how it runs. Both names are required, so no caller gets a codec it did not choose."""
+
+    kind: str
+    weights: str
+    device: str | None = _opt(None, "cpu, cuda, cuda:1 (default: the GPU when there is one)")
+    dtype: str = _opt(
+        "fp32",
+        "encoder precision (default fp32, as the reference datasets; bf16 is faster on GPUs but "
+        "can change a few codes; auto: bf16 on GPU, fp32 on CPU)",
+    )
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+
+
+@dataclass
+class PrepareOptions:
+    """Everything ``kanitts prepare`` takes besides the codec; the CLI flags map one to one."""
+
+    input: str
+    output: str
+    input_kind: str = _opt("auto")
+    # transcripts and speakers
+    text_field: str = _opt(
+        "normalized", "metadata.csv: use the 3rd (normalized) column when present, or always the 2nd"
+    )
+    split: str = _opt("train", "HF dataset split (default: %(default)s)")
+    config_name: str | None = _opt(None, "HF dataset configuration (subset)")
+    audio_column: str = _opt("audio", "HF dataset audio column (default: %(default)s)")
+    text_column: str = _opt("text", "HF dataset text column (default: %(default)s)")
+    speaker_column: str | None = _opt(
+        None, "HF dataset speaker column (default: 'speaker' when the dataset has one)"
+    )
+    speaker: str | None = _opt(None, "one speaker name for the whole input (overrides any column)")
+    encoding: str = _opt(
+        "auto",
+        "encoding of metadata.csv / the manifest (default auto: UTF-8, or UTF-8/16/32 with a "
+        "byte-order mark); e.g. cp1252, latin-1, utf-16-le",
+    )
+    # audio
+    normalize: str = _opt("none")
+    peak_dbfs: float = _opt(-1.0, "peak target / ceiling (default: %(default)s)")
+    loudness_lufs: float = _opt(-23.0, "loudness target (default: %(default)s LUFS)")
+    trim_silence: bool = _opt(False, "cut leading and trailing silence")
+    trim_top_db: float = _opt(40.0, "what counts as silence when trimming: dB below the loudest frame")
+    silence_dbfs: float = _opt(-60.0, "reject clips whose peak is below this (default: %(default)s dBFS)")
+    min_duration: float = _opt(0.3, "seconds (default: %(default)s)")
+    max_duration: float = _opt(40.0, "seconds (default: %(default)s)")
+    # suspect clips: kept with a warning ("warn") or rejected ("reject")
+    suspect_clips: str = _opt("warn", "keep suspect clips with a warning (default) or reject them")
+    clip_level: float = _opt(0.999, "|sample| at or above this counts as full scale (default: %(default)s)")
+    max_clipped_fraction: float = _opt(
+        0.001, "a clip with more of its samples at full scale is clipped (default: %(default)s = 0.1%%)"
+    )
+    min_chars_per_second: float = _opt(
+        2.0, "transcripts slower than this are too short for their audio (default: %(default)s)"
+    )
+    max_chars_per_second: float = _opt(
+        30.0, "transcripts faster than this are too long for their audio (default: %(default)s)"
+    )
+    # batching and sharding
+    batch_seconds: float | None = _opt(None, "padded audio seconds per encoder batch (default: 600 on GPU, 60 on CPU)")
+    max_batch_size: int | None = _opt(
+        None, "clips per encoder call (default: 64 on GPU, 1 on CPU, where batching does not pay)"
+    )
+    shard_size: int = _opt(500, "clips per resumable shard (default: %(default)s)")
+    num_workers: int = _opt(4, "audio decoding threads (default: %(default)s)")
+    # run control
+    resume: bool = _opt(False, "continue an interrupted run (same inputs/options)")
+    overwrite: bool = _opt(False, "replace an existing output or interrupted run")
+    push_to_hub: str | None = _opt(None, "also push the dataset to this Hub repo")
+    private: bool = _opt(False, "make the pushed dataset private")
+    progress: bool = _opt(True)
+    # set by the launcher (torchrun/accelerate env vars) or by hand to split work between runs
+    rank: int | None = None
+    world_size: int | None = None
+
+    def validate(self) -> None:
+        problems = []
+        if self.resume and self.overwrite:
+            problems.append("--resume and --overwrite exclude each other")
+        if self.normalize not in NORMALIZE_MODES:
+            problems.append(f"--normalize must be none, peak or loudness, not {self.normalize!r}")
+        if self.input_kind not in INPUT_KINDS:
+            problems.append(f"--input-kind must be auto, folder, manifest or hf, not {self.input_kind!r}")
+        if self.min_duration < 0 or self.max_duration <= self.min_duration:
+            problems.append(
+                f"durations must satisfy 0 <= min ({self.min_duration}) < max ({self.max_duration})"
+            )
+        if self.shard_size < 1 or (self.max_batch_size or 1) < 1 or self.num_workers < 1:
+            problems.append("--shard-size, --max-batch-size and --num-workers must be at least 1")
+        if self.batch_seconds is not None and self.batch_seconds <= 0:
+            problems.append("--batch-seconds must be positive")
+        if self.suspect_clips not in SUSPECT_CLIP_MODES:
+            problems.append(f"--suspect-clips must be warn or reject, not {self.suspect_clips!r}")
+        if not 0 < self.clip_level <= 1:
+            problems.append(f"--clip-level must lie in (0, 1], not {self.clip_level:g}")
+        if not 0 <= self.max_clipped_fraction <= 1:
+            problems.append(f"--max-clipped-fraction must lie in [0, 1], not {self.max_clipped_fraction:g}")
+        if not 0 <= self.min_chars_per_second < self.max_chars_per_second:
+            problems.append(
+                f"characters per second must satisfy 0 <= min ({self.min_chars_per_second:g}) "
+                f"< max ({self.max_chars_per_second:g})"
+            )
+        if (problem := check_encoding(self.encoding)) is not None:
+            problems.append(problem)
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls``: what the CLI flag defaults to."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+def help_text(cls: type, name: str) -> str | None:
+    return next(f.metadata.get("help") for f in fields(cls) if f.name == name)
+
+
+__all__ = ["CodecSpec", "PrepareOptions"]

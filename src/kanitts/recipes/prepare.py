@@ -1,0 +1,68 @@
+"""The prepare job: recordings -> codec dataset, with the codec the project's config names.
+
+The codec a dataset is encoded with must be the one training and inference decode with, which is
+``codec`` in ``model_config.yaml``. This module is the one place that turns that file into a
+:class:`~kanitts.prepare.options.CodecSpec`; the component
+(:func:`kanitts.prepare.pipeline.prepare_dataset`) takes the spec and never reads configs. The
+CLI and Python callers both come here, so they get the same dataset for the same inputs::
+
+    from pathlib import Path
+    from kanitts.prepare.options import PrepareOptions
+    from kanitts.recipes import prepare
+
+    prepare.run(PrepareOptions(input="data/alice", output="data/alice-nano", speaker="alice"),
+                config_dir=Path("config"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kanitts.errors import UserError
+from kanitts.prepare.options import CodecSpec, PrepareOptions, default
+
+
+def resolve_codec(
+    config_dir: Path,
+    *,
+    kind: str | None = None,
+    weights: str | None = None,
+    device: str | None = default(CodecSpec, "device"),
+    dtype: str = default(CodecSpec, "dtype"),
+) -> CodecSpec:
+    """The codec to encode with: ``kind`` and ``weights`` as given, else those of
+    ``model_config.yaml`` in ``config_dir`` (its schema defaults when there is no such file).
+    Another ``kind`` than the config's, without ``weights``, takes that codec's default weights."""
+    from kanitts.codecs import DEFAULT_MODELS
+    from kanitts.config import CONFIG_FILES, ModelConfig, load_config
+
+    if kind is None or weights is None:
+        has_model_config = (Path(config_dir) / CONFIG_FILES["model"]).is_file()
+        section = load_config("model", config_dir).codec if has_model_config else ModelConfig().codec
+        kind = kind or section.kind
+        if weights is None:
+            weights = section.weights if kind == section.kind else DEFAULT_MODELS.get(kind)
+    if weights is None:
+        raise UserError(f"codec {kind!r} has no default weights; name a Hub id or a folder with --codec-model")
+    return CodecSpec(kind=kind, weights=str(weights), device=device, dtype=dtype)
+
+
+def run(
+    options: PrepareOptions,
+    *,
+    config_dir: Path,
+    codec: str | None = None,
+    codec_model: str | None = None,
+    device: str | None = default(CodecSpec, "device"),
+    dtype: str = default(CodecSpec, "dtype"),
+) -> int:
+    """``kanitts prepare``: check the options, pick the codec (:func:`resolve_codec`), encode,
+    print the summary; returns the exit code. A user's mistake raises UserError/ConfigError."""
+    from kanitts.prepare.pipeline import prepare_dataset
+
+    options.validate()  # before the config and the codec are loaded
+    spec = resolve_codec(config_dir, kind=codec, weights=codec_model, device=device, dtype=dtype)
+    spec.validate()
+    result = prepare_dataset(options, spec)
+    print(result.summary())
+    return 0
