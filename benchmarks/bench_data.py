@@ -1,4 +1,4 @@
-"""The dataset step: the reference pipeline's per-row algorithm against kanitts.data.sequences.
+"""The dataset step: the reference pipeline's per-row algorithm against kanitts.sequences.
 
     python benchmarks/bench_data.py [--rows 20000] [--num-proc 2]
 
@@ -116,8 +116,8 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
 
-    from kanitts.data.report import import_plotting
-    from kanitts.data.sequences import build_training_dataset
+    from kanitts.sequences.summary import import_plotting
+    from kanitts.sequences import build_training_dataset
     from kanitts.tiny import tiny_model_config
 
     # Library imports are set-up, not throughput: the baseline's (datasets, transformers) are

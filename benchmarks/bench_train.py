@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from kanitts.config import LoraArgs
-from kanitts.data.collate import PackingCollator, pack_by_length
+from kanitts.training.batching import PackingCollator, pack_by_length
 from kanitts.tiny import tiny_model_config
 from kanitts.tokens import TokenLayout
 from kanitts.training.lora import wrap_with_lora
@@ -219,7 +219,7 @@ def main() -> None:
 
     cuda = args.device == "cuda"
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    from kanitts.training.lora import flash_attention_available
+    from kanitts.training.model_loading import flash_attention_available
 
     attention = "flash_attention_2" if cuda and flash_attention_available(dtype) else "sdpa"
     layout = TokenLayout.from_config(tiny_model_config(64400 if args.shape == "lfm2-350m" else 384))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kanitts.data.collate import (
+from kanitts.training.batching import (
     IGNORE_INDEX,
     PackedBatchSampler,
     PackingCollator,

@@ -8,9 +8,11 @@ import json
 import datasets
 import pytest
 
-from kanitts.config import DatasetEntry
-from kanitts.data.codec_sources import load_source
+from kanitts.config import DatasetEntry, ModelConfig
+from kanitts.sequences.sources import load_source
 from kanitts.errors import UserError
+
+LAYERS = ModelConfig().codec_layers  # NanoCodec: nano_layer_1..4
 
 ROWS = [
     {"text": "Hello.", "nano_layer_1": [1, 2], "nano_layer_2": [3, 4], "nano_layer_3": [5, 6],
@@ -30,21 +32,21 @@ def rows_of(ds):
 
 def test_save_to_disk_folder(tmp_path):
     table().save_to_disk(str(tmp_path / "ds"))
-    assert rows_of(load_source(DatasetEntry(reponame=str(tmp_path / "ds")))) == ROWS
+    assert rows_of(load_source(DatasetEntry(reponame=str(tmp_path / "ds")), LAYERS)) == ROWS
 
 
 def test_dataset_dict_folder_takes_the_split_and_names_the_ones_it_has(tmp_path):
     datasets.DatasetDict({"train": table(), "test": table().select([1])}).save_to_disk(str(tmp_path / "dd"))
-    assert rows_of(load_source(DatasetEntry(reponame=str(tmp_path / "dd"), split="test"))) == ROWS[1:]
+    assert rows_of(load_source(DatasetEntry(reponame=str(tmp_path / "dd"), split="test"), LAYERS)) == ROWS[1:]
     with pytest.raises(UserError, match=r"split 'dev' not found in .*dd; it has \['test', 'train'\]"):
-        load_source(DatasetEntry(reponame=str(tmp_path / "dd"), split="dev"))
+        load_source(DatasetEntry(reponame=str(tmp_path / "dd"), split="dev"), LAYERS)
 
 
 def test_parquet_file_and_glob(tmp_path):
     table().to_parquet(str(tmp_path / "a.parquet"))
     table().select([1]).to_parquet(str(tmp_path / "b.parquet"))
-    assert rows_of(load_source(DatasetEntry(reponame=str(tmp_path / "a.parquet")))) == ROWS
-    assert rows_of(load_source(DatasetEntry(reponame=str(tmp_path / "*.parquet")))) == ROWS + ROWS[1:]
+    assert rows_of(load_source(DatasetEntry(reponame=str(tmp_path / "a.parquet")), LAYERS)) == ROWS
+    assert rows_of(load_source(DatasetEntry(reponame=str(tmp_path / "*.parquet")), LAYERS)) == ROWS + ROWS[1:]
 
 
 def test_folder_of_gzipped_jsonl_shards(tmp_path):
@@ -54,13 +56,13 @@ def test_folder_of_gzipped_jsonl_shards(tmp_path):
     for i, r in enumerate(ROWS):
         with gzip.open(folder / f"ds-worker00-{i:05d}.jsonl.gz", "wt") as f:
             f.write(json.dumps(r) + "\n")
-    assert rows_of(load_source(DatasetEntry(reponame=str(folder)))) == ROWS
+    assert rows_of(load_source(DatasetEntry(reponame=str(folder)), LAYERS)) == ROWS
 
 
 def test_csv_lists_are_parsed_back(tmp_path):
     path = tmp_path / "codes.csv"
     table().to_csv(str(path))
-    loaded = load_source(DatasetEntry(reponame=str(path)))
+    loaded = load_source(DatasetEntry(reponame=str(path)), LAYERS)
     assert rows_of(loaded) == ROWS
     assert loaded.features["nano_layer_1"].feature.dtype == "int64"
 
@@ -70,7 +72,7 @@ def test_csv_with_a_broken_list_names_the_row(tmp_path):
     path.write_text('text,nano_layer_1,nano_layer_2,nano_layer_3,nano_layer_4,encoded_len\n'
                     'a,"[1]","[2]","[3]","[4]",1\nb,"[1","[2]","[3]","[4]",1\n')
     with pytest.raises(UserError, match=r"row 1: column 'nano_layer_1' is not a list of codes: '\[1'"):
-        load_source(DatasetEntry(reponame=str(path)))
+        load_source(DatasetEntry(reponame=str(path)), LAYERS)
 
 
 @pytest.mark.parametrize("reponame, message", [
@@ -80,11 +82,11 @@ def test_csv_with_a_broken_list_names_the_row(tmp_path):
 ])
 def test_local_paths_that_do_not_hold_data(tmp_path, reponame, message):
     with pytest.raises(UserError, match=message):
-        load_source(DatasetEntry(reponame=reponame.format(tmp=tmp_path)))
+        load_source(DatasetEntry(reponame=reponame.format(tmp=tmp_path)), LAYERS)
 
 
 def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UserError, match=r"dataset someone/no-such-codec-set: cannot load .*offline mode is on"):
-        load_source(DatasetEntry(reponame="someone/no-such-codec-set"))
+        load_source(DatasetEntry(reponame="someone/no-such-codec-set"), LAYERS)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from kanitts.config import DatasetConfig
-from kanitts.data import sequences as seq
-from kanitts.data.report import RowStatus, TrainingDataReport
-from kanitts.data.sequences import build_training_dataset
+from kanitts.sequences import build, cache, steps
+from kanitts.sequences.summary import RowStatus, TrainingDataReport
+from kanitts.sequences import build_training_dataset
 from kanitts.errors import UserError
 
 from reference import data_processing as reference  # the oracle, shared with benchmarks/bench_data.py
@@ -70,7 +70,7 @@ def assert_same_as_reference(cfg, tiny_tts, tokenizer, **kwargs):
     )
     assert len(ours) == len(expected) > 0
     assert reference.same_sequences(expected, ours)
-    assert ours.column_names == seq.OUTPUT_COLUMNS
+    assert ours.column_names == build.OUTPUT_COLUMNS
     assert ours["length"] == [len(ids) for ids in ours["input_ids"]]
     return ours, report
 
@@ -147,17 +147,17 @@ def test_batched_tokenization_equals_per_row_encode(tiny_tokenizer):
     prompts = ["alice: Hello there.", "Ünïcödé and  double  spaces ", "x", "bob: 12:30, numbers 3.14!", "a" * 300,
                "text with <|endoftext|> inside"]
     expected = [tiny_tokenizer.encode(p, add_special_tokens=True) for p in prompts]
-    assert seq.encode_prompts(tiny_tokenizer, prompts) == expected
+    assert steps.encode_prompts(tiny_tokenizer, prompts) == expected
 
     class WithoutFastPath:  # a tokenizer seen only through its __call__
         def __call__(self, texts, **kwargs):
             return tiny_tokenizer(texts, **kwargs)
 
-    assert seq.encode_prompts(WithoutFastPath(), prompts) == expected
+    assert steps.encode_prompts(WithoutFastPath(), prompts) == expected
 
     truncating = copy.deepcopy(tiny_tokenizer)  # saved with truncation on: transformers turns it off
     truncating.backend_tokenizer.enable_truncation(max_length=3)
-    assert seq.encode_prompts(truncating, prompts) == expected
+    assert steps.encode_prompts(truncating, prompts) == expected
 
 
 @pytest.mark.parametrize("rows, max_len", [(10, 4), (10, 10), (1, 1), (57, 20)])
@@ -166,7 +166,7 @@ def test_max_len_sample_is_the_one_datasets_shuffle_draws(rows, max_len):
     expected = table.shuffle(seed=42).select(range(max_len))["i"]
     kept = np.arange(rows) * 3  # any increasing row indices
     status = np.zeros(rows * 3, dtype=np.int8)
-    chosen, notes = seq._apply_max_len(kept, status, max_len, seed=42)
+    chosen, notes = steps.apply_max_len(kept, status, max_len, seed=42)
     assert (chosen // 3).tolist() == expected
     assert int((status == RowStatus.OVER_MAX_LEN).sum()) == rows - max_len
     assert notes == []
@@ -174,7 +174,7 @@ def test_max_len_sample_is_the_one_datasets_shuffle_draws(rows, max_len):
 
 def test_max_len_above_the_row_count_keeps_all_and_says_so():
     status = np.zeros(5, dtype=np.int8)
-    chosen, notes = seq._apply_max_len(np.arange(5), status, 8, seed=42)
+    chosen, notes = steps.apply_max_len(np.arange(5), status, 8, seed=42)
     assert sorted(chosen.tolist()) == [0, 1, 2, 3, 4]
     assert "max_len 8" in notes[0] and "5 rows" in notes[0]
 
@@ -345,7 +345,7 @@ def test_second_run_reuses_the_cache_and_inputs_invalidate_it(tmp_path, tiny_tts
         config(tmp_path, [{"reponame": source, "speaker_id": "alice"}], seed=1),
         config(tmp_path, [{"reponame": source, "speaker_id": "alice"}], dedup_frames=False),
     ]
-    keys = {seq.cache_key(c, tiny_tts[1], tiny_tokenizer, [datasets.load_from_disk(source)]) for c in changed}
+    keys = {cache.cache_key(c, tiny_tts[1], tiny_tokenizer, [datasets.load_from_disk(source)]) for c in changed}
     assert len(keys | {report.fingerprint}) == 4
     save(clean_rows()[:5], tmp_path / "c2")
     other_cfg = config(tmp_path, [{"reponame": str(tmp_path / "c2"), "speaker_id": "alice"}])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kanitts.data.collate import IGNORE_INDEX, PackingCollator
+from kanitts.training.batching import IGNORE_INDEX, PackingCollator
 from kanitts.patches.lfm2 import PACKED_SDPA, positions_in_sequence, segment_causal_conv1d
 from kanitts.training.packing import disable_exact_packing, enable_exact_packing
 
@@ -259,7 +259,7 @@ def test_segment_conv_equals_each_sequence_alone():
 def test_packed_training_on_cuda_with_flash_attention_equals_sdpa(hybrid_lfm2, sequences):
     """Three bf16 steps on one pack: flash-attn 2's varlen kernel (it reads the boundaries itself)
     and the per-sequence SDPA train the same."""
-    from kanitts.training.lora import flash_attention_available
+    from kanitts.training.model_loading import flash_attention_available
 
     if not flash_attention_available(torch.bfloat16):
         pytest.skip("flash-attn 2 does not import on this machine")

@@ -284,7 +284,7 @@ def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path,
     _prepare(tones, out, tiny_codec_dir, speaker="alice")
     ds = _load(out)
     _assert_codec_dataset(ds)
-    sequences = pytest.importorskip("kanitts.data.sequences")
+    sequences = pytest.importorskip("kanitts.sequences")
     from kanitts.config import DatasetConfig
 
     cfg = DatasetConfig.model_validate(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kanitts.errors import UserError
-from kanitts.training import lora, tracking
+from kanitts.training import model_loading, tracking
 from kanitts.training.tracking import resolve_tracking
 
 
@@ -71,40 +71,40 @@ def fake_flash_attn(monkeypatch, tmp_path):
 
 def test_attention_auto_falls_back_to_sdpa_without_flash_attn(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    choice, notes = lora.choose_attention("auto", torch.bfloat16)
+    choice, notes = model_loading.choose_attention("auto", torch.bfloat16)
     assert choice == "sdpa" and "no CUDA GPU" in notes[0]
-    assert lora.choose_attention("eager") == ("eager", [])
+    assert model_loading.choose_attention("eager") == ("eager", [])
     with pytest.raises(UserError, match="training.attn_implementation: flash_attention_2 .* no CUDA GPU"):
-        lora.choose_attention("flash_attention_2", torch.bfloat16)
+        model_loading.choose_attention("flash_attention_2", torch.bfloat16)
 
 
 def test_attention_auto_takes_flash_only_where_it_runs(fake_flash_attn):
     fake_flash_attn("def flash_attn_func(*a, **k): pass\ndef flash_attn_varlen_func(*a, **k): pass\n")
-    assert lora.choose_attention("auto", torch.bfloat16) == ("flash_attention_2", [])
-    assert lora.choose_attention("flash_attention_2", torch.float16) == ("flash_attention_2", [])
+    assert model_loading.choose_attention("auto", torch.bfloat16) == ("flash_attention_2", [])
+    assert model_loading.choose_attention("flash_attention_2", torch.float16) == ("flash_attention_2", [])
     # flash-attn takes only fp16/bf16: an fp32 experiment gets sdpa, and says why
-    choice, notes = lora.choose_attention("auto", torch.float32)
+    choice, notes = model_loading.choose_attention("auto", torch.float32)
     assert choice == "sdpa" and "fp16/bf16" in notes[0] and "float32" in notes[0]
     with pytest.raises(UserError, match="fp16/bf16.*trainer_args.bf16"):
-        lora.choose_attention("flash_attention_2", torch.float32)
+        model_loading.choose_attention("flash_attention_2", torch.float32)
 
 
 def test_attention_auto_skips_a_flash_attn_built_for_another_torch(fake_flash_attn):
     # found on the path, but its CUDA extension does not load (the usual wrong-wheel failure)
     fake_flash_attn("raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c10')\n")
-    choice, notes = lora.choose_attention("auto", torch.bfloat16)
+    choice, notes = model_loading.choose_attention("auto", torch.bfloat16)
     assert choice == "sdpa" and "does not import" in notes[0]
     with pytest.raises(UserError, match="does not import"):
-        lora.choose_attention("flash_attention_2", torch.bfloat16)
+        model_loading.choose_attention("flash_attention_2", torch.bfloat16)
 
 
 def test_bf16_only_where_supported(monkeypatch):
-    monkeypatch.setattr(lora, "bf16_supported", lambda: False)
-    args, dtype, notes = lora.choose_precision({"bf16": True, "learning_rate": 1e-4})
+    monkeypatch.setattr(model_loading, "bf16_supported", lambda: False)
+    args, dtype, notes = model_loading.choose_precision({"bf16": True, "learning_rate": 1e-4})
     assert args == {"bf16": False, "learning_rate": 1e-4} and dtype == torch.float32
     assert "fp32" in notes[0]
-    monkeypatch.setattr(lora, "bf16_supported", lambda: True)
-    args, dtype, notes = lora.choose_precision({"bf16": True})
+    monkeypatch.setattr(model_loading, "bf16_supported", lambda: True)
+    args, dtype, notes = model_loading.choose_precision({"bf16": True})
     assert args["bf16"] is True and dtype == torch.bfloat16 and notes == []
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kanitts.config import LoraArgs
-from kanitts.data.collate import IGNORE_INDEX, PackingCollator, PaddingCollator
+from kanitts.training.batching import IGNORE_INDEX, PackingCollator, PaddingCollator
 from kanitts.training.lora import wrap_with_lora
 from kanitts.training.loss import causal_lm_loss, decoder_and_head, head_cross_entropy_sum, model_loss
 from kanitts.training.packing import enable_exact_packing

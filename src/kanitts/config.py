@@ -17,6 +17,7 @@ import re
 import types
 import typing
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -105,15 +106,37 @@ class CodecSection(_Strict):
     codebook_size: PositiveInt = 4032
     audio_tokens_start: int = Field(64410, ge=0)
     # Added here: which codec implementation decodes the tokens, and where its weights live.
-    kind: Literal["nanocodec", "kanade"] = "nanocodec"
+    kind: Text = "nanocodec"
     weights: Text = "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch"
+
+    @field_validator("kind")
+    @classmethod
+    def _implemented(cls, value: str) -> str:
+        from kanitts.codecs.registry import available_codecs  # the one list of implemented kinds
+
+        if value not in available_codecs():
+            raise ValueError(
+                f"no codec {value!r} is implemented{suggest(value, available_codecs())}; "
+                f"implemented: {', '.join(available_codecs())}"
+            )
+        return value
 
 
 class ModelConfig(_Strict):
     tokenizer: TokenizerSection = TokenizerSection()
     special_tokens: SpecialTokens = SpecialTokens()
     codec: CodecSection = CodecSection()
-    codec_layers: list[Text] = ["nano_layer_1", "nano_layer_2", "nano_layer_3", "nano_layer_4"]
+    # The dataset column of each codebook, in codebook order (the names dataset_config.yaml's
+    # column keys map from). Left out, it is what the codec writes: nano_layer_1..N for NanoCodec.
+    codec_layers: list[Text] | None = None
+
+    @model_validator(mode="after")
+    def _codec_layers_of_the_codec(self) -> ModelConfig:
+        if self.codec_layers is None:
+            from kanitts.codecs.registry import code_columns
+
+            object.__setattr__(self, "codec_layers", code_columns(self.codec.kind, self.codec.num_codebooks))
+        return self
 
 
 def token_space_problems(cfg: ModelConfig) -> list[str]:
@@ -158,22 +181,42 @@ class DatasetEntry(_Strict):
     name: Text | None = None
     split: Text = "train"
     text_col_name: Text = "text"
-    nano_layer_1: Text = "nano_layer_1"
-    nano_layer_2: Text = "nano_layer_2"
-    nano_layer_3: Text = "nano_layer_3"
-    nano_layer_4: Text = "nano_layer_4"
+    # The reference's keys, one per NanoCodec codebook: the column of this dataset holding it.
+    nano_layer_1: Text | None = None
+    nano_layer_2: Text | None = None
+    nano_layer_3: Text | None = None
+    nano_layer_4: Text | None = None
+    # Any codec: codebook column (model_config.yaml codec_layers) -> the column of this dataset.
+    codebook_columns: dict[Text, Text] = {}
     encoded_len: Text = "encoded_len"
     speaker_id: Text | None = Field(None, min_length=1)
     max_len: PositiveInt | None = None
     categorical_filter: CategoricalFilter | None = None
+
+    @model_validator(mode="after")
+    def _one_name_per_codebook(self) -> DatasetEntry:
+        twice = [k for k in self.codebook_columns if k in _NANO_KEYS and getattr(self, k) is not None]
+        if twice:
+            raise ValueError(f"codebook_columns renames {', '.join(twice)}, which is also set as its own key")
+        return self
 
     @property
     def label(self) -> str:
         """How messages name this dataset."""
         return self.reponame if self.name is None else f"{self.reponame} ({self.name})"
 
-    def layer_columns(self) -> list[str]:
-        return [self.nano_layer_1, self.nano_layer_2, self.nano_layer_3, self.nano_layer_4]
+    def column_renames(self) -> dict[str, str]:
+        """Codebook column -> this dataset's column, for the codebooks whose column is named here."""
+        nano = {key: getattr(self, key) for key in _NANO_KEYS if getattr(self, key) is not None}
+        return {**nano, **self.codebook_columns}
+
+    def layer_columns(self, codec_layers: Sequence[str]) -> list[str]:
+        """This dataset's column of each codebook of `codec_layers` (model_config.yaml), in order."""
+        renames = self.column_renames()
+        return [renames.get(name, name) for name in codec_layers]
+
+
+_NANO_KEYS = tuple(k for k in DatasetEntry.model_fields if k.startswith("nano_layer_"))
 
 
 class DatasetConfig(_Strict):

@@ -106,22 +106,34 @@ class TokenLayout:
         The reference pipeline does this before training, which shortens silences; the model
         learns that, so our training data must do the same.
         """
-        if len(frames) < 2:
-            return frames
-        keep = np.empty(len(frames), dtype=bool)
-        keep[0] = True
-        np.any(frames[1:] != frames[:-1], axis=1, out=keep[1:])
-        return frames[keep]
+        frames = np.asarray(frames)
+        return frames[first_of_runs(frames, np.array([len(frames)]))]
 
     def frames_to_ids(self, codes: np.ndarray, dedup: bool = True) -> np.ndarray:
         """Codec codes (num_codebooks, frames) -> flat audio token ids, frame by frame."""
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
             raise ValueError(f"expected codes of shape ({self.num_codebooks}, frames), got {codes.shape}")
-        frames = codes.T
+        ids, _ = self.rows_to_ids(codes.T, np.array([codes.shape[1]]), dedup)
+        return ids
+
+    def rows_to_ids(
+        self, frames: np.ndarray, frame_counts: np.ndarray, dedup: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The audio token ids of many rows at once, end to end, and each row's frame count.
+
+        `frames` is (sum of frame_counts, num_codebooks): the rows' frames end to end (the
+        dataset step passes a whole batch, so no Python loop runs over rows). With `dedup`, a
+        frame equal to the one before it in the same row is dropped (see :meth:`dedup_frames`);
+        the counts returned are the frames left per row.
+        """
+        frame_counts = np.asarray(frame_counts, dtype=np.int64)
         if dedup:
-            frames = self.dedup_frames(frames)
-        return (frames + self.codebook_offsets).reshape(-1)
+            keep = first_of_runs(frames, frame_counts)
+            row_of_frame = np.repeat(np.arange(len(frame_counts)), frame_counts)
+            frame_counts = np.bincount(row_of_frame[keep], minlength=len(frame_counts))
+            frames = frames[keep]
+        return (frames + self.codebook_offsets).reshape(-1), frame_counts
 
     def ids_to_frames(self, ids: Sequence[int] | np.ndarray) -> DecodedFrames:
         """Generated token ids -> codec codes (num_codebooks, frames), keeping every whole frame.
@@ -233,14 +245,20 @@ class TokenLayout:
             self.end_of_ai,
         ]
 
-    @staticmethod
-    def num_prompt_tokens(num_text_ids: int) -> int:
-        """Length of the prompt part of a training sequence: what the model reads, not writes.
 
-        With `loss_on: audio` these positions get no loss; the model still learns to produce
-        start_of_ai and start_of_speech, which it generates itself at inference.
-        """
-        return num_text_ids + 3
+def first_of_runs(frames: np.ndarray, frame_counts: np.ndarray) -> np.ndarray:
+    """Mask of frames that differ from the frame before them in the same row.
+
+    `frames` is (sum of frame_counts, num_codebooks): rows' frames end to end. A row's first
+    frame is always kept, even if it equals the previous row's last.
+    """
+    keep = np.ones(len(frames), dtype=bool)
+    if len(frames) > 1:
+        np.any(frames[1:] != frames[:-1], axis=1, out=keep[1:])
+    frame_counts = np.asarray(frame_counts, dtype=np.int64)
+    starts = np.cumsum(frame_counts) - frame_counts
+    keep[starts[frame_counts > 0]] = True
+    return keep
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

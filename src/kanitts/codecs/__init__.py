@@ -3,48 +3,33 @@
 >>> from kanitts.codecs import load_codec
 >>> codec = load_codec("nanocodec", "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch")
 
-Implementations are imported on first use, so ``import kanitts.codecs`` stays cheap.
+Implementations are imported on first use, and :class:`Codec` (which needs torch) only when
+asked for, so ``import kanitts.codecs`` stays cheap: config validation reads the registry.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kanitts.codecs.base import Codec
+from kanitts.codecs.registry import available_codecs, code_columns, codec_entry, register_codec
 from kanitts.errors import UserError
 
-# name -> "module:Class"; a new codec (e.g. "kanade") is one line here.
-_REGISTRY: dict[str, str] = {
-    "nanocodec": "kanitts.codecs.nanocodec:NanoCodec",
-}
-
-# The weights each codec loads when none are named.
-DEFAULT_MODELS: dict[str, str] = {
-    "nanocodec": "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch",
-}
+if TYPE_CHECKING:
+    from kanitts.codecs.base import Codec
 
 
-def register_codec(kind: str, target: str | type[Codec]) -> None:
-    """Register a codec class (or its ``"module:Class"`` path) under ``kind``."""
-    if isinstance(target, type):
-        target = f"{target.__module__}:{target.__qualname__}"
-    _REGISTRY[kind] = target
+def __getattr__(name: str) -> Any:
+    if name == "Codec":
+        from kanitts.codecs.base import Codec
 
-
-def available_codecs() -> list[str]:
-    return sorted(_REGISTRY)
+        return Codec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def codec_class(kind: str) -> type[Codec]:
-    try:
-        target = _REGISTRY[kind]
-    except KeyError:
-        raise UserError(
-            f"unknown codec {kind!r}; available: {', '.join(available_codecs())}"
-        ) from None
-    module_name, _, attr = target.partition(":")
+    module_name, _, attr = codec_entry(kind).target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
 
@@ -58,10 +43,10 @@ def load_codec(
     """Load codec ``kind`` from a Hub id or a local folder (its default weights if None)."""
     cls = codec_class(kind)
     if name_or_path is None:
-        name_or_path = DEFAULT_MODELS.get(kind)
+        name_or_path = codec_entry(kind).default_weights
         if name_or_path is None:
             raise UserError(f"codec {kind!r} has no default weights; name a Hub id or a folder")
     return cls.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
 
 
-__all__ = ["Codec", "DEFAULT_MODELS", "available_codecs", "codec_class", "load_codec", "register_codec"]
+__all__ = ["Codec", "available_codecs", "code_columns", "codec_class", "codec_entry", "load_codec", "register_codec"]

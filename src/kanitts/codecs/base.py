@@ -143,8 +143,10 @@ class Codec(abc.ABC):
 
     @property
     def code_columns(self) -> list[str]:
-        """Dataset column of each codebook, in codebook order."""
-        return [f"codebook_{i + 1}" for i in range(self.num_codebooks)]
+        """Dataset column of each codebook, in codebook order: what the registry declares for :attr:`kind`."""
+        from kanitts.codecs.registry import code_columns
+
+        return code_columns(self.kind, self.num_codebooks)
 
     def dataset_features(self) -> dict[str, Any]:
         """``datasets`` feature types of the columns :meth:`dataset_columns` fills."""

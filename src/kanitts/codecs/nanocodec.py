@@ -309,10 +309,6 @@ class NanoCodec(Codec):
         # the compute dtype changes codes (bf16 rounds differently), so it is part of the identity
         return {**super().describe(), "dtype": str(self.compute_dtype).replace("torch.", "")}
 
-    @property
-    def code_columns(self) -> list[str]:
-        return [f"nano_layer_{i + 1}" for i in range(self.num_codebooks)]
-
     # --- encode -------------------------------------------------------------------------------
 
     def _autocast(self):

@@ -10,7 +10,7 @@ one before it. Two patches, both tested with transformers 5.20.2 (the locked ver
   and switches the model to it.
 
 The packed rows carry their boundaries as ``cu_seq_lens_q`` (from
-:class:`kanitts.data.collate.PackingCollator`); transformers passes that keyword from the model's
+:class:`kanitts.training.batching.PackingCollator`); transformers passes that keyword from the model's
 forward down to the decoder layers and their attention.
 """
 

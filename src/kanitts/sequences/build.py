@@ -1,12 +1,13 @@
 """Codec datasets -> training sequences: the dataset step of `kanitts train` and `kanitts data`.
 
-    from kanitts.data.sequences import build_training_dataset
+    from kanitts.sequences import build_training_dataset
     sequences, report = build_training_dataset(configs.dataset, configs.model, tokenizer)
     print(report.format())
 
 `sequences` is a `datasets.Dataset` with columns input_ids, labels, attention_mask, length,
-speaker and dataset; `report` (:class:`~kanitts.data.report.TrainingDataReport`) says what was
-kept and dropped and why; `report.fingerprint` identifies the sequences for checkpoint metadata.
+speaker and dataset; `report` (:class:`~kanitts.sequences.summary.TrainingDataReport`) says what
+was kept and dropped and why; `report.fingerprint` identifies the sequences for checkpoint
+metadata.
 
 The sequences are token for token what the reference KaniTTS pipeline builds from the same rows
 and tokenizer: same filters in the same order, same frame dedup, same prompt, same `max_len`
@@ -15,21 +16,13 @@ differ, it is to fix something and is documented in docs/data.md: `max_len` abov
 keeps every row instead of raising, the final shuffle is seeded, and rows that would crash the
 reference or teach the model garbage (bad codec data, empty text) are skipped and counted.
 
-Why it is fast: each batch of rows is processed as whole Arrow columns with numpy (no Python loop
-over rows or frames; the tokenizer encodes the batch in Rust), in `num_proc` processes, and the
-result is cached under `cache_dir/<fingerprint>/`, keyed by everything that determines it
-(dataset configs and source fingerprints, token layout, tokenizer, seed, PROCESSING_VERSION), so
-the next run with the same inputs loads it in seconds. The folder (sequences.arrow, summary.json,
-lengths.png) is written under a temporary name and renamed, so a crash never leaves a cache that
-looks complete.
+This module plans the work (which rows, how many processes), runs the steps of
+:mod:`kanitts.sequences.steps` over every dataset, concatenates and shuffles, and writes the
+cache folder (:mod:`kanitts.sequences.cache`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import itertools
-import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +39,11 @@ from tqdm.auto import tqdm
 
 from kanitts.atomic import swap_in, temporary_sibling
 from kanitts.config import DatasetConfig, DatasetEntry, ModelConfig, suggest
-from kanitts.data.codec_sources import load_source
-from kanitts.data.report import (
+from kanitts.errors import UserError
+from kanitts.sequences.cache import HISTOGRAM_FILE, SEQUENCES_FILE, SUMMARY_FILE, cache_key, is_complete, load_cached
+from kanitts.sequences.sources import load_source
+from kanitts.sequences.steps import RowRules, apply_max_len, rows_matching, sequences_for_batch
+from kanitts.sequences.summary import (
     BAD_DATA,
     DatasetSummary,
     DropCount,
@@ -57,21 +53,13 @@ from kanitts.data.report import (
     import_plotting,
     save_length_histogram,
 )
-from kanitts.errors import UserError
 from kanitts.tokens import TokenLayout
-
-# Bump when a change to this module changes the sequences it builds: old caches stop matching.
-PROCESSING_VERSION = 3
 
 # Below this many rows per process, starting worker processes costs more than it saves.
 MIN_ROWS_PER_PROCESS = 10_000
 MAP_BATCH_SIZE = 1000
 WRITE_BATCH_ROWS = 10_000
 IN_MEMORY_GATHER_BYTES = 2 * 1024**3
-
-SEQUENCES_FILE = "sequences.arrow"
-SUMMARY_FILE = "summary.json"
-HISTOGRAM_FILE = "lengths.png"
 
 OUTPUT_COLUMNS = ["input_ids", "labels", "attention_mask", "length", "speaker", "dataset"]
 
@@ -95,10 +83,6 @@ _MAP_FEATURES = datasets.Features(
 
 OUTPUT_FEATURES = datasets.Features({name: _MAP_FEATURES[name] for name in OUTPUT_COLUMNS})
 
-# Markers passed through TokenLayout.training_ids to read off where text and audio go.
-_TEXT_MARK, _AUDIO_MARK = -1, -2
-
-
 def build_training_dataset(
     dataset_cfg: DatasetConfig,
     model_cfg: ModelConfig,
@@ -112,20 +96,27 @@ def build_training_dataset(
 
     `tokenizer` is the base model's (a transformers tokenizer; fast ones are much faster).
     `cache_dir` defaults to `dataset_cfg.cache_dir`; `num_proc` to `dataset_cfg.num_proc`, then
-    `n_shards_per_dataset`, then the CPU count (at most 8). `rebuild` ignores an existing cache.
-    Raises UserError for missing columns and for a dataset that the filters leave empty.
+    `n_shards_per_dataset` (the reference's name for it), then the CPU count (at most 8).
+    `rebuild` ignores an existing cache. Raises UserError for missing columns and for a dataset
+    that the filters leave empty.
     """
     layout = TokenLayout.from_config(model_cfg)
-    sources = [load_source(entry) for entry in dataset_cfg.hf_datasets]
-    problems = [p for entry, source in zip(dataset_cfg.hf_datasets, sources) for p in column_problems(entry, source)]
+    codec_layers = model_cfg.codec_layers
+    problems = [p for entry in dataset_cfg.hf_datasets for p in rename_problems(entry, codec_layers)]
+    if problems:
+        raise UserError("\n".join(problems))
+    sources = [load_source(entry, entry.layer_columns(codec_layers)) for entry in dataset_cfg.hf_datasets]
+    problems = [
+        p for entry, source in zip(dataset_cfg.hf_datasets, sources) for p in column_problems(entry, source, codec_layers)
+    ]
     if problems:
         raise UserError("\n".join(problems))
 
     fingerprint = cache_key(dataset_cfg, model_cfg, tokenizer, sources)
     root = Path(cache_dir if cache_dir is not None else dataset_cfg.cache_dir)
     final = root / fingerprint
-    if (final / SUMMARY_FILE).is_file() and (final / SEQUENCES_FILE).is_file() and not rebuild:
-        return _load_cached(final)
+    if is_complete(final) and not rebuild:
+        return load_cached(final)
 
     root.mkdir(parents=True, exist_ok=True)
     staging = temporary_sibling(final)
@@ -138,39 +129,25 @@ def build_training_dataset(
     return datasets.Dataset.from_file(str(final / SEQUENCES_FILE)), report
 
 
-def training_data_command(
-    config_dir: Path | str,
-    *,
-    tokenizer_name: str | None = None,
-    rebuild: bool = False,
-    num_proc: int | None = None,
-) -> TrainingDataReport:
-    """`kanitts data`: build (or find cached) the training sequences of a config folder.
-
-    The tokenizer is the base model's from experiments.yaml unless `tokenizer_name` (a folder or
-    Hub id) is given; `kanitts train` then reuses the same cache.
-    """
-    from transformers import AutoTokenizer
-
-    from kanitts.config import load_configs
-
-    kinds = ("dataset", "model") if tokenizer_name else ("dataset", "model", "experiments")
-    configs = load_configs(config_dir, kinds=kinds)
-    name = tokenizer_name or configs.experiments.base_model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"tokenizer {name!r} could not be loaded (a model folder or Hub id): {exc}") from None
-    _, report = build_training_dataset(configs.dataset, configs.model, tokenizer, rebuild=rebuild, num_proc=num_proc)
-    return report
+def rename_problems(entry: DatasetEntry, codec_layers: list[str]) -> list[str]:
+    """Column keys of a dataset entry that name no codebook of the codec (model_config.yaml codec_layers)."""
+    return [
+        f"dataset {entry.label}: {key} names no codebook of the codec; model_config.yaml codec_layers: {codec_layers}"
+        for key in entry.column_renames()
+        if key not in codec_layers
+    ]
 
 
-def column_problems(entry: DatasetEntry, source: datasets.Dataset) -> list[str]:
+def column_problems(entry: DatasetEntry, source: datasets.Dataset, codec_layers: list[str]) -> list[str]:
     """Missing or mistyped columns of one dataset, each naming the dataset, the column and the key."""
+    renamed_generically = set(entry.codebook_columns)
     wanted = {
         "text_col_name": (entry.text_col_name, "text"),
         "encoded_len": (entry.encoded_len, "int"),
-        **{f"nano_layer_{i + 1}": (c, "int_list") for i, c in enumerate(entry.layer_columns())},
+        **{
+            (f"codebook_columns.{name}" if name in renamed_generically else name): (column, "int_list")
+            for name, column in zip(codec_layers, entry.layer_columns(codec_layers))
+        },
     }
     if entry.categorical_filter is not None:
         wanted["categorical_filter.column_name"] = (entry.categorical_filter.column_name, "any")
@@ -202,75 +179,7 @@ def _has_kind(arrow_type: pa.DataType, kind: str) -> bool:
     return True
 
 
-def cache_key(
-    dataset_cfg: DatasetConfig, model_cfg: ModelConfig, tokenizer: Any, sources: list[datasets.Dataset]
-) -> str:
-    """A digest of everything the sequences depend on, and nothing else (not num_proc, not paths of the cache)."""
-    payload = {
-        "processing_version": PROCESSING_VERSION,
-        "datasets": [
-            {**entry.model_dump(), "source_fingerprint": getattr(source, "_fingerprint", None), "rows": len(source)}
-            for entry, source in zip(dataset_cfg.hf_datasets, sources)
-        ],
-        "max_duration_sec": dataset_cfg.max_duration_sec,
-        "seed": dataset_cfg.seed,
-        "dedup_frames": dataset_cfg.dedup_frames,
-        "layout": dataclasses.asdict(TokenLayout.from_config(model_cfg)),
-        "fps": model_cfg.codec.fps,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A digest of what decides the tokenizer's ids: its full definition, or its vocabulary and specials."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = json.dumps([type(tokenizer).__name__, tokenizer.special_tokens_map], sort_keys=True, default=str)
-    return hashlib.sha256((definition + extra).encode()).hexdigest()
-
-
-def _load_cached(folder: Path) -> tuple[datasets.Dataset, TrainingDataReport]:
-    report = TrainingDataReport.from_json((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-    report.from_cache = True
-    report.cache_path = str(folder)
-    return datasets.Dataset.from_file(str(folder / SEQUENCES_FILE)), report
-
-
 # --- building --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RowRules:
-    """How the rows of one dataset are checked and turned into sequences; sent to worker processes."""
-
-    dataset: str
-    text_column: str
-    layer_columns: tuple[str, ...]
-    encoded_len_column: str
-    speaker_id: str | None
-    speaker_column: str | None  # statistics only, when there is no speaker_id
-    max_duration_sec: float | None
-    fps: float
-    dedup_frames: bool
-    layout: TokenLayout
-
-    @classmethod
-    def of(
-        cls, name: str, entry: DatasetEntry, source: datasets.Dataset, dataset_cfg: DatasetConfig, model_cfg: ModelConfig
-    ) -> RowRules:
-        return cls(
-            dataset=name,
-            text_column=entry.text_col_name,
-            layer_columns=tuple(entry.layer_columns()),
-            encoded_len_column=entry.encoded_len,
-            speaker_id=entry.speaker_id,
-            speaker_column="speaker" if entry.speaker_id is None and "speaker" in source.column_names else None,
-            max_duration_sec=dataset_cfg.max_duration_sec,
-            fps=model_cfg.codec.fps,
-            dedup_frames=dataset_cfg.dedup_frames,
-            layout=TokenLayout.from_config(model_cfg),
-        )
 
 
 @dataclass
@@ -338,7 +247,7 @@ def _build(
     plans, errors = [], []
     for index, (entry, source) in enumerate(zip(dataset_cfg.hf_datasets, sources)):
         rules = RowRules.of(names[index], entry, source, dataset_cfg, model_cfg)
-        matching = _rows_matching(entry, source)
+        matching = rows_matching(entry, source)
         if len(source) and not len(matching):
             errors.append(_emptied_message(entry, rules, source, None))
             continue
@@ -361,7 +270,7 @@ def _build(
             if not len(kept):
                 errors.append(_emptied_message(entry, rules, source, outcomes))
                 continue
-            chosen, notes = _apply_max_len(kept, outcomes.status, entry.max_len, dataset_cfg.seed)
+            chosen, notes = apply_max_len(kept, outcomes.status, entry.max_len, dataset_cfg.seed)
             summary = _summarize(rules.dataset, outcomes, chosen, model_cfg.codec.fps)
             summary.notes.extend(notes)
             summaries.append(summary)
@@ -442,38 +351,10 @@ def _write_in_order(parts: list[datasets.Dataset], order: np.ndarray, path: Path
         writer.finalize()
 
 
-def _rows_matching(entry: DatasetEntry, source: datasets.Dataset) -> np.ndarray:
-    """Source rows that pass `categorical_filter`, compared with Python `==` as the reference does.
-
-    Applied before the batches, so rows of other speakers cost nothing further.
-    """
-    if entry.categorical_filter is None:
-        return np.arange(len(source))
-    wanted = entry.categorical_filter.value
-    values = source.with_format("arrow")[entry.categorical_filter.column_name].to_pylist()
-    return np.flatnonzero(np.fromiter((v == wanted for v in values), dtype=bool, count=len(values)))
-
-
 def dataset_names(entries: list[DatasetEntry]) -> list[str]:
     """How the report and the `dataset` column name each entry: its label, numbered when two share one."""
     labels = [e.label for e in entries]
     return [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
-
-
-def _apply_max_len(kept: np.ndarray, status: np.ndarray, max_len: int | None, seed: int) -> tuple[np.ndarray, list[str]]:
-    """The rows `max_len` keeps, in the order the reference's `shuffle(seed).select(range(max_len))` gives.
-
-    Marks the rows it leaves out in `status`. Above the row count it keeps them all (the
-    reference raises there).
-    """
-    if max_len is None:
-        return kept, []
-    order = np.random.default_rng(seed).permutation(len(kept))
-    status[kept[order[max_len:]]] = RowStatus.OVER_MAX_LEN
-    notes = []
-    if max_len > len(kept):
-        notes.append(f"max_len {max_len} is more than the {len(kept)} rows left after filtering: all are kept")
-    return kept[order[:max_len]], notes
 
 
 def _summarize(name: str, outcomes: RowOutcomes, chosen: np.ndarray, fps: float) -> DatasetSummary:
@@ -534,162 +415,3 @@ def _emptied_message(
         if (status == r).any()
     ]
     return message + ": " + ", ".join(counts)
-
-
-# --- one batch of rows, vectorised -----------------------------------------------------------
-
-
-def sequences_for_batch(
-    batch: pa.Table, indices: list[int], rules: RowRules, tokenizer: Any, passes_filter: np.ndarray | None = None
-) -> pa.Table:
-    """Check a batch of source rows and build the training sequence of each row that passes.
-
-    `passes_filter` (by source row) says which rows the categorical filter keeps; the others are
-    left out of the output. Every other row gets one output row, in order (so worker shards
-    concatenate in order): dropped rows have empty sequences and their RowStatus, for the report.
-    """
-    if passes_filter is not None:
-        batch = batch.filter(pa.array(passes_filter[indices]))
-    n = batch.num_rows
-    layout = rules.layout
-    status = np.zeros(n, dtype=np.int8)
-
-    def drop(mask: np.ndarray, reason: RowStatus) -> None:
-        status[(status == RowStatus.KEPT) & mask] = reason
-
-    encoded_len = pc.fill_null(batch.column(rules.encoded_len_column), -1).to_numpy().astype(np.int64)
-    if rules.max_duration_sec:
-        drop(~(encoded_len / rules.fps <= rules.max_duration_sec), RowStatus.TOO_LONG)
-
-    layers = [batch.column(c) for c in rules.layer_columns]
-    lengths = np.stack([pc.fill_null(pc.list_value_length(a), 0).to_numpy() for a in layers], axis=1).astype(np.int64)
-    codes = [pc.list_flatten(a).to_numpy().astype(np.int64) for a in layers]
-    drop(np.any(lengths != lengths[:, :1], axis=1), RowStatus.LAYER_LENGTHS_DIFFER)
-    # The layers are what is trained on; encoded_len only feeds the duration filter. One frame
-    # off is kept, as the reference keeps it (counted in the summary); more is bad data.
-    off = lengths[:, 0] - encoded_len
-    drop((encoded_len < 0) | (np.abs(off) > 1), RowStatus.ENCODED_LEN_MISMATCH)
-    out_of_range = np.zeros(n, dtype=bool)
-    for k, layer_codes in enumerate(codes):
-        bad = (layer_codes < 0) | (layer_codes >= layout.codebook_size)
-        out_of_range[np.repeat(np.arange(n), lengths[:, k])[bad]] = True
-    drop(out_of_range, RowStatus.CODE_OUT_OF_RANGE)
-    texts = batch.column(rules.text_column).to_pylist()
-    drop(np.fromiter((not t or t.isspace() for t in texts), dtype=bool, count=n), RowStatus.EMPTY_TEXT)
-    drop(lengths[:, 0] == 0, RowStatus.NO_AUDIO)
-
-    kept = status == RowStatus.KEPT
-    frame_counts = lengths[kept, 0]
-    frames = np.stack([c[np.repeat(kept, lengths[:, k])] for k, c in enumerate(codes)], axis=1)
-    if rules.dedup_frames:
-        keep = _first_of_runs(frames, frame_counts)
-        frame_counts = np.bincount(np.repeat(np.arange(len(frame_counts)), frame_counts)[keep], minlength=len(frame_counts))
-        frames = frames[keep]
-    audio = (frames + layout.codebook_offsets).reshape(-1)
-
-    kept_rows = np.flatnonzero(kept)
-    prompts = [layout.text_prompt(texts[i], rules.speaker_id) for i in kept_rows]
-    text_ids = encode_prompts(tokenizer, prompts)
-    text_counts = np.fromiter(map(len, text_ids), dtype=np.int64, count=len(text_ids))
-    flat_text = np.fromiter(itertools.chain.from_iterable(text_ids), dtype=np.int64, count=int(text_counts.sum()))
-
-    sequence_lengths = np.zeros(n, dtype=np.int64)
-    values, sequence_lengths[kept] = _assemble(layout, flat_text, text_counts, audio, frame_counts * layout.num_codebooks)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(sequence_lengths)]).astype(np.int32))
-    labels = pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.int64()))
-    ids = pa.ListArray.from_arrays(offsets, pa.array(values.astype(np.int32)))
-    ones = pa.ListArray.from_arrays(offsets, pa.array(np.ones(len(values), dtype=np.int8)))
-
-    if rules.speaker_id is not None:
-        speakers = [rules.speaker_id] * n
-    elif rules.speaker_column is not None:
-        speakers = ["" if s is None else str(s) for s in batch.column(rules.speaker_column).to_pylist()]
-    else:
-        speakers = [""] * n
-    kept_frames = np.zeros(n, dtype=np.int64)
-    kept_frames[kept] = frame_counts
-    return pa.table(
-        {
-            "input_ids": ids,
-            "labels": labels,
-            "attention_mask": ones,
-            "length": sequence_lengths,
-            "speaker": pa.array(speakers, type=pa.string()),
-            "dataset": pa.array([rules.dataset] * n, type=pa.string()),
-            "status": status,
-            "frames": lengths[:, 0],
-            "kept_frames": kept_frames,
-            "encoded_len_off_by_one": np.abs(off) == 1,
-        }
-    )
-
-
-def encode_prompts(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
-    """The ids `tokenizer.encode(prompt, add_special_tokens=True)` gives each prompt (the reference's
-    call), for a whole batch at once.
-
-    A fast tokenizer with no truncation or padding configured is asked directly for the ids only
-    (`encode_batch_fast`, which skips the character offsets transformers would compute and then
-    discard); that is the call transformers makes in that case, minus the offsets. Any other
-    tokenizer goes through its own batched `__call__`.
-    """
-    if not prompts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if (
-        backend is not None
-        and hasattr(backend, "encode_batch_fast")
-        and backend.truncation is None
-        and backend.padding is None
-        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
-    ):
-        return [encoding.ids for encoding in backend.encode_batch_fast(prompts, add_special_tokens=True)]
-    encoded = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
-    return encoded["input_ids"]
-
-
-def _first_of_runs(frames: np.ndarray, frame_counts: np.ndarray) -> np.ndarray:
-    """Mask of frames that differ from the frame before them in the same row (TokenLayout.dedup_frames, batched).
-
-    `frames` is (sum of frame_counts, num_codebooks): the rows' frames end to end. A row's first
-    frame is always kept, even if it equals the previous row's last.
-    """
-    keep = np.ones(len(frames), dtype=bool)
-    if len(frames) > 1:
-        np.any(frames[1:] != frames[:-1], axis=1, out=keep[1:])
-    starts = np.cumsum(frame_counts) - frame_counts
-    keep[starts[frame_counts > 0]] = True
-    return keep
-
-
-def _assemble(
-    layout: TokenLayout, flat_text: np.ndarray, text_counts: np.ndarray, audio: np.ndarray, audio_counts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lay out every row's training_ids end to end: returns (all ids, length of each row).
-
-    Where text and audio go between the special tokens is read off TokenLayout.training_ids
-    itself (with marker ids), so that method stays the one definition of a sequence.
-    """
-    template = np.asarray(layout.training_ids([_TEXT_MARK], [_AUDIO_MARK]), dtype=np.int64)
-    text_at = int(np.flatnonzero(template == _TEXT_MARK)[0])
-    audio_at = int(np.flatnonzero(template == _AUDIO_MARK)[0])
-    head, middle, tail = template[:text_at], template[text_at + 1: audio_at], template[audio_at + 1:]
-
-    row_lengths = len(template) - 2 + text_counts + audio_counts
-    ends = np.cumsum(row_lengths)
-    starts = ends - row_lengths
-    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
-
-    def put_fixed(tokens: np.ndarray, at: np.ndarray) -> None:
-        out[at[:, None] + np.arange(len(tokens))] = tokens
-
-    def put_runs(tokens: np.ndarray, counts: np.ndarray, at: np.ndarray) -> None:
-        run_starts = np.cumsum(counts) - counts
-        out[np.repeat(at - run_starts, counts) + np.arange(len(tokens))] = tokens
-
-    put_fixed(head, starts)
-    put_runs(flat_text, text_counts, starts + len(head))
-    put_fixed(middle, starts + len(head) + text_counts)
-    put_runs(audio, audio_counts, starts + len(head) + text_counts + len(middle))
-    put_fixed(tail, ends - len(tail))
-    return out, row_lengths

@@ -9,7 +9,7 @@ local data need no Hub account:
 - a file or glob of `.parquet`, `.jsonl`, `.json` or `.csv` files (optionally `.gz`);
 - anything else is a Hub dataset id, loaded with `name` and `split`.
 
-CSV cannot hold lists, so codec layer columns stored there as text ("[1, 2, 3]", or "[1 2 3]" as
+CSV cannot hold lists, so the codebook columns (the caller names them) stored there as text ("[1, 2, 3]", or "[1 2 3]" as
 pandas and `Dataset.to_csv` write them) are parsed back into lists of codes.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
@@ -34,8 +35,12 @@ _CODE_LIST = re.compile(rf"\s*(?:\[{_CODES}\]|{_CODES})\s*")
 _CODE = re.compile(r"-?\d+")
 
 
-def load_source(entry: DatasetEntry) -> datasets.Dataset:
-    """The rows of one configured dataset, as a `datasets.Dataset`, whatever kind of source it is."""
+def load_source(entry: DatasetEntry, code_columns: Sequence[str]) -> datasets.Dataset:
+    """The rows of one configured dataset, as a `datasets.Dataset`, whatever kind of source it is.
+
+    `code_columns` are the dataset's codebook columns (``entry.layer_columns(codec_layers)``),
+    parsed back into lists where a CSV file holds them as text.
+    """
     path = Path(entry.reponame).expanduser()
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
@@ -46,12 +51,12 @@ def load_source(entry: DatasetEntry) -> datasets.Dataset:
                 f"dataset {entry.label}: folder {path} is neither a save_to_disk folder nor holds "
                 f"data files ({', '.join(FILE_BUILDERS)})"
             )
-        return _load_files(files, entry)
+        return _load_files(files, entry, code_columns)
     if _builder_for(entry.reponame) is not None:
         files = sorted(glob.glob(str(path)))
         if not files:
             raise UserError(f"dataset {entry.label}: no file matches {entry.reponame!r} (from {os.getcwd()})")
-        return _load_files(files, entry)
+        return _load_files(files, entry, code_columns)
     if entry.reponame.startswith((".", "/", "~")) or entry.reponame.strip("/").count("/") > 1:  # Hub ids are owner/name
         raise UserError(f"dataset {entry.label}: {entry.reponame!r} looks like a local path but does not exist")
     return _load_hub(entry)
@@ -83,7 +88,7 @@ def _load_saved(path: Path, entry: DatasetEntry) -> datasets.Dataset:
     return loaded
 
 
-def _load_files(files: list[str], entry: DatasetEntry) -> datasets.Dataset:
+def _load_files(files: list[str], entry: DatasetEntry, code_columns: Sequence[str]) -> datasets.Dataset:
     builders = {_builder_for(f) for f in files}
     if len(builders) > 1:
         raise UserError(f"dataset {entry.label}: mixes file kinds {sorted(builders)}; use one kind per dataset")
@@ -93,14 +98,14 @@ def _load_files(files: list[str], entry: DatasetEntry) -> datasets.Dataset:
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as exc:
         raise UserError(f"dataset {entry.label}: cannot read {builder} files {files[:3]}: {exc}") from None
     if builder == "csv":
-        table = _parse_list_columns(table, entry)
+        table = _parse_list_columns(table, entry, code_columns)
     return table
 
 
-def _parse_list_columns(table: datasets.Dataset, entry: DatasetEntry) -> datasets.Dataset:
-    """Codec layers written to CSV arrive as text; turn them back into lists of codes."""
+def _parse_list_columns(table: datasets.Dataset, entry: DatasetEntry, code_columns: Sequence[str]) -> datasets.Dataset:
+    """Codebook columns written to CSV arrive as text; turn them back into lists of codes."""
     text_layers = [
-        c for c in entry.layer_columns()
+        c for c in code_columns
         if c in table.column_names and table.features[c].dtype in ("string", "large_string")
     ]
     if not text_layers:

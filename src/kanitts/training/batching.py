@@ -1,6 +1,6 @@
 """Turning training sequences into batches: padded rows, or padding-free packs.
 
-Two ways to batch the ``input_ids`` / ``labels`` rows that :mod:`kanitts.data.sequences` builds:
+Two ways to batch the ``input_ids`` / ``labels`` rows that :mod:`kanitts.sequences` builds:
 
 - :class:`PaddingCollator`: ``per_device_train_batch_size`` rows, right-padded, with an
   attention mask. The reference pipeline had no collator at all, so any batch size above 1

@@ -180,7 +180,7 @@ def training_arguments(
     import torch
     from transformers import TrainingArguments
 
-    from kanitts.training.lora import choose_precision
+    from kanitts.training.model_loading import choose_precision
 
     args, notes = translate_trainer_args(experiment.trainer_args)
     args, dtype, precision_notes = choose_precision(args)
@@ -259,7 +259,7 @@ class TrainingRun:
         from accelerate import PartialState
         from transformers.trainer_utils import enable_full_determinism, set_seed
 
-        from kanitts.data.collate import PackingCollator, PaddingCollator
+        from kanitts.training.batching import PackingCollator, PaddingCollator
         from kanitts.training.lora import choose_attention, load_base_model, wrap_with_lora
         from kanitts.training.packing import disable_exact_packing, enable_exact_packing
         from kanitts.training.trainer import ExperimentTrainer, GracefulInterrupt
@@ -412,7 +412,7 @@ def run_experiments(
     from transformers import AutoTokenizer
 
     from kanitts.files import check_output_folder
-    from kanitts.training.lora import check_base_model
+    from kanitts.training.model_loading import check_base_model
 
     experiments_cfg = configs.experiments
     if experiments_cfg is None or configs.model is None:
@@ -486,7 +486,7 @@ def _build_dataset(configs: ConfigSet, tokenizer) -> tuple[Any, str]:
     """
     from accelerate import PartialState
 
-    from kanitts.data.sequences import build_training_dataset
+    from kanitts.sequences import build_training_dataset
 
     if configs.dataset is None:
         raise UserError("training needs dataset_config.yaml (or a prepared training dataset)")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from kanitts.data.collate import IGNORE_INDEX
+from kanitts.training.batching import IGNORE_INDEX
 
 # Size of one chunk's fp32 logits. On a CPU a chunk that stays in the last-level cache is about
 # 1.2x faster than a larger one (measured: 256 tokens x 16,522 ids, 16 MiB, against 1024 or more);

@@ -1,4 +1,4 @@
-"""The model side of one experiment: attention kernel, precision, base model, LoRA wrapping.
+"""Loading the base model of an experiment: attention kernel, precision, the checks and the load.
 
 The reference pipeline hard-coded flash-attention 2 and bf16 and, where either was missing,
 failed every experiment behind a bare "ERROR WITH ...". Here each choice is made from what the
@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from kanitts.config import LoraArgs
 from kanitts.errors import UserError
 from kanitts.tokens import TokenLayout
 
@@ -119,10 +118,3 @@ def check_base_model(name_or_path: str, layout: TokenLayout) -> None:
     except (OSError, ValueError) as exc:
         raise UserError(f"experiments.yaml: base_model {name_or_path!r} could not be loaded: {exc}") from None
     check_vocabulary(int(config.get_text_config().vocab_size), layout, name_or_path)
-
-
-def wrap_with_lora(model, lora_args: LoraArgs):
-    """The model with LoRA adapters from ``lora_args`` (every LoraConfig field passes through)."""
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(model, LoraConfig(**lora_args.as_kwargs()))

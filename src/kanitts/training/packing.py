@@ -1,6 +1,6 @@
 """Exact padding-free packing for LFM2: every sequence in a pack sees only itself.
 
-A pack is one row holding several sequences (see :class:`kanitts.data.collate.PackingCollator`).
+A pack is one row holding several sequences (see :class:`kanitts.training.batching.PackingCollator`).
 Two parts of LFM2 would let a sequence see the one before it:
 
 - **The short convolution.** ``Lfm2ShortConv`` runs a depthwise causal convolution (kernel 3)

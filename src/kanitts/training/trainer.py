@@ -2,7 +2,7 @@
 
 On top of transformers' Trainer:
 
-- packed batches come from :class:`~kanitts.data.collate.PackedBatchSampler` (one pack per
+- packed batches come from :class:`~kanitts.training.batching.PackedBatchSampler` (one pack per
   step; the Trainer's own samplers only know fixed batch sizes);
 - the tokens actually trained on are counted (padding excluded), for tokens/s;
 - the loss is computed chunk by chunk from the decoder's hidden states
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from kanitts.data.collate import PackedBatchSampler
+from kanitts.training.batching import PackedBatchSampler
 from kanitts.training.loss import model_loss
 
 

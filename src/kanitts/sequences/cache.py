@@ -1,0 +1,74 @@
+"""Where built sequences are kept: a folder per fingerprint of everything that decides them.
+
+The next run with the same inputs loads the sequences in seconds instead of building them. The
+key covers the dataset configs and source fingerprints, the codebook columns, the token layout,
+the tokenizer, the seed and PROCESSING_VERSION, and nothing else (not `num_proc`, not the cache
+path), so two machines or two process counts share one cache. A folder holds sequences.arrow,
+summary.json and lengths.png; it is written under a temporary name and renamed, so a crash never
+leaves a cache that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from kanitts.config import DatasetConfig, ModelConfig
+from kanitts.sequences.summary import TrainingDataReport
+from kanitts.tokens import TokenLayout
+
+# Bump when a change to the steps changes the sequences they build: old caches stop matching.
+PROCESSING_VERSION = 3
+
+SEQUENCES_FILE = "sequences.arrow"
+SUMMARY_FILE = "summary.json"
+HISTOGRAM_FILE = "lengths.png"
+
+
+def cache_key(
+    dataset_cfg: DatasetConfig, model_cfg: ModelConfig, tokenizer: Any, sources: list[datasets.Dataset]
+) -> str:
+    """A digest of everything the sequences depend on, and nothing else (not num_proc, not paths of the cache)."""
+    payload = {
+        "processing_version": PROCESSING_VERSION,
+        "datasets": [
+            {
+                **entry.model_dump(exclude={"codebook_columns", *entry.column_renames()}),
+                "layer_columns": entry.layer_columns(model_cfg.codec_layers),
+                "source_fingerprint": getattr(source, "_fingerprint", None),
+                "rows": len(source),
+            }
+            for entry, source in zip(dataset_cfg.hf_datasets, sources)
+        ],
+        "max_duration_sec": dataset_cfg.max_duration_sec,
+        "seed": dataset_cfg.seed,
+        "dedup_frames": dataset_cfg.dedup_frames,
+        "layout": dataclasses.asdict(TokenLayout.from_config(model_cfg)),
+        "fps": model_cfg.codec.fps,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A digest of what decides the tokenizer's ids: its full definition, or its vocabulary and specials."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([type(tokenizer).__name__, tokenizer.special_tokens_map], sort_keys=True, default=str)
+    return hashlib.sha256((definition + extra).encode()).hexdigest()
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / SUMMARY_FILE).is_file() and (folder / SEQUENCES_FILE).is_file()
+
+
+def load_cached(folder: Path) -> tuple[datasets.Dataset, TrainingDataReport]:
+    report = TrainingDataReport.from_json((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    report.from_cache = True
+    report.cache_path = str(folder)
+    return datasets.Dataset.from_file(str(folder / SEQUENCES_FILE)), report
