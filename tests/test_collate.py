@@ -23,14 +23,15 @@ def examples(tiny_layout, tiny_tokenizer):
         text_ids = tiny_tokenizer(tiny_layout.text_prompt(text, "alice"))["input_ids"]
         codes = torch.arange(frames * tiny_layout.num_codebooks).reshape(tiny_layout.num_codebooks, frames).numpy() + 1
         ids = tiny_layout.training_ids(text_ids, tiny_layout.frames_to_ids(codes, dedup=False))
-        out.append({"input_ids": ids, "labels": list(ids), "text_len": len(text_ids)})
+        # what the model reads: start_of_human, the text, end_of_text, end_of_human
+        out.append({"input_ids": ids, "labels": list(ids), "prompt_len": len(tiny_layout.prompt_ids(text_ids))})
     return out
 
 
 def test_loss_on_audio_masks_exactly_the_prompt(examples, tiny_layout):
     example = examples[1]
     labels = loss_labels(example, "audio", tiny_layout.start_of_ai)
-    prompt = tiny_layout.num_prompt_tokens(example["text_len"])
+    prompt = example["prompt_len"]
     assert labels[:prompt] == [IGNORE_INDEX] * prompt
     assert labels[prompt:] == example["input_ids"][prompt:]
     assert example["input_ids"][prompt] == tiny_layout.start_of_ai
@@ -52,7 +53,7 @@ def test_padding_collator_batches_ragged_rows(examples, tiny_layout):
         assert batch["input_ids"][row, :n].tolist() == example["input_ids"]
         assert (batch["input_ids"][row, n:] == tiny_layout.pad).all()
         assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
-        prompt = tiny_layout.num_prompt_tokens(example["text_len"])
+        prompt = example["prompt_len"]
         assert (batch["labels"][row, :prompt] == IGNORE_INDEX).all()
         assert batch["labels"][row, prompt:n].tolist() == example["input_ids"][prompt:]
 

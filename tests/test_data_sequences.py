@@ -102,15 +102,15 @@ def test_matches_the_reference_token_for_token(tmp_path, tiny_tts, tiny_tokenize
 
 
 def test_worker_processes_keep_row_order(tmp_path, tiny_tts, tiny_tokenizer, monkeypatch):
-    monkeypatch.setattr(seq, "MIN_ROWS_PER_PROCESS", 4)
-    monkeypatch.setattr(seq, "MAP_BATCH_SIZE", 3)
+    monkeypatch.setattr(build, "MIN_ROWS_PER_PROCESS", 4)
+    monkeypatch.setattr(build, "MAP_BATCH_SIZE", 3)
     source = save(clean_rows(), tmp_path / "codec")
     cfg = config(tmp_path, [{"reponame": source, "speaker_id": "x", "max_len": 12}], max_duration_sec=4.0)
     assert_same_as_reference(cfg, tiny_tts, tiny_tokenizer, num_proc=2)
 
 
 def test_large_outputs_are_gathered_from_disk_with_the_same_result(tmp_path, tiny_tts, tiny_tokenizer, monkeypatch):
-    monkeypatch.setattr(seq, "IN_MEMORY_GATHER_BYTES", 0)
+    monkeypatch.setattr(build, "IN_MEMORY_GATHER_BYTES", 0)
     source = save(clean_rows(), tmp_path / "codec")
     cfg = config(tmp_path, [{"reponame": source, "speaker_id": "x", "max_len": 12}, {"reponame": source}])
     assert_same_as_reference(cfg, tiny_tts, tiny_tokenizer)
@@ -333,7 +333,7 @@ def test_second_run_reuses_the_cache_and_inputs_invalidate_it(tmp_path, tiny_tts
     def must_not_run(*args, **kwargs):
         raise AssertionError("rebuilt although cached")
 
-    monkeypatch.setattr(seq, "_build", must_not_run)
+    monkeypatch.setattr(build, "_build", must_not_run)
     again, cached = build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer)
     assert cached.from_cache and cached.fingerprint == report.fingerprint
     assert again["input_ids"] == first["input_ids"]
@@ -367,7 +367,7 @@ def test_a_failed_build_leaves_no_cache(tmp_path, tiny_tts, tiny_tokenizer, monk
     def broken_histogram(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(seq, "save_length_histogram", broken_histogram)
+    monkeypatch.setattr(build, "save_length_histogram", broken_histogram)
     with pytest.raises(RuntimeError):
         build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer)
     assert list((tmp_path / "cache").iterdir()) == []

@@ -32,7 +32,7 @@ def test_training_sequence_matches_reference_layout():
     seq = LAYOUT.training_ids([1, 100, 101], [64410, 68442, 72474, 76506])
     assert seq == [64403, 1, 100, 101, 2, 64404, 64405, 64401, 64410, 68442, 72474, 76506, 64402, 64406]
     assert LAYOUT.prompt_ids([1, 100]) == [64403, 1, 100, 2, 64404]
-    assert seq[: LAYOUT.num_prompt_tokens(3)] == LAYOUT.prompt_ids([1, 100, 101])
+    assert seq[:6] == LAYOUT.prompt_ids([1, 100, 101])  # 3 text ids and start_of_human, end_of_text, end_of_human
 
 
 def test_speaker_prefix_is_lower_cased_like_the_reference():

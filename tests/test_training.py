@@ -13,14 +13,13 @@ import yaml
 
 from kanitts.config import ConfigSet, ExperimentsConfig
 from kanitts.errors import UserError
+from kanitts.recipes.train import exit_code, summary_table
 from kanitts.training.experiments import (
     EXPERIMENT_FILE,
     METRICS_FILE,
     RUNS_FOLDER,
-    exit_code,
     run_experiments,
     select_experiments,
-    summary_table,
 )
 
 CODEBOOK_SIZE = 32  # keeps the vocabulary (and so every step) small
@@ -194,7 +193,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(base, dataset, tmp_path):
 
 
 def test_a_changed_experiment_does_not_resume_an_old_checkpoint(base, dataset, tmp_path):
-    from kanitts.training.experiments import prepare_run_dir
+    from kanitts.training.run_folder import prepare_run_dir
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoint-5").mkdir(parents=True)

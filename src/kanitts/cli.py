@@ -153,20 +153,16 @@ def _cmd_upload_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from kanitts.training.experiments import train_command
+    from kanitts.recipes import train
 
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
-    return train_command(args.config_dir, only=only, force=args.force, checkpoints_dir=args.checkpoints_dir)
+    return train.run(args.config_dir, only=only, force=args.force, checkpoints_dir=args.checkpoints_dir)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from kanitts.data.sequences import training_data_command
+    from kanitts.recipes import data
 
-    report = training_data_command(
-        args.config_dir, tokenizer_name=args.tokenizer, rebuild=args.rebuild, num_proc=args.num_proc
-    )
-    print(report.format())
-    return 0
+    return data.run(args.config_dir, tokenizer_name=args.tokenizer, rebuild=args.rebuild, num_proc=args.num_proc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_dir(p)
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: experiments.yaml base_model)")
     p.add_argument("--rebuild", action="store_true", help="ignore the cache and build again")
-    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: dataset_config num_proc, or CPUs)")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: dataset_config num_proc, else n_shards_per_dataset, else the CPUs up to 8)")
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser(

@@ -8,10 +8,12 @@ later) or is left out, and the user is told. ``report_to`` may also name tensorb
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import netrc
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +31,23 @@ class Tracking:
     environment: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def apply_environment(self) -> None:
-        for key, value in self.environment.items():
-            os.environ[key] = value
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        """The trackers' variables set for the block, and the previous values restored after it.
+
+        An experiment's choices (offline W&B, its project) must not leak into the next
+        experiment's resolution, nor into the caller's process once training returns.
+        """
+        previous = {key: os.environ.get(key) for key in self.environment}
+        os.environ.update(self.environment)
+        try:
+            yield
+        finally:
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _installed(tracker: str) -> bool:

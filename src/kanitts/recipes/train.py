@@ -1,0 +1,65 @@
+"""`kanitts train`: load the configs once, run the experiments, print the summary, the exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from kanitts.config import CONFIG_FILES, load_configs
+from kanitts.training.experiments import ExperimentResult, is_main_process, run_experiments, say
+
+
+def run(
+    config_dir: Path | str,
+    *,
+    only: Sequence[str] | None = None,
+    force: bool = False,
+    checkpoints_dir: Path | str | None = None,
+) -> int:
+    """Train every experiment of experiments.yaml (or those in ``only``) into ``checkpoints_dir``.
+
+    ``checkpoints_dir`` defaults to eval_config.yaml's ``paths.checkpoints_dir`` when that file
+    exists, else ./checkpoints.
+    """
+    from rich.console import Console
+
+    kinds = ("dataset", "experiments", "model")
+    if (Path(config_dir) / CONFIG_FILES["eval"]).is_file():  # only for its checkpoints_dir
+        kinds += ("eval",)
+    configs = load_configs(config_dir, kinds=kinds)
+    for warning in configs.warnings:
+        say(f"warning: {warning}")
+    results = run_experiments(configs, only=only, force=force, checkpoints_dir=checkpoints_dir)
+    if is_main_process():
+        Console().print(summary_table(results))
+    code = exit_code(results)
+    if code == 130:
+        say("Interrupted: run the same command again to resume from the last checkpoint.")
+    return code
+
+
+def summary_table(results: Sequence[ExperimentResult]):
+    """A rich table: experiment, status, time, final loss, path."""
+    from rich.table import Table
+
+    colours = {"done": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow", "not run": "dim"}
+    table = Table(title="Training summary")
+    for column in ("experiment", "status", "time", "final loss", "path"):
+        table.add_column(column)
+    for r in results:
+        minutes, seconds = divmod(int(round(r.seconds)), 60)
+        table.add_row(
+            r.model_id,
+            f"[{colours[r.status]}]{r.status}[/]",
+            f"{minutes}m{seconds:02d}s" if r.seconds else "-",
+            f"{r.final_loss:.4f}" if r.final_loss is not None else "-",
+            str(r.path) if r.path else "-",
+        )
+    return table
+
+
+def exit_code(results: Sequence[ExperimentResult]) -> int:
+    """0 when nothing failed; 130 when interrupted (like a shell), 1 when an experiment failed."""
+    if any(r.status == "interrupted" for r in results):
+        return 130
+    return 1 if any(r.status == "failed" for r in results) else 0
