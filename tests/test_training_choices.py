@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -128,3 +129,16 @@ def test_trainer_args_pass_through_with_the_runner_settings(tmp_path):
     packed = experiment.model_copy(update={"training": experiment.training.model_copy(update={"packing": True})})
     args, _, _ = training_arguments(packed, tmp_path / "run", ["none"], "proj")
     assert args.train_sampling_strategy == "random"  # packs come from PackedBatchSampler instead
+
+
+def test_tracker_environment_is_set_for_the_block_and_restored_after(monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "the-callers")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    before = dict(os.environ)
+    chosen = tracking.Tracking(report_to=["wandb"], environment={"WANDB_PROJECT": "mine", "WANDB_MODE": "offline"})
+    with chosen.applied():
+        assert os.environ["WANDB_PROJECT"] == "mine" and os.environ["WANDB_MODE"] == "offline"
+    assert dict(os.environ) == before
+    with pytest.raises(RuntimeError), chosen.applied():
+        raise RuntimeError("training failed")
+    assert dict(os.environ) == before

@@ -223,6 +223,7 @@ class DatasetConfig(_Strict):
     max_duration_sec: PositiveFloat | None = None
     hf_datasets: list[DatasetEntry] = Field(min_length=1)
     # Added here (the reference has none of these as config keys):
+    # the process count under the reference's name for it (an argument there); num_proc wins
     n_shards_per_dataset: PositiveInt | None = None
     num_proc: PositiveInt | None = None
     seed: int = Field(42, ge=0)

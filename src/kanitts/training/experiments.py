@@ -235,7 +235,7 @@ class TrainingRun:
 
         tracking = resolve_tracking(experiment.trainer_args.get("report_to"), self.project_name)
         notes += tracking.notes
-        with tracking.environment():  # the trackers read it while training; gone afterwards
+        with tracking.applied():  # the trackers read it while training; gone afterwards
             return self._train_tracked(experiment, run_dir, resume_from, tracking.report_to, notes, start)
 
     def _train_tracked(

@@ -32,7 +32,7 @@ class Tracking:
     notes: list[str] = field(default_factory=list)
 
     @contextlib.contextmanager
-    def environment(self) -> Iterator[None]:
+    def applied(self) -> Iterator[None]:
         """The trackers' variables set for the block, and the previous values restored after it.
 
         An experiment's choices (offline W&B, its project) must not leak into the next
