@@ -9,12 +9,14 @@ import pytest
 import yaml
 
 from kanitts.codecs import registry
-from kanitts.config import ModelConfig, load_config, load_configs
+from kanitts.config import DatasetConfig, ModelConfig, load_config, load_configs
 from kanitts.errors import ConfigError, UserError
 from kanitts.sequences import build_training_dataset
 from kanitts.tokens import TokenLayout
 
-from test_data_sequences import config
+
+def config(tmp_path, entries):
+    return DatasetConfig.model_validate({"hf_datasets": entries, "cache_dir": str(tmp_path / "cache")})
 
 
 @pytest.fixture

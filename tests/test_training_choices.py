@@ -111,7 +111,7 @@ def test_bf16_only_where_supported(monkeypatch):
 
 def test_trainer_args_pass_through_with_the_runner_settings(tmp_path):
     from kanitts.config import Experiment
-    from kanitts.training.experiments import training_arguments
+    from kanitts.training.arguments import training_arguments
 
     experiment = Experiment.model_validate({
         "base": {"model_id": "x", "run_name": "run-x"},

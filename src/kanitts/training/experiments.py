@@ -34,11 +34,12 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from kanitts.atomic import remove_leftovers, write_atomically
-from kanitts.config import ConfigSet, Experiment, ExperimentsConfig, translate_trainer_args, training_argument_names
+from kanitts.config import ConfigSet, Experiment, ExperimentsConfig
 from kanitts.errors import UserError
 from kanitts.locks import RunLock
 from kanitts.redact import redact_secrets
 from kanitts.tokens import TokenLayout
+from kanitts.training.arguments import training_arguments
 from kanitts.training.run_folder import (
     RUNS_FOLDER,
     prepare_run_dir,
@@ -52,11 +53,6 @@ EXPERIMENT_FILE = "experiment.yaml"
 METRICS_FILE = "metrics.json"
 
 Status = Literal["done", "skipped", "failed", "interrupted", "not run"]
-
-# TrainingArguments this runner sets unless the experiment does: frequent loss logging for the
-# loss curve in metrics.json, and a bounded number of intermediate checkpoints.
-RUNNER_DEFAULTS: dict[str, Any] = {"logging_steps": 10, "save_total_limit": 2}
-
 
 @dataclass
 class ExperimentResult:
@@ -386,47 +382,6 @@ def select_experiments(config: ExperimentsConfig, only: Sequence[str] | None) ->
             f"it has {', '.join(known)}"
         )
     return [exp for exp in config.experiments if exp.model_id in set(only)]
-
-
-def training_arguments(
-    experiment: Experiment,
-    run_dir: Path,
-    report_to: list[str],
-    project_name: str | None,
-) -> tuple[Any, Any, list[str]]:
-    """TrainingArguments for one experiment (every ``trainer_args`` key, translated, plus ours).
-
-    Also returns the dtype to load the base model in, which follows the precision chosen.
-    """
-    import torch
-    from transformers import TrainingArguments
-
-    from kanitts.training.model_loading import choose_precision
-
-    args, notes = translate_trainer_args(experiment.trainer_args)
-    args, dtype, precision_notes = choose_precision(args)
-    notes += precision_notes
-    names = training_argument_names()
-    for key, value in RUNNER_DEFAULTS.items():
-        args.setdefault(key, value)
-    if project_name and "project" in names:
-        args.setdefault("project", project_name)
-    if experiment.training.group_by_length and not experiment.training.packing:
-        if "train_sampling_strategy" in names:
-            args.setdefault("train_sampling_strategy", "group_by_length")
-        else:
-            args.setdefault("group_by_length", True)
-    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        # CPU only: transformers wants use_cpu for bf16 there, and it makes DDP use gloo
-        args.setdefault("use_cpu", True)
-        args.setdefault("dataloader_pin_memory", False)
-    args.update(
-        output_dir=str(run_dir),
-        run_name=experiment.base.run_name or experiment.model_id,
-        report_to=report_to,
-        remove_unused_columns=False,
-    )
-    return TrainingArguments(**args), dtype, notes
 
 
 def peak_memory() -> tuple[int, str]:
