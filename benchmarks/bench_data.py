@@ -116,8 +116,8 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
 
-    from kanitts.sequences.summary import import_plotting
     from kanitts.sequences import build_training_dataset
+    from kanitts.sequences.summary import import_plotting
     from kanitts.tiny import tiny_model_config
 
     # Library imports are set-up, not throughput: the baseline's (datasets, transformers) are

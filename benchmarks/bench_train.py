@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from kanitts.config import LoraArgs
-from kanitts.training.batching import PackingCollator, pack_by_length
 from kanitts.tiny import tiny_model_config
 from kanitts.tokens import TokenLayout
+from kanitts.training.batching import PackingCollator, pack_by_length
 from kanitts.training.lora import wrap_with_lora
 from kanitts.training.packing import enable_exact_packing
 

@@ -71,7 +71,8 @@ def test_two_codebooks_go_through_the_sequence_steps(tmp_path, two_codebook_mode
 def test_a_missing_codebook_column_names_the_codec_column(tmp_path, two_codebook_model, tiny_tokenizer):
     datasets.Dataset.from_list([{"text": "x", "code_1": [1], "encoded_len": 1}]).save_to_disk(str(tmp_path / "c"))
     with pytest.raises(UserError, match=r"column 'code_2' \(code_2\) not found"):
-        build_training_dataset(config(tmp_path, [{"reponame": str(tmp_path / "c")}]), two_codebook_model, tiny_tokenizer)
+        cfg = config(tmp_path, [{"reponame": str(tmp_path / "c")}])
+        build_training_dataset(cfg, two_codebook_model, tiny_tokenizer)
 
 
 def test_a_column_key_for_a_codebook_the_codec_lacks_is_an_error(tmp_path, tiny_tts, tiny_tokenizer):
@@ -101,5 +102,6 @@ def test_a_codec_kind_without_an_implementation_is_a_config_error(tmp_path, two_
         f"{tmp_path / 'model_config.yaml'}: codec.kind: no codec 'kanade' is implemented; implemented: fake2, nanocodec"
     ]
     (tmp_path / "model_config.yaml").write_text("codec:\n  kind: nanocodex\n")
-    with pytest.raises(ConfigError, match=r"codec.kind: no codec 'nanocodex' is implemented \(did you mean 'nanocodec'\?\)"):
+    hint = r"codec\.kind: no codec 'nanocodex' is implemented \(did you mean 'nanocodec'\?\)"
+    with pytest.raises(ConfigError, match=hint):
         load_configs(tmp_path, kinds=("model",))

@@ -9,8 +9,8 @@ import datasets
 import pytest
 
 from kanitts.config import DatasetEntry, ModelConfig
-from kanitts.sequences.sources import load_source
 from kanitts.errors import UserError
+from kanitts.sequences.sources import load_source
 
 LAYERS = ModelConfig().codec_layers  # NanoCodec: nano_layer_1..4
 

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from kanitts.config import DatasetConfig
-from kanitts.sequences import build, cache, steps
-from kanitts.sequences.summary import RowStatus, TrainingDataReport
-from kanitts.sequences import build_training_dataset
 from kanitts.errors import UserError
+from kanitts.sequences import build, build_training_dataset, cache, steps
+from kanitts.sequences.summary import RowStatus, TrainingDataReport
 
 from reference import data_processing as reference  # the oracle, shared with benchmarks/bench_data.py
 

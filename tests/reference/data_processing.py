@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 
 from kanitts.config import DatasetConfig, ModelConfig
-from kanitts.data.codec_sources import load_source
+from kanitts.sequences.sources import load_source
 
 
 def reference_training_dataset(
@@ -38,13 +38,13 @@ def reference_training_dataset(
     its max_len sample always uses seed 42 (pass another to compare with a different `seed`)."""
     parts = []
     for entry in dataset_cfg.hf_datasets:
-        table = load_source(entry)
+        table = load_source(entry, entry.layer_columns(model_cfg.codec_layers))
         if entry.categorical_filter is not None:
             column, value = entry.categorical_filter.column_name, entry.categorical_filter.value
             table = table.filter(lambda row, column=column, value=value: row[column] == value)
         renames = {
             entry.text_col_name: "text",
-            **{c: f"nano_layer_{i + 1}" for i, c in enumerate(entry.layer_columns())},
+            **{c: f"nano_layer_{i + 1}" for i, c in enumerate(entry.layer_columns(model_cfg.codec_layers))},
             entry.encoded_len: "encoded_len",
         }
         table = table.rename_columns({old: new for old, new in renames.items() if old != new})

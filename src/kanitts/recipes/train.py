@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from kanitts.config import CONFIG_FILES, load_configs
 from kanitts.training.experiments import ExperimentResult, is_main_process, run_experiments, say

@@ -23,11 +23,12 @@ RUN_STAMP = "kanitts_run.json"
 
 def run_fingerprint(experiment: Experiment, base_model: str, dataset_fingerprint: str) -> str:
     """Identifies what a run trains, so a checkpoint is only resumed by the same run."""
-    payload = json.dumps(
-        # redacted: a rotated token is the same run
-        {"experiment": redact_secrets(experiment.model_dump(mode="json")), "base_model": base_model, "data": dataset_fingerprint},
-        sort_keys=True,
-    )
+    record = {
+        "experiment": redact_secrets(experiment.model_dump(mode="json")),  # a rotated token is the same run
+        "base_model": base_model,
+        "data": dataset_fingerprint,
+    }
+    payload = json.dumps(record, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
