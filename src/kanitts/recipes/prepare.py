@@ -33,7 +33,7 @@ def resolve_codec(
     """The codec to encode with: ``kind`` and ``weights`` as given, else those of
     ``model_config.yaml`` in ``config_dir`` (its schema defaults when there is no such file).
     Another ``kind`` than the config's, without ``weights``, takes that codec's default weights."""
-    from kanitts.codecs import DEFAULT_MODELS
+    from kanitts.codecs import codec_entry
     from kanitts.config import CONFIG_FILES, ModelConfig, load_config
 
     if kind is None or weights is None:
@@ -41,7 +41,7 @@ def resolve_codec(
         section = load_config("model", config_dir).codec if has_model_config else ModelConfig().codec
         kind = kind or section.kind
         if weights is None:
-            weights = section.weights if kind == section.kind else DEFAULT_MODELS.get(kind)
+            weights = section.weights if kind == section.kind else codec_entry(kind).default_weights
     if weights is None:
         raise UserError(f"codec {kind!r} has no default weights; name a Hub id or a folder with --codec-model")
     return CodecSpec(kind=kind, weights=str(weights), device=device, dtype=dtype)
