@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 from kanitts.cli import main
-from kanitts.config import CONFIG_FILES, check_config_dir, load_configs, translate_trainer_args
+from kanitts.config import CONFIG_FILES, load_configs, translate_trainer_args
 from kanitts.errors import ConfigError
+from kanitts.recipes.check import check_config_dir
 
 from conftest import REPO_ROOT
 
@@ -122,6 +123,22 @@ def test_check_config_cli_exit_codes(tmp_path, capsys):
     assert "experiments[1].lora_args.r" in out and "Traceback" not in out
 
 
+def test_keys_the_reference_sets_but_nothing_uses_are_shown_by_check_config(tmp_path, capsys):
+    """codec.model_name and processing.num_proc load as before; check-config names each as unused."""
+    shutil.copytree(REFERENCE, tmp_path, dirs_exist_ok=True)
+    assert main(["check-config", "--config-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (f"warning: {tmp_path / 'model_config.yaml'}: codec.model_name "
+            "('nvidia/nemo-nano-codec-22khz-0.6kbps-12.5fps') is not used: the codec is codec.kind + codec.weights "
+            "(nanocodec, nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch); remove it") in out
+    assert (f"warning: {tmp_path / 'eval_config.yaml'}: processing.num_proc is ignored (eval needs no process pool); "
+            "remove it") in out
+    configs = load_configs(tmp_path, kinds=("model",))
+    assert configs.model.codec.model_name == "nvidia/nemo-nano-codec-22khz-0.6kbps-12.5fps"
+    assert "model_name" not in configs.model.model_dump()["codec"]  # a dump does not carry it on
+    assert load_configs(REPO_ROOT / "config", kinds=("model", "eval")).warnings == []
+
+
 def test_missing_file_is_named(tmp_path):
     _config_dir(tmp_path)
     (tmp_path / "inference_config.yaml").unlink()
@@ -226,10 +243,10 @@ def test_pass_through_values_are_checked_against_the_libraries_field_types(tmp_p
 
 def test_every_declared_field_type_of_the_libraries_can_be_checked():
     """Each TrainingArguments / LoraConfig annotation maps to a type pydantic validates with."""
-    from kanitts.config import _accepted_type, _adapter, lora_config_types, training_argument_types
+    from kanitts.config.library_checks import accepted_type, lora_config_types, training_argument_types, type_adapter
 
     for declared in (*training_argument_types().values(), *lora_config_types().values()):
-        _adapter(_accepted_type(declared))
+        type_adapter(accepted_type(declared))
 
 
 # --- problems of the files themselves --------------------------------------------------------

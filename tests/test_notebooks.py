@@ -66,9 +66,10 @@ def test_cells_run_top_to_bottom(tmp_path, monkeypatch):
     import sys
     import types
 
-    from kanitts.config import check_config_dir, load_configs
+    from kanitts.config import load_configs
     from kanitts.evaluation.results import CSV_COLUMNS, RESULTS_CSV
     from kanitts.inference import write_wav
+    from kanitts.recipes.check import check_config_dir
 
     shutil.copytree(REPO_ROOT / "config", tmp_path / "config")
     monkeypatch.chdir(tmp_path)

@@ -30,20 +30,9 @@ def _add_config_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from kanitts.config import check_config_dir
+    from kanitts.recipes import check
 
-    report = check_config_dir(args.config_dir)
-    for line in report.warnings:
-        print(f"warning: {line}")
-    for line in report.errors:
-        print(f"error: {line}")
-    if report.errors:
-        print(f"\n{len(report.errors)} error(s) in {args.config_dir}/", file=sys.stderr)
-        return 1
-    for name in report.checked:
-        print(f"ok: {name}")
-    print(f"All configuration files in {args.config_dir}/ are valid.")
-    return 0
+    return check.run(args.config_dir)
 
 
 # --- login --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from kanitts.config import CONFIG_FILES, ConfigSet, load_configs
+from kanitts.config import ConfigSet, load_configs
 from kanitts.errors import UserError
 from kanitts.evaluation.runner import EvalSummary, run_eval
 from kanitts.hub import upload_eval_dataset
@@ -51,8 +51,7 @@ def evaluate(
 def run(*, config_dir: Path, force: bool = False, only: list[str] | None = None, device: str | None = None,
         report: bool = True) -> int:
     configs = load_configs(config_dir, kinds=KINDS)
-    eval_file = Path(config_dir) / CONFIG_FILES["eval"]
-    for line in [*configs.warnings, *(f"{eval_file}: {note}" for note in configs.eval.processing.notes)]:
+    for line in configs.warnings:
         print(f"warning: {line}")
     summary = evaluate(configs, force=force, only=only, device=device, report=report)
     print(summary.describe())

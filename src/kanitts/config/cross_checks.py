@@ -1,0 +1,55 @@
+"""Checks that need more than one config file: each finds what no single schema can see.
+
+Problems (the configs cannot work together) and warnings (they can, but probably not as meant)
+are kept apart, so loading raises on the one and reports the other.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kanitts.config.library_checks import translate_trainer_args
+from kanitts.config.schemas import CONFIG_FILES
+
+if TYPE_CHECKING:
+    from kanitts.config.loading import ConfigSet
+
+
+def cross_file_problems(configs: ConfigSet) -> list[str]:
+    """What makes the loaded files unusable together, as `file: key.path: problem`."""
+    problems: list[str] = []
+    d = configs.config_dir
+    if configs.inference is not None and configs.model is not None:
+        # start_of_ai, start_of_speech and one code per codebook (TokenLayout.min_new_tokens)
+        needed = 2 + configs.model.codec.num_codebooks
+        budget = configs.inference.generation.max_new_tokens
+        if budget < needed:
+            problems.append(
+                f"{d / CONFIG_FILES['inference']}: generation.max_new_tokens: {budget} is too small to hold one "
+                f"audio frame, which takes {needed} tokens (start_of_ai, start_of_speech and the "
+                f"{configs.model.codec.num_codebooks} codes of {d / CONFIG_FILES['model']}'s codec)"
+            )
+    return problems
+
+
+def cross_file_warnings(configs: ConfigSet) -> list[str]:
+    """What works but is likely not what was meant: reference-era trainer keys translated, and
+    eval prompts whose speaker no dataset defines."""
+    warnings: list[str] = []
+    d = configs.config_dir
+    if configs.experiments is not None:
+        filename = str(d / CONFIG_FILES["experiments"])
+        for i, exp in enumerate(configs.experiments.experiments):
+            for note in translate_trainer_args(exp.trainer_args)[1]:
+                warnings.append(f"{filename}: experiments[{i}].{note}")
+    if configs.eval_set is not None and configs.dataset is not None:
+        speakers = {e.speaker_id.lower() for e in configs.dataset.hf_datasets if e.speaker_id}
+        for s in configs.eval_set.sentences:
+            prefix = s.speaker
+            if speakers and (prefix is None or prefix.lower() not in speakers):
+                warnings.append(
+                    f"{d / CONFIG_FILES['eval_set']}: {s.sentence_id}: prompt "
+                    + (f"uses speaker {prefix!r}" if prefix else "has no speaker prefix")
+                    + f", but the datasets define {sorted(speakers)}"
+                )
+    return warnings

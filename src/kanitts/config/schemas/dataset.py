@@ -1,0 +1,73 @@
+"""dataset_config.yaml: the source datasets of the sequence step, their columns and filters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from kanitts.config.schemas.base import Strict, Text
+
+
+class CategoricalFilter(Strict):
+    column_name: Text
+    value: str | int | float | bool
+
+
+class DatasetEntry(Strict):
+    """One source dataset. `reponame` is a Hub id, a save_to_disk folder, or parquet/jsonl/csv files."""
+
+    reponame: Text
+    name: Text | None = None
+    split: Text = "train"
+    text_col_name: Text = "text"
+    # The reference's keys, one per NanoCodec codebook: the column of this dataset holding it.
+    nano_layer_1: Text | None = None
+    nano_layer_2: Text | None = None
+    nano_layer_3: Text | None = None
+    nano_layer_4: Text | None = None
+    # Any codec: codebook column (model_config.yaml codec_layers) -> the column of this dataset.
+    codebook_columns: dict[Text, Text] = {}
+    encoded_len: Text = "encoded_len"
+    speaker_id: Text | None = Field(None, min_length=1)
+    max_len: PositiveInt | None = None
+    categorical_filter: CategoricalFilter | None = None
+
+    @model_validator(mode="after")
+    def _one_name_per_codebook(self) -> DatasetEntry:
+        twice = [k for k in self.codebook_columns if k in _NANO_KEYS and getattr(self, k) is not None]
+        if twice:
+            raise ValueError(f"codebook_columns renames {', '.join(twice)}, which is also set as its own key")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How messages name this dataset."""
+        return self.reponame if self.name is None else f"{self.reponame} ({self.name})"
+
+    def column_renames(self) -> dict[str, str]:
+        """Codebook column -> this dataset's column, for the codebooks whose column is named here."""
+        nano = {key: getattr(self, key) for key in _NANO_KEYS if getattr(self, key) is not None}
+        return {**nano, **self.codebook_columns}
+
+    def layer_columns(self, codec_layers: Sequence[str]) -> list[str]:
+        """This dataset's column of each codebook of `codec_layers` (model_config.yaml), in order."""
+        renames = self.column_renames()
+        return [renames.get(name, name) for name in codec_layers]
+
+
+_NANO_KEYS = tuple(k for k in DatasetEntry.model_fields if k.startswith("nano_layer_"))
+
+
+class DatasetConfig(Strict):
+    max_duration_sec: PositiveFloat | None = None
+    hf_datasets: list[DatasetEntry] = Field(min_length=1)
+    # Added here (the reference has none of these as config keys):
+    # the process count under the reference's name for it (an argument there); num_proc wins
+    n_shards_per_dataset: PositiveInt | None = None
+    num_proc: PositiveInt | None = None
+    seed: int = Field(42, ge=0)
+    cache_dir: Text = ".cache/kanitts/sequences"
+    # The reference drops each codec frame equal to the one before it (shortens silences);
+    # false keeps every frame, so the model learns true durations.
+    dedup_frames: bool = True

@@ -1,0 +1,80 @@
+"""eval_config.yaml: where eval writes, whether it uploads, and speaker-similarity references."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import PositiveInt, PrivateAttr, TypeAdapter, ValidationError, model_validator
+
+from kanitts.config.schemas.base import Strict, Text
+
+
+class EvalPaths(Strict):
+    audio_output_dir: Text = "./audio_samples"
+    checkpoints_dir: Text = "./checkpoints"
+    report_dir: Text = "./report"
+
+
+class EvalHub(Strict):
+    upload_dataset: bool = False
+    repo_name: Text | None = None
+    private: bool = True
+
+    @model_validator(mode="after")
+    def _repo_when_uploading(self) -> EvalHub:
+        if self.upload_dataset and not self.repo_name:
+            raise ValueError("repo_name is required when upload_dataset is true")
+        return self
+
+
+class EvalProcessing(Strict):
+    """The reference's ``processing`` section, of which nothing is used here.
+
+    Its ``num_proc`` sized a process pool for dataset work; here eval generates on one device and
+    measures a sample in milliseconds, so there is no pool to size. Files that set it load as
+    before; :attr:`notes` says that it is ignored, and loading puts that among the warnings every
+    command (check-config too) prints.
+    """
+
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _drop_num_proc(cls, data: Any, handler) -> EvalProcessing:
+        ignored: tuple[str, ...] = ()
+        if isinstance(data, dict) and "num_proc" in data:
+            try:  # a wrong value is still an error, named at its key
+                TypeAdapter(PositiveInt).validate_python(data["num_proc"])
+            except ValidationError as exc:
+                errors = [{"type": e["type"], "loc": ("num_proc", *e["loc"]), "input": e["input"],
+                           **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+                raise ValidationError.from_exception_data(cls.__name__, errors) from None
+            data = {k: v for k, v in data.items() if k != "num_proc"}
+            ignored = ("num_proc",)
+        model = handler(data)
+        model._ignored = ignored
+        return model
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"processing.{key} is ignored (eval needs no process pool); remove it" for key in self._ignored]
+
+
+class SpeakerSimilarity(Strict):
+    """Reference recordings per speaker prefix, for the speaker-similarity metric."""
+
+    references: dict[Text, list[Text]] = {}
+    # A name from kanitts.evaluation.speaker (`mfcc-stats` works offline with no weights;
+    # `kanade:<folder or Hub id>` uses the Kanade tokenizer's global embedding).
+    embedder: Text = "mfcc-stats"
+
+
+class EvalConfig(Strict):
+    paths: EvalPaths = EvalPaths()
+    huggingface: EvalHub = EvalHub()
+    processing: EvalProcessing = EvalProcessing()
+    speaker_similarity: SpeakerSimilarity | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        return self.processing.notes
