@@ -513,6 +513,16 @@ def test_recipe_from_python_and_the_cli_make_the_same_dataset(tones, tiny_codec_
     assert prepare.resolve_codec(config_dir, weights="other").weights == "other"
 
 
+def test_prepare_warns_that_the_codec_model_name_is_not_used(tmp_path, capsys):
+    """A reference-era codec.model_name does not pick the codec: kind + weights do, and prepare says so."""
+    from kanitts.recipes import prepare
+
+    (tmp_path / "model_config.yaml").write_text("codec: {model_name: nvidia/other-codec, weights: some/weights}\n")
+    assert prepare.resolve_codec(tmp_path) == CodecSpec(kind="nanocodec", weights="some/weights")
+    assert (f"warning: {tmp_path / 'model_config.yaml'}: codec.model_name ('nvidia/other-codec') is not used: "
+            "the codec is codec.kind + codec.weights (nanocodec, some/weights); remove it") in capsys.readouterr().err
+
+
 def _two_ranks(cmd: list[str], tmp_path: Path) -> list[tuple[str, str]]:
     """Run ``cmd`` as ranks 0 and 1 of one gloo job (what torchrun sets up); their (stdout, stderr)."""
     import socket

@@ -16,6 +16,7 @@ CLI and Python callers both come here, so they get the same dataset for the same
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from kanitts.errors import UserError
@@ -34,11 +35,16 @@ def resolve_codec(
     ``model_config.yaml`` in ``config_dir`` (its schema defaults when there is no such file).
     Another ``kind`` than the config's, without ``weights``, takes that codec's default weights."""
     from kanitts.codecs import codec_entry
-    from kanitts.config import CONFIG_FILES, ModelConfig, load_config
+    from kanitts.config import CONFIG_FILES, ModelConfig, load_configs
 
     if kind is None or weights is None:
-        has_model_config = (Path(config_dir) / CONFIG_FILES["model"]).is_file()
-        section = load_config("model", config_dir).codec if has_model_config else ModelConfig().codec
+        if (Path(config_dir) / CONFIG_FILES["model"]).is_file():
+            configs = load_configs(config_dir, kinds=("model",))
+            for warning in configs.warnings:  # codec.model_name set, where kind + weights decide
+                print(f"warning: {warning}", file=sys.stderr)
+            section = configs.model.codec
+        else:
+            section = ModelConfig().codec
         kind = kind or section.kind
         if weights is None:
             weights = section.weights if kind == section.kind else codec_entry(kind).default_weights
