@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from kanade_tokenizer import KanadeFeatures, KanadeModel, KanadeModelConfig
-from kanade_tokenizer.model import KanadeConfigError, KanadeWeightsError, read_config
+from kanade_tokenizer.configuration import KanadeConfigError, read_config
+from kanade_tokenizer.pretrained import KanadeWeightsError
 from kanade_tokenizer.testing import build_tiny_model, synthetic_speech, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def test_full_config_matches_released_keys_and_shapes(name, keys_file, n_params)
 
 
 def test_full_config_without_key_lists_has_expected_counts():
-    # independent of shared/: the counts of the spec (§3.3)
+    # the released checkpoints' parameter counts (docs/kanade.md)
     for name, _, n_params in RELEASED:
         weights = _build_meta(name).weights_to_save()
         assert sum(v.numel() for v in weights.values()) == n_params
@@ -97,6 +98,33 @@ def test_config_values():
     assert clean.n_mels == 80 and clean.padding == "same" and clean.bigvgan_style_mel
 
 
+def test_released_configs_resolve_by_name_from_the_package():
+    from importlib import resources
+
+    from kanade_tokenizer.configuration import released_config, released_config_names
+
+    assert released_config_names() == ["12hz", "25hz", "25hz_clean"]
+    packaged = resources.files("kanade_tokenizer") / "configs" / "12hz.yaml"
+    assert packaged.is_file() and released_config("12hz").read_bytes() == packaged.read_bytes()
+    # config/kanade/model/ is the same folder, seen from the repository
+    assert (CONFIGS / "12hz.yaml").read_bytes() == packaged.read_bytes()
+    assert read_config("25hz")["config"]["downsample_factor"] == 2
+    with torch.device("meta"):
+        model = KanadeModel.from_config("12hz", load_ssl_weights=False)
+    assert model.config.downsample_factor == 4
+    with pytest.raises(KanadeConfigError, match="no released Kanade config named '6hz'.*12hz"):
+        released_config("6hz")
+    with pytest.raises(FileNotFoundError, match="not a released config"):
+        KanadeModel.from_pretrained("6hz")
+
+
+def test_config_padding_must_be_one_the_mel_knows():
+    cfg = tiny_config()
+    cfg["model"]["init_args"]["config"]["padding"] = "valid"
+    with pytest.raises(KanadeConfigError, match="config.padding.*'valid'"):
+        KanadeModel.from_config(cfg)
+
+
 def test_config_errors_name_the_key(tmp_path):
     cfg = tiny_config()
     cfg["model"]["init_args"]["config"]["downsample_factr"] = 2
@@ -116,7 +144,7 @@ def test_config_errors_name_the_key(tmp_path):
         KanadeModel.from_config(cfg)
 
 
-# --- length arithmetic (spec §1.3) ----------------------------------------------------------------
+# --- length arithmetic (docs/kanade.md) -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -134,11 +162,11 @@ def test_config_errors_name_the_key(tmp_path):
 )
 def test_length_formulas(name, L, pad, tokens, mel, estimate):
     model = _build_meta(name)
-    assert model._calculate_waveform_padding(L) == pad
+    assert model.waveform_padding(L) == pad
     assert model.num_tokens(L) == tokens
-    assert model._calculate_target_mel_length(L) == mel
+    assert model.mel_length(L) == mel
     if estimate is not None:
-        assert model._calculate_original_audio_length(tokens) == estimate
+        assert model.estimated_audio_length(tokens) == estimate
 
 
 #: Lengths under 30 s at 24 kHz where the original's floating-point E = ceil(L / 24000 * 16000 / 320)
@@ -147,7 +175,7 @@ FLOAT_FRAME_LENGTHS = [193440, 195360, 386400, 386880, 390240, 390720]
 
 
 def _original_padding(L: int) -> int:
-    """The original's `_calculate_waveform_padding` arithmetic (kanade-reference.md §1.1), in
+    """The original's waveform-padding arithmetic (its `_calculate_waveform_padding`), in
     its floating-point order: n16 = L / 24000 * 16000; E = ceil(n16 / 320);
     req16 = get_minimum_input_length(E) = 320·E + 80 for WavLM's conv stack;
     req24 = req16 / 16000 * 24000; p = ceil((req24 - L) / 2)."""
@@ -161,7 +189,7 @@ def _original_padding(L: int) -> int:
 def test_padding_matches_the_original_arithmetic(tiny):
     lengths = list(range(1, 5 * 24000)) + FLOAT_FRAME_LENGTHS
     lengths += torch.randint(5 * 24000, 30 * 24000, (20000,), generator=torch.Generator().manual_seed(0)).tolist()
-    mismatches = [L for L in lengths if tiny._calculate_waveform_padding(L) != _original_padding(L)]
+    mismatches = [L for L in lengths if tiny.waveform_padding(L) != _original_padding(L)]
     assert mismatches == []
     # the float arithmetic gives one sample more than exact integers for a few % of lengths ...
     exact = [math.ceil((480 * -(-L // 480) + 120 - L) / 2) for L in range(1, 5 * 24000)]
@@ -175,10 +203,10 @@ def test_padding_matches_the_original_arithmetic(tiny):
 def test_padding_gives_exactly_the_expected_frames(tiny):
     ssl = tiny.ssl_feature_extractor
     for L in [1, 100, 479, 480, 481, 24000, 24001, 72123, *FLOAT_FRAME_LENGTHS]:
-        p = tiny._calculate_waveform_padding(L)
+        p = tiny.waveform_padding(L)
         assert 60 <= p <= 301 or L < 480  # 301: the extra frame of FLOAT_FRAME_LENGTHS
         n16 = ssl.resampler.output_length(L + 2 * p)
-        assert ssl.num_frames(n16) == tiny._expected_ssl_frames(L)
+        assert ssl.num_frames(n16) == tiny.ssl_frames(L)
     wave = synthetic_speech(FLOAT_FRAME_LENGTHS[0] / 24000)
     assert tiny.encode(wave).content_token_indices.numel() == tiny.num_tokens(wave.numel()) == 202
 
@@ -228,6 +256,28 @@ def test_encode_does_not_run_the_feature_decoder():
     model.feature_decoder.register_forward_hook(lambda *a: calls.append(1))
     model.encode(synthetic_speech(0.5))
     assert calls == []
+
+
+def test_ssl_reconstruction_without_conv_upsample_interpolates():
+    """With ``use_conv_downsample: false`` the SSL reconstruction is stretched back to the SSL
+    frame rate with ``local_interpolation_mode`` (there is no conv_upsample to do it)."""
+    cfg = tiny_config()
+    cfg["model"]["init_args"]["config"].update(use_conv_downsample=False, local_interpolation_mode="nearest")
+    torch.manual_seed(0)
+    model = KanadeModel.from_config(cfg, build_feature_decoder=True).eval()
+    assert model.conv_downsample is None and model.conv_upsample is None
+    wave = synthetic_speech(0.5)
+    p = model.waveform_padding(wave.numel())
+    local, _, _ = model.forward_ssl_features(torch.nn.functional.pad(wave, (p, p))[None])
+    content, _, _ = model.forward_content(local)
+    with torch.no_grad():
+        recon = model.forward_ssl_reconstruction(content, local.size(1))
+        stretched = torch.nn.functional.interpolate(content.transpose(1, 2), size=local.size(1), mode="nearest")
+        expected = model.feature_decoder(stretched.transpose(1, 2))
+    assert content.size(1) < local.size(1) and recon.shape[:2] == local.shape[:2]
+    torch.testing.assert_close(recon, expected)
+    with pytest.raises(RuntimeError, match="no feature_decoder"):
+        build_tiny_model().forward_ssl_reconstruction(content, local.size(1))
 
 
 def test_voice_conversion(tiny):

@@ -53,15 +53,18 @@ def test_encode_batch_in_sorted_chunks_keeps_order(model, waves, singles):
     _assert_same(model.encode_batch(waves, batch_size=2, max_padding=None), singles)
 
 
-def test_group_by_length():
-    from kanade_tokenizer.model import group_by_length
+def test_bucket_by_length():
+    from kanade_tokenizer.batching import bucket_by_length
 
     lengths = [100, 300, 290, 50, 310, 120]
-    assert group_by_length(lengths) == [[4, 1, 2, 5, 0, 3]]
-    assert group_by_length(lengths, batch_size=2) == [[4, 1], [2, 5], [0, 3]]
+    assert bucket_by_length(lengths) == [[4, 1, 2, 5, 0, 3]]
+    assert bucket_by_length(lengths, max_items=2) == [[4, 1], [2, 5], [0, 3]]
     # padded size <= 1.1 x real size: 310,300,290 fit (930 <= 990); 120 would make 1240 > 1122
-    assert group_by_length(lengths, max_padding=0.1) == [[4, 1, 2], [5, 0], [3]]
-    assert group_by_length([]) == []
+    assert bucket_by_length(lengths, max_padding=0.1) == [[4, 1, 2], [5, 0], [3]]
+    # padded size (longest x count) <= 700: two items of 310; an item over the budget stands alone
+    assert bucket_by_length(lengths, max_padded=700) == [[4, 1], [2, 5], [0, 3]]
+    assert bucket_by_length([900, 100, 90], max_padded=500) == [[0], [1, 2]]
+    assert bucket_by_length([]) == []
 
 
 def test_encode_batch_partial_outputs(model, waves, singles):
@@ -72,10 +75,10 @@ def test_encode_batch_partial_outputs(model, waves, singles):
 
 
 def test_batched_ssl_features_match_single(model, waves):
-    batch, lengths = model._pad_waveforms(waves[:3])
+    batch, lengths = model.pad_waveforms(waves[:3])
     local, global_, frames = model.forward_ssl_features(batch, lengths)
     for i, w in enumerate(waves[:3]):
-        b1, l1 = model._pad_waveforms([w])
+        b1, l1 = model.pad_waveforms([w])
         lo, gl, fr = model.forward_ssl_features(b1)
         n = int(fr[0])
         assert int(frames[i]) == n == -(-w.numel() // 480)
@@ -90,7 +93,7 @@ def test_decode_batch_equals_single(model, singles):
         [s.global_embedding for s in items],
         content_token_indices=[s.content_token_indices for s in items],
         target_audio_lengths=[
-            n if n is not None else model._calculate_original_audio_length(s.content_token_indices.numel())
+            n if n is not None else model.estimated_audio_length(s.content_token_indices.numel())
             for n, s in zip(lengths, items)
         ],
     )

@@ -16,7 +16,7 @@ import scipy.signal
 import torch
 import yaml
 
-from kanade_tokenizer.modules.mel import MelSpectrogramFeature, hz_to_mel, mel_filterbank, mel_to_hz
+from kanade_tokenizer.modules.mel import MelSpectrogramFeatures, hz_to_mel, mel_filterbank, mel_to_hz
 from kanade_tokenizer.vocoders import DEFAULT_VOCODER, VocoderLoadError, load_vocoder, vocode
 from kanade_tokenizer.vocoders.vocos import ISTFT, Vocos, VocosConfig
 
@@ -131,7 +131,7 @@ def test_filterbank_matches_independent_formula(scale, norm, f_max):
 
 def test_vocos_mel_matches_independent_formula():
     x = speechlike(0.7)
-    mel = MelSpectrogramFeature(24000, 1024, 256, 100, padding="center")(torch.from_numpy(x))
+    mel = MelSpectrogramFeatures(24000, 1024, 256, 100, padding="center")(torch.from_numpy(x))
     ref = ref_log_mel(x, 24000, 1024, 256, 100, pad=512, f_min=0, f_max=12000, scale="htk",
                       area_norm=False, eps=0.0, clip=1e-7)
     assert mel.shape == (100, x.size // 256 + 1) == ref.shape
@@ -141,7 +141,7 @@ def test_vocos_mel_matches_independent_formula():
 
 def test_vocos_mel_same_padding_length():
     x = torch.from_numpy(speechlike(0.5))
-    feat = MelSpectrogramFeature(padding="same")
+    feat = MelSpectrogramFeatures(padding="same")
     mel = feat(x)
     assert mel.shape == (100, x.numel() // 256) and feat.num_frames(x.numel()) == mel.shape[-1]
     ref = ref_log_mel(x.numpy(), 24000, 1024, 256, 100, pad=384, f_min=0, f_max=12000, scale="htk",
@@ -151,7 +151,7 @@ def test_vocos_mel_same_padding_length():
 
 def test_bigvgan_mel_matches_independent_formula():
     x = speechlike(0.6, seed=1)
-    feat = MelSpectrogramFeature(24000, 1920, 480, 80, padding="same", fmin=0, fmax=8000, bigvgan_style_mel=True)
+    feat = MelSpectrogramFeatures(24000, 1920, 480, 80, padding="same", fmin=0, fmax=8000, bigvgan_style_mel=True)
     mel = feat(torch.from_numpy(x))
     ref = ref_log_mel(x, 24000, 1920, 480, 80, pad=720, f_min=0, f_max=8000, scale="slaney",
                       area_norm=True, eps=1e-9, clip=1e-5)
@@ -164,7 +164,7 @@ def test_mel_feature_batch_shapes_and_from_config():
         sample_rate, n_fft, hop_length, n_mels, padding = 24000, 1024, 256, 100, "center"
         mel_fmin, mel_fmax, bigvgan_style_mel = 0, None, False
 
-    feat = MelSpectrogramFeature.from_config(Cfg)
+    feat = MelSpectrogramFeatures.from_config(Cfg)
     x = torch.from_numpy(np.stack([speechlike(0.3, seed=s) for s in range(2)]))
     assert feat(x).shape == (2, 100, 7200 // 256 + 1)
     assert feat(x.unsqueeze(1)).shape == (2, 1, 100, 7200 // 256 + 1)
@@ -175,7 +175,29 @@ def test_mel_feature_batch_shapes_and_from_config():
 def test_vocos_feature_extractor_equals_kanade_mel():
     x = torch.from_numpy(speechlike(0.4))
     voc = Vocos(small_config())
-    torch.testing.assert_close(voc.feature_extractor(x[None]), MelSpectrogramFeature()(x[None]))
+    torch.testing.assert_close(voc.feature_extractor(x[None]), MelSpectrogramFeatures()(x[None]))
+    # one class; in the vocoder its buffers are saved under the Vocos checkpoint's names
+    assert sorted(voc.feature_extractor.state_dict()) == ["mel_spec.mel_scale.fb", "mel_spec.spectrogram.window"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(n_fft=1024, hop_length=256, padding="center"),
+        dict(n_fft=1024, hop_length=256, padding="same"),
+        dict(n_fft=1920, hop_length=480, n_mels=80, padding="same", fmax=8000, bigvgan_style_mel=True),
+        dict(n_fft=1920, hop_length=480, n_mels=80, padding="center", fmax=8000, bigvgan_style_mel=True),
+        dict(n_fft=1023, hop_length=256, padding="same"),  # odd n_fft - hop: one frame fewer at multiples of hop
+    ],
+)
+def test_mel_frames_is_what_the_feature_computes(kwargs):
+    from kanade_tokenizer.modules.mel import mel_frames
+
+    feat = MelSpectrogramFeatures(**kwargs)
+    rule = {k: kwargs.get(k, False) for k in ("hop_length", "n_fft", "padding", "bigvgan_style_mel")}
+    for n in (1200, 2048, 2049, 7680, 7681, 9999):
+        frames = feat(torch.zeros(n)).shape[-1]
+        assert feat.num_frames(n) == mel_frames(n, **rule) == frames, (n, kwargs)
 
 
 # --- Vocos module tree vs the released checkpoint --------------------------------------------
@@ -240,7 +262,7 @@ def test_save_and_load_vocoder_folder_offline(tmp_path, offline, safe):
     assert (folder / ("model.safetensors" if safe else "pytorch_model.bin")).is_file()
     loaded = load_vocoder(str(folder))
     assert not loaded.training
-    mel = MelSpectrogramFeature()(torch.from_numpy(speechlike(0.3)))[None]
+    mel = MelSpectrogramFeatures()(torch.from_numpy(speechlike(0.3)))[None]
     torch.testing.assert_close(vocode(loaded, mel), vocode(model, mel), rtol=0, atol=0)
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)

@@ -11,13 +11,9 @@ Public API (the same names as the original package)::
 """
 
 from .audio import load_audio
-from .model import (
-    KanadeConfigError,
-    KanadeFeatures,
-    KanadeModel,
-    KanadeModelConfig,
-    KanadeWeightsError,
-)
+from .configuration import KanadeConfigError, KanadeModelConfig
+from .model import KanadeFeatures, KanadeModel
+from .pretrained import KanadeWeightsError
 from .vocoders import load_vocoder, vocode
 
 __all__ = [

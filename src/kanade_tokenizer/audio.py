@@ -1,7 +1,7 @@
 """Audio I/O for the Kanade tokenizer: soundfile for reading and writing, and the original's
 windowed-sinc resampler.
 
-``load_audio`` follows the original's recipe (kanade-reference.md §6): read, average the
+``load_audio`` follows the original's recipe: read, average the
 channels to mono, resample to the model's rate, then peak-normalise with
 ``x / (max|x| + 1e-8)``. The model was trained on peak-normalised audio, so keep
 ``normalize=True`` unless the input is already normalised.

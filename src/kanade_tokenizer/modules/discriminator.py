@@ -1,4 +1,4 @@
-"""Multi-band spectrogram discriminator for the GAN stage (kanade-reference.md §4.4).
+"""Multi-band spectrogram discriminator for the GAN stage (the reference recipe's).
 
 The mel spectrogram is split into frequency bands; each band has its own stack of weight-normed
 2-D convolutions (time is the first spatial axis, and dilation widens the view along time only),

@@ -1,6 +1,6 @@
 """Mel spectrograms in pure PyTorch (no torchaudio, no librosa).
 
-Two definitions are needed (kanade-reference.md §2.8):
+Two definitions are needed:
 
 * **Vocos style** (the 12.5 Hz and 25 Hz models, and the input of ``charactr/vocos-mel-24khz``):
   periodic Hann window of ``n_fft``, reflect padding of ``n_fft // 2`` on both sides ("center"),
@@ -208,12 +208,32 @@ def reflect_pad(audio: torch.Tensor, left: int, right: int) -> torch.Tensor:
     return F.pad(audio.unsqueeze(1), (left, right), mode="reflect").squeeze(1)
 
 
-class MelSpectrogramFeature(nn.Module):
-    """Kanade's log-mel feature: the training target of the mel decoder (§2.8).
+def mel_frames(
+    num_samples: int, *, hop_length: int, n_fft: int, padding: str = "center", bigvgan_style_mel: bool = False
+) -> int:
+    """Frames of the log-mel feature for ``num_samples`` samples: ``L // hop + 1`` for the
+    centred Vocos definition; otherwise the audio is reflect-padded by ``(n_fft - hop) // 2`` on
+    both sides and framed without centring, ``L // hop`` frames when ``n_fft - hop`` is even.
+
+    The one length rule for a mel of this package: what :class:`MelSpectrogramFeatures` returns,
+    the length the Kanade decoder predicts, and what a caller sizing a mel buffer should use.
+    """
+    num_samples = int(num_samples)
+    if not bigvgan_style_mel and padding == "center":
+        return num_samples // hop_length + 1
+    pad = (n_fft - hop_length) // 2
+    return (num_samples + 2 * pad - n_fft) // hop_length + 1
+
+
+class MelSpectrogramFeatures(nn.Module):
+    """The log-mel feature: Kanade's mel-decoder target and the Vocos vocoder's input.
 
     ``bigvgan_style_mel=False`` gives the Vocos definition, ``True`` the BigVGAN/HiFT one (see the
-    module docstring). ``padding`` is "center" or "same". The window and filterbank are not saved
-    in state dicts (they are recomputed from the arguments).
+    module docstring). ``padding`` is "center" or "same". The window and filterbank are buffers
+    ``mel_spec.spectrogram.window`` and ``mel_spec.mel_scale.fb`` (the names in the Vocos
+    checkpoint); ``persistent_buffers=False`` keeps them out of state dicts (they are recomputed
+    from the arguments), as for the training target. The name is Vocos's own class name, which
+    its released ``config.yaml`` cites.
 
     Input ``(samples,)``, ``(B, samples)`` or ``(B, 1, samples)``; output ``(..., n_mels, frames)``
     with the leading dimensions of the input (a channel axis of 1 is kept).
@@ -229,6 +249,7 @@ class MelSpectrogramFeature(nn.Module):
         fmin: float = 0.0,
         fmax: float | None = None,
         bigvgan_style_mel: bool = False,
+        persistent_buffers: bool = False,
     ) -> None:
         super().__init__()
         if padding not in ("center", "same"):
@@ -243,20 +264,20 @@ class MelSpectrogramFeature(nn.Module):
             # BigVGAN/HiFT always frames the (n_fft - hop) / 2 reflect-padded audio without centring.
             self.pad = (n_fft - hop_length) // 2
             self.clip_val = 1e-5
-            self.mel = MelSpectrogram(
+            self.mel_spec = MelSpectrogram(
                 sample_rate, n_fft, hop_length, n_mels, fmin, fmax, "slaney", "slaney",
-                center=False, magnitude_eps=1e-9, persistent_buffers=False,
+                center=False, magnitude_eps=1e-9, persistent_buffers=persistent_buffers,
             )
         else:
             self.pad = (n_fft - hop_length) // 2 if padding == "same" else 0
             self.clip_val = 1e-7
-            self.mel = MelSpectrogram(
+            self.mel_spec = MelSpectrogram(
                 sample_rate, n_fft, hop_length, n_mels, fmin, fmax, "htk", None,
-                center=padding == "center", magnitude_eps=0.0, persistent_buffers=False,
+                center=padding == "center", magnitude_eps=0.0, persistent_buffers=persistent_buffers,
             )
 
     @classmethod
-    def from_config(cls, config: Any) -> "MelSpectrogramFeature":
+    def from_config(cls, config: Any) -> "MelSpectrogramFeatures":
         """Build from a ``KanadeModelConfig``-like object (fields sample_rate, n_fft, hop_length,
         n_mels, padding, mel_fmin, mel_fmax, bigvgan_style_mel)."""
         return cls(
@@ -271,15 +292,16 @@ class MelSpectrogramFeature(nn.Module):
         )
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames produced for ``num_samples`` samples (``L // hop + 1`` centred, ``L // hop`` otherwise)."""
-        if not self.bigvgan_style_mel and self.padding == "center":
-            return num_samples // self.hop_length + 1
-        return (num_samples + 2 * self.pad - self.n_fft) // self.hop_length + 1
+        """Frames produced for ``num_samples`` samples (:func:`mel_frames`)."""
+        return mel_frames(
+            num_samples, hop_length=self.hop_length, n_fft=self.n_fft, padding=self.padding,
+            bigvgan_style_mel=self.bigvgan_style_mel,
+        )
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         lead = audio.shape[:-1]
         flat = audio.reshape(-1, audio.shape[-1]).float()
         flat = reflect_pad(flat, self.pad, self.pad)
-        mel = self.mel(flat)
+        mel = self.mel_spec(flat)
         mel = torch.log(torch.clamp(mel, min=self.clip_val))
         return mel.reshape(*lead, self.n_mels, mel.shape[-1])

@@ -4,7 +4,7 @@
         [--include-modules feature_decoder conv_upsample ...] [--dtype float32|bfloat16|float16]
         [--trust-checkpoint] [--quiet]
 
-What it does (kanade-reference.md §3.2):
+What it does (the original export script's rules):
 
 1. Reads a Lightning ``.ckpt`` (its ``state_dict``), a plain ``.pt``/``.pth`` state dict or a
    ``.safetensors`` file, told apart by their content (a ``torch.save`` file named

@@ -1,4 +1,4 @@
-"""Audio chunks for Kanade training, read from the CSV that ``dump_dataset`` writes (§4.6).
+"""Audio chunks for Kanade training, read from the CSV that ``dump_dataset`` writes.
 
 Audio is resampled to the model rate with the original's windowed-sinc resampler
 (:func:`kanade_tokenizer.audio.resample`), as ``load_audio`` does. Every file is cut into fixed

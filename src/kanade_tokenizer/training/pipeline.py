@@ -1,4 +1,5 @@
-"""The Lightning module that trains a :class:`KanadeModel` (kanade-reference.md §4.1-4.3, §4.5).
+"""The Lightning module that trains a :class:`KanadeModel`, with the reference recipe's losses,
+optimisers and schedules.
 
 Pretraining reconstructs two targets from the content tokens: the normalised local SSL
 features (through ``conv_upsample`` and the training-only ``feature_decoder``) and the log-mel
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from ..files import hub_error
 from ..model import KanadeModel
 from ..modules.discriminator import SpectrogramDiscriminator
-from ..modules.mel import MelSpectrogramFeature
+from ..modules.mel import MelSpectrogramFeatures
 from ..scripts.export_safetensors import model_state_dict, read_checkpoint
 from .data import AudioBatch
 
@@ -128,7 +129,7 @@ class KanadePipeline(pl.LightningModule):
                     module = getattr(self.model, name, None)
                     if module is not None:
                         module.requires_grad_(False)
-        self.mel_feature = MelSpectrogramFeature.from_config(self.model.config) if config.train_mel else None
+        self.mel_feature = MelSpectrogramFeatures.from_config(self.model.config) if config.train_mel else None
         self.discriminator = discriminator if config.use_discriminator else None
         self._grad_norm: Tensor | None = None  # of the last optimiser step, for the log
         if config.ckpt_path:
@@ -161,20 +162,17 @@ class KanadePipeline(pl.LightningModule):
         """(B, S) equal-length chunks -> the reconstructions and their targets."""
         model = self.model
         length = waveform.size(-1)
-        pad = model._calculate_waveform_padding(length)
+        pad = model.waveform_padding(length)
         local, global_, _ = model.forward_ssl_features(F.pad(waveform, (pad, pad)))
         out: dict[str, Tensor] = {"local_ssl": local}
-        with model._autocast(waveform.device):
+        with model.autocast(waveform.device):
             content, indices, _ = model.forward_content(local)
             out["perplexity"] = codebook_perplexity(indices, model.codebook_size)
             if self.config.train_feature:
-                x = content
-                if model.conv_upsample is not None:
-                    x = model.conv_upsample(x.transpose(1, 2)).transpose(1, 2)
-                out["ssl_recon"] = model.feature_decoder(x).float()
+                out["ssl_recon"] = model.forward_ssl_reconstruction(content, local.size(1))
             if self.config.train_mel:
                 embedding = model.forward_global(global_)
-                mel_length = model._calculate_target_mel_length(length)
+                mel_length = model.mel_length(length)
                 out["mel_recon"] = model.forward_mel(content, embedding, [mel_length] * waveform.size(0))
         if self.config.train_mel:
             # the target in fp32 whatever the precision: under bf16 autocast the filterbank

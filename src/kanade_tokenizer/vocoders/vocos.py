@@ -4,7 +4,7 @@ Vocos (Siuzdak, 2023) predicts an STFT frame by frame and turns it into audio wi
 STFT, so every layer runs at the mel frame rate. Three parts, each under the attribute name (and
 so the state-dict prefix) the released checkpoint uses:
 
-* ``feature_extractor`` (:class:`MelSpectrogramFeatures`): audio -> log-mel, the input format
+* ``feature_extractor`` (:class:`~kanade_tokenizer.modules.mel.MelSpectrogramFeatures`): audio -> log-mel, the input format
   (only needed for copy-synthesis; its window and filterbank are buffers in the checkpoint:
   ``feature_extractor.mel_spec.spectrogram.window`` and ``feature_extractor.mel_spec.mel_scale.fb``).
 * ``backbone`` (:class:`~kanade_tokenizer.modules.convnext.ConvNeXtBackbone`): ``embed`` Conv1d(n_mels -> dim, k7), ``norm`` LayerNorm,
@@ -31,7 +31,7 @@ import yaml
 from torch import nn
 
 from kanade_tokenizer.modules.convnext import ConvNeXtBackbone
-from kanade_tokenizer.modules.mel import MelSpectrogram, reflect_pad
+from kanade_tokenizer.modules.mel import MelSpectrogramFeatures
 
 Padding = Literal["center", "same"]
 
@@ -159,36 +159,6 @@ class VocosConfig:
         }
 
 
-class MelSpectrogramFeatures(nn.Module):
-    """Vocos's input feature: ``ln(max(mel, 1e-7))`` of the HTK, unnormalised, power-1 mel.
-
-    Same definition as :class:`kanade_tokenizer.modules.mel.MelSpectrogramFeature` with
-    ``bigvgan_style_mel=False``; here the window and filterbank are saved buffers
-    (``mel_spec.spectrogram.window``, ``mel_spec.mel_scale.fb``) as in the Vocos checkpoint.
-    """
-
-    def __init__(
-        self, sample_rate: int = 24000, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 100,
-        padding: Padding = "center",
-    ) -> None:
-        super().__init__()
-        if padding not in ("center", "same"):
-            raise ValueError(f"padding must be 'center' or 'same', got {padding!r}")
-        self.padding = padding
-        self.mel_spec = MelSpectrogram(
-            sample_rate, n_fft, hop_length, n_mels, center=padding == "center", persistent_buffers=True
-        )
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        lead = audio.shape[:-1]
-        x = audio.reshape(-1, audio.shape[-1]).float()
-        if self.padding == "same":
-            pad = (self.mel_spec.win_length - self.mel_spec.hop_length) // 2
-            x = reflect_pad(x, pad, pad)
-        mel = torch.log(torch.clamp(self.mel_spec(x), min=1e-7))
-        return mel.reshape(*lead, *mel.shape[-2:])
-
-
 class ISTFT(nn.Module):
     """Inverse STFT with a periodic Hann window (buffer ``window``).
 
@@ -256,7 +226,8 @@ class Vocos(nn.Module):
         super().__init__()
         self.config = config = config or VocosConfig()
         self.feature_extractor = MelSpectrogramFeatures(
-            config.sample_rate, config.n_fft, config.hop_length, config.n_mels, config.padding
+            config.sample_rate, config.n_fft, config.hop_length, config.n_mels, config.padding,
+            persistent_buffers=True,
         )
         self.backbone = ConvNeXtBackbone(
             config.n_mels, config.dim, config.intermediate_dim, config.num_layers,
