@@ -17,9 +17,10 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from kanade_tokenizer import commands
+from kanade_tokenizer.errors import KanadeInputError
+from kanade_tokenizer.recipes import common
 from kanade_tokenizer.cli import main
-from kanade_tokenizer.commands import load_tokens
+from kanade_tokenizer.tokens import load_tokens
 from kanade_tokenizer.vocoders.vocos import Vocos, VocosConfig
 
 SR = 24000
@@ -90,7 +91,7 @@ def stub(monkeypatch):
         loaded["args"] = (name, weights, device)
         return model
 
-    monkeypatch.setattr(commands, "load_model", fake_load_model)
+    monkeypatch.setattr(common, "load_model", fake_load_model)
     model.loaded = loaded
     return model
 
@@ -199,14 +200,14 @@ def test_user_errors_are_one_line(tmp_path, stub, vocoder_dir, capsys):
 def test_load_model_argument_errors(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("model: {}\n")
-    with pytest.raises(commands.KanadeInputError, match="--weights needs"):
-        commands.load_model(tmp_path / "nope.yaml", cfg)
-    with pytest.raises(commands.KanadeInputError, match="cannot load the Kanade model"):
-        commands.load_model(cfg)  # a config without weights beside it
-    with pytest.raises(commands.KanadeInputError, match="cannot load"):
-        commands.load_model(tmp_path / "no" / "such" / "folder")
-    with pytest.raises(commands.KanadeInputError, match="no such weights"):
-        commands.load_model(cfg, tmp_path / "w.safetensors")
+    with pytest.raises(KanadeInputError, match="--weights needs"):
+        common.load_model(tmp_path / "nope.yaml", cfg)
+    with pytest.raises(KanadeInputError, match="cannot load the Kanade model"):
+        common.load_model(cfg)  # a config without weights beside it
+    with pytest.raises(KanadeInputError, match="cannot load"):
+        common.load_model(tmp_path / "no" / "such" / "folder")
+    with pytest.raises(KanadeInputError, match="no such weights"):
+        common.load_model(cfg, tmp_path / "w.safetensors")
 
 
 def test_demo_notebook_is_valid():

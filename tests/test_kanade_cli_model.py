@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from kanade_tokenizer.cli import main
-from kanade_tokenizer.commands import load_tokens
+from kanade_tokenizer.tokens import load_tokens
 from kanade_tokenizer.vocoders.vocos import Vocos, VocosConfig
 
 SR = 24000
@@ -126,11 +126,11 @@ def test_clip_shorter_than_one_token_is_refused_before_encoding(tmp_path, saved,
 
 
 def test_truncated_wav_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    from kanade_tokenizer import commands
+    from kanade_tokenizer.recipes import common
 
     whole = speech(tmp_path / "whole.wav", 1.0).read_bytes()
     (tmp_path / "cut.wav").write_bytes(whole[: len(whole) // 2])
-    monkeypatch.setattr(commands, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["encode", str(tmp_path / "cut.wav"), "-o", str(tmp_path / "tok")]) == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / 'cut.wav'}: truncated: the data chunk declares 48000 bytes but the file holds 23978" in err

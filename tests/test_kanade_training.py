@@ -327,7 +327,7 @@ def test_predict_writes_tokens_mels_and_audio_for_whole_files(corpus, tmp_path):
     token format plus the mel reconstruction (and audio with a vocoder); the tokens are those of
     the trained model's encode of load_audio(file)."""
     from kanade_tokenizer import load_audio
-    from kanade_tokenizer.commands import load_tokens
+    from kanade_tokenizer.tokens import load_tokens
     from kanade_tokenizer.training.cli import run
     from kanade_tokenizer.vocoders.vocos import Vocos, VocosConfig
 
@@ -368,7 +368,8 @@ def test_predict_without_files_to_run_is_one_line(corpus, tmp_path, monkeypatch,
 
 def test_hub_models_that_cannot_be_fetched_are_one_line(corpus, tmp_path, monkeypatch, capsys):
     """Offline (as in the tests): the recipe's SSL model and an hf: starting point are not cached."""
-    from kanade_tokenizer.commands import KanadeInputError, load_model
+    from kanade_tokenizer.errors import KanadeInputError
+    from kanade_tokenizer.recipes.common import load_model
     from kanade_tokenizer.files import KanadeHubError
     from kanade_tokenizer.training.cli import main
     from kanade_tokenizer.training.pipeline import KanadePipeline, KanadePipelineConfig

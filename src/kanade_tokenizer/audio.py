@@ -1,5 +1,8 @@
 """Audio I/O for the Kanade tokenizer: soundfile for reading and writing, and the original's
-windowed-sinc resampler.
+windowed-sinc resampler. Every reader and writer of the package goes through here:
+:func:`audio_info` (header), :func:`read_frames` (raw frames at the file's rate),
+:func:`load_audio` (the model's input) and :func:`save_audio`, with one contract: a path that
+cannot be used raises :class:`AudioLoadError` (or FileNotFoundError) naming the file.
 
 ``load_audio`` follows the original's recipe: read, average the
 channels to mono, resample to the model's rate, then peak-normalise with
@@ -66,6 +69,57 @@ def peak_normalize(audio: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return audio / (audio.abs().max() + eps)
 
 
+def audio_info(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(frames, sample rate) from the file's header, without reading the samples.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        AudioLoadError: not a file libsndfile can open, no samples, or a WAV file cut short.
+    """
+    import soundfile as sf
+
+    path = _usable(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
+        raise AudioLoadError(f"{path}: cannot read audio ({e})") from e
+    if int(info.frames) == 0:
+        raise AudioLoadError(f"{path}: the file holds no audio samples")
+    return int(info.frames), int(info.samplerate)
+
+
+def read_frames(path: str | os.PathLike[str], start: int = 0, frames: int = -1) -> tuple[torch.Tensor, int]:
+    """``frames`` frames (-1: to the end) from frame ``start``, as float32 ``(channels, n)`` at the
+    file's own rate, and that rate. Errors as :func:`audio_info`; no samples at ``start`` is one."""
+    import soundfile as sf
+
+    path = _usable(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if start:
+                f.seek(int(start))
+            data = f.read(int(frames), dtype="float32", always_2d=True)
+            rate = int(f.samplerate)
+    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
+        raise AudioLoadError(f"{path}: cannot read audio ({e})") from e
+    if data.shape[0] == 0:
+        where = f" at frame {start}" if start else ""
+        raise AudioLoadError(f"{path}: the file holds no audio samples{where}")
+    return torch.from_numpy(data.T), rate
+
+
+def _usable(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioLoadError(f"{path}: is a folder, not an audio file")
+    problem = wav_truncation(path)
+    if problem is not None:
+        raise AudioLoadError(f"{path}: {problem}")
+    return path
+
+
 def load_audio(
     path: str | os.PathLike[str], sample_rate: int = 24000, *, normalize: bool = True
 ) -> torch.Tensor:
@@ -80,24 +134,9 @@ def load_audio(
         AudioLoadError: libsndfile cannot decode it, it holds no samples, or it is a WAV file
             cut short (see :func:`wav_truncation`).
     """
-    import soundfile as sf
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"audio file not found: {path}")
-    if path.is_dir():
-        raise AudioLoadError(f"{path}: is a folder, not an audio file")
-    problem = wav_truncation(path)
-    if problem is not None:
-        raise AudioLoadError(f"{path}: {problem}")
-    try:
-        data, orig_sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
-        raise AudioLoadError(f"{path}: cannot read audio ({e})") from e
-    if data.shape[0] == 0:
-        raise AudioLoadError(f"{path}: the file holds no audio samples")
-    wave = torch.from_numpy(data.T).mean(dim=0)  # (C, T) -> (T,), averaged in torch as the original
-    wave = resample(wave, int(orig_sr), int(sample_rate)).contiguous()
+    channels, orig_sr = read_frames(path)
+    wave = channels.mean(dim=0)  # (C, T) -> (T,), averaged in torch as the original
+    wave = resample(wave, orig_sr, int(sample_rate)).contiguous()
     if normalize:
         wave = peak_normalize(wave)
     return wave
@@ -124,5 +163,6 @@ def save_audio(
 
 
 __all__ = [
-    "AUDIO_SUFFIXES", "AudioLoadError", "load_audio", "peak_normalize", "resample", "save_audio", "wav_truncation",
+    "AUDIO_SUFFIXES", "AudioLoadError", "audio_info", "load_audio", "peak_normalize", "read_frames", "resample",
+    "save_audio", "wav_truncation",
 ]

@@ -5,9 +5,10 @@
     kanade convert --source A.wav --reference B.wav -o OUT.wav
 
 Options shared by all commands: --model (Hub id, local folder or config YAML), --weights (with a
-config YAML), --vocoder, --device, and for encode --batch-size. The work is done by the
-functions in :mod:`kanade_tokenizer.commands`; this module only wires argparse to them. Errors
-the user can fix are printed as one line (``error: ...``) with exit status 1.
+config YAML or released config name), --vocoder, --device, and for encode --batch-size. Each
+command is one recipe (:mod:`kanade_tokenizer.recipes`); this module only parses the arguments
+and calls its ``run``. Errors the user can fix are printed as one line (``error: ...``) with
+exit status 1.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def _add_model_options(parser: argparse.ArgumentParser, vocoder: bool = True) ->
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model", default=DEFAULT_MODEL,
-        help="Hub repo id, local folder (config.yaml + model.safetensors) or config YAML "
-             f"(then give --weights); default {DEFAULT_MODEL}",
+        help="Hub repo id, local folder (config.yaml + model.safetensors), config YAML or released config "
+             f"name such as 12hz (then give --weights); default {DEFAULT_MODEL}",
     )
     g.add_argument("--weights", default=None, help="model weights (.safetensors) when --model is a config YAML")
     if vocoder:
@@ -69,64 +70,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace, with_vocoder: bool = True):
-    from kanade_tokenizer import commands
-
-    device = args.device or commands.default_device()
-    model = commands.load_model(args.model, args.weights, device=device)
-    vocoder = commands.load_vocoder_for(model, args.vocoder, device=device) if with_vocoder else None
-    return model, vocoder
-
-
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from kanade_tokenizer import commands
+    from kanade_tokenizer.recipes import encode
 
-    if args.batch_size < 1:
-        raise commands.KanadeInputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    # fail on bad inputs (missing, unreadable, truncated) before loading the model
-    commands.read_audio_headers(commands.collect_audio_inputs(args.inputs, args.output))
-    model, _ = _load(args, with_vocoder=False)
-    summary = commands.encode_files(
-        model, args.inputs, args.output, batch_size=args.batch_size, model_name=args.model,
-        save_content_embedding=args.save_content_embedding, progress=not args.no_progress,
+    return encode.run(
+        inputs=args.inputs, output=args.output, model=args.model, weights=args.weights, device=args.device,
+        batch_size=args.batch_size, save_content_embedding=args.save_content_embedding,
+        progress=not args.no_progress,
     )
-    print(f"{summary} -> {args.output}")
-    return 0
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from kanade_tokenizer import commands
+    from kanade_tokenizer.recipes import decode
 
-    for path in args.tokens:  # fail on bad inputs before loading the model
-        commands.load_tokens(path)
-    model, vocoder = _load(args)
-    summary = commands.decode_files(
-        model, vocoder, args.tokens, args.output, reference=args.reference, progress=not args.no_progress,
-        model_name=args.model,
+    return decode.run(
+        tokens=args.tokens, output=args.output, model=args.model, weights=args.weights, vocoder=args.vocoder,
+        device=args.device, reference=args.reference, progress=not args.no_progress,
     )
-    print(f"{summary} -> {args.output}")
-    return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from kanade_tokenizer.recipes import convert
 
-    from kanade_tokenizer import commands
-
-    for path in (args.source, args.reference):
-        if not Path(path).is_file():
-            raise commands.KanadeInputError(f"{path}: no such audio file")
-    commands.read_audio_headers([commands.AudioInput(Path(p), Path(args.output)) for p in (args.source, args.reference)])
-    model, vocoder = _load(args)
-    out = commands.convert_voice(model, vocoder, args.source, args.reference, args.output)
-    print(f"wrote {out}")
-    return 0
+    return convert.run(
+        source=args.source, reference=args.reference, output=args.output, model=args.model,
+        weights=args.weights, vocoder=args.vocoder, device=args.device,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from kanade_tokenizer.audio import AudioLoadError
-    from kanade_tokenizer.commands import KanadeInputError
+    from kanade_tokenizer.errors import KanadeInputError
     from kanade_tokenizer.vocoders.vocos import VocosLoadError
 
     try:

@@ -3,8 +3,9 @@
     python -m kanade_tokenizer.scripts.dump_dataset AUDIO_DIR -o data.csv [-p "train-*/**/*.wav"] [-w 8]
 
 ``path`` is relative to AUDIO_DIR, ``length`` is in frames at the file's own rate, ``audio_id``
-is the file stem (duplicates get ``_1``, ``_2``, ...). Headers are read with soundfile in a
-thread pool; the CSV is written to a temporary name and renamed when complete.
+is the file stem (duplicates get ``_1``, ``_2``, ...). Headers are read with
+:func:`kanade_tokenizer.audio.audio_info` (a truncated WAV is refused, naming it) in a thread
+pool; the CSV is written to a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kanade_tokenizer.audio import audio_info
 from kanade_tokenizer.files import atomic_path
 
 
 def scan_audio(root: str | os.PathLike[str], pattern: str = "**/*.wav", workers: int = 8) -> list[dict]:
     """One row per file matching ``pattern`` under ``root`` (sorted by path)."""
-    import soundfile as sf
-
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder")
@@ -32,15 +32,8 @@ def scan_audio(root: str | os.PathLike[str], pattern: str = "**/*.wav", workers:
     if not files:
         raise ValueError(f"{root}: no files match {pattern!r}")
 
-    def info(path: Path):
-        try:
-            i = sf.info(str(path))
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read the audio header ({e})") from e
-        return i.frames, i.samplerate
-
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        infos = list(pool.map(info, files))
+        infos = list(pool.map(audio_info, files))  # AudioLoadError is a ValueError naming the file
     seen: Counter[str] = Counter()
     rows = []
     for path, (frames, sr) in zip(files, infos):

@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..audio import load_audio, peak_normalize, resample
+from ..audio import load_audio, peak_normalize, read_frames, resample
 
 logger = logging.getLogger(__name__)
 
@@ -156,17 +156,10 @@ class ChunkedAudioDataset(Dataset):
 
     def load(self, chunk: Chunk) -> torch.Tensor:
         """The chunk as (chunk.size,) float32 at the model rate, zero-padded at the end."""
-        import soundfile as sf
-
         record, sr = chunk.record, self.config.sample_rate
         start = chunk.offset * record.sample_rate // sr
         frames = math.ceil(chunk.size * record.sample_rate / sr)
-        with sf.SoundFile(str(record.path)) as f:
-            f.seek(start)
-            data = f.read(frames, dtype="float32", always_2d=True)
-        if data.shape[0] == 0:
-            raise AudioDataError("no samples at this offset (is the CSV length right?)")
-        channels = torch.from_numpy(data.T)
+        channels, _ = read_frames(record.path, start, frames)
         audio = channels.mean(dim=0) if self.config.mono else channels[0]
         wave = resample(audio, record.sample_rate, sr)[: chunk.size].contiguous()
         if self.config.normalize:

@@ -308,7 +308,8 @@ class KanadePipeline(pl.LightningModule):
     # --- predict --------------------------------------------------------------------------------
 
     def on_predict_start(self) -> None:
-        from ..commands import load_vocoder_for, model_facts
+        from ..tokens import model_facts
+        from ..vocoders import load_vocoder_for
 
         data = self.trainer.datamodule
         out, vocoder = getattr(data, "predict_dir", None), getattr(data, "predict_vocoder", None)
@@ -322,7 +323,8 @@ class KanadePipeline(pl.LightningModule):
         """Encode each whole file, reconstruct its mel, write ``<predict_dir>/<audio_id>.safetensors``
         (the ``kanade encode`` token format plus ``mel``) and, with a vocoder, ``<audio_id>.wav``."""
         from ..audio import save_audio
-        from ..commands import mel_to_audio, save_tokens
+        from ..tokens import save_tokens
+        from ..vocoders import mel_to_audio
 
         if batch is None:  # every file of the batch was unreadable (each one logged)
             return []

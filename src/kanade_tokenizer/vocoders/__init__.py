@@ -100,11 +100,41 @@ def vocode(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
     return audio.reshape(*lead, audio.shape[-1])
 
 
+def load_vocoder_for(model, name: str | None = None, device: str | torch.device | None = None):
+    """The vocoder ``name``, or the one the model's config names (``vocoder_name``); checks that
+    its number of mel bins matches the model's."""
+    config = getattr(model, "config", None)
+    if name is None:
+        name = getattr(config, "vocoder_name", None) or "vocos"
+    vocoder = load_vocoder(name, device=device)
+    want = getattr(config, "n_mels", None)
+    have = getattr(getattr(vocoder, "config", None), "n_mels", None)
+    if want is not None and have is not None and int(want) != int(have):
+        raise VocoderLoadError(
+            f"the vocoder {name!r} takes {have}-bin mels but the model makes {want}-bin mels; "
+            "pass a matching --vocoder"
+        )
+    return vocoder
+
+
+def mel_to_audio(vocoder, mel: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
+    """Vocode one ``(n_mels, T)`` mel to ``(samples,)`` audio, trimmed or zero-padded to ``num_samples``."""
+    audio = vocode(vocoder, mel.unsqueeze(0))[0].float().cpu()
+    if num_samples is not None:
+        if audio.numel() >= num_samples:
+            audio = audio[:num_samples]
+        else:
+            audio = torch.nn.functional.pad(audio, (0, num_samples - audio.numel()))
+    return audio
+
+
 __all__ = [
     "DEFAULT_VOCODER",
     "Vocos",
     "VocosConfig",
     "VocoderLoadError",
     "load_vocoder",
+    "load_vocoder_for",
+    "mel_to_audio",
     "vocode",
 ]
