@@ -4,9 +4,9 @@
     kanade decode TOKENS.safetensors... -o OUT(.wav | folder)
     kanade convert --source A.wav --reference B.wav -o OUT.wav
 
-Options shared by all commands: --model (Hub id, local folder or config YAML), --weights (with a
-config YAML or released config name), --vocoder, --device, and for encode --batch-size. Each
-command is one recipe (:mod:`kanade_tokenizer.recipes`); this module only parses the arguments
+Options shared by all commands: --model (Hub id, local folder, config YAML or released config
+name), --weights (with a config YAML or name), --vocoder, --device, and for encode
+--batch-size. Each command is one recipe (:mod:`kanade_tokenizer.recipes`); this module only parses the arguments
 and calls its ``run``. Errors the user can fix are printed as one line (``error: ...``) with
 exit status 1.
 """
