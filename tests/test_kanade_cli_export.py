@@ -113,6 +113,14 @@ def test_dump_dataset(tmp_path, capsys):
         ("x", "a/x.wav", "2400", "24000"), ("x_1", "b/x.wav", "1600", "16000"), ("y", "b/y.wav", "800", "16000")]
     assert "3 files" in capsys.readouterr().out
     assert dump_dataset.main([str(root), "-o", str(tmp_path / "e.csv"), "-p", "*.flac"]) == 1
+    # a WAV cut short is named (the one audio reader's rule), and the CSV written before is intact
+    before = (tmp_path / "d.csv").read_bytes()
+    whole = (root / "a" / "x.wav").read_bytes()
+    (root / "a" / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert dump_dataset.main([str(root), "-o", str(tmp_path / "d.csv")]) == 1
+    assert f"{root / 'a' / 'cut.wav'}: truncated" in capsys.readouterr().err
+    assert (tmp_path / "d.csv").read_bytes() == before
 
 
 def test_export_of_a_pipeline_checkpoint_loads_into_kanade_model(tmp_path):
