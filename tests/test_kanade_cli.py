@@ -17,9 +17,9 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from kanade_tokenizer.cli import main
 from kanade_tokenizer.errors import KanadeInputError
 from kanade_tokenizer.recipes import common
-from kanade_tokenizer.cli import main
 from kanade_tokenizer.tokens import load_tokens
 from kanade_tokenizer.vocoders.vocos import Vocos, VocosConfig
 

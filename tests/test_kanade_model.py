@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import pytest
@@ -225,7 +224,7 @@ def test_encode_decode_shapes_and_dtypes(tiny):
     feats = tiny.encode(wave)
     assert isinstance(feats, KanadeFeatures)
     assert feats.content_token_indices.shape == (25,) and feats.content_token_indices.dtype == torch.int64
-    assert 0 <= feats.content_token_indices.min() and feats.content_token_indices.max() < 12800
+    assert feats.content_token_indices.min() >= 0 and feats.content_token_indices.max() < 12800
     assert feats.content_embedding.shape == (25, 32) and feats.content_embedding.dtype == torch.float32
     assert feats.global_embedding.shape == (16,) and feats.global_embedding.dtype == torch.float32
     mel = tiny.decode(feats.global_embedding, content_token_indices=feats.content_token_indices)

@@ -7,7 +7,8 @@ not tensors or clips, so any caller can map its items to lengths and back.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -93,7 +93,7 @@ class KanadeModelConfig:
             raise KanadeConfigError(f"config.padding must be one of {list(MEL_PADDINGS)}, got {self.padding!r}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "KanadeModelConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> KanadeModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

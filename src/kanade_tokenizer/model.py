@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ from .modules.ssl import SSLFeatureExtractor
 from .modules.transformer import Transformer
 from .modules.utils import lengths_to_mask
 from .pretrained import KanadeWeightsError, LoadReport, PretrainedMixin
+
 
 @dataclass
 class KanadeFeatures:
@@ -132,7 +134,7 @@ class KanadeModel(PretrainedMixin, nn.Module):
         load_ssl_weights: bool | None = None,
         build_feature_decoder: bool = False,
         mixed_precision: str | None = "auto",
-    ) -> "KanadeModel":
+    ) -> KanadeModel:
         """Build a randomly initialised model (apart from the SSL model) from a config.
 
         Args:
@@ -546,7 +548,7 @@ class KanadeModel(PretrainedMixin, nn.Module):
 def standardise(x: Tensor, lengths: Tensor) -> Tensor:
     """Per-item, per-channel (x - mean_t) / (std_t + 1e-8) over the valid frames (unbiased std;
     one-frame items get std 0 instead of the original's NaN)."""
-    B, E, _ = x.shape
+    E = x.size(1)
     mask = lengths_to_mask(lengths.to(x.device), E)[..., None].to(x.dtype)  # (B, E, 1)
     n = lengths.to(x.device, x.dtype)[:, None, None]
     mean = (x * mask).sum(1, keepdim=True) / n
@@ -561,4 +563,6 @@ def interpolate_time(x: Tensor, size: int, mode: str) -> Tensor:
     return y.transpose(1, 2)
 
 
-__all__ = ["KanadeConfigError", "KanadeFeatures", "KanadeModel", "KanadeModelConfig", "KanadeWeightsError", "LoadReport"]
+__all__ = [
+    "KanadeConfigError", "KanadeFeatures", "KanadeModel", "KanadeModelConfig", "KanadeWeightsError", "LoadReport",
+]

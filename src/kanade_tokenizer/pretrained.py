@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +61,10 @@ def check_weights_file(path: Path) -> None:
         return
     hint = ""
     if "PyTorch" in what or "pickle" in what:
-        out = path.with_name(path.stem + "-converted.safetensors") if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+        if path.suffix == ".safetensors":
+            out = path.with_name(path.stem + "-converted.safetensors")
+        else:
+            out = path.with_suffix(".safetensors")
         hint = (
             f"; convert it with `python -m kanade_tokenizer.scripts.export_safetensors {path} -o {out}` "
             "(add --trust-checkpoint for a Lightning checkpoint you made yourself) and load that"
@@ -218,7 +222,9 @@ class PretrainedMixin:
             out[key] = value
         return out
 
-    def load_weights(self, state_dict: dict[str, Tensor], strict: bool = True, source: str = "checkpoint") -> LoadReport:
+    def load_weights(
+        self, state_dict: dict[str, Tensor], strict: bool = True, source: str = "checkpoint"
+    ) -> LoadReport:
         """Load an exported state dict (see ``from_pretrained`` for the strictness rules)."""
         state = {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
         own = self.state_dict()
@@ -229,9 +235,8 @@ class PretrainedMixin:
         for key in own:
             if key in state:
                 continue
-            if key.startswith("ssl_feature_extractor.") and not ssl_given:
-                report.optional_missing.append(key)
-            elif key.startswith(("feature_decoder.", "conv_upsample.")):
+            ssl_absent = key.startswith("ssl_feature_extractor.") and not ssl_given
+            if ssl_absent or key.startswith(("feature_decoder.", "conv_upsample.")):
                 report.optional_missing.append(key)
             else:
                 report.missing.append(key)

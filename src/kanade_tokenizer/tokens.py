@@ -150,7 +150,9 @@ def _check_token_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata:
         raise KanadeInputError(f"{path}: content_embedding must be (T, C) with T > 0, got {tuple(content.shape)}")
 
 
-def check_token_ids(path: str | os.PathLike[str], ids: torch.Tensor, codebook_size: int | None, model: str = "") -> None:
+def check_token_ids(
+    path: str | os.PathLike[str], ids: torch.Tensor, codebook_size: int | None, model: str = ""
+) -> None:
     """Ids must lie in [0, codebook_size) (only >= 0 when the size is unknown); the first one that
     does not is named with its position."""
     bad = ids < 0 if codebook_size is None else (ids < 0) | (ids >= codebook_size)

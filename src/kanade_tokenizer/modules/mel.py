@@ -277,7 +277,7 @@ class MelSpectrogramFeatures(nn.Module):
             )
 
     @classmethod
-    def from_config(cls, config: Any) -> "MelSpectrogramFeatures":
+    def from_config(cls, config: Any) -> MelSpectrogramFeatures:
         """Build from a ``KanadeModelConfig``-like object (fields sample_rate, n_fft, hop_length,
         n_mels, padding, mel_fmin, mel_fmax, bigvgan_style_mel)."""
         return cls(

@@ -17,7 +17,7 @@ def convert_voice(model, vocoder, source: str | os.PathLike[str], reference: str
                   output: str | os.PathLike[str]) -> Path:
     """Speak ``source``'s content in ``reference``'s voice; writes ``output`` (same length as the source)."""
     sr = common.model_sample_rate(model)
-    pairs = common.read_audio_headers([common.AudioInput(Path(source), Path(output)), common.AudioInput(Path(reference), Path(output))])
+    pairs = common.read_audio_headers([common.AudioInput(Path(p), Path(output)) for p in (source, reference)])
     common.check_long_enough(pairs[:1], model, sr)  # the reference only gives a voice: any length does
     device = common.model_device(model)
     src = load_audio(source, sample_rate=sr).to(device)

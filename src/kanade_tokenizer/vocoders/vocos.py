@@ -4,7 +4,8 @@ Vocos (Siuzdak, 2023) predicts an STFT frame by frame and turns it into audio wi
 STFT, so every layer runs at the mel frame rate. Three parts, each under the attribute name (and
 so the state-dict prefix) the released checkpoint uses:
 
-* ``feature_extractor`` (:class:`~kanade_tokenizer.modules.mel.MelSpectrogramFeatures`): audio -> log-mel, the input format
+* ``feature_extractor`` (:class:`~kanade_tokenizer.modules.mel.MelSpectrogramFeatures`): audio ->
+  log-mel, the input format
   (only needed for copy-synthesis; its window and filterbank are buffers in the checkpoint:
   ``feature_extractor.mel_spec.spectrogram.window`` and ``feature_extractor.mel_spec.mel_scale.fb``).
 * ``backbone`` (:class:`~kanade_tokenizer.modules.convnext.ConvNeXtBackbone`): ``embed`` Conv1d(n_mels -> dim, k7), ``norm`` LayerNorm,
