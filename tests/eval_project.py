@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from kanitts.inference import write_wav
+from kanitts.audio import write_wav
 
 SR = 22050
 EXPERIMENTS = [("exp-a", 8, 1e-3), ("exp-b", 16, 5e-4)]

@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from eval_project import EXPERIMENTS, SR, eval_configs, voice
 
+from kanitts.audio import write_wav
+from kanitts.errors import UserError
 from kanitts.evaluation.metrics import measure, silence_edges
 from kanitts.evaluation.results import CSV_COLUMNS, slugify
 from kanitts.evaluation.runner import BASE_ID, run_eval
 from kanitts.evaluation.speaker import MfccStatsEmbedder, SpeakerSimilarity, load_embedder
-from kanitts.errors import UserError
-from kanitts.inference import write_wav
+
+from eval_project import EXPERIMENTS, SR, eval_configs, voice
+
 
 def test_slugify_gives_names_safe_on_every_os():
     assert slugify("prompt:1 / alice?") == "prompt_1_alice"

@@ -8,9 +8,10 @@ import soundfile as sf
 import torch
 import yaml
 
+from kanitts.audio import write_wav
 from kanitts.config import InferenceConfig
 from kanitts.errors import UserError
-from kanitts.inference import KaniTTS, LayoutConstraint, write_wav
+from kanitts.inference import KaniTTS, LayoutConstraint
 from kanitts.tiny import tiny_model_config
 
 SPF = 1764  # samples per NanoCodec frame
@@ -201,7 +202,7 @@ def test_cli_synthesize_writes_a_wav(tmp_path, tiny_tts, tiny_codec_dir):
 
 
 def test_unsupported_device_is_named():
-    from kanitts.inference import resolve_device
+    from kanitts.runtime import resolve_device
 
     assert resolve_device("cpu") == "cpu"
     with pytest.raises(UserError, match="balanced"):

@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO_ROOT
 
 from kanitts.cli import build_parser
+
+from conftest import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "kanitts_finetune_colab.ipynb"
 
@@ -66,9 +67,9 @@ def test_cells_run_top_to_bottom(tmp_path, monkeypatch):
     import sys
     import types
 
+    from kanitts.audio import write_wav
     from kanitts.config import load_configs
     from kanitts.evaluation.results import CSV_COLUMNS, RESULTS_CSV
-    from kanitts.inference import write_wav
     from kanitts.recipes.check import check_config_dir
 
     shutil.copytree(REPO_ROOT / "config", tmp_path / "config")

@@ -1,4 +1,12 @@
-"""Audio in: decode, downmix, resample, normalise, trim. NumPy float32 arrays, no torch.
+"""Audio in and out: decode, downmix, resample, normalise, trim, write. NumPy float32, no torch.
+
+The one contract for audio in ``kanitts`` (the Kanade tokenizer keeps its own loader, which
+resamples as the released models were trained):
+
+- :func:`load_audio` reads a file or bytes as ``(samples (T, C) float32 in [-1, 1], sample_rate)``,
+  every channel kept, at the file's own rate; :func:`to_mono` and :func:`resample` follow.
+- :func:`write_wav` writes ``(T,)`` or ``(T, C)`` float samples as 16-bit PCM WAV (clipped to
+  [-1, 1]), whole or not at all (:mod:`kanitts.atomic`), creating the folder.
 
 - Decoding is libsndfile through ``soundfile`` (wav, flac, ogg/vorbis/opus, mp3 and more), from a
   path or from bytes; no torchaudio, torchcodec or ffmpeg.
@@ -18,6 +26,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from kanitts.atomic import atomic_file
 
 
 class AudioDecodeError(Exception):
@@ -75,6 +85,21 @@ def load_audio(source: str | Path | bytes | BinaryIO) -> tuple[np.ndarray, int]:
         message = str(exc).strip() or type(exc).__name__
         raise AudioDecodeError(message) from None
     return np.ascontiguousarray(data), int(sr)
+
+
+def write_wav(path: Path | str, audio: np.ndarray, sample_rate: int) -> Path:
+    """16-bit PCM WAV (plays in every browser and tool), encoded in memory and renamed into place,
+    so a reader never sees half a file."""
+    import soundfile as sf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate,
+             format="WAV", subtype="PCM_16")
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return path
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

@@ -24,6 +24,15 @@ _PROBE_BYTES = 64 * 1024
 # The Hub's repo id: ``owner/name``, each part starting with a letter or digit.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
+# Names ending so are files a user means (weights, configs, data, audio), never repos: the Hub
+# would allow ``owner/model.safetensors`` as a repo name, but a user who writes it means a file
+# that is missing, and should be told so rather than get the Hub's "repository not found".
+FILE_SUFFIXES = (
+    ".safetensors", ".bin", ".pt", ".pth", ".ckpt",
+    ".yaml", ".yml", ".json", ".jsonl", ".csv", ".parquet", ".arrow", ".gz",
+    ".wav", ".flac", ".mp3", ".ogg",
+)
+
 
 def is_repo_id(name: str | None) -> bool:
     """``name`` is spelled as a Hub repo id (``owner/name``), whatever exists on this disk.
@@ -37,9 +46,15 @@ def is_repo_id(name: str | None) -> bool:
 def is_hub_id(name: str | Path | None) -> bool:
     """``name`` means a Hub repo: spelled ``owner/name`` and not an existing local path.
 
-    A folder that happens to be called ``owner/name`` wins, as it does for ``from_pretrained``.
+    The one rule for every name that may be a folder, a file or a Hub id. A folder that happens
+    to be called ``owner/name`` wins, as it does for ``from_pretrained``. A name that starts
+    with ``.``, ``/`` or ``~``, has more than one ``/`` or a backslash, or ends like a file
+    (:data:`FILE_SUFFIXES`) is a local path, so a caller can say that it does not exist.
     """
-    return is_repo_id(None if name is None else str(name)) and not Path(str(name)).expanduser().exists()
+    if name is None:
+        return False
+    text = str(name)
+    return is_repo_id(text) and not text.lower().endswith(FILE_SUFFIXES) and not Path(text).expanduser().exists()
 
 
 def _existing_ancestor(path: Path, what: str, start: Path | None = None) -> Path:

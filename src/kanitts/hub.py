@@ -247,7 +247,7 @@ def build_model_card(
         + (f"\n\n{base['desc']}" if base.get("desc") else ""),
         "## Usage\n\n```bash\npip install kanitts\n"
         f"kanitts synthesize \"{example}\" --model {repo_id} -o out.wav\n```\n\n```python\n"
-        "from kanitts.inference import KaniTTS, write_wav\n\n"
+        "from kanitts.audio import write_wav\nfrom kanitts.inference import KaniTTS\n\n"
         f"tts = KaniTTS.from_pretrained(\"{repo_id}\")\n"
         f"result = tts.synthesize([\"{example}\"])[0]\n"
         "write_wav(\"out.wav\", result.audio, result.sample_rate)\n```\n\n"

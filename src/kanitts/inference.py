@@ -15,20 +15,18 @@ KaniTTS checkpoint speaks here as it does there. What differs is how the work is
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from kanitts.atomic import atomic_file
 from kanitts.codecs import load_codec
 from kanitts.codecs.base import Codec
 from kanitts.config import EvalSentence, GenerationSection, InferenceConfig, ModelConfig
-from kanitts.devices import resolve_device
 from kanitts.errors import UserError
 from kanitts.files import check_model_weights, corrupt_download, is_hub_id
+from kanitts.runtime import resolve_device, resolve_dtype
 from kanitts.tokens import TokenLayout
 
 
@@ -53,31 +51,6 @@ class SynthesisResult:
     def ok(self) -> bool:
         """True when there is audio; it may still be truncated (see ``problems``)."""
         return self.num_frames > 0
-
-
-def resolve_dtype(name: str, device: str):
-    """bf16/fp16 where the device computes in them (CUDA); fp32 on the CPU, where they are slow."""
-    import torch
-
-    if not device.startswith("cuda"):
-        return torch.float32
-    if name in ("auto", "bfloat16"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"float16": torch.float16, "float32": torch.float32}[name]
-
-
-def write_wav(path: Path | str, audio: np.ndarray, sample_rate: int) -> Path:
-    """16-bit PCM WAV (plays in every browser and tool), written to a temporary name then renamed."""
-    import soundfile as sf
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate,
-             format="WAV", subtype="PCM_16")
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    return path
 
 
 class KaniTTS:
@@ -125,7 +98,8 @@ class KaniTTS:
         model_cfg = model_cfg or ModelConfig()
         inference_cfg = inference_cfg or InferenceConfig()
         device = resolve_device(device or inference_cfg.model.device_map)
-        dtype = resolve_dtype(inference_cfg.model.torch_dtype, device)
+        # torch_dtype is the GPU's precision: on the CPU half precision is slower, so fp32 always.
+        dtype = resolve_dtype(inference_cfg.model.torch_dtype if device.startswith("cuda") else "float32", device)
         name = str(model_path)
         if not Path(name).is_dir() and not is_hub_id(name):
             raise UserError(f"model folder not found: {name} (give a checkpoint folder or a Hub id user/name)")

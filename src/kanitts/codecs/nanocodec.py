@@ -39,11 +39,14 @@ import torch.nn.functional as F
 
 from kanitts.atomic import atomic_file
 from kanitts.codecs.base import Codec
-from kanitts.devices import resolve_device
+from kanitts.codecs.registry import codec_entry
 from kanitts.errors import UserError
+from kanitts.files import is_hub_id
 from kanitts.patches.nanocodec import ReplicateFill, install_fast_upsampling
+from kanitts.runtime import resolve_device, resolve_dtype, scoped_seed
 
-DEFAULT_NANOCODEC = "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch"
+#: The released weights KaniTTS uses: the registry holds the one copy of the id.
+DEFAULT_NANOCODEC = codec_entry("nanocodec").default_weights
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -68,28 +71,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
     "quantizer_config": {"num_groups": 4, "num_levels_per_group": [9, 8, 8, 7]},
 }
-
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``"auto"``/None → bf16 on CUDA, fp32 elsewhere; names like ``"bf16"`` → torch dtypes."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise UserError(f"unknown dtype {dtype!r}: use one of auto, fp32, bf16, fp16") from None
-
 
 def _merge_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """The full architecture: DEFAULT_CONFIG updated by the keys a config.json names."""
@@ -234,9 +215,7 @@ class NanoCodec(Codec):
     ) -> NanoCodec:
         """A randomly initialised NanoCodec (no download); ``config`` overrides the defaults."""
         merged = _merge_config(config)
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
-            if seed is not None:
-                torch.manual_seed(seed)
+        with scoped_seed(seed):  # leave the caller's RNG state alone
             model = _build_model(merged)
         _random_init_(model, seed)
         return cls(model, merged, name_or_path="random", device=device, dtype=dtype)
@@ -407,16 +386,6 @@ class NanoCodec(Codec):
 # --- where the files are ------------------------------------------------------------------------
 
 
-def _looks_like_local_path(name: str) -> bool:
-    """Hub ids are ``owner/name``; anything else that does not exist locally is a missing path."""
-    return (
-        name.startswith(("/", ".", "~"))
-        or name.endswith(".safetensors")
-        or name.count("/") != 1
-        or "\\" in name
-    )
-
-
 def _locate(
     name: str,
     *,
@@ -441,8 +410,8 @@ def _locate(
             raise UserError(f"NanoCodec weights must be a .safetensors file, got {path}")
         config = path.with_name(CONFIG_NAME)
         return (config if config.is_file() else None), path
-    if _looks_like_local_path(name):
-        raise UserError(f"NanoCodec weights not found: {name} is neither a folder nor a file")
+    if not is_hub_id(name):
+        raise UserError(f"NanoCodec weights not found: {name} is neither a folder nor a file (nor a Hub id owner/name)")
 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError

@@ -20,31 +20,28 @@ reported and the rest goes on.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import soundfile as sf
 import torch
 import yaml
 from tqdm.auto import tqdm
 
+from kanitts.audio import load_audio, to_mono, write_wav
 from kanitts.codecs import load_codec
 from kanitts.config import ConfigSet, EvalSentence
-from kanitts.devices import resolve_device
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import measure
 from kanitts.evaluation.results import loss_history, slugify, write_results, write_text
 from kanitts.evaluation.speaker import SpeakerSimilarity, load_embedder
 from kanitts.files import check_output_folder
-from kanitts.inference import KaniTTS, SynthesisResult, write_wav
+from kanitts.inference import KaniTTS, SynthesisResult
 from kanitts.redact import redact_secrets
+from kanitts.runtime import release_memory, resolve_device, scoped_seed
 from kanitts.tokens import TokenLayout
 
 BASE_ID = "base"
@@ -256,8 +253,10 @@ def run_eval(
     sidecars: dict[tuple[str, str], list[dict[str, Any]]] = {}
     generated = reused = 0
     bar = tqdm(total=len(targets) * len(sentences), unit="sample", desc="eval")
-    # Loading a model or the codec draws from torch's generator too: the whole run is scoped.
-    with kept_random_state(device):
+    # ``generate`` samples from torch's global generator (it takes no ``torch.Generator``), and
+    # loading a model or the codec draws from it too: the whole run is scoped, so the caller's
+    # random state is as it was afterwards. numpy's and Python's generators are never seeded.
+    with scoped_seed(device=device):
         for target in targets:
             todo = []
             for sentence in sentences:
@@ -294,7 +293,7 @@ def run_eval(
                     ]
                     generated += 1
             del tts
-            _release_memory()
+            release_memory()
     bar.close()
 
     rows = _rows(targets, sentences, sidecars, outputs, similarity)
@@ -306,27 +305,6 @@ def run_eval(
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
-
-
-def _release_memory() -> None:
-    """Give the previous model's GPU memory back before the next one loads."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def kept_random_state(device: str) -> Iterator[None]:
-    """Leave torch's random state as the caller had it, whatever the block seeds or draws.
-
-    ``generate`` samples from torch's global generator (it takes no ``torch.Generator``), and
-    building a model draws from it before the weights load; so the run seeds that generator
-    and forks its state (CPU, and the CUDA device in use), restored on the way out. numpy's and
-    Python's generators are never seeded here: nothing in eval draws from them.
-    """
-    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices):
-        yield
 
 
 def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
@@ -362,7 +340,8 @@ def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity) -> list[d
         for sentence in sentences:
             for data in sidecars.get((target.experiment_id, sentence.sentence_id), []):
                 wav = outputs.wav(target, sentence, data["take"])
-                audio, rate = sf.read(str(wav), dtype="float32")
+                samples, rate = load_audio(wav)
+                audio = to_mono(samples)
                 metrics = measure(audio, rate, len(sentence.spoken_text), data["truncated"])
                 rows.append({
                     "experiment_id": target.experiment_id,

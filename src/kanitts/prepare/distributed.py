@@ -14,10 +14,10 @@ already there belongs to whoever made it and is left alone.
 from __future__ import annotations
 
 import datetime
-import os
 from typing import Any
 
 from kanitts.errors import UserError
+from kanitts.runtime import process_rank
 
 #: how long a rank waits for the others at a barrier: encoding a rank's shards can take days
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
@@ -27,10 +27,10 @@ class Ranks:
     """Rank and world size (given, or from the launcher's env) and collectives when they exist."""
 
     def __init__(self, rank: int | None = None, world_size: int | None = None):
-        env_world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.world_size = world_size or env_world
-        self.rank = rank if rank is not None else int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", str(self.rank)))
+        launched = process_rank()
+        self.world_size = world_size or launched.world_size
+        self.rank = rank if rank is not None else launched.rank
+        self.local_rank = launched.local_rank if launched.local_rank is not None else self.rank
         self._dist = None
         self._owns_group = False
         if not (0 <= self.rank < self.world_size):

@@ -16,12 +16,13 @@ from typing import Any
 
 from kanitts.errors import UserError
 from kanitts.prepare.text_files import check_encoding
+from kanitts.runtime import DTYPE_NAMES, canonical_dtype
 
 INPUT_KINDS = ("auto", "folder", "manifest", "hf")
 TEXT_FIELDS = ("normalized", "text")
 NORMALIZE_MODES = ("none", "peak", "loudness")
 SUSPECT_CLIP_MODES = ("warn", "reject")
-DTYPES = ("fp32", "bf16", "fp16", "auto")
+DTYPES = tuple(DTYPE_NAMES)  # both spellings: fp32/float32, bf16/bfloat16, fp16/float16, auto
 
 
 def _opt(default: Any, help: str | None = None) -> Any:
@@ -44,8 +45,7 @@ class CodecSpec:
     )
 
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        canonical_dtype(self.dtype, "--dtype")
 
 
 @dataclass

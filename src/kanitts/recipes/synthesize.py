@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from kanitts.audio import write_wav
 from kanitts.config import load_configs
 from kanitts.errors import UserError
 from kanitts.files import check_output_file
-from kanitts.inference import KaniTTS, text_problem, write_wav
+from kanitts.inference import KaniTTS, text_problem
 
 
 def run(*, text: str, model: str, output: Path, config_dir: Path, speaker: str | None = None,

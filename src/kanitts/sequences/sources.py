@@ -25,6 +25,7 @@ import datasets
 
 from kanitts.config import DatasetEntry
 from kanitts.errors import UserError
+from kanitts.files import is_hub_id
 
 # File suffix -> the `datasets` builder that reads it.
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -57,8 +58,11 @@ def load_source(entry: DatasetEntry, code_columns: Sequence[str]) -> datasets.Da
         if not files:
             raise UserError(f"dataset {entry.label}: no file matches {entry.reponame!r} (from {os.getcwd()})")
         return _load_files(files, entry, code_columns)
-    if entry.reponame.startswith((".", "/", "~")) or entry.reponame.strip("/").count("/") > 1:  # Hub ids are owner/name
-        raise UserError(f"dataset {entry.label}: {entry.reponame!r} looks like a local path but does not exist")
+    if not is_hub_id(entry.reponame):
+        raise UserError(
+            f"dataset {entry.label}: {entry.reponame!r} looks like a local path but does not exist "
+            f"(from {os.getcwd()}); a Hub dataset id is owner/name"
+        )
     return _load_hub(entry)
 
 

@@ -20,9 +20,7 @@ experiment: lock, arguments, model, trainer, save), then the helpers they use.
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 import resource
 import shutil
 import time
@@ -38,6 +36,7 @@ from kanitts.config import ConfigSet, Experiment, ExperimentsConfig
 from kanitts.errors import UserError
 from kanitts.locks import RunLock
 from kanitts.redact import redact_secrets
+from kanitts.runtime import process_rank, release_memory
 from kanitts.tokens import TokenLayout
 from kanitts.training.arguments import training_arguments
 from kanitts.training.run_folder import (
@@ -393,18 +392,9 @@ def peak_memory() -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
 
 
-def release_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def is_main_process() -> bool:
     """Rank 0 under `accelerate launch` / torchrun (set before any process group exists); else True."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return process_rank().is_main
 
 
 def say(message: str) -> None:

@@ -7,11 +7,13 @@ machine has, and every fallback is said out loud as a note.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from kanitts.errors import UserError
+from kanitts.files import check_model_weights, corrupt_download, is_hub_id
 from kanitts.tokens import TokenLayout
 
 
@@ -90,8 +92,7 @@ def load_base_model(name_or_path: str, attn_implementation: str, dtype: torch.dt
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    from kanitts.files import check_model_weights, corrupt_download
-
+    _check_base_model_name(name_or_path)
     check_model_weights(name_or_path, f"experiments.yaml: base_model {name_or_path!r}")
     try:
         return AutoModelForCausalLM.from_pretrained(
@@ -109,12 +110,22 @@ def check_base_model(name_or_path: str, layout: TokenLayout) -> None:
     audio token, after the data step)."""
     from transformers import AutoConfig
 
-    from kanitts.files import check_model_weights
     from kanitts.inference import check_vocabulary
 
+    _check_base_model_name(name_or_path)
     check_model_weights(name_or_path, f"experiments.yaml: base_model {name_or_path!r}")
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
         raise UserError(f"experiments.yaml: base_model {name_or_path!r} could not be loaded: {exc}") from None
     check_vocabulary(int(config.get_text_config().vocab_size), layout, name_or_path)
+
+
+def _check_base_model_name(name_or_path: str) -> None:
+    """A local-looking base model that is not there is said as such, not as the Hub's
+    "repository not found" for a name that was never a repo id."""
+    if not Path(name_or_path).expanduser().exists() and not is_hub_id(name_or_path):
+        raise UserError(
+            f"experiments.yaml: base_model {name_or_path!r} is not a folder here and not a Hub id "
+            "owner/name; give the folder of a model or its Hub id"
+        )

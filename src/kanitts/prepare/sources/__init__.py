@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kanitts.errors import UserError
+from kanitts.files import is_hub_id
 from kanitts.prepare.options import PrepareOptions
 from kanitts.prepare.sources.base import Source, SourceItem
 from kanitts.prepare.sources.files import FolderSource, ManifestSource, has_audio_files
@@ -33,8 +34,8 @@ def open_source(options: PrepareOptions) -> Source:
                     f"{path} holds audio files but no metadata.csv: add one (LJSpeech style, "
                     "`id|text` per line) or pass a CSV/JSONL manifest with path,text[,speaker]"
                 )
-        elif str(given).startswith((".", "/", "~")):
-            raise UserError(f"input {given} does not exist")
+        elif not is_hub_id(str(given)):
+            raise UserError(f"input {given} does not exist (a Hub dataset id is owner/name)")
         else:
             kind = "hf"
     if kind == "folder":
