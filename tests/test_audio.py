@@ -20,6 +20,7 @@ from kanitts.audio import (
     resample,
     to_mono,
     trim_silence,
+    write_wav,
 )
 
 
@@ -114,3 +115,13 @@ def test_truncated_wav_is_unreadable(tmp_path):
     with pytest.raises(AudioDecodeError, match="truncated"):
         load_audio(data[: len(data) // 2])
     assert load_audio(tmp_path / "full.wav")[0].shape == (22050, 1)
+
+
+def test_write_wav_and_load_audio_share_one_contract(tmp_path):
+    stereo = np.stack([_sine(220, 0.1, 16000, 0.5), _sine(330, 0.1, 16000, 0.25)], axis=1)
+    path = write_wav(tmp_path / "new" / "st.wav", stereo, 16000)
+    samples, rate = load_audio(path)
+    assert rate == 16000 and samples.dtype == np.float32 and samples.shape == stereo.shape
+    assert np.allclose(samples, stereo, atol=1 / 32768)
+    mono, _ = load_audio(write_wav(tmp_path / "mono.wav", np.array([0.5, 2.0, -3.0], dtype=np.float32), 8000))
+    assert mono.shape == (3, 1) and mono[1:, 0].tolist() == [32767 / 32768, -1.0]  # clipped to [-1, 1]

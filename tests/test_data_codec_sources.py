@@ -78,6 +78,8 @@ def test_csv_with_a_broken_list_names_the_row(tmp_path):
 @pytest.mark.parametrize("reponame, message", [
     ("{tmp}/missing.parquet", "no file matches"),
     ("./not/here", "looks like a local path but does not exist"),
+    ("not-here", "looks like a local path but does not exist"),
+    ("a/b/c", "looks like a local path but does not exist"),
     ("{tmp}", "is neither a save_to_disk folder nor holds data files"),
 ])
 def test_local_paths_that_do_not_hold_data(tmp_path, reponame, message):

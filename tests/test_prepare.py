@@ -603,6 +603,8 @@ def test_source_errors_and_malformed_lines(tones, tiny_codec_dir, tmp_path):
         source("nobody/nothing", "hf")  # offline in tests: a clear error, not a traceback
     with pytest.raises(UserError, match="does not exist"):
         source(tmp_path / "nowhere")
+    with pytest.raises(UserError, match=r"input clips\.csv does not exist \(a Hub dataset id is owner/name\)"):
+        source("clips.csv")  # a relative file name that is missing, not a Hub dataset
     (tmp_path / "bad.csv").write_text("file,transcript\na.wav,hello\n")
     with pytest.raises(UserError, match="missing path, text"):
         source(tmp_path / "bad.csv")

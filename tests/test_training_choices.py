@@ -142,3 +142,10 @@ def test_tracker_environment_is_set_for_the_block_and_restored_after(monkeypatch
     with pytest.raises(RuntimeError), chosen.applied():
         raise RuntimeError("training failed")
     assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize("name", ["./models/base", "models/base/v1", "base-model"])
+def test_a_missing_local_base_model_is_named_not_asked_of_the_hub(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"base_model '{name}' is not a folder here and not a Hub id owner/name"):
+        model_loading.load_base_model(name, "sdpa", torch.float32)
