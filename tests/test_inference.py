@@ -207,3 +207,21 @@ def test_unsupported_device_is_named():
     assert resolve_device("cpu") == "cpu"
     with pytest.raises(UserError, match="balanced"):
         resolve_device("balanced")
+
+
+@pytest.mark.parametrize("name", ["bf16", "bfloat16", "fp16"])
+def test_torch_dtype_takes_both_spellings_and_the_cpu_runs_fp32(tiny_tts, tiny_codec, name):
+    import torch
+
+    folder, cfg = tiny_tts
+    inference_cfg = InferenceConfig.model_validate({"model": {"torch_dtype": name}})
+    tts = KaniTTS.from_pretrained(folder, codec=tiny_codec, model_cfg=cfg, inference_cfg=inference_cfg, device="cpu")
+    assert tts.model.dtype == torch.float32  # half precision is the GPU's: the CPU computes in fp32
+
+
+def test_an_unknown_torch_dtype_lists_both_spellings():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        InferenceConfig.model_validate({"model": {"torch_dtype": "half"}})
+    assert "'bf16'" in str(err.value) and "'bfloat16'" in str(err.value)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from kanitts.config.schemas.base import Strict, Text
+from kanitts.runtime import DTYPE_NAMES, DtypeName
 
-# The dtype names a user may write for generation (torch's own names, as the reference's file
-# has them); `auto` leaves the choice to the device. The one list of them, for whatever
-# resolves a name to a torch dtype.
-TorchDtypeName = Literal["bfloat16", "float16", "float32", "auto"]
-TORCH_DTYPE_NAMES: tuple[str, ...] = get_args(TorchDtypeName)
+# The dtype names a user may write for generation: the one vocabulary of kanitts.runtime, torch's
+# own names (as the reference's file has them) and the short ones (bf16); `auto` leaves the
+# choice to the device.
+TorchDtypeName = DtypeName
+TORCH_DTYPE_NAMES: tuple[str, ...] = tuple(DTYPE_NAMES)
 
 
 class InferenceModel(Strict):

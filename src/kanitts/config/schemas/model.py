@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from kanitts.codecs.registry import available_codecs, code_columns
+from kanitts.codecs.registry import available_codecs, code_columns, codec_entry
 from kanitts.config.formatting import suggest
 from kanitts.config.schemas.base import Strict, Text
 
@@ -47,7 +47,7 @@ class CodecSection(Strict):
     audio_tokens_start: int = Field(64410, ge=0)
     # Added here: which codec implementation decodes the tokens, and where its weights live.
     kind: Text = "nanocodec"
-    weights: Text = "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch"
+    weights: Text = codec_entry("nanocodec").default_weights  # the registry holds the one copy
 
     @field_validator("kind")
     @classmethod
