@@ -132,3 +132,41 @@ def test_prepare_takes_both_spellings_of_its_dtype():
         assert build_parser().parse_args(["prepare", "in", "out", "--dtype", name]).dtype == name
     with pytest.raises(UserError, match=r"--dtype: unknown dtype 'half'; use one of auto, float32 \(fp32\)"):
         CodecSpec(kind="nanocodec", weights="w", dtype="half").validate()
+
+
+def test_kanade_takes_the_same_dtype_vocabulary():
+    from kanade_tokenizer.errors import KanadeInputError
+    from kanade_tokenizer.scripts.export_safetensors import _DTYPES as EXPORT_DTYPES
+    from kanade_tokenizer.scripts.export_safetensors import main as export_main
+    from kanade_tokenizer.testing import build_tiny_model
+
+    model = build_tiny_model(seed=0)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for short, long, dtype in (("bf16", "bfloat16", torch.bfloat16), ("fp16", "float16", torch.float16)):
+        model.mixed_precision = short
+        by_short = model._autocast_dtype(cpu)
+        model.mixed_precision = long
+        assert by_short == model._autocast_dtype(cpu) == dtype
+    for name in ("fp32", "float32", "no", None):
+        model.mixed_precision = name
+        assert model._autocast_dtype(gpu) is None
+    model.mixed_precision = "half"
+    with pytest.raises(KanadeInputError, match=r"mixed_precision: unknown dtype 'half'; use one of auto, float32"):
+        model._autocast_dtype(cpu)
+    assert set(EXPORT_DTYPES) == {"float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}
+    with pytest.raises(SystemExit):  # argparse refuses a name outside them
+        export_main(["ckpt", "--dtype", "half"])
+
+
+def test_kanade_loaders_follow_the_one_hub_id_rule(tmp_path, monkeypatch):
+    from kanade_tokenizer.pretrained import resolve_files
+    from kanade_tokenizer.vocoders import VocoderLoadError, load_vocoder
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"not a Hugging Face repo id: me/model\.yaml"):
+        resolve_files("me/model.yaml")  # a missing config file, never asked of the Hub
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face repo id: a/b/c"):
+        resolve_files("a/b/c")
+    for name in ("me/vocos.safetensors", "./me/vocos", "~/vocos"):
+        with pytest.raises(VocoderLoadError, match="no such folder, and not a Hugging Face repo id"):
+            load_vocoder(name)

@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kanitts.errors import UserError
+from kanitts.runtime import canonical_dtype
+
 from .batching import as_1d, as_waveform_list, bucket_by_length, pad_right
 from .configuration import (
     COMPONENTS,
@@ -44,6 +47,7 @@ from .configuration import (
     instantiate,
     read_config,
 )
+from .errors import KanadeInputError
 from .modules.fsq import FiniteScalarQuantizer
 from .modules.global_encoder import GlobalEncoder
 from .modules.mel import mel_frames
@@ -207,15 +211,15 @@ class KanadeModel(PretrainedMixin, nn.Module):
 
     def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         mp = self.mixed_precision
-        if mp in (None, "no", "fp32", "float32"):
+        if mp in (None, "no"):
             return None
-        if mp == "auto":
+        try:
+            name = canonical_dtype(mp, "mixed_precision")  # kanitts' one vocabulary: bf16 = bfloat16
+        except UserError as exc:
+            raise KanadeInputError(str(exc)) from None
+        if name == "auto":  # bf16 on CUDA, as the released models were run, whatever the GPU
             return torch.bfloat16 if device.type == "cuda" else None
-        if mp in ("bf16", "bfloat16"):
-            return torch.bfloat16
-        if mp in ("fp16", "float16"):
-            return torch.float16
-        raise ValueError(f"mixed_precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {mp!r}")
+        return None if name == "float32" else getattr(torch, name)
 
     def autocast(self, device: torch.device):
         """The autocast context of the trainable modules on ``device`` (``mixed_precision``; a

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kanitts.files import is_hub_id
+
 from .configuration import COMPONENTS, plain, released_config, released_config_names
 from .files import atomic_path, describe_weights_file, hub_error
 
@@ -35,7 +37,6 @@ WEIGHTS_NAME = "model.safetensors"
 #: sub-modules that the released exports leave out on purpose (their keys may be missing)
 OPTIONAL_WEIGHT_PREFIXES = ("ssl_feature_extractor.", "feature_decoder.", "conv_upsample.")
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class KanadeWeightsError(RuntimeError):
@@ -112,7 +113,7 @@ def resolve_files(
                 )
         else:
             weights_file = Path(weights_path)
-    elif _REPO_ID.match(str(name_or_path)) and not str(name_or_path).endswith((".yaml", ".yml")):
+    elif is_hub_id(str(name_or_path)):  # kanitts.files: a name ending .yaml/.safetensors is a file
         from huggingface_hub import hf_hub_download
 
         kwargs = {"revision": revision, "cache_dir": cache_dir, "token": token}

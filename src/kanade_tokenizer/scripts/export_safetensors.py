@@ -1,7 +1,7 @@
 """Export the inference weights of a training checkpoint to the released safetensors layout.
 
     python -m kanade_tokenizer.scripts.export_safetensors CKPT [-o OUT.safetensors]
-        [--include-modules feature_decoder conv_upsample ...] [--dtype float32|bfloat16|float16]
+        [--include-modules feature_decoder conv_upsample ...] [--dtype float32|bfloat16|float16 (or fp32|bf16|fp16)]
         [--trust-checkpoint] [--quiet]
 
 What it does (the original export script's rules):
@@ -37,11 +37,13 @@ from pathlib import Path
 import torch
 
 from kanade_tokenizer.files import atomic_path, describe_weights_file
+from kanitts.runtime import DTYPE_NAMES, canonical_dtype
 
 #: Modules left out of the export unless asked for.
 TRAINING_ONLY_MODULES = ("ssl_feature_extractor", "feature_decoder", "conv_upsample")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The dtypes a checkpoint can be cast to, in kanitts' one vocabulary (bf16 = bfloat16, ...).
+_DTYPES = tuple(name for name in DTYPE_NAMES if name != "auto")
 
 
 class ExportError(ValueError):
@@ -138,7 +140,7 @@ def export_safetensors(
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ExportError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-        dtype = _DTYPES[dtype]
+        dtype = getattr(torch, canonical_dtype(dtype))
     tensors = {}
     for key, value in weights.items():
         value = value.detach().to("cpu")
@@ -159,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default=None, help="output file (default: CKPT with .safetensors)")
     parser.add_argument("--include-modules", "--include_modules", nargs="*", default=[],
                         choices=TRAINING_ONLY_MODULES, help="training-only modules to keep")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="cast floating tensors")
+    parser.add_argument("--dtype", choices=_DTYPES, default=None, help="cast floating tensors")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow full unpickling (only for checkpoints you trust)")
     parser.add_argument("--quiet", action="store_true", help="do not list the exported keys")

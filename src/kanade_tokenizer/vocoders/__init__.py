@@ -11,7 +11,6 @@ says so instead of failing later.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -23,10 +22,10 @@ from kanade_tokenizer.vocoders.vocos import (
     VocosConfig,
     VocosLoadError,
 )
+from kanitts.files import is_hub_id
 
 DEFAULT_VOCODER = "charactr/vocos-mel-24khz"
 _ALIASES = {"vocos": DEFAULT_VOCODER}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 #: The vocoder could not be found or loaded; the message names the repo, folder or file and why.
@@ -60,7 +59,7 @@ def load_vocoder(
         model = Vocos.from_folder(path)
     elif path.exists():
         raise VocoderLoadError(f"{path}: is a file; pass the folder that holds {CONFIG_NAME} and the weights")
-    elif _REPO_ID.match(name) and not name.startswith((".", "~")):
+    elif is_hub_id(name):
         model = Vocos.from_pretrained(name, revision=revision)
     else:
         raise VocoderLoadError(f"{name}: no such folder, and not a Hugging Face repo id (owner/name)")
