@@ -54,7 +54,7 @@ def test_encode_batch_in_sorted_chunks_keeps_order(model, waves, singles):
 
 
 def test_bucket_by_length():
-    from kanade_tokenizer.batching import bucket_by_length
+    from kanitts.bucketing import bucket_by_length
 
     lengths = [100, 300, 290, 50, 310, 120]
     assert bucket_by_length(lengths) == [[4, 1, 2, 5, 0, 3]]

@@ -1,8 +1,6 @@
-"""Batches of variable-length items: length bucketing, and waveform lists to padded batches.
+"""Batches of variable-length items: waveform lists to padded batches.
 
-:func:`bucket_by_length` is the one bucketing rule of the distribution (``KanadeModel.encode_batch``
-uses it; so can any encoder that pads a batch to its longest item). It takes plain lengths,
-not tensors or clips, so any caller can map its items to lengths and back.
+Bucketing itself is the distribution's one rule, :func:`kanitts.bucketing.bucket_by_length`.
 """
 
 from __future__ import annotations
@@ -12,42 +10,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-
-def bucket_by_length(
-    lengths: Sequence[int],
-    *,
-    max_items: int | None = None,
-    max_padded: int | None = None,
-    max_padding: float | None = None,
-) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into batches, longest first.
-
-    A batch is padded to its first (longest) item, so its padded size is ``longest x count``.
-    The next item starts a new batch when adding it would give more than ``max_items`` items,
-    a padded size over ``max_padded``, or a padded size over ``(1 + max_padding)`` times the
-    batch's real size (the sum of its lengths). None lifts a limit; an item longer than
-    ``max_padded`` gets a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    total = 0
-    for i in order:
-        if current:
-            padded = lengths[current[0]] * (len(current) + 1)
-            if (
-                (max_items is not None and len(current) >= max_items)
-                or (max_padded is not None and padded > max_padded)
-                or (max_padding is not None and padded > (1 + max_padding) * (total + lengths[i]))
-            ):
-                groups.append(current)
-                current, total = [], 0
-        current.append(i)
-        total += lengths[i]
-    if current:
-        groups.append(current)
-    return groups
 
 
 def pad_right(items: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -95,4 +57,4 @@ def as_waveform_list(waveforms: Sequence[Tensor] | Tensor, lengths: Sequence[int
     return items
 
 
-__all__ = ["as_1d", "as_waveform_list", "bucket_by_length", "pad_right"]
+__all__ = ["as_1d", "as_waveform_list", "pad_right"]

@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kanitts.bucketing import bucket_by_length
 from kanitts.errors import UserError
 from kanitts.runtime import canonical_dtype
 
-from .batching import as_1d, as_waveform_list, bucket_by_length, pad_right
+from .batching import as_1d, as_waveform_list, pad_right
 from .configuration import (
     COMPONENTS,
     KanadeConfigError,

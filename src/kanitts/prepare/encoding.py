@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from kanitts.bucketing import bucket_by_length
 from kanitts.codecs import Codec
 from kanitts.prepare.assembly import PrepareResult
 from kanitts.prepare.cleaning import Clip, Rejected, safe_load
@@ -23,29 +24,13 @@ from kanitts.prepare.sources import Source
 def length_buckets(
     clips: list[Clip], budget_samples: int, max_batch: int, max_padding: float = 0.1
 ) -> list[list[Clip]]:
-    """Length bucketing, so that padding neither wastes the encoder nor runs it out of memory.
-
-    Longest first; a batch holds clips whose padded size fits ``budget_samples`` and that are
-    each at least ``1 - max_padding`` of the batch's longest clip (so at most about 10 % of what
-    the encoder computes is padding). Written here because the rule is two comparisons on a
-    sorted list; no library offers this budget-and-ratio cut for a plain list."""
-    ordered = sorted(clips, key=lambda c: -len(c.audio))
-    batches: list[list[Clip]] = []
-    current: list[Clip] = []
-    for clip in ordered:
-        if current:
-            longest = len(current[0].audio)
-            if (
-                (len(current) + 1) * longest > budget_samples
-                or len(current) >= max_batch
-                or len(clip.audio) < (1.0 - max_padding) * longest
-            ):
-                batches.append(current)
-                current = []
-        current.append(clip)
-    if current:
-        batches.append(current)
-    return batches
+    """Clips in batches whose padded size fits ``budget_samples`` (the encoder's memory) and of
+    which at most ``max_padding`` is padding (the encoder's time), longest first: the
+    distribution's one bucketing rule, :func:`kanitts.bucketing.bucket_by_length`."""
+    groups = bucket_by_length(
+        [len(clip.audio) for clip in clips], max_items=max_batch, max_padded=budget_samples, max_padding=max_padding
+    )
+    return [[clips[i] for i in group] for group in groups]
 
 
 def encode_shards(
