@@ -16,6 +16,7 @@ from kanade_tokenizer.modules.local_attention import band_mask, local_window_att
 from kanade_tokenizer.modules.postnet import PostNet
 from kanade_tokenizer.modules.resample import Resampler
 from kanade_tokenizer.modules.transformer import Transformer, apply_rope, rope_frequencies
+from kanitts import runtime
 
 LEVELS = [8, 8, 8, 5, 5]
 
@@ -196,10 +197,10 @@ def fake_flash(monkeypatch):
     module.flash_attn_func = flash_attn_func
     module.flash_attn_varlen_func = flash_attn_varlen_func
     monkeypatch.setitem(sys.modules, "flash_attn", module)
-    local_attention._flash_functions.cache_clear()
+    runtime.flash_attention_functions.cache_clear()
     monkeypatch.setattr(local_attention, "flash_attention_usable", lambda q: True)
     yield calls
-    local_attention._flash_functions.cache_clear()
+    runtime.flash_attention_functions.cache_clear()
 
 
 @pytest.mark.parametrize("padded", [False, True])

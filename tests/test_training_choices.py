@@ -52,22 +52,22 @@ def test_missing_or_disabled_trackers_never_fail(no_wandb_login, monkeypatch):
 def fake_flash_attn(monkeypatch, tmp_path):
     """A CUDA machine (as far as the choice can tell) with a ``flash_attn`` package on the path;
     ``write(body)`` sets what importing it does."""
-    from kanade_tokenizer.modules import local_attention
+    from kanitts import runtime
 
     package = tmp_path / "site" / "flash_attn"
     package.mkdir(parents=True)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    local_attention._flash_functions.cache_clear()
+    runtime.flash_attention_functions.cache_clear()
 
     def write(body: str) -> None:
         (package / "__init__.py").write_text(body)
         sys.modules.pop("flash_attn", None)
-        local_attention._flash_functions.cache_clear()
+        runtime.flash_attention_functions.cache_clear()
 
     yield write
     sys.modules.pop("flash_attn", None)
-    local_attention._flash_functions.cache_clear()
+    runtime.flash_attention_functions.cache_clear()
 
 
 def test_attention_auto_falls_back_to_sdpa_without_flash_attn(monkeypatch):

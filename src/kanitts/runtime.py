@@ -15,6 +15,7 @@ Torch is imported inside the functions: config validation reads :data:`DTYPE_NAM
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import re
@@ -158,3 +159,27 @@ def release_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+@functools.lru_cache(maxsize=1)
+def flash_attention_functions():
+    """``(flash_attn_func, flash_attn_varlen_func)``, or None where flash-attn does not import."""
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func  # type: ignore
+    except Exception:  # ImportError, or a build for another torch whose CUDA extension fails to load
+        return None
+    return flash_attn_func, flash_attn_varlen_func
+
+
+def flash_attention_importable() -> bool:
+    """Whether ``flash-attn`` imports: installed *and* built for this torch (a wheel built for
+    another torch is found by ``find_spec`` but fails to load its CUDA extension)."""
+    return flash_attention_functions() is not None
+
+
+def flash_attention_supports(device: str | torch.device, dtype: torch.dtype) -> bool:
+    """The one rule for flash-attn 2, in LoRA training and in the tokenizer's attention: a
+    working install, a CUDA device and fp16/bf16 activations (its kernels take no others)."""
+    import torch
+
+    return torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16) and flash_attention_importable()

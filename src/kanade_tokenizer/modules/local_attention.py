@@ -27,40 +27,16 @@ this.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kanitts.runtime import flash_attention_functions, flash_attention_supports
+
 from .utils import lengths_to_mask
 
 BACKENDS = ("auto", "flash", "sdpa", "sdpa_dense", "sdpa_blocked")
-
-
-@lru_cache(maxsize=1)
-def _flash_functions():
-    try:
-        from flash_attn import flash_attn_func, flash_attn_varlen_func  # type: ignore
-    except Exception:  # ImportError, or a broken CUDA build
-        return None
-    return flash_attn_func, flash_attn_varlen_func
-
-
-#: the only dtypes flash-attn 2 kernels take
-FLASH_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def flash_attention_available() -> bool:
-    """Whether ``flash-attn`` imports: installed *and* built for this torch (a wheel built for
-    another torch is found by ``find_spec`` but fails to load its CUDA extension)."""
-    return _flash_functions() is not None
-
-
-def flash_attention_supports(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """The one rule for flash-attn 2, here and in LoRA training: a working install, a CUDA
-    device and fp16/bf16 activations."""
-    return torch.device(device).type == "cuda" and dtype in FLASH_DTYPES and flash_attention_available()
 
 
 def flash_attention_usable(q: Tensor) -> bool:
@@ -145,7 +121,7 @@ def _sdpa_blocked(q, k, v, window_size, lengths, dropout_p, scale, block_size):
 
 def _flash(q, k, v, window_size, lengths, dropout_p, scale):
     # q, k, v: (B, T, H, D), the flash layout
-    flash_attn_func, flash_attn_varlen_func = _flash_functions()
+    flash_attn_func, flash_attn_varlen_func = flash_attention_functions()
     half = -1 if window_size is None else window_size // 2
     B, T, H, D = q.shape
     if lengths is None or bool((lengths == T).all()):

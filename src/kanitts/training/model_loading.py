@@ -14,26 +14,22 @@ import torch
 
 from kanitts.errors import UserError
 from kanitts.files import check_model_weights, corrupt_download, is_hub_id
+from kanitts.runtime import flash_attention_importable, flash_attention_supports
 from kanitts.tokens import TokenLayout
 
 
 def flash_attention_available(dtype: torch.dtype = torch.bfloat16) -> bool:
     """flash-attn 2 can run a ``dtype`` training here: the rule the Kanade tokenizer's attention
     uses too (the package imports, a CUDA GPU, fp16/bf16)."""
-    from kanade_tokenizer.modules.local_attention import flash_attention_supports
-
     return torch.cuda.is_available() and flash_attention_supports("cuda", dtype)
 
 
 def _flash_missing(dtype: torch.dtype) -> str:
-    from kanade_tokenizer.modules.local_attention import FLASH_DTYPES
-    from kanade_tokenizer.modules.local_attention import flash_attention_available as importable
-
     if not torch.cuda.is_available():
         return "no CUDA GPU is available"
-    if not importable():
+    if not flash_attention_importable():
         return "flash_attn does not import (not installed, or built for another torch)"
-    if dtype not in FLASH_DTYPES:
+    if dtype not in (torch.float16, torch.bfloat16):
         name = str(dtype).replace("torch.", "")
         return f"flash-attn 2 runs only in fp16/bf16, this experiment trains in {name} (trainer_args.bf16: true)"
     return "flash-attn 2 cannot run here"
