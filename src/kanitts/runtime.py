@@ -182,4 +182,5 @@ def flash_attention_supports(device: str | torch.device, dtype: torch.dtype) -> 
     working install, a CUDA device and fp16/bf16 activations (its kernels take no others)."""
     import torch
 
-    return torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16) and flash_attention_importable()
+    half_precision = dtype in (torch.float16, torch.bfloat16)
+    return torch.device(device).type == "cuda" and half_precision and flash_attention_importable()
