@@ -21,7 +21,8 @@ What this wrapper adds to the package (see ``nanocodec_torch.AudioCodecModel``):
   groups) is replaced by the equivalent ``conv_transpose1d(groups=...)`` call.
 
 The two changes to the package's modules live in :mod:`kanitts.patches.nanocodec`, with what they
-rely on and the versions they were tested with.
+rely on and the versions they were tested with. The rest is one adapter class over one library
+(loading, saving, lengths, encode, decode); at a little over 400 lines it reads best whole.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ one before it. Two patches, both tested with transformers 5.20.2 (the locked ver
 The packed rows carry their boundaries as ``cu_seq_lens_q`` (from
 :class:`kanitts.training.batching.PackingCollator`); transformers passes that keyword from the model's
 forward down to the decoder layers and their attention.
+
+One module of about 400 lines on purpose: both patches, the version checks they share and the
+self-test that compares them with the stock forward are one unit that must change together
+when transformers does.
 """
 
 from __future__ import annotations
