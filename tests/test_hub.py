@@ -64,7 +64,7 @@ class HubStandIn:
                     try:
                         meta = yaml.safe_load(match.group(1)) if match else {}
                         assert isinstance(meta, dict)
-                    except Exception as exc:  # noqa: BLE001 - any failure is invalid metadata
+                    except Exception as exc:  # any failure is invalid metadata
                         return self._reply(400, {"errors": [{"message": str(exc)}]})
                     return self._reply(200, {"errors": [], "warnings": []})
                 match = re.match(r"^/api/(models|datasets)/([^/]+/[^/]+)/(preupload|commit)/([^/?]+)", self.path)
@@ -205,8 +205,9 @@ def test_cli_upload_model_uses_configs_and_eval_results(project_copy, hub):
 def test_eval_dataset_is_pushed_when_asked(project_copy, hub):
     import pyarrow.parquet as pq
 
-    from eval_project import eval_configs
     from kanitts.recipes.eval import evaluate
+
+    from eval_project import eval_configs
 
     config = yaml.safe_load((project_copy / "eval_config.yaml").read_text())
     config["huggingface"] = {"upload_dataset": True, "repo_name": "me/eval-results", "private": True}

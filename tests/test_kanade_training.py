@@ -18,7 +18,7 @@ from safetensors import safe_open
 from kanade_tokenizer import KanadeModel
 from kanade_tokenizer.scripts.dump_dataset import scan_audio, write_csv
 from kanade_tokenizer.scripts.export_safetensors import export_safetensors
-from kanade_tokenizer.testing import tiny_config, synthetic_speech
+from kanade_tokenizer.testing import synthetic_speech, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "config" / "kanade" / "train"
@@ -242,7 +242,11 @@ def test_chunk_offsets_cover_the_file_with_an_end_aligned_window():
 
 def test_data_module_resamples_pads_and_skips_unreadable_files(corpus, tmp_path, caplog):
     from kanade_tokenizer.training.data import (
-        AudioDataConfig, AudioDataError, AudioDataModule, ChunkedAudioDataset, collate_audio,
+        AudioDataConfig,
+        AudioDataError,
+        AudioDataModule,
+        ChunkedAudioDataset,
+        collate_audio,
     )
 
     audio = corpus / "audio"
@@ -369,8 +373,8 @@ def test_predict_without_files_to_run_is_one_line(corpus, tmp_path, monkeypatch,
 def test_hub_models_that_cannot_be_fetched_are_one_line(corpus, tmp_path, monkeypatch, capsys):
     """Offline (as in the tests): the recipe's SSL model and an hf: starting point are not cached."""
     from kanade_tokenizer.errors import KanadeInputError
-    from kanade_tokenizer.recipes.common import load_model
     from kanade_tokenizer.files import KanadeHubError
+    from kanade_tokenizer.recipes.common import load_model
     from kanade_tokenizer.training.cli import main
     from kanade_tokenizer.training.pipeline import KanadePipeline, KanadePipelineConfig
 

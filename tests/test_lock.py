@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import REPO_ROOT
 from packaging.requirements import Requirement
+
+from conftest import REPO_ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kanitts.training.batching import IGNORE_INDEX, PackingCollator
 from kanitts.patches.lfm2 import PACKED_SDPA, positions_in_sequence, segment_causal_conv1d
+from kanitts.training.batching import IGNORE_INDEX, PackingCollator
 from kanitts.training.packing import disable_exact_packing, enable_exact_packing
 
 from conftest import upstream_fixed

@@ -53,8 +53,9 @@ def _files_under(*folders: Path):
 def test_eval_results_dataset_and_report_show_the_key_not_the_secret(project_copy):
     from datasets import load_from_disk
 
-    from eval_project import eval_configs
     from kanitts.recipes.eval import evaluate
+
+    from eval_project import eval_configs
 
     _add_secrets(project_copy)
     summary = evaluate(eval_configs(project_copy), report=True)

@@ -235,7 +235,7 @@ def test_default_chunk_keeps_cpu_logits_cache_sized_and_gives_the_same_loss(base
     from kanitts.training.loss import CPU_LOGITS_CHUNK_BYTES, default_chunk_tokens
 
     chunk = default_chunk_tokens(16522, torch.device("cpu"))
-    assert chunk % 64 == 0 and 64 <= chunk and chunk * 16522 * 4 <= CPU_LOGITS_CHUNK_BYTES
+    assert chunk % 64 == 0 and chunk >= 64 and chunk * 16522 * 4 <= CPU_LOGITS_CHUNK_BYTES
     assert default_chunk_tokens(80538, torch.device("cuda")) > default_chunk_tokens(80538, torch.device("cpu"))
     model = lora_model(base_lfm2)
     batch = PaddingCollator(pad_token_id=PAD, start_of_ai=START_OF_AI)(examples)

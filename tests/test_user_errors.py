@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from eval_project import eval_configs
 
 from kanitts.cli import main
 from kanitts.config import GenerationSection, InferenceConfig
@@ -28,6 +27,8 @@ from kanitts.evaluation.runner import BASE_ID, run_eval
 from kanitts.files import check_output_file, check_output_folder, check_safetensors
 from kanitts.inference import KaniTTS
 from kanitts.recipes.eval import evaluate
+
+from eval_project import eval_configs
 
 
 def _cut(file: Path) -> None:

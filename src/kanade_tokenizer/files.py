@@ -16,7 +16,6 @@ from pathlib import Path
 
 from kanitts.atomic import atomic_file
 
-
 atomic_path = atomic_file
 """Write-then-rename with the pipeline's rule (:func:`kanitts.atomic.atomic_file`)."""
 

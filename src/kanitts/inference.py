@@ -15,9 +15,10 @@ KaniTTS checkpoint speaks here as it does there. What differs is how the work is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

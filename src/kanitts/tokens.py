@@ -9,8 +9,8 @@ pipeline does, so models and checkpoints carry over between the two.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

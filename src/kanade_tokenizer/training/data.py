@@ -81,7 +81,7 @@ class AudioBatch:
     paths: list[str] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
 
-    def pin_memory(self) -> "AudioBatch":
+    def pin_memory(self) -> AudioBatch:
         """A copy with the tensors in pinned memory. The DataLoader's ``pin_memory`` pins only
         tensors, mappings, sequences and objects with this method; a plain dataclass would pass
         through unpinned."""

@@ -67,7 +67,7 @@ class VocosConfig:
     head_padding: Padding = "center"
 
     @classmethod
-    def from_yaml_dict(cls, data: dict[str, Any], source: str = "config.yaml") -> "VocosConfig":
+    def from_yaml_dict(cls, data: dict[str, Any], source: str = "config.yaml") -> VocosConfig:
         """Read Vocos's config.yaml layout (sections feature_extractor, backbone, head)."""
         try:
             fe, bb, hd = data["feature_extractor"], data["backbone"], data["head"]
@@ -262,7 +262,7 @@ class Vocos(nn.Module):
     # --- persistence -----------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], revision: str | None = None) -> "Vocos":
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], revision: str | None = None) -> Vocos:
         """Load from a local folder or a Hugging Face repo id (like ``vocos.Vocos.from_pretrained``).
 
         Hub downloads honour ``HF_HUB_OFFLINE`` and the Hugging Face cache.
@@ -291,7 +291,7 @@ class Vocos(nn.Module):
         raise VocosLoadError(f"cannot get the weights of the vocoder {repo_id!r} ({'; '.join(problems)})")
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> "Vocos":
+    def from_folder(cls, folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Vocos:
         """Load a folder holding config.yaml and pytorch_model.bin (or model.safetensors)."""
         folder = Path(folder)
         config_path = folder / CONFIG_NAME
@@ -306,7 +306,7 @@ class Vocos(nn.Module):
     def from_files(
         cls, config_path: str | os.PathLike[str], weights_path: str | os.PathLike[str],
         map_location: str | torch.device = "cpu",
-    ) -> "Vocos":
+    ) -> Vocos:
         config_path, weights_path = Path(config_path), Path(weights_path)
         try:
             with open(config_path, encoding="utf-8") as f:

@@ -20,9 +20,10 @@ module's callers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -103,6 +104,7 @@ class KanadeGlobalEmbedder:
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Resampled with the tokenizer's own resampler, as its checkpoints were trained."""
         import torch
+
         from kanade_tokenizer.audio import resample
 
         wave = resample(torch.from_numpy(np.asarray(audio, dtype=np.float32).reshape(-1)), sample_rate, self.sample_rate)

@@ -8,8 +8,8 @@ failure is reported in the summary and the exit code).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from kanitts.config import ConfigSet, load_configs
 from kanitts.errors import UserError

@@ -17,8 +17,9 @@ Which positions carry a loss (``loss_on``) is decided in one place, :func:`loss_
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch

@@ -19,8 +19,8 @@ across gradient accumulation, else averaged over the batch's targets; the softma
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
