@@ -77,7 +77,7 @@ def test_loading_errors_are_user_errors(tmp_path, tiny_codec_dir):
     with pytest.raises(UserError, match=r"me/codec\.safetensors is neither a folder nor a file"):
         NanoCodec.from_pretrained("me/codec.safetensors")  # a file name, never asked of the Hub
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no model.safetensors"):
+    with pytest.raises(UserError, match=r"no model\.safetensors"):
         NanoCodec.from_pretrained(tmp_path / "empty")
     # weights that do not fit the architecture named in config.json
     bad = tmp_path / "bad"

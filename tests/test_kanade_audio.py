@@ -61,13 +61,13 @@ def test_silence_stays_finite(tmp_path):
 
 
 def test_clear_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.wav"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.wav"):
         load_audio(tmp_path / "nope.wav")
     (tmp_path / "junk.wav").write_bytes(b"this is not audio at all" * 10)
-    with pytest.raises(AudioLoadError, match="junk.wav"):
+    with pytest.raises(AudioLoadError, match=r"junk\.wav"):
         load_audio(tmp_path / "junk.wav")
     sf.write(tmp_path / "empty.wav", np.zeros((0,), dtype=np.float32), 24000)
-    with pytest.raises(AudioLoadError, match="empty.wav.*no audio"):
+    with pytest.raises(AudioLoadError, match=r"empty\.wav.*no audio"):
         load_audio(tmp_path / "empty.wav")
     with pytest.raises(AudioLoadError, match="folder"):
         load_audio(tmp_path)

@@ -136,7 +136,7 @@ def test_truncated_wav_is_named_before_the_model_loads(tmp_path, capsys, monkeyp
     assert f"{tmp_path / 'cut.wav'}: truncated: the data chunk declares 48000 bytes but the file holds 23978" in err
     from kanade_tokenizer.audio import AudioLoadError, load_audio
 
-    with pytest.raises(AudioLoadError, match="cut.wav: truncated: the data chunk declares"):
+    with pytest.raises(AudioLoadError, match=r"cut\.wav: truncated: the data chunk declares"):
         load_audio(tmp_path / "cut.wav")
 
 

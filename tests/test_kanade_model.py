@@ -111,7 +111,7 @@ def test_released_configs_resolve_by_name_from_the_package():
     with torch.device("meta"):
         model = KanadeModel.from_config("12hz", load_ssl_weights=False)
     assert model.config.downsample_factor == 4
-    with pytest.raises(KanadeConfigError, match="no released Kanade config named '6hz'.*12hz"):
+    with pytest.raises(KanadeConfigError, match=r"no released Kanade config named '6hz'.*12hz"):
         released_config("6hz")
     with pytest.raises(FileNotFoundError, match="not a released config"):
         KanadeModel.from_pretrained("6hz")
@@ -120,7 +120,7 @@ def test_released_configs_resolve_by_name_from_the_package():
 def test_config_padding_must_be_one_the_mel_knows():
     cfg = tiny_config()
     cfg["model"]["init_args"]["config"]["padding"] = "valid"
-    with pytest.raises(KanadeConfigError, match="config.padding.*'valid'"):
+    with pytest.raises(KanadeConfigError, match=r"config\.padding.*'valid'"):
         KanadeModel.from_config(cfg)
 
 
@@ -365,7 +365,7 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config()))
     with pytest.raises(ValueError, match="weights_path"):
         KanadeModel.from_pretrained(tmp_path / "c.yaml")
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         (tmp_path / "d").mkdir()
         (tmp_path / "d" / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
         KanadeModel.from_pretrained(tmp_path / "d")

@@ -225,7 +225,7 @@ def test_gan_stage_refuses_ddp_that_does_not_look_for_unused_parameters(corpus, 
 
     config = recipe("12hz_gan.yaml", corpus, tmp_path, ckpt_path=None)
     try:
-        with pytest.raises(PipelineConfigError, match="trainer.strategy: .*ddp_find_unused_parameters_true"):
+        with pytest.raises(PipelineConfigError, match=r"trainer\.strategy: .*ddp_find_unused_parameters_true"):
             run(["fit", "--config", str(config), "--trainer.strategy", "ddp"])  # one process
     finally:
         if dist.is_initialized():

@@ -288,7 +288,7 @@ def test_load_vocoder_errors(tmp_path, offline):
     with pytest.raises(VocoderLoadError, match="no such folder"):
         load_vocoder(str(tmp_path / "missing" / "dir"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(VocoderLoadError, match="config.yaml"):
+    with pytest.raises(VocoderLoadError, match=r"config\.yaml"):
         load_vocoder(tmp_path / "empty")
     with pytest.raises(VocoderLoadError, match="HiFT"):
         load_vocoder("hift")

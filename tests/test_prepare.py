@@ -611,7 +611,7 @@ def test_source_errors_and_malformed_lines(tones, tiny_codec_dir, tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(UserError, match="cannot load the dataset"):
         source(tmp_path / "empty_dir")  # a folder without metadata.csv is read as an HF dataset
-    with pytest.raises(UserError, match="no metadata.csv"):
+    with pytest.raises(UserError, match=r"no metadata\.csv"):
         source(tones.parent)  # audio files but no transcripts
 
     lines = tones.read_text().splitlines()[:1] + ["{not json", json.dumps({"path": "t1.wav"}), json.dumps({"path": "gone.wav", "text": "x"})]

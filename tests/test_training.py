@@ -213,7 +213,7 @@ def test_a_changed_experiment_does_not_resume_an_old_checkpoint(base, dataset, t
 def test_only_selects_and_rejects_unknown_ids(base):
     configs = configs_for(base, experiment("a"), experiment("b"), experiment("c"))
     assert [e.model_id for e in select_experiments(configs.experiments, ["c", "a"])] == ["a", "c"]
-    with pytest.raises(UserError, match="'zzz'.*it has a, b, c"):
+    with pytest.raises(UserError, match=r"'zzz'.*it has a, b, c"):
         select_experiments(configs.experiments, ["zzz"])
 
 

@@ -75,7 +75,7 @@ def test_attention_auto_falls_back_to_sdpa_without_flash_attn(monkeypatch):
     choice, notes = model_loading.choose_attention("auto", torch.bfloat16)
     assert choice == "sdpa" and "no CUDA GPU" in notes[0]
     assert model_loading.choose_attention("eager") == ("eager", [])
-    with pytest.raises(UserError, match="training.attn_implementation: flash_attention_2 .* no CUDA GPU"):
+    with pytest.raises(UserError, match=r"training\.attn_implementation: flash_attention_2 .* no CUDA GPU"):
         model_loading.choose_attention("flash_attention_2", torch.bfloat16)
 
 
@@ -86,7 +86,7 @@ def test_attention_auto_takes_flash_only_where_it_runs(fake_flash_attn):
     # flash-attn takes only fp16/bf16: an fp32 experiment gets sdpa, and says why
     choice, notes = model_loading.choose_attention("auto", torch.float32)
     assert choice == "sdpa" and "fp16/bf16" in notes[0] and "float32" in notes[0]
-    with pytest.raises(UserError, match="fp16/bf16.*trainer_args.bf16"):
+    with pytest.raises(UserError, match=r"fp16/bf16.*trainer_args\.bf16"):
         model_loading.choose_attention("flash_attention_2", torch.float32)
 
 

@@ -194,12 +194,12 @@ def test_eval_refuses_unwritable_outputs_before_generating(project_copy, monkeyp
     config["paths"]["report_dir"] = "notes/report"
     (project_copy / "eval_config.yaml").write_text(yaml.safe_dump(config))
     Path("notes").write_text("a file where the report's folder should be")
-    with pytest.raises(UserError, match="paths.report_dir notes/report cannot be created: notes is a file"):
+    with pytest.raises(UserError, match=r"paths\.report_dir notes/report cannot be created: notes is a file"):
         evaluate(eval_configs(project_copy), force=True)
     assert results.read_bytes() == before
 
     _fail_writes(monkeypatch, errno.ENOSPC)
-    with pytest.raises(UserError, match="paths.audio_output_dir audio samples cannot be written: No space left"):
+    with pytest.raises(UserError, match=r"paths\.audio_output_dir audio samples cannot be written: No space left"):
         run_eval(eval_configs(project_copy), force=True)
     assert results.read_bytes() == before
 
@@ -265,7 +265,7 @@ def test_small_vocabulary_is_refused_before_training(small_vocab_model, tiny_tts
 
 
 def test_small_vocabulary_is_refused_before_synthesis(small_vocab_model, tiny_tts, tiny_codec):
-    with pytest.raises(UserError, match="token embeddings, but the token layout of model_config.yaml"):
+    with pytest.raises(UserError, match=r"token embeddings, but the token layout of model_config\.yaml"):
         KaniTTS.from_pretrained(small_vocab_model[0], codec=tiny_codec, model_cfg=tiny_tts[1], device="cpu")
 
 
@@ -295,7 +295,7 @@ def test_max_new_tokens_that_cannot_hold_a_frame_is_refused(tts, tiny_tts, tiny_
     with pytest.raises(UserError, match=f"max_new_tokens: {needed - 1} is too small to hold one audio frame, "
                                         f"which takes {needed} tokens"):
         tts.synthesize(["Hello."], max_new_tokens=needed - 1)
-    with pytest.raises(UserError, match="inference_config.yaml: generation.max_new_tokens: 3 is too small"):
+    with pytest.raises(UserError, match=r"inference_config\.yaml: generation\.max_new_tokens: 3 is too small"):
         KaniTTS(tts.model, tts.tokenizer, tiny_codec, tts.layout, GenerationSection(max_new_tokens=3))
     assert tts.synthesize(["Hello."], max_new_tokens=needed)[0].num_frames == 1
 
