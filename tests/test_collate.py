@@ -63,11 +63,11 @@ def test_packing_collator_lays_sequences_end_to_end(examples, tiny_layout):
     lengths = [len(e["input_ids"]) for e in examples]
     total = sum(lengths)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape == (1, total)
-    assert batch["input_ids"][0].tolist() == sum((e["input_ids"] for e in examples), [])
+    assert batch["input_ids"][0].tolist() == [t for e in examples for t in e["input_ids"]]
     assert batch["cu_seq_lens_q"].tolist() == [0, lengths[0], lengths[0] + lengths[1], total]
     assert batch["cu_seq_lens_q"].dtype == torch.int32
     assert batch["max_length_q"] == batch["max_length_k"] == max(lengths)
-    assert batch["position_ids"][0].tolist() == sum((list(range(n)) for n in lengths), [])
+    assert batch["position_ids"][0].tolist() == [i for n in lengths for i in range(n)]
     starts = batch["cu_seq_lens_q"][:-1].tolist()
     # no sequence's first token is a target of the previous sequence's last one
     assert all(batch["labels"][0, s] == IGNORE_INDEX for s in starts)

@@ -282,15 +282,16 @@ def test_control_bytes_are_named_with_line_and_byte(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_configs(tmp_path)
     assert info.value.problems == [
-        f"{tmp_path / 'eval_set.yaml'}:2:18: control character U+0000 (byte offset 30) is not allowed in YAML; "
-        "delete it (tabs and line breaks are fine)"]
+        (f"{tmp_path / 'eval_set.yaml'}:2:18: control character U+0000 (byte offset 30) is not allowed in YAML; "
+         "delete it (tabs and line breaks are fine)")]
 
 
 def test_several_sequences_need_sampling(tmp_path):
     problems = _errors(tmp_path, inference="generation: {do_sample: false, num_return_sequences: 3}\n")
     assert problems == [
-        f"{tmp_path / 'inference_config.yaml'}: generation.num_return_sequences: 3 sequences per prompt need "
-        "do_sample: true (without sampling they would all be the same); set do_sample: true or num_return_sequences: 1"]
+        (f"{tmp_path / 'inference_config.yaml'}: generation.num_return_sequences: 3 sequences per prompt need "
+         "do_sample: true (without sampling they would all be the same); "
+         "set do_sample: true or num_return_sequences: 1")]
     configs = load_configs(_config_dir(tmp_path, inference="generation: {do_sample: true, num_return_sequences: 3}\n"))
     assert configs.inference.generation.num_return_sequences == 3
 

@@ -108,7 +108,8 @@ def test_dump_dataset(tmp_path, capsys):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         sf.write(root / rel, np.zeros(n, dtype=np.float32), sr)
     assert dump_dataset.main([str(root), "-o", str(tmp_path / "d.csv"), "-w", "2"]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "d.csv")))
+    with open(tmp_path / "d.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert [(r["audio_id"], r["path"], r["length"], r["sample_rate"]) for r in rows] == [
         ("x", "a/x.wav", "2400", "24000"), ("x_1", "b/x.wav", "1600", "16000"), ("y", "b/y.wav", "800", "16000")]
     assert "3 files" in capsys.readouterr().out

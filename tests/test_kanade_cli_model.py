@@ -95,7 +95,7 @@ def test_vocoder_with_wrong_mel_bins_is_refused(tmp_path, saved, capsys):
 
 
 def test_model_config_plus_weights(tmp_path, saved):
-    _, model_dir, vocoder_dir = saved
+    _, model_dir, _vocoder_dir = saved
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text((model_dir / "config.yaml").read_text())
     a = speech(tmp_path / "a.wav", 0.4)
@@ -176,7 +176,7 @@ def saved_12hz(tmp_path_factory):
 
 
 def test_token_files_record_their_model_and_refuse_another(tmp_path, saved, saved_12hz, capsys):
-    model, model_dir, vocoder_dir = saved
+    _model, model_dir, vocoder_dir = saved
     a = speech(tmp_path / "a.wav", 0.6)
     assert main(["encode", str(a), "-o", str(tmp_path / "tok"), "--model", str(model_dir), "--device", "cpu"]) == 0
     tok = tmp_path / "tok" / "a.safetensors"
@@ -229,7 +229,7 @@ def test_written_files_are_readable_by_others(tmp_path, saved):
     from kanade_tokenizer.scripts.dump_dataset import main as dump
     from kanade_tokenizer.scripts.export_safetensors import export_safetensors
 
-    model, model_dir, _ = saved
+    model, _model_dir, _ = saved
     old = os.umask(0o022)
     try:
         folder = model.save_pretrained(tmp_path / "m")

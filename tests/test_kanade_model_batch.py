@@ -78,7 +78,7 @@ def test_batched_ssl_features_match_single(model, waves):
     batch, lengths = model.pad_waveforms(waves[:3])
     local, global_, frames = model.forward_ssl_features(batch, lengths)
     for i, w in enumerate(waves[:3]):
-        b1, l1 = model.pad_waveforms([w])
+        b1, _l1 = model.pad_waveforms([w])
         lo, gl, fr = model.forward_ssl_features(b1)
         n = int(fr[0])
         assert int(frames[i]) == n == -(-w.numel() // 480)

@@ -98,7 +98,7 @@ def test_window_limits_what_a_query_sees():
 
 def _reference_attention(q, k, v, window, lengths):
     """Naive per-item softmax attention over the valid window (valid queries only)."""
-    B, T, H, D = q.shape
+    B, T, _H, D = q.shape
     out = torch.zeros_like(q)
     half = window // 2 if window else T
     for b in range(B):

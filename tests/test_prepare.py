@@ -239,7 +239,8 @@ def test_manifest_with_two_voices(voices, tiny_codec_dir, tmp_path):
 def test_hf_audio_dataset(voices, tiny_codec_dir, tmp_path):
     from datasets import Audio, Dataset, DatasetDict, Features, Value
 
-    rows = list(csv.DictReader(open(voices / "manifest.csv")))
+    with open(voices / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     # built as a struct and cast to Audio: datasets 5 needs torchcodec to *encode* Audio examples
     struct = {"bytes": Value("binary"), "path": Value("string")}
     features = Features({"wav": struct, "sentence": Value("string"), "spk": Value("string")})
@@ -290,7 +291,7 @@ def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path,
     cfg = DatasetConfig.model_validate(
         {"hf_datasets": [{"reponame": str(out), "speaker_id": "alice"}], "cache_dir": str(tmp_path / "cache")}
     )
-    train, report = sequences.build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer, num_proc=1)
+    train, _report = sequences.build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer, num_proc=1)
     assert len(train) == len(ds) == 6
     assert {"input_ids", "labels", "attention_mask"} <= set(train.column_names)
     # "clip number 0" in 0.4 s is 32.5 characters per second: suspect, and filtered out as docs/prepare.md shows

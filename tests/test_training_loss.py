@@ -71,7 +71,7 @@ def stock_and_chunked(model, batch, num_items_in_batch=None, chunk_tokens=CHUNK)
 
         def keep_hidden(_module, _args, output):
             output.last_hidden_state.retain_grad()
-            hidden.append(output.last_hidden_state)
+            hidden.append(output.last_hidden_state)  # noqa: B023 - the hook is removed within this iteration
 
         handle = decoder.register_forward_hook(keep_hidden)
         try:

@@ -112,7 +112,7 @@ def load_tokens(path: str | os.PathLike[str]) -> TokenFile:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
     except Exception as e:
         raise KanadeInputError(f"{path}: not a readable safetensors file ({e})") from e
     if "global_embedding" not in tensors:

@@ -245,13 +245,13 @@ def build_model_card(
          f"codes, {codec.fps:g} frames/s) that the codec (`{codec.weights}`) turns into "
          f"{codec.sample_rate / 1000:g} kHz audio.")
         + (f"\n\n{base['desc']}" if base.get("desc") else ""),
-        "## Usage\n\n```bash\npip install kanitts\n"
-        f"kanitts synthesize \"{example}\" --model {repo_id} -o out.wav\n```\n\n```python\n"
-        "from kanitts.audio import write_wav\nfrom kanitts.inference import KaniTTS\n\n"
-        f"tts = KaniTTS.from_pretrained(\"{repo_id}\")\n"
-        f"result = tts.synthesize([\"{example}\"])[0]\n"
-        "write_wav(\"out.wav\", result.audio, result.sample_rate)\n```\n\n"
-        "Start the text with the speaker prefix the model was trained with (`speaker: text`).",
+        ("## Usage\n\n```bash\npip install kanitts\n"
+         f"kanitts synthesize \"{example}\" --model {repo_id} -o out.wav\n```\n\n```python\n"
+         "from kanitts.audio import write_wav\nfrom kanitts.inference import KaniTTS\n\n"
+         f"tts = KaniTTS.from_pretrained(\"{repo_id}\")\n"
+         f"result = tts.synthesize([\"{example}\"])[0]\n"
+         "write_wav(\"out.wav\", result.audio, result.sample_rate)\n```\n\n"
+         "Start the text with the speaker prefix the model was trained with (`speaker: text`)."),
         "## Training\n\n" + _table([
             ("base model", base_model or "n/a"),
             ("datasets", ", ".join(datasets) if datasets else "local data"),

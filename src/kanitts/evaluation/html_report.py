@@ -185,8 +185,9 @@ def _settings(models: list[dict[str, Any]]) -> str:
     keys = sorted(set().union(*flat.values()), key=lambda k: (k not in differs, k))
     head = "".join(f"<th scope='col'>{_e(n)}</th>" for n in flat)
     lines = [
-        f"<p>{len(differs)} setting(s) differ between the {len(flat)} experiment(s); they are highlighted and listed first. "
-        "<label><input type='checkbox' id='only-diff'> show only these</label></p>",
+        (f"<p>{len(differs)} setting(s) differ between the {len(flat)} experiment(s); "
+         "they are highlighted and listed first. "
+         "<label><input type='checkbox' id='only-diff'> show only these</label></p>"),
         f"<table class='settings'><thead><tr><th scope='col'>setting</th>{head}</tr></thead><tbody>",
     ]
     for key in keys:

@@ -286,7 +286,7 @@ def patch_short_convs(model: nn.Module) -> int:
     for _, conv in pairs:
         _check_short_conv_module(conv)
         calls.append(ShortConvCall.of(type(conv)))
-    for (parent, conv), call in zip(pairs, calls):
+    for (_parent, conv), call in zip(pairs, calls):
         conv._kanitts_conv_call = call
         conv._kanitts_previous_forward = vars(conv).get("forward")
         conv._kanitts_boundaries = None

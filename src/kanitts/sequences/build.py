@@ -351,7 +351,7 @@ def _emptied_message(
         ((RowStatus.NO_AUDIO,), "the no-audio check"),
     ]
     remaining = len(status)
-    for reasons, what in steps:
+    for reasons, what in steps:  # noqa: B007 - `what` names, after the loop, the step that emptied the set
         removed = int(np.isin(status, reasons).sum())
         before, remaining = remaining, remaining - removed
         if removed and not remaining:

@@ -268,8 +268,8 @@ class TrainingRun:
             packed_attention = enable_exact_packing(model)
             if packed_attention != attention:
                 attention_notes = [
-                    f"attention: {packed_attention}, SDPA on each packed sequence alone "
-                    f"(flash-attn 2 does this natively when installed)"
+                    (f"attention: {packed_attention}, SDPA on each packed sequence alone "
+                     "(flash-attn 2 does this natively when installed)")
                 ]
                 attention = packed_attention
             collator = PackingCollator(start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on)
