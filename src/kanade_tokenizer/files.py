@@ -72,7 +72,10 @@ def hub_error(what: str, repo: str, exc: BaseException) -> KanadeHubError:
     lines = str(exc).strip().splitlines()
     first = lines[0] if lines else type(exc).__name__
     if constants.HF_HUB_OFFLINE:
-        hint = f"HF_HUB_OFFLINE is set and it is not in the local cache; fetch it once with network (`hf download {repo}`)"
+        hint = (
+            "HF_HUB_OFFLINE is set and it is not in the local cache; "
+            f"fetch it once with network (`hf download {repo}`)"
+        )
     else:
         hint = f"check the network and the repo id, or fetch it where there is network (`hf download {repo}`)"
     return KanadeHubError(f"cannot load {what} from the Hugging Face Hub ({repo}): {first.rstrip('.')}; {hint}")

@@ -69,7 +69,9 @@ def login_wandb(interactive: bool = True) -> LoginResult:
     try:
         import wandb
     except ImportError:
-        return LoginResult("Weights & Biases", False, "skipped: wandb is not installed (pip install 'kanitts[tracking]')")
+        return LoginResult(
+            "Weights & Biases", False, "skipped: wandb is not installed (pip install 'kanitts[tracking]')"
+        )
     try:
         key = _token("WANDB_API_KEY", "W&B API key (https://wandb.ai/authorize)", interactive, "wandb.login()")
     except NoToken as exc:

@@ -78,7 +78,8 @@ def remove_leftovers(folder: Path | str) -> list[tuple[str, int]]:
         if not os.path.lexists(entry.path):
             removed.append((entry.name, size))
     if removed:
-        names = ", ".join(name for name, _ in removed[:3]) + (f" and {len(removed) - 3} more" if len(removed) > 3 else "")
+        names = ", ".join(name for name, _ in removed[:3])
+        names += f" and {len(removed) - 3} more" if len(removed) > 3 else ""
         print(
             f"note: removed {len(removed)} unfinished write(s) of runs that were killed, in {folder}: "
             f"{names} ({format_bytes(sum(size for _, size in removed))} freed)",

@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="the base model and every checkpoint speak the eval set; metrics, dataset, report")
     p.add_argument("--force", action="store_true", help="regenerate audio that already exists")
-    p.add_argument("--only", nargs="+", default=None, metavar="ID", help="evaluate only these ids ('base' = base model)")
+    p.add_argument(
+        "--only", nargs="+", default=None, metavar="ID", help="evaluate only these ids ('base' = base model)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: inference_config.yaml)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     _add_config_dir(p)
@@ -204,11 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_dir(p)
     p.set_defaults(func=_cmd_upload_model)
 
-    p = sub.add_parser("data", help="build (or reuse the cached) training sequences and print what was kept and dropped")
+    p = sub.add_parser(
+        "data", help="build (or reuse the cached) training sequences and print what was kept and dropped"
+    )
     _add_config_dir(p)
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: experiments.yaml base_model)")
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder or Hub id (default: experiments.yaml base_model)"
+    )
     p.add_argument("--rebuild", action="store_true", help="ignore the cache and build again")
-    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: dataset_config num_proc, else n_shards_per_dataset, else the CPUs up to 8)")
+    p.add_argument(
+        "--num-proc", type=int, default=None,
+        help="worker processes (default: dataset_config num_proc, else n_shards_per_dataset, else the CPUs up to 8)",
+    )
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser(
@@ -218,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_dir(p)
     p.add_argument("--only", metavar="IDS", help="comma-separated model_ids to run (default: all)")
     p.add_argument("--force", action="store_true", help="train again even if checkpoints/<model_id> exists")
-    p.add_argument("--checkpoints-dir", type=Path, help="where checkpoints go (default: eval_config paths.checkpoints_dir)")
+    p.add_argument(
+        "--checkpoints-dir", type=Path, help="where checkpoints go (default: eval_config paths.checkpoints_dir)"
+    )
     p.set_defaults(func=_cmd_train)
 
     return parser

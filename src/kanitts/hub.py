@@ -50,8 +50,10 @@ def push_files(
         raise UserError(f"cannot upload to {repo_id}: not logged in to the Hugging Face Hub "
                         "(run `make login` or set HF_TOKEN)")
     api = HfApi(token=token)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content))
-                  for name, content in sorted(files.items())]
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content))
+        for name, content in sorted(files.items())
+    ]
     # The HTTP client's own base error (httpx's) covers refused connections and time-outs;
     # huggingface_hub re-exports it under this name.
     network_errors = (getattr(hub_errors, "HTTPError", ConnectionError), ConnectionError, TimeoutError)

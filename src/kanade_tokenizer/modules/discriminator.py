@@ -39,7 +39,9 @@ class SpectrogramDiscriminator(nn.Module):
             return weight_norm(nn.Conv2d(cin, cout, k, dilation=(d, 1), padding="same"))
 
         self.stacks = nn.ModuleList(
-            nn.ModuleList([conv(1, channels)] + [conv(channels, channels, d) for d in dilation] + [conv(channels, channels)])
+            nn.ModuleList(
+                [conv(1, channels)] + [conv(channels, channels, d) for d in dilation] + [conv(channels, channels)]
+            )
             for _ in self.bands
         )
         self.conv_post = conv(channels, 1)

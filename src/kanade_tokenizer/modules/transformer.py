@@ -189,7 +189,9 @@ class Transformer(nn.Module):
     ):
         super().__init__()
         if causal:
-            raise ValueError("causal: true is unsupported: every Kanade transformer attends both ways within its window")
+            raise ValueError(
+                "causal: true is unsupported: every Kanade transformer attends both ways within its window"
+            )
         self.dim = dim
         self.n_heads = n_heads
         self.head_dim = dim // n_heads

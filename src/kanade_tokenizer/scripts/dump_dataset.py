@@ -55,7 +55,9 @@ def write_csv(rows: list[dict], output: str | os.PathLike[str]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kanade_tokenizer.scripts.dump_dataset", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kanade_tokenizer.scripts.dump_dataset", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("audio_dir")
     parser.add_argument("-o", "--output", required=True, help="CSV file to write")
     parser.add_argument("-p", "--pattern", default="**/*.wav", help='glob under AUDIO_DIR (default "**/*.wav")')

@@ -37,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import AudioDataError
     from .pipeline import PipelineConfigError
 
-    user_errors = (AudioDataError, PipelineConfigError, ExportError, KanadeConfigError, KanadeWeightsError, KanadeHubError)
+    user_errors = (
+        AudioDataError, PipelineConfigError, ExportError, KanadeConfigError, KanadeWeightsError, KanadeHubError,
+    )
     try:
         run(argv)
     except user_errors as e:

@@ -10,8 +10,9 @@ least-squares adversarial loss plus feature matching). Optimisation is manual, t
 step logic: per batch one forward, then a discriminator step, then a generator step that reuses
 the same forward; each optimiser is AdamW with a OneCycleLR stepped per batch and its gradient
 norm clipped. Lightning counts every optimiser step in ``global_step``, so with the
-discriminator on ``max_steps`` is about twice the number of batches (as in the reference). ``pipeline_config.ckpt_path`` starts from a Lightning ``.ckpt``, a
-safetensors export or ``hf:{repo}@{revision}`` (model weights only; optimiser state is fresh).
+discriminator on ``max_steps`` is about twice the number of batches (as in the reference).
+``pipeline_config.ckpt_path`` starts from a Lightning ``.ckpt``, a safetensors export or
+``hf:{repo}@{revision}`` (model weights only; optimiser state is fresh).
 
 ``predict`` encodes whole files and writes, per file, what ``kanade encode`` writes (tokens and
 global embedding, decodable with ``kanade decode``) plus the model's mel reconstruction, and with
@@ -80,13 +81,19 @@ class KanadePipelineConfig:
         if not (self.train_feature or self.train_mel):
             raise PipelineConfigError("pipeline_config: train_feature and train_mel are both false; nothing to train")
         if self.anneal_mode not in ("cos", "linear"):
-            raise PipelineConfigError(f"pipeline_config.anneal_mode must be 'cos' or 'linear', got {self.anneal_mode!r}")
+            raise PipelineConfigError(
+                f"pipeline_config.anneal_mode must be 'cos' or 'linear', got {self.anneal_mode!r}"
+            )
         if not 0.0 < self.warmup_percent < 1.0:
             raise PipelineConfigError(f"pipeline_config.warmup_percent must lie in (0, 1), got {self.warmup_percent}")
         if self.adv_loss_type not in ("hinge", "least_square"):
-            raise PipelineConfigError(f"pipeline_config.adv_loss_type must be 'hinge' or 'least_square', got {self.adv_loss_type!r}")
+            raise PipelineConfigError(
+                f"pipeline_config.adv_loss_type must be 'hinge' or 'least_square', got {self.adv_loss_type!r}"
+            )
         if self.use_discriminator and not self.train_mel:
-            raise PipelineConfigError("pipeline_config: use_discriminator needs train_mel (the discriminator judges mels)")
+            raise PipelineConfigError(
+                "pipeline_config: use_discriminator needs train_mel (the discriminator judges mels)"
+            )
 
 
 def codebook_perplexity(indices: Tensor, codebook_size: int) -> Tensor:
@@ -110,7 +117,9 @@ class KanadePipeline(pl.LightningModule):
         super().__init__()
         config = pipeline_config or KanadePipelineConfig()
         if config.use_discriminator and discriminator is None:
-            raise PipelineConfigError("pipeline_config.use_discriminator is on but no model.discriminator is configured")
+            raise PipelineConfigError(
+                "pipeline_config.use_discriminator is on but no model.discriminator is configured"
+            )
         # plain values only, so checkpoints open with torch.load(weights_only=True)
         self.save_hyperparameters({"model_config": str(model_config), "pipeline_config": asdict(config)})
         self.config = config
@@ -121,7 +130,9 @@ class KanadePipeline(pl.LightningModule):
             model_config, build_feature_decoder=config.train_feature, mixed_precision="fp32"
         )
         if config.train_feature and self.model.feature_decoder is None:
-            raise PipelineConfigError(f"{model_config}: train_feature needs a feature_decoder section in the model config")
+            raise PipelineConfigError(
+                f"{model_config}: train_feature needs a feature_decoder section in the model config"
+            )
         self.model.ssl_feature_extractor.requires_grad_(False)
         for names, trained in ((CONTENT_MODULES, config.train_feature), (MEL_MODULES, config.train_mel)):
             if not trained:
@@ -154,7 +165,9 @@ class KanadePipeline(pl.LightningModule):
         if skip:
             state = {k: v for k, v in state.items() if not k.startswith(skip)}
         report = self.model.load_weights(state, strict=not skip, source=str(path))
-        logger.info("loaded %d tensors from %s (%d optional keys absent)", len(state), path, len(report.optional_missing))
+        logger.info(
+            "loaded %d tensors from %s (%d optional keys absent)", len(state), path, len(report.optional_missing)
+        )
 
     # --- forward and losses ---------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ so the state-dict prefix) the released checkpoint uses:
   log-mel, the input format
   (only needed for copy-synthesis; its window and filterbank are buffers in the checkpoint:
   ``feature_extractor.mel_spec.spectrogram.window`` and ``feature_extractor.mel_spec.mel_scale.fb``).
-* ``backbone`` (:class:`~kanade_tokenizer.modules.convnext.ConvNeXtBackbone`): ``embed`` Conv1d(n_mels -> dim, k7), ``norm`` LayerNorm,
-  ``convnext.{i}`` ConvNeXt blocks (``dwconv``, ``norm``, ``pwconv1``, ``pwconv2``, ``gamma``),
-  ``final_layer_norm``.
+* ``backbone`` (:class:`~kanade_tokenizer.modules.convnext.ConvNeXtBackbone`): ``embed``
+  Conv1d(n_mels -> dim, k7), ``norm`` LayerNorm, ``convnext.{i}`` ConvNeXt blocks (``dwconv``,
+  ``norm``, ``pwconv1``, ``pwconv2``, ``gamma``), ``final_layer_norm``.
 * ``head`` (:class:`ISTFTHead`): ``out`` Linear(dim -> n_fft + 2) giving log-magnitude and phase,
   then ``istft`` (buffer ``head.istft.window``).
 
@@ -296,7 +296,9 @@ class Vocos(nn.Module):
         folder = Path(folder)
         config_path = folder / CONFIG_NAME
         if not config_path.is_file():
-            raise VocosLoadError(f"{folder}: no {CONFIG_NAME} (expected a Vocos folder: config.yaml + pytorch_model.bin)")
+            raise VocosLoadError(
+                f"{folder}: no {CONFIG_NAME} (expected a Vocos folder: config.yaml + pytorch_model.bin)"
+            )
         weights = next((folder / n for n in WEIGHTS_NAMES if (folder / n).is_file()), None)
         if weights is None:
             raise VocosLoadError(f"{folder}: no weights file (looked for {', '.join(WEIGHTS_NAMES)})")

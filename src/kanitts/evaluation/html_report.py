@@ -92,7 +92,9 @@ def _summary(results: dict[str, Any]) -> str:
     unloaded = sum(1 for m in results["models"] if m.get("error"))
     models = len(results["models"])
     sentences = len(results["sentences"])
-    sampling = ", ".join(f"{k} {g[k]}" for k in ("temperature", "top_p", "repetition_penalty", "max_new_tokens") if k in g)
+    sampling = ", ".join(
+        f"{k} {g[k]}" for k in ("temperature", "top_p", "repetition_penalty", "max_new_tokens") if k in g
+    )
     return (
         f"<p>{models} model(s) x {sentences} sentence(s) = {len(results['rows'])} sample(s)"
         + (f"; {unloaded} model(s) could not be loaded (see Problems)" if unloaded else "") + ". "
@@ -120,7 +122,8 @@ def _grid(results: dict[str, Any]) -> str:
         for model in models:
             rows = by_cell.get((sid, model), [])
             empty = "not evaluated" if model in errors else "no sample"
-            cells.append("<td>" + "".join(_sample(r) for r in rows) + ("" if rows else f"<span class='missing'>{empty}</span>") + "</td>")
+            missing = "" if rows else f"<span class='missing'>{empty}</span>"
+            cells.append("<td>" + "".join(_sample(r) for r in rows) + missing + "</td>")
         lines.append(
             f"<tr data-sentence='{_e(sid)}'><th scope='row'><span class='sid'>{_e(sid)}</span>"
             f"<span class='text'>{_e(sentence['sentence'])}</span></th>{''.join(cells)}</tr>"
@@ -141,7 +144,9 @@ def _sample(row: dict[str, Any]) -> str:
     badges = [f"{row['duration_sec']:.2f} s"]
     if row.get("speaker_similarity") is not None:
         badges.append(f"sim {row['speaker_similarity']:.2f}")
-    warn = "<span class='badge warn' title='{}'>truncated</span>".format(_e(row["problems"])) if row["truncated"] else ""
+    warn = (
+        "<span class='badge warn' title='{}'>truncated</span>".format(_e(row["problems"])) if row["truncated"] else ""
+    )
     value = f"{row['experiment_id']}#{row['take']}"
     player = (
         f"<audio controls preload='metadata' src='audio/{_e(row['audio'])}'></audio>"
@@ -173,7 +178,10 @@ def differing_settings(configs: dict[str, dict[str, Any]]) -> set[str]:
     flat = {name: flatten(c) for name, c in configs.items()}
     keys = set().union(*flat.values()) if flat else set()
     missing = object()
-    return {k for k in keys if len({json.dumps(f.get(k, missing), sort_keys=True, default=str) for f in flat.values()}) > 1}
+    return {
+        k for k in keys
+        if len({json.dumps(f.get(k, missing), sort_keys=True, default=str) for f in flat.values()}) > 1
+    }
 
 
 def _settings(models: list[dict[str, Any]]) -> str:
@@ -222,7 +230,9 @@ def _loss_plots(models: list[dict[str, Any]], plot_dir: Path) -> str:
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         for label, points in series.items():
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=label, marker="." if len(points) < 40 else None)
+            ax.plot(
+                [p[0] for p in points], [p[1] for p in points], label=label, marker="." if len(points) < 40 else None
+            )
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_title(title)
@@ -231,7 +241,9 @@ def _loss_plots(models: list[dict[str, Any]], plot_dir: Path) -> str:
             ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(plot_dir / name)
-        figures.append(f"<figure><img src='plots/{_e(name)}' alt='{_e(title)}'><figcaption>{_e(title)}</figcaption></figure>")
+        figures.append(
+            f"<figure><img src='plots/{_e(name)}' alt='{_e(title)}'><figcaption>{_e(title)}</figcaption></figure>"
+        )
 
     if len(histories) > 1:
         save("all.png", histories, "all experiments")
@@ -249,7 +261,8 @@ def _sortable(headers: list[str], body_rows: list[list[Any]], css: str) -> str:
     lines = [f"<table class='sortable {css}'><thead><tr>{head}</tr></thead><tbody>"]
     for values in body_rows:
         cells = "".join(
-            f"<td data-value='{_e(v if isinstance(v, (int, float)) and not isinstance(v, bool) else _fmt(v))}'>{_e(_fmt(v))}</td>"
+            f"<td data-value='{_e(v if isinstance(v, (int, float)) and not isinstance(v, bool) else _fmt(v))}'>"
+            f"{_e(_fmt(v))}</td>"
             for v in values
         )
         lines.append(f"<tr>{cells}</tr>")
@@ -260,7 +273,9 @@ def _sortable(headers: list[str], body_rows: list[list[Any]], css: str) -> str:
 def _metrics_table(rows: list[dict[str, Any]]) -> str:
     columns = _metric_columns(rows)
     headers = ["model", "sentence", "take", *[METRIC_LABELS[c] for c in columns], "problems"]
-    body = [[r["experiment_id"], r["sentence_id"], r["take"], *[r.get(c) for c in columns], r["problems"]] for r in rows]
+    body = [
+        [r["experiment_id"], r["sentence_id"], r["take"], *[r.get(c) for c in columns], r["problems"]] for r in rows
+    ]
     return _sortable(headers, body, "samples")
 
 

@@ -138,9 +138,8 @@ def eval_targets(configs: ConfigSet) -> tuple[list[EvalTarget], dict[str, str]]:
                 "or check paths.checkpoints_dir in eval_config.yaml)"
             )
             continue
-        targets.append(
-            EvalTarget(experiment.model_id, str(folder), _train_configuration(folder, experiment.model_dump(mode="json")), folder)
-        )
+        configuration = _train_configuration(folder, experiment.model_dump(mode="json"))
+        targets.append(EvalTarget(experiment.model_id, str(folder), configuration, folder))
     return targets, missing
 
 

@@ -107,7 +107,8 @@ class KanadeGlobalEmbedder:
 
         from kanade_tokenizer.audio import resample
 
-        wave = resample(torch.from_numpy(np.asarray(audio, dtype=np.float32).reshape(-1)), sample_rate, self.sample_rate)
+        samples = torch.from_numpy(np.asarray(audio, dtype=np.float32).reshape(-1))
+        wave = resample(samples, sample_rate, self.sample_rate)
         features = self.model.encode(wave, return_content=False, return_global=True)
         return _unit(features.global_embedding.detach().float().cpu().numpy().reshape(-1))
 

@@ -161,7 +161,9 @@ def is_short_conv(module: nn.Module) -> bool:
 
 def _check_short_conv_module(module: nn.Module) -> None:
     name = type(module).__name__
-    missing = [attr for attr in ("in_proj", "conv", "out_proj") if not isinstance(getattr(module, attr, None), nn.Module)]
+    missing = [
+        attr for attr in ("in_proj", "conv", "out_proj") if not isinstance(getattr(module, attr, None), nn.Module)
+    ]
     if missing:
         raise _unsupported(f"{name} has no {', '.join(missing)} submodule")
     conv = module.conv
@@ -281,7 +283,9 @@ def patch_short_convs(model: nn.Module) -> int:
     and GPU. Padded batches, a cache (generation) and rows without boundaries take the stock
     forward with the caller's arguments untouched. Returns the number of blocks patched.
     """
-    pairs = [(parent, conv) for parent, conv in _short_convs_with_parents(model) if "_kanitts_conv_call" not in vars(conv)]
+    pairs = [
+        (parent, conv) for parent, conv in _short_convs_with_parents(model) if "_kanitts_conv_call" not in vars(conv)
+    ]
     calls = []
     for _, conv in pairs:
         _check_short_conv_module(conv)
@@ -390,7 +394,11 @@ def register_packed_sdpa() -> None:
     parameters = inspect.signature(sdpa_attention_forward).parameters
     expected = ["module", "query", "key", "value", "attention_mask"]
     kinds = {p.kind for p in parameters.values()}
-    if list(parameters)[:5] != expected or not {"dropout", "scaling"} <= set(parameters) or inspect.Parameter.VAR_KEYWORD not in kinds:
+    if (
+        list(parameters)[:5] != expected
+        or not {"dropout", "scaling"} <= set(parameters)
+        or inspect.Parameter.VAR_KEYWORD not in kinds
+    ):
         raise _unsupported(
             f"sdpa_attention_forward{inspect.signature(sdpa_attention_forward)} no longer takes "
             "(module, query, key, value, attention_mask, dropout, scaling, **kwargs)"

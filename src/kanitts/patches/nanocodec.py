@@ -111,7 +111,9 @@ def _fast_transposed_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _check_upsampling_layer(layer: nn.Module, index: int) -> None:
     where = f"audio_decoder.up_sample_conv_layers[{index}] ({type(layer).__name__})"
-    missing = [a for a in ("weight", "bias", "stride", "groups", "trim", "in_channels", "kernel_size") if not hasattr(layer, a)]
+    missing = [
+        a for a in ("weight", "bias", "stride", "groups", "trim", "in_channels", "kernel_size") if not hasattr(layer, a)
+    ]
     if missing:
         raise _unsupported(f"{where} has no {', '.join(missing)}")
     expected = (layer.in_channels, layer.kernel_size, 1)

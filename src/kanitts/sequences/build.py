@@ -65,8 +65,9 @@ IN_MEMORY_GATHER_BYTES = 2 * 1024**3
 OUTPUT_COLUMNS = ["input_ids", "labels", "attention_mask", "length", "speaker", "dataset"]
 
 # What the batches produce: the output columns, then per-row bookkeeping for the report (status,
-# frames before and after dedup, encoded_len one frame off the layers). The token lists get the storage types `datasets` picks for the
-# reference's Python lists (it narrows input_ids and attention_mask), so the features match too.
+# frames before and after dedup, encoded_len one frame off the layers). The token lists get the
+# storage types `datasets` picks for the reference's Python lists (it narrows input_ids and
+# attention_mask), so the features match too.
 _MAP_FEATURES = datasets.Features(
     {
         "input_ids": datasets.List(datasets.Value("int32")),
@@ -108,7 +109,9 @@ def build_training_dataset(
         raise UserError("\n".join(problems))
     sources = [load_source(entry, entry.layer_columns(codec_layers)) for entry in dataset_cfg.hf_datasets]
     problems = [
-        p for entry, source in zip(dataset_cfg.hf_datasets, sources) for p in column_problems(entry, source, codec_layers)
+        p
+        for entry, source in zip(dataset_cfg.hf_datasets, sources)
+        for p in column_problems(entry, source, codec_layers)
     ]
     if problems:
         raise UserError("\n".join(problems))

@@ -57,6 +57,8 @@ def _has_kind(arrow_type: pa.DataType, kind: str) -> bool:
         return pa.types.is_integer(arrow_type)
     if kind == "int_list":
         return (
-            pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+            pa.types.is_list(arrow_type)
+            or pa.types.is_large_list(arrow_type)
+            or pa.types.is_fixed_size_list(arrow_type)
         ) and pa.types.is_integer(arrow_type.value_type)
     return True

@@ -9,8 +9,9 @@ local data need no Hub account:
 - a file or glob of `.parquet`, `.jsonl`, `.json` or `.csv` files (optionally `.gz`);
 - anything else is a Hub dataset id, loaded with `name` and `split`.
 
-CSV cannot hold lists, so the codebook columns (the caller names them) stored there as text ("[1, 2, 3]", or "[1 2 3]" as
-pandas and `Dataset.to_csv` write them) are parsed back into lists of codes.
+CSV cannot hold lists, so the codebook columns (the caller names them) stored there as text
+("[1, 2, 3]", or "[1 2 3]" as pandas and `Dataset.to_csv` write them) are parsed back into lists
+of codes.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def _load_hub(entry: DatasetEntry) -> datasets.Dataset:
     try:
         return datasets.load_dataset(entry.reponame, entry.name, split=entry.split)
     except Exception as exc:  # the Hub client raises many unrelated types for one cause: unreachable
-        offline = any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        offline = any(
+            os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        )
         hint = (
             "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the local cache"
             if offline

@@ -47,7 +47,8 @@ class RowRules:
 
     @classmethod
     def of(
-        cls, name: str, entry: DatasetEntry, source: datasets.Dataset, dataset_cfg: DatasetConfig, model_cfg: ModelConfig
+        cls, name: str, entry: DatasetEntry, source: datasets.Dataset, dataset_cfg: DatasetConfig,
+        model_cfg: ModelConfig,
     ) -> RowRules:
         return cls(
             dataset=name,
@@ -141,7 +142,9 @@ def sequences_for_batch(
     flat_text = np.fromiter(itertools.chain.from_iterable(text_ids), dtype=np.int64, count=int(text_counts.sum()))
 
     sequence_lengths = np.zeros(n, dtype=np.int64)
-    values, sequence_lengths[kept] = _assemble(layout, flat_text, text_counts, audio, frame_counts * layout.num_codebooks)
+    values, sequence_lengths[kept] = _assemble(
+        layout, flat_text, text_counts, audio, frame_counts * layout.num_codebooks
+    )
     offsets = pa.array(np.concatenate([[0], np.cumsum(sequence_lengths)]).astype(np.int32))
     labels = pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.int64()))
     ids = pa.ListArray.from_arrays(offsets, pa.array(values.astype(np.int32)))

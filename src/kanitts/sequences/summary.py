@@ -173,7 +173,10 @@ class TrainingDataReport:
 
     def format(self) -> str:
         """The summary table printed after the dataset step."""
-        header = f"{'dataset / speaker':<40} {'rows in':>9} {'kept':>9} {'hours':>8} {'tokens':>12}   length p5/p50/p95/max"
+        header = (
+            f"{'dataset / speaker':<40} {'rows in':>9} {'kept':>9} {'hours':>8} {'tokens':>12}"
+            "   length p5/p50/p95/max"
+        )
         lines = [header, "-" * len(header)]
         for d in self.datasets:
             lines.append(_format_row(d.name, d))

@@ -116,7 +116,9 @@ def run_experiments(
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
     except (OSError, ValueError) as exc:
-        raise UserError(f"experiments.yaml: base_model {base_model!r}: its tokenizer could not be loaded: {exc}") from exc
+        raise UserError(
+            f"experiments.yaml: base_model {base_model!r}: its tokenizer could not be loaded: {exc}"
+        ) from exc
     check_base_model(base_model, TokenLayout.from_config(configs.model))
     if train_dataset is None:
         train_dataset, fingerprint = _build_dataset(configs, tokenizer)

@@ -91,7 +91,9 @@ def resolve_tracking(requested: str | list[str] | None, project_name: str | None
                 environment["WANDB_PROJECT"] = project_name
             if mode != "offline" and not wandb_logged_in():
                 environment["WANDB_MODE"] = "offline"
-                notes.append("not logged in to W&B: logging offline to ./wandb (`make login`, then `wandb sync` uploads)")
+                notes.append(
+                    "not logged in to W&B: logging offline to ./wandb (`make login`, then `wandb sync` uploads)"
+                )
             elif mode == "offline":
                 notes.append("W&B runs offline (WANDB_MODE=offline)")
         report_to.append(tracker)

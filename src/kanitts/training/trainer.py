@@ -68,8 +68,9 @@ class ExperimentTrainer(Trainer):
         """The stock loss, from hidden states chunk by chunk when ``chunked_loss`` is on.
 
         Evaluation that wants the logits back, label smoothing, a custom ``compute_loss_func`` and
-        sequence parallelism (which computes its own loss) keep the stock path. The token count and the cross-device scaling are the stock ones:
-        ``num_items_in_batch`` divides the summed loss only where the stock model would get it.
+        sequence parallelism (which computes its own loss) keep the stock path. The token count and
+        the cross-device scaling are the stock ones: ``num_items_in_batch`` divides the summed loss
+        only where the stock model would get it.
         """
         if (
             not self.chunked_loss
