@@ -36,7 +36,9 @@ def voice(f0: float, seconds: float, seed: int, brightness: float) -> np.ndarray
     return (0.3 * wave * envelope / np.max(np.abs(wave))).astype(np.float32)
 
 
-def write_checkpoint(base_folder: Path, checkpoints: Path, model_id: str, experiment: dict, losses: list[float]) -> Path:
+def write_checkpoint(
+    base_folder: Path, checkpoints: Path, model_id: str, experiment: dict, losses: list[float]
+) -> Path:
     """A checkpoint folder in the layout `kanitts train` writes (the weights: the base model's)."""
     folder = checkpoints / model_id
     shutil.copytree(base_folder, folder)

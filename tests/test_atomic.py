@@ -74,7 +74,9 @@ def test_finished_outputs_are_readable_as_the_umask_says(tmp_path):
 
     old = os.umask(0o022)
     try:
-        write_atomically(tmp_path / "model", lambda folder: save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors")))
+        write_atomically(
+            tmp_path / "model", lambda folder: save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+        )
         with atomic_file(tmp_path / "weights.safetensors") as tmp:
             save_file({"w": torch.zeros(2)}, str(tmp))
         os.umask(0o007)

@@ -69,7 +69,8 @@ def test_every_experiment_error_is_reported_with_its_key_path(tmp_path):
     expected = [
         f"{f}: experiments[1].lora_args.r: expected a positive integer, got 'sixteen'",
         f"{f}: experiments[1].lora_args.lora_alpah: not a LoraConfig field (did you mean 'lora_alpha'?)",
-        f"{f}: experiments[1].trainer_args.learning_rte: not a TrainingArguments field of the installed transformers (did you mean 'learning_rate'?)",
+        (f"{f}: experiments[1].trainer_args.learning_rte: not a TrainingArguments field of the installed "
+         "transformers (did you mean 'learning_rate'?)"),
         f"{f}: experiments[2].base.run_nam: unknown key (did you mean 'run_name'?)",
     ]
     for line in expected:
@@ -101,7 +102,9 @@ def test_yaml_syntax_error_has_line_and_column(tmp_path):
 
 
 def test_token_space_overlaps_are_errors(tmp_path):
-    problems = _errors(tmp_path, model="special_tokens: {end_of_ai: 64405}\ncodec: {codebook_size: 5000, audio_tokens_start: 64300}\n")
+    problems = _errors(
+        tmp_path, model="special_tokens: {end_of_ai: 64405}\ncodec: {codebook_size: 5000, audio_tokens_start: 64300}\n"
+    )
     text = "\n".join(problems)
     assert "special_tokens.end_of_ai: id 64405 is already used by special_tokens.start_of_ai" in text
     assert "special_tokens.start_of_speech: id 64401 lies inside the audio range" in text
@@ -149,7 +152,10 @@ def test_missing_file_is_named(tmp_path):
 
 def test_empty_speaker_id_is_an_error(tmp_path):
     problems = _errors(tmp_path, dataset="hf_datasets:\n  - reponame: x\n    speaker_id: ''\n")
-    assert problems == [f"{tmp_path / 'dataset_config.yaml'}: hf_datasets[0].speaker_id: must not be empty (leave the key out, or use null, for none)"]
+    assert problems == [
+        (f"{tmp_path / 'dataset_config.yaml'}: hf_datasets[0].speaker_id: must not be empty "
+         "(leave the key out, or use null, for none)")
+    ]
 
 
 # --- numbers as people write them -----------------------------------------------------------
@@ -227,11 +233,15 @@ def test_pass_through_values_are_checked_against_the_libraries_field_types(tmp_p
     assert by_key["experiments[0].trainer_args.lr_scheduler_type"].endswith("got 'cosyne' (did you mean 'cosine'?)")
     assert "got 'adamw_torh' (did you mean 'adamw_torch'?)" in by_key["experiments[0].trainer_args.optim"]
     assert by_key["experiments[0].trainer_args.save_steps"] == "expected a number, got True"
-    assert by_key["experiments[0].trainer_args.eval_strategy"].startswith("expected one of: no, steps, epoch, got False")
+    assert by_key["experiments[0].trainer_args.eval_strategy"].startswith(
+        "expected one of: no, steps, epoch, got False"
+    )
     assert "put the text in quotes" in by_key["experiments[0].trainer_args.eval_strategy"]
     for seed in ("seed", "data_seed"):
         assert "expected an integer from 0 to 4294967295" in by_key[f"experiments[0].trainer_args.{seed}"]
-    assert by_key["experiments[0].lora_args.bias"] == "expected one of: none, all, lora_only, got 'nonee' (did you mean 'none'?)"
+    assert by_key["experiments[0].lora_args.bias"] == (
+        "expected one of: none, all, lora_only, got 'nonee' (did you mean 'none'?)"
+    )
     assert "got 'CAUSAL' (did you mean 'CAUSAL_LM'?)" in by_key["experiments[0].lora_args.task_type"]
     assert by_key["experiments[0].lora_args.use_dora"] == "expected true or false, got 'maybe'"
     assert len(problems) == 11 and all(p.startswith(f) for p in problems)
@@ -253,9 +263,15 @@ def test_every_declared_field_type_of_the_libraries_can_be_checked():
 
 
 def test_a_key_given_twice_names_the_key_path_and_both_lines(tmp_path):
-    text = "base_model: x\nexperiments:\n  - base: {model_id: a}\n    trainer_args:\n      learning_rate: 1e-4\n      learning_rate: 5e-5\n"
+    text = (
+        "base_model: x\nexperiments:\n  - base: {model_id: a}\n"
+        "    trainer_args:\n      learning_rate: 1e-4\n      learning_rate: 5e-5\n"
+    )
     problems = _errors(tmp_path, experiments=text, inference="generation: {top_p: 2}\n")
-    assert f"{tmp_path / 'experiments.yaml'}: experiments[0].trainer_args.learning_rate: given twice in one mapping, on lines 5 and 6; keep one (the last would silently win)" in problems
+    assert (
+        f"{tmp_path / 'experiments.yaml'}: experiments[0].trainer_args.learning_rate: given twice in one mapping, "
+        "on lines 5 and 6; keep one (the last would silently win)"
+    ) in problems
     assert any("inference_config.yaml: generation.top_p" in p for p in problems)  # the other files are still checked
 
 

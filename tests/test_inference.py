@@ -25,7 +25,9 @@ def _inference_cfg(**generation) -> InferenceConfig:
 @pytest.fixture(scope="module")
 def tts(tiny_tts, tiny_codec):
     folder, cfg = tiny_tts
-    return KaniTTS.from_pretrained(folder, codec=tiny_codec, model_cfg=cfg, inference_cfg=_inference_cfg(), device="cpu")
+    return KaniTTS.from_pretrained(
+        folder, codec=tiny_codec, model_cfg=cfg, inference_cfg=_inference_cfg(), device="cpu"
+    )
 
 
 class ScriptedStreams:

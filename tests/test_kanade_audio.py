@@ -98,7 +98,9 @@ def test_resampling_is_the_original_windowed_sinc(tmp_path, sr, channels):
     assert torch.equal(load_audio(tmp_path / "x.wav", 24000), expected / (expected.abs().max() + 1e-8))
 
     (tmp_path / "x.csv").write_text(f"audio_id,path,length,sample_rate\nx,x.wav,{len(data)},{sr}\n")
-    config = AudioDataConfig(csv_path=str(tmp_path / "x.csv"), audio_root=str(tmp_path), chunk_size=24000, normalize=False)
+    config = AudioDataConfig(
+        csv_path=str(tmp_path / "x.csv"), audio_root=str(tmp_path), chunk_size=24000, normalize=False
+    )
     wave, _ = ChunkedAudioDataset(config)[0]
     n = expected.numel()
     assert torch.equal(wave[:n], expected) and not wave[n:].any()

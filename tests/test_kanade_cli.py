@@ -178,7 +178,8 @@ def test_user_errors_are_one_line(tmp_path, stub, vocoder_dir, capsys):
     # two inputs that would write the same token file
     write_wav(tmp_path / "x" / "a.wav", 0.2)
     write_wav(tmp_path / "y" / "a.wav", 0.2)
-    assert main(["encode", str(tmp_path / "x" / "a.wav"), str(tmp_path / "y" / "a.wav"), "-o", str(tmp_path / "t")]) == 1
+    argv = ["encode", str(tmp_path / "x" / "a.wav"), str(tmp_path / "y" / "a.wav"), "-o", str(tmp_path / "t")]
+    assert main(argv) == 1
     assert "both be written" in capsys.readouterr().err
     # an unreadable audio file
     (tmp_path / "bad.wav").write_bytes(b"garbage" * 50)

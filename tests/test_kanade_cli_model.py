@@ -28,9 +28,8 @@ def saved(tmp_path_factory):
     model = build_tiny_model(seed=0)
     model_dir = model.save_pretrained(root / "model")
     torch.manual_seed(0)
-    vocoder_dir = Vocos(VocosConfig(n_mels=model.config.n_mels, dim=16, intermediate_dim=32, num_layers=1)).save_pretrained(
-        root / "vocoder"
-    )
+    vocoder = Vocos(VocosConfig(n_mels=model.config.n_mels, dim=16, intermediate_dim=32, num_layers=1))
+    vocoder_dir = vocoder.save_pretrained(root / "vocoder")
     return model, model_dir, vocoder_dir
 
 
@@ -207,7 +206,9 @@ def test_token_ids_outside_the_vocabulary_are_named(tmp_path, saved, capsys):
     ids = tokens.content_token_indices.clone()
     ids[5], ids[9] = 12800, 40000
     bad = tmp_path / "bad.safetensors"
-    save_file({"content_token_indices": ids, "global_embedding": tokens.global_embedding}, str(bad), metadata=tokens.metadata)
+    save_file(
+        {"content_token_indices": ids, "global_embedding": tokens.global_embedding}, str(bad), metadata=tokens.metadata
+    )
     argv = ["decode", str(bad), "-o", str(tmp_path / "x.wav"), "--model", str(model_dir), "--vocoder", str(vocoder_dir)]
     assert main(argv) == 1
     assert (f"{bad}: content_token_indices[5] = 12800 is outside the vocabulary (valid ids: 0 ... 12799; "
@@ -216,7 +217,10 @@ def test_token_ids_outside_the_vocabulary_are_named(tmp_path, saved, capsys):
     old = {k: v for k, v in tokens.metadata.items() if k != "codebook_size"}
     save_file({"content_token_indices": ids, "global_embedding": tokens.global_embedding}, str(bad), metadata=old)
     assert main([*argv, "--device", "cpu"]) == 1
-    assert f"content_token_indices[5] = 12800 is outside the vocabulary of the model {model_dir}" in capsys.readouterr().err
+    assert (
+        f"content_token_indices[5] = 12800 is outside the vocabulary of the model {model_dir}"
+        in capsys.readouterr().err
+    )
     save_file({"content_token_indices": ids[:0], "global_embedding": tokens.global_embedding}, str(bad))
     assert main(argv) == 1
     assert "holds no content tokens" in capsys.readouterr().err

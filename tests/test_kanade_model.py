@@ -339,7 +339,9 @@ def test_save_and_from_pretrained_round_trip(tiny, tmp_path, monkeypatch):
     # the original's call style: config path + weights path
     again = KanadeModel.from_pretrained(tmp_path / "config.yaml", weights_path=tmp_path / "model.safetensors")
     assert torch.equal(again.encode(wave).global_embedding, a.global_embedding)
-    again = KanadeModel.from_pretrained(config_path=tmp_path / "config.yaml", weights_path=tmp_path / "model.safetensors")
+    again = KanadeModel.from_pretrained(
+        config_path=tmp_path / "config.yaml", weights_path=tmp_path / "model.safetensors"
+    )
     assert torch.equal(again.encode(wave).content_token_indices, a.content_token_indices)
 
 
@@ -355,7 +357,9 @@ def test_from_pretrained_repo_id_goes_through_the_hub(tiny, tmp_path, monkeypatc
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     model = KanadeModel.from_pretrained("someone/kanade-tiny", revision="v1")
-    assert requested == [("someone/kanade-tiny", "config.yaml", "v1"), ("someone/kanade-tiny", "model.safetensors", "v1")]
+    assert requested == [
+        ("someone/kanade-tiny", "config.yaml", "v1"), ("someone/kanade-tiny", "model.safetensors", "v1")
+    ]
     assert not model.training
 
 
@@ -438,7 +442,8 @@ def test_injected_ssl_model_survives_save(tmp_path, monkeypatch):
 
 def test_torchaudio_layout_ssl_keys_are_ignored_with_a_warning(tiny, tmp_path, caplog):
     def edit(w):
-        w["ssl_feature_extractor.model.encoder.transformer.layers.0.attention.attention.in_proj_weight"] = torch.zeros(3)
+        key = "ssl_feature_extractor.model.encoder.transformer.layers.0.attention.attention.in_proj_weight"
+        w[key] = torch.zeros(3)
 
     tiny.save_pretrained(tmp_path, include_ssl=False)
     from safetensors.torch import load_file, save_file

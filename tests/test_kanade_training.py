@@ -53,7 +53,8 @@ def recipe(name: str, corpus: Path, run_dir: Path, **pipeline_overrides) -> Path
     config["model"]["model_config"] = str(corpus / "tiny.yaml")
     config["model"]["pipeline_config"].update(pipeline_overrides)
     if "discriminator" in config["model"]:
-        config["model"]["discriminator"]["init_args"]["frequency_bins"] = tiny_config()["model"]["init_args"]["config"]["n_mels"]
+        n_mels = tiny_config()["model"]["init_args"]["config"]["n_mels"]
+        config["model"]["discriminator"]["init_args"]["frequency_bins"] = n_mels
     for split in ("train_config", "val_config", "test_config"):
         config["data"][split].update(
             csv_path=str(corpus / "train.csv"), audio_root=str(corpus / "audio"), chunk_size=CHUNK,
@@ -87,7 +88,8 @@ def test_pretrain_then_gan_recipes_train_export_and_reload(corpus, tmp_path):
     assert all(torch.equal(v, trained[k]) for k, v in tensors.items())
     assert not any(k.startswith(("feature_decoder.", "ssl_feature_extractor.")) for k in tensors)
     features = model.encode(synthetic_speech(1.0, seed=9))
-    assert features.content_token_indices.numel() > 0 and torch.isfinite(model.decode(features.global_embedding, features.content_token_indices)).all()
+    assert features.content_token_indices.numel() > 0
+    assert torch.isfinite(model.decode(features.global_embedding, features.content_token_indices)).all()
 
     # fine-tuning starts from a Lightning checkpoint too (opened with weights_only=True)
     from kanade_tokenizer.training.pipeline import KanadePipeline, KanadePipelineConfig
@@ -96,7 +98,8 @@ def test_pretrain_then_gan_recipes_train_export_and_reload(corpus, tmp_path):
     assert all(torch.equal(v, trained[k]) for k, v in resumed.model.state_dict().items())
 
     # GAN stage from the exported weights: content encoder frozen, discriminator trained
-    gan = run(["fit", "--config", str(recipe("12hz_gan.yaml", corpus, tmp_path / "gan", ckpt_path=str(last.with_suffix(".safetensors"))))])
+    gan_config = recipe("12hz_gan.yaml", corpus, tmp_path / "gan", ckpt_path=str(last.with_suffix(".safetensors")))
+    gan = run(["fit", "--config", str(gan_config)])
     metrics = gan.trainer.callback_metrics
     for key in ("train/loss", "train/gen/adv_loss", "train/gen/feature_matching_loss", "train/disc/loss"):
         assert math.isfinite(float(metrics[key])), key
@@ -177,7 +180,8 @@ def test_two_gan_steps_on_cuda_in_32_true_and_16_mixed(corpus):
                          plugins=[MixedPrecision("16-mixed", "cuda", scaler)])
     metrics32, metrics16 = fp32.callback_metrics, fp16.callback_metrics
     print(f"activation dtypes: 32-true {sorted(map(str, seen32))}, 16-mixed {sorted(map(str, seen16))}; "
-          f"gen grad norm {float(metrics32['train/gen/grad_norm']):.3f} / {float(metrics16['train/gen/grad_norm']):.3f}")
+          f"gen grad norm {float(metrics32['train/gen/grad_norm']):.3f} / "
+          f"{float(metrics16['train/gen/grad_norm']):.3f}")
     assert fp32.global_step == fp16.global_step == 4
     assert seen32 == {torch.float32} and torch.float16 in seen16
     for key in ("train/loss", "train/disc/loss", "train/gen/grad_norm", "train/disc/grad_norm"):
@@ -203,8 +207,8 @@ def test_gan_recipe_trains_on_two_ddp_processes(corpus, tmp_path):
     settings = yaml.safe_load(config.read_text())
     shipped = yaml.safe_load((RECIPES / "12hz_gan.yaml").read_text())["trainer"]
     settings["trainer"].update(
-        devices=2, strategy=shipped.get("strategy", "auto"), max_steps=2, limit_val_batches=0, enable_checkpointing=False,
-        callbacks=[],
+        devices=2, strategy=shipped.get("strategy", "auto"), max_steps=2, limit_val_batches=0,
+        enable_checkpointing=False, callbacks=[],
     )
     settings["data"]["val_config"] = settings["data"]["test_config"] = None
     config.write_text(yaml.safe_dump(settings))
@@ -258,7 +262,9 @@ def test_data_module_resamples_pads_and_skips_unreadable_files(corpus, tmp_path,
         "c,c.wav,28800,24000",  # 1.2 s stereo: windows at 0 and 4800 (end-aligned)
     ]
     (tmp_path / "mixed.csv").write_text("\n".join(rows) + "\n")
-    config = AudioDataConfig(csv_path=str(tmp_path / "mixed.csv"), audio_root=str(audio), chunk_size=CHUNK, batch_size=4)
+    config = AudioDataConfig(
+        csv_path=str(tmp_path / "mixed.csv"), audio_root=str(audio), chunk_size=CHUNK, batch_size=4
+    )
     dataset = ChunkedAudioDataset(config)
     assert [(c.record.audio_id, c.offset) for c in dataset.chunks] == [("b", 0), ("broken", 0), ("c", 0), ("c", 4800)]
     wave, _chunk = dataset[0]
@@ -339,11 +345,14 @@ def test_predict_writes_tokens_mels_and_audio_for_whole_files(corpus, tmp_path):
     config = recipe("12hz_pretrain.yaml", corpus, tmp_path / "run", ckpt_path=None)
     run(["fit", "--config", str(config)])
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    vocoder = Vocos(VocosConfig(n_mels=16, dim=16, intermediate_dim=32, num_layers=1)).save_pretrained(tmp_path / "vocos")
+    vocoder = Vocos(VocosConfig(n_mels=16, dim=16, intermediate_dim=32, num_layers=1))
+    vocoder = vocoder.save_pretrained(tmp_path / "vocos")
     out = tmp_path / "predicted"
     run(["predict", "--config", str(config), "--ckpt_path", str(last),
          "--data.predict_dir", str(out), "--data.predict_vocoder", str(vocoder)])
-    assert sorted(p.name for p in out.iterdir()) == ["a.safetensors", "a.wav", "b.safetensors", "b.wav", "c.safetensors", "c.wav"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.safetensors", "a.wav", "b.safetensors", "b.wav", "c.safetensors", "c.wav"
+    ]
 
     from kanade_tokenizer.scripts.export_safetensors import model_state_dict, read_checkpoint
 
@@ -386,10 +395,16 @@ def test_hub_models_that_cannot_be_fetched_are_one_line(corpus, tmp_path, monkey
                                      "--model.model_config", str(tmp_path / "hub_ssl.yaml")])
     assert main() == 1
     err = capsys.readouterr().err
-    assert "error: cannot load the SSL model nobody/no-such-wavlm from the Hugging Face Hub (nobody/no-such-wavlm)" in err
+    assert (
+        "error: cannot load the SSL model nobody/no-such-wavlm from the Hugging Face Hub (nobody/no-such-wavlm)" in err
+    )
     assert "`hf download nobody/no-such-wavlm`" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
-    with pytest.raises(KanadeHubError, match=r"pipeline_config.ckpt_path hf:nobody/no-such-kanade from the Hugging Face Hub"):
+    with pytest.raises(
+        KanadeHubError, match=r"pipeline_config.ckpt_path hf:nobody/no-such-kanade from the Hugging Face Hub"
+    ):
         KanadePipeline(str(corpus / "tiny.yaml"), KanadePipelineConfig(ckpt_path="hf:nobody/no-such-kanade"))
-    with pytest.raises(KanadeInputError, match=r"^cannot load the Kanade model nobody/no-such-kanade from the Hugging Face Hub"):
+    with pytest.raises(
+        KanadeInputError, match=r"^cannot load the Kanade model nobody/no-such-kanade from the Hugging Face Hub"
+    ):
         load_model("nobody/no-such-kanade")

@@ -54,7 +54,8 @@ def test_lock_pins_every_dependency_within_its_range():
 
 def test_lock_pins_the_torch_of_requirements_torch_txt():
     """One torch version for CPU and CUDA machines, without a local build label such as +cpu."""
-    torch_txt = [line for line in (REPO_ROOT / "requirements" / "torch.txt").read_text().splitlines() if line.startswith("torch==")]
+    lines = (REPO_ROOT / "requirements" / "torch.txt").read_text().splitlines()
+    torch_txt = [line for line in lines if line.startswith("torch==")]
     assert len(torch_txt) == 1
     pinned = torch_txt[0].removeprefix("torch==")
     assert "+" not in pinned

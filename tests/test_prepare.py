@@ -46,7 +46,8 @@ def _espeak(path: Path, text: str, voice: str) -> Path:
 
 def _tone(path: Path, seconds: float, sr: int = SR, freq: float = 220.0, channels: int = 1, amp: float = 0.4, fmt=None):
     t = np.arange(int(round(seconds * sr))) / sr
-    x = amp * np.sin(2 * np.pi * freq * t * (1 + 0.2 * np.sin(2 * np.pi * 2 * t))) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    x = amp * np.sin(2 * np.pi * freq * t * (1 + 0.2 * np.sin(2 * np.pi * 2 * t)))
+    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
     data = np.stack([x, 0.5 * x], axis=1) if channels == 2 else x
     sf.write(path, data.astype(np.float32), sr, format=fmt)
     return path
@@ -183,7 +184,9 @@ def test_folder_with_broken_files(ljs_folder, tiny_codec_dir, tmp_path):
     ds = _load(out)
     _assert_codec_dataset(ds)
     assert "speaker" not in ds.column_names  # nobody named one
-    assert ds["source"] == [f"wavs/{n}" for n in ("s1.wav", "s2.wav", "s3.flac", "s4.ogg", "s5.mp3", "stereo.wav", "low.wav")]
+    assert ds["source"] == [
+        f"wavs/{n}" for n in ("s1.wav", "s2.wav", "s3.flac", "s4.ogg", "s5.mp3", "stereo.wav", "low.wav")
+    ]
     texts = dict(zip(ds["source"], ds["text"]))
     assert texts["wavs/s3.flac"] == "please call stella"  # the normalized column when present
     assert texts["wavs/s2.wav"] == SENTENCES[1]
@@ -199,7 +202,9 @@ def test_folder_with_broken_files(ljs_folder, tiny_codec_dir, tmp_path):
         "wavs/notext.wav": "empty text",
     }
     assert (result.rows, result.items, result.rejected) == (7, 14, 7)
-    assert result.rejected_by_reason == {"unreadable": 3, "silent": 1, "too short": 1, "missing audio": 1, "empty text": 1}
+    assert result.rejected_by_reason == {
+        "unreadable": 3, "silent": 1, "too short": 1, "missing audio": 1, "empty text": 1
+    }
     summary = result.summary()
     assert "7 rows" in summary and "rejected 7 of 14" in summary and "rejected.csv" in summary
     assert not Path(str(out) + ".partial").exists()
@@ -296,7 +301,9 @@ def test_output_loads_in_the_training_data_step(tones, tiny_codec_dir, tmp_path,
     assert {"input_ids", "labels", "attention_mask"} <= set(train.column_names)
     # "clip number 0" in 0.4 s is 32.5 characters per second: suspect, and filtered out as docs/prepare.md shows
     assert ds["warnings"][0].startswith("text too long") and ds["warnings"][1:] == [""] * 5
-    entry = {"reponame": str(out), "speaker_id": "alice", "categorical_filter": {"column_name": "warnings", "value": ""}}
+    entry = {
+        "reponame": str(out), "speaker_id": "alice", "categorical_filter": {"column_name": "warnings", "value": ""}
+    }
     cfg = DatasetConfig.model_validate({"hf_datasets": [entry], "cache_dir": str(tmp_path / "cache2")})
     clean, _ = sequences.build_training_dataset(cfg, tiny_tts[1], tiny_tokenizer, num_proc=1)
     assert len(clean) == 5
@@ -454,7 +461,10 @@ def test_push_to_hub_after_writing(tones, tiny_codec_dir, tmp_path, monkeypatch)
     from datasets import Dataset
 
     pushed = {}
-    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, private=False, **kw: pushed.update(repo=repo, private=private, rows=len(self)))
+    monkeypatch.setattr(
+        Dataset, "push_to_hub",
+        lambda self, repo, private=False, **kw: pushed.update(repo=repo, private=private, rows=len(self)),
+    )
     result = _prepare(tones, tmp_path / "out", tiny_codec_dir, push_to_hub="me/tones", private=True)
     assert pushed == {"repo": "me/tones", "private": True, "rows": 6}
     assert result.pushed_to == "me/tones"
@@ -464,7 +474,9 @@ def test_cli_prepare(tones, tiny_codec_dir, tmp_path, capsys):
     from kanitts.cli import main
 
     out = tmp_path / "out"
-    argv = ["prepare", str(tones), str(out), "--codec-model", str(tiny_codec_dir), "--no-progress", "--speaker", "alice"]
+    argv = [
+        "prepare", str(tones), str(out), "--codec-model", str(tiny_codec_dir), "--no-progress", "--speaker", "alice"
+    ]
     assert main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     assert main(argv) == 1
@@ -507,7 +519,8 @@ def test_recipe_from_python_and_the_cli_make_the_same_dataset(tones, tiny_codec_
     assert a.column_names == b.column_names and a.features == b.features
     assert a.to_list() == b.to_list()
     summaries = [json.loads((out / "kanitts_prepare.json").read_text())["manifest"] for out in (from_python, from_cli)]
-    assert summaries[0]["codec"] == summaries[1]["codec"] and summaries[0]["codec"]["name_or_path"] == str(tiny_codec_dir)
+    assert summaries[0]["codec"] == summaries[1]["codec"]
+    assert summaries[0]["codec"]["name_or_path"] == str(tiny_codec_dir)
     assert summaries[0]["fingerprint"] == summaries[1]["fingerprint"]
     # the spec the recipe makes: the config's codec unless the caller names one
     assert prepare.resolve_codec(config_dir) == CodecSpec(kind="nanocodec", weights=str(tiny_codec_dir))
@@ -537,7 +550,9 @@ def _two_ranks(cmd: list[str], tmp_path: Path) -> list[tuple[str, str]]:
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outputs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     return outputs
@@ -615,7 +630,9 @@ def test_source_errors_and_malformed_lines(tones, tiny_codec_dir, tmp_path):
     with pytest.raises(UserError, match=r"no metadata\.csv"):
         source(tones.parent)  # audio files but no transcripts
 
-    lines = tones.read_text().splitlines()[:1] + ["{not json", json.dumps({"path": "t1.wav"}), json.dumps({"path": "gone.wav", "text": "x"})]
+    lines = tones.read_text().splitlines()[:1] + [
+        "{not json", json.dumps({"path": "t1.wav"}), json.dumps({"path": "gone.wav", "text": "x"})
+    ]
     manifest = tones.with_name("mixed.jsonl")
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
@@ -714,7 +731,8 @@ def test_suspect_clips_are_kept_with_warnings(suspects, tiny_codec_dir, tmp_path
     ds = _load(out)
     warnings = dict(zip(ds["source"], ds["warnings"]))
     assert warnings["ok.wav"] == ""
-    assert warnings["clipped.wav"].startswith("clipped: ") and "% of the samples at full scale" in warnings["clipped.wav"]
+    assert warnings["clipped.wav"].startswith("clipped: ")
+    assert "% of the samples at full scale" in warnings["clipped.wav"]
     assert warnings["hot.wav"].startswith("over full scale: peak 1.6 (+4.1 dBFS)")
     assert warnings["rush.wav"] == "text too long: 93 characters in 0.50 s (186.0/s > 30/s)"
     assert warnings["sparse.wav"] == "text too short: 2 characters in 3.00 s (0.7/s < 2/s)"
@@ -738,7 +756,8 @@ def test_suspect_clips_can_be_rejected(suspects, tiny_codec_dir, tmp_path):
     result = _prepare(suspects, out, tiny_codec_dir, suspect_clips="reject")
     assert _load(out)["source"] == ["ok.wav"] and _load(out)["warnings"] == [""]
     assert _rejected(out) == {
-        "clipped.wav": "clipped", "hot.wav": "over full scale", "rush.wav": "text too long", "sparse.wav": "text too short",
+        "clipped.wav": "clipped", "hot.wav": "over full scale", "rush.wav": "text too long",
+        "sparse.wav": "text too short",
     }
     assert result.rejected == 4 and result.warned == 0
     with open(out / "rejected.csv", newline="") as f:

@@ -65,7 +65,8 @@ def shipped_project(tmp_path_factory, tiny_codec_dir):
                      **{f"nano_layer_{k + 1}": codes[k].tolist() for k in range(4)}})
     datasets.Dataset.from_list(rows).save_to_disk(str(root / "alice-voice-nano"))
 
-    _replace_once(config / "experiments.yaml", 'base_model: "nineninesix/kani-tts-400m-0.3-pt"', f'base_model: "{base}"')
+    _replace_once(config / "experiments.yaml", 'base_model: "nineninesix/kani-tts-400m-0.3-pt"',
+                  f'base_model: "{base}"')
     _replace_once(config / "dataset_config.yaml", 'reponame: "your-username/alice-voice-nano"',
                   f'reponame: "{root / "alice-voice-nano"}"')
     _replace_once(config / "model_config.yaml", 'weights: "nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch"',

@@ -144,7 +144,9 @@ def test_the_same_rule_finds_the_audio_with_or_without_markers():
         assert not decoded.truncated and decoded.dropped_frames == 0, name
         problems[name] = decoded.problems
     assert problems["no start_of_speech"] == ["no start_of_speech token: audio read from after start_of_ai"]
-    assert problems["text before the audio"] == ["no start_of_speech token: 2 token(s) before the first audio token skipped"]
+    assert problems["text before the audio"] == [
+        "no start_of_speech token: 2 token(s) before the first audio token skipped"
+    ]
     assert all(not problems[name] for name in ("both markers", "no markers", "a second start_of_speech",
                                                 "ends at end_of_ai", "ends at padding"))
 

@@ -317,7 +317,8 @@ def test_a_kill_during_the_final_save_resumes_to_exactly_max_steps(base, dataset
     # the final checkpoint holds the trained adapter, merged: not the base model's weights
     from safetensors.numpy import load_file
 
-    trained, untouched = load_file(tmp_path / "final-save" / "model.safetensors"), load_file(base[0] / "model.safetensors")
+    trained = load_file(tmp_path / "final-save" / "model.safetensors")
+    untouched = load_file(base[0] / "model.safetensors")
     assert any(not np.array_equal(trained[k], untouched[k]) for k in untouched if "q_proj" in k)
 
 

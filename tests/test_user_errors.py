@@ -163,7 +163,9 @@ def test_output_folder_checks(tmp_path, monkeypatch):
     assert blocker.read_text() == "keep me"
 
     _fail_writes(monkeypatch, errno.ENOSPC)
-    with pytest.raises(UserError, match=f"out {tmp_path / 'a'} cannot be written: No space left on device \\(in {tmp_path}\\)"):
+    with pytest.raises(
+        UserError, match=f"out {tmp_path / 'a'} cannot be written: No space left on device \\(in {tmp_path}\\)"
+    ):
         check_output_folder(tmp_path / "a", "out")
     _fail_writes(monkeypatch, errno.EROFS)
     with pytest.raises(UserError, match="cannot be written: Read-only file system"):
@@ -228,7 +230,9 @@ def test_prepare_refuses_an_output_under_a_file(tmp_path, tiny_codec_dir):
     blocker.write_text("x")
     options = PrepareOptions(input=str(tmp_path / "clips"), output=str(blocker / "codec-dataset"))
     codec = CodecSpec(kind="nanocodec", weights=str(tiny_codec_dir), device="cpu")
-    with pytest.raises(UserError, match=f"output folder {blocker / 'codec-dataset'} cannot be created: {blocker} is a file"):
+    with pytest.raises(
+        UserError, match=f"output folder {blocker / 'codec-dataset'} cannot be created: {blocker} is a file"
+    ):
         prepare_dataset(options, codec)
     assert blocker.read_text() == "x"
 
