@@ -405,11 +405,12 @@ def _format_group(ranking: Ranking) -> str:
             row.append(_interval(s.mean, s.low, s.high, 3) if s.measured else "not measured")
         table.append(row)
     widths = [max(len(line[c]) for line in table) for c in range(len(header))]
-    lines = [
+    title = (
         f"Ranking{'' if ranking.speaker is None else f' for speaker {ranking.speaker}'}: "
         f"{len(ranking.models)} models, {ranking.n_sentences} sentences, "
         f"{pct}% bootstrap intervals ({ranking.n_resamples} resamples, seed {ranking.seed})"
-    ]
+    )
+    lines = [title]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in table]
     if ranking.composite_metrics:
         labels = {m.name: m.label for m in ranking.metrics}
@@ -422,7 +423,8 @@ def _format_group(ranking: Ranking) -> str:
         lines.append(f"suggested winner: {ranking.winner}{sure}")
     elif ranking.tied:
         lines.append(
-            "tie: " + ", ".join(ranking.tied) + f" cannot be told apart ({pct}% interval of the composite difference includes 0)"
+            f"tie: {', '.join(ranking.tied)} cannot be told apart "
+            f"(the {pct}% interval of their composite difference includes 0)"
         )
     else:
         lines.append("no winner: no metric is measured for every model and varies")
