@@ -139,3 +139,63 @@ def build_tiny_nanocodec(out_dir: Path | str, seed: int = 0) -> Path:
 
     codec = NanoCodec.from_config(TINY_NANOCODEC_CONFIG, seed=seed, device="cpu")
     return codec.save_pretrained(out_dir)
+
+
+# Whisper's special tokens, in the order its tokenizers number them after the text vocabulary.
+_WHISPER_SPECIALS = [
+    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|fr|>", "<|translate|>", "<|transcribe|>",
+    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
+]
+
+
+def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, str] | None = None) -> Path:
+    """A random two-language Whisper with its processor, as a Hub Whisper snapshot is laid out.
+
+    The text vocabulary is the 256 byte-level symbols without merges, so any string tokenizes;
+    the generation config carries the language and task ids that ``language=`` needs.
+    ``spelling`` is written as the tokenizer's ``normalizer.json`` (the English spelling map).
+    """
+    import json
+
+    import torch
+    from tokenizers import pre_tokenizers
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+
+    out_dir = Path(out_dir)
+    vocab = {symbol: index for index, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for token in _WHISPER_SPECIALS:
+        vocab[token] = len(vocab)
+    ids = {token: vocab[token] for token in _WHISPER_SPECIALS}
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>")
+    features = WhisperFeatureExtractor(feature_size=8, sampling_rate=16000, chunk_length=1, n_fft=64, hop_length=32)
+    WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(str(out_dir))
+    if spelling is not None:
+        (out_dir / "normalizer.json").write_text(json.dumps(spelling))
+    end = ids["<|endoftext|>"]
+    config = WhisperConfig(
+        vocab_size=len(vocab), num_mel_bins=8, d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=250, max_target_positions=32, pad_token_id=end, bos_token_id=end,
+        eos_token_id=end, decoder_start_token_id=ids["<|startoftranscript|>"],
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    generation = model.generation_config
+    generation._from_model_config = False  # else loading rebuilds it from config.json, dropping the ids below
+    settings = dict(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=end, pad_token_id=end,
+        lang_to_id={"<|en|>": ids["<|en|>"], "<|fr|>": ids["<|fr|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True, forced_decoder_ids=None,
+        begin_suppress_tokens=[vocab["Ġ"], end], max_length=12,
+    )
+    for key, value in settings.items():  # setattr: GenerationConfig.update ignores the Whisper-only keys
+        setattr(generation, key, value)
+    model.save_pretrained(str(out_dir))
+    return out_dir

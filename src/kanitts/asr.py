@@ -1,0 +1,143 @@
+"""Speech recognition: what a listener would hear in a clip, as text.
+
+One :class:`Transcriber` serves every part of the project that needs transcripts (the
+intelligibility scores of ``kanitts eval``, and transcribing a dataset's clips). It wraps the
+transformers ``automatic-speech-recognition`` pipeline, so any checkpoint that pipeline runs
+works: Whisper models (the default, ``openai/whisper-large-v3-turbo``, a distilled large-v3
+that is fast and accurate on English and multilingual speech), or CTC models such as wav2vec2.
+
+The model is loaded once; clips are resampled with :func:`kanitts.audio.resample` to the rate
+of the model's feature extractor (16 kHz for Whisper) and transcribed in batches. Device and
+precision follow :mod:`kanitts.runtime`, like every other model in the project.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kanitts.audio import resample, to_mono
+from kanitts.errors import UserError
+from kanitts.files import check_model_weights, is_hub_id
+from kanitts.runtime import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+#: The ASR model used when none is named.
+DEFAULT_ASR_MODEL = "openai/whisper-large-v3-turbo"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _load_config(name: str):
+    """The model's config, or one line saying why there is none (missing, offline, not a model)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as exc:
+        if is_hub_id(name):
+            raise UserError(
+                f"cannot load the ASR model {name!r} from the Hugging Face Hub ({_first_line(exc)}). "
+                "Check the id and your network (HF_HUB_OFFLINE=1 allows only models already in the "
+                "local cache), or pass a local folder"
+            ) from None
+        raise UserError(
+            f"ASR model folder {name}: not a transformers model ({_first_line(exc)}); it needs the "
+            "config.json, weights and processor files that save_pretrained writes"
+        ) from None
+
+
+def _check_is_asr(name: str, config: Any) -> None:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CTC_MAPPING_NAMES,
+        MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", None)
+    if kind not in MODEL_FOR_CTC_MAPPING_NAMES and kind not in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES:
+        raise UserError(
+            f"ASR model {name}: its config.json is a {kind!r} model, not a speech recognition model "
+            "(Whisper, wav2vec2 or another automatic-speech-recognition checkpoint)"
+        )
+
+
+class Transcriber:
+    """An ASR model loaded once, turning batches of (audio, sample_rate) into text.
+
+    ``language`` (``"en"``, ``"english"``, ``"fr"``, ...) is given to models that take one
+    (multilingual Whisper); others (English-only Whisper, CTC models) transcribe in the one
+    language they know. ``spelling`` is the model's English spelling mapping (Whisper tokenizers
+    ship it as ``normalizer.json``; empty for other models), for
+    :func:`kanitts.evaluation.intelligibility.normalize`.
+    """
+
+    def __init__(
+        self,
+        model: str | Path = DEFAULT_ASR_MODEL,
+        *,
+        language: str | None = "en",
+        device: object = None,
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 8,
+    ):
+        from transformers import pipeline
+
+        name = str(model)
+        if not is_hub_id(name) and not Path(name).expanduser().is_dir():
+            raise UserError(f"ASR model {name}: no such folder (nor a Hub id owner/name)")
+        if batch_size < 1:
+            raise UserError(f"ASR batch size must be at least 1, got {batch_size}")
+        config = _load_config(name)
+        _check_is_asr(name, config)
+        check_model_weights(name, f"ASR model {name}")
+        self.name = name
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        try:
+            self.pipe = pipeline("automatic-speech-recognition", model=name, device=self.device, dtype=self.dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot load the ASR model {name!r}: {_first_line(exc)}") from None
+        tokenizer = self.pipe.tokenizer
+        if tokenizer is not None and tokenizer.pad_token_id is None:
+            # Batching pads the generated ids; Whisper-style tokenizers without a pad token pad
+            # with their end-of-text token, which decoding drops as it does any special token.
+            tokenizer.pad_token = tokenizer.eos_token
+        self.sample_rate = int(self.pipe.feature_extractor.sampling_rate)
+        self.spelling: dict[str, str] = dict(getattr(tokenizer, "english_spelling_normalizer", None) or {})
+        self.language = language
+        self._generate_kwargs = self._language_kwargs(language)
+
+    def _language_kwargs(self, language: str | None) -> dict[str, str]:
+        """``language`` for generate where the model is multilingual Whisper, else nothing."""
+        generation = getattr(self.pipe.model, "generation_config", None)
+        if language is None or generation is None or not hasattr(generation, "lang_to_id"):
+            return {}
+        if getattr(generation, "is_multilingual", True) is False:
+            return {}
+        return {"language": language, "task": "transcribe"}
+
+    def transcribe(self, clips: Sequence[tuple[np.ndarray, int]]) -> list[str]:
+        """One transcript per ``(audio, sample_rate)`` clip, in order; an empty clip is ``""``.
+
+        Audio is mono or ``(T, C)`` float; it is made mono and resampled to :attr:`sample_rate`.
+        """
+        waves = [resample(to_mono(np.asarray(audio, dtype=np.float32)), int(rate), self.sample_rate)
+                 for audio, rate in clips]
+        spoken = [index for index, wave in enumerate(waves) if wave.size > 0]
+        texts = [""] * len(waves)
+        if not spoken:
+            return texts
+        options: dict[str, Any] = {"generate_kwargs": dict(self._generate_kwargs)} if self._generate_kwargs else {}
+        outputs = self.pipe([waves[index] for index in spoken], batch_size=self.batch_size, **options)
+        for index, output in zip(spoken, outputs, strict=True):
+            texts[index] = str(output["text"]).strip()
+        return texts
