@@ -196,14 +196,38 @@ class WavLMXVectorEmbedder:
         return np.pad(wave, (0, shortest - len(wave))) if len(wave) < shortest else wave
 
     def _run(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """The x-vector of each wave, pooled over its own frames only.
+
+        ``WavLMForXVector.forward`` pools a padded batch over lengths that ignore the TDNN
+        dilations (transformers 5.x), so a padded clip's statistics took in frames computed from
+        the padding, and batched unit vectors differed from single ones by 0.004-0.03 on a small
+        model. This runs the model's own modules in its order and pools over the frames the
+        dilated TDNN really leaves (``n - dilation * (kernel - 1)`` per layer).
+        """
         import torch
 
         inputs = self.features(waves, sampling_rate=self.sample_rate, padding=True, return_attention_mask=True,
                                return_tensors="pt")
-        device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            embeddings = self.model(input_values=inputs["input_values"].to(device),
-                                    attention_mask=inputs["attention_mask"].to(device)).embeddings
+        model, config = self.model, self.model.config
+        device = next(model.parameters()).device
+        mask = inputs["attention_mask"].to(device)
+        with torch.no_grad():
+            outputs = model.wavlm(inputs["input_values"].to(device), attention_mask=mask,
+                                  output_hidden_states=config.use_weighted_layer_sum)
+            if config.use_weighted_layer_sum:
+                weights = torch.softmax(model.layer_weights, dim=-1).view(-1, 1, 1, 1)
+                hidden = (torch.stack(outputs.hidden_states, dim=0) * weights).sum(dim=0)
+            else:
+                hidden = outputs.last_hidden_state
+            hidden = model.projector(hidden)
+            for layer in model.tdnn:
+                hidden = layer(hidden)
+            lengths = model._get_feat_extract_output_lengths(mask.sum(dim=1))
+            for kernel, dilation in zip(config.tdnn_kernel, config.tdnn_dilation):
+                lengths = lengths - dilation * (kernel - 1)
+            stats = torch.stack([torch.cat([hidden[i, :n].mean(dim=0), hidden[i, :n].std(dim=0)])
+                                 for i, n in enumerate(lengths.tolist())])
+            embeddings = model.feature_extractor(stats)
         embeddings = torch.nn.functional.normalize(embeddings.float(), dim=-1)
         return list(embeddings.cpu().numpy().astype(np.float32))
 
