@@ -64,8 +64,10 @@ class SpeakerSimilarity(Strict):
     """Reference recordings per speaker prefix, for the speaker-similarity metric."""
 
     references: dict[Text, list[Text]] = {}
-    # A name from kanitts.evaluation.speaker (`mfcc-stats` works offline with no weights;
-    # `kanade:<folder or Hub id>` uses the Kanade tokenizer's global embedding).
+    # A name from kanitts.evaluation.speaker: `mfcc-stats` (a proxy that works offline with no
+    # weights, so the demo and CI run), `wavlm-xvector[:<folder or Hub id>]` (a real
+    # speaker-verification x-vector; recommended), `auto` (that one when it is cached, else the
+    # proxy, with a note), `kanade:<folder or Hub id>` (the Kanade tokenizer's global embedding).
     embedder: Text = "mfcc-stats"
 
 
