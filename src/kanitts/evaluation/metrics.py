@@ -44,6 +44,8 @@ METRIC_LABELS: dict[str, str] = {
     "peak_dbfs": "peak (dBFS)",
     "truncated": "truncated",
     "speaker_similarity": "speaker similarity",
+    "wer": "WER",
+    "cer": "CER",
 }
 
 

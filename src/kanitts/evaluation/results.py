@@ -22,7 +22,7 @@ DATASET_DIR = "eval_dataset"
 CSV_COLUMNS = [
     "experiment_id", "sentence_id", "take", "sentence", "audio", "truncated", "problems",
     "duration_sec", "chars_per_sec", "leading_silence_sec", "trailing_silence_sec",
-    "clipping_fraction", "peak_dbfs", "speaker_similarity", "train_configuration",
+    "clipping_fraction", "peak_dbfs", "speaker_similarity", "wer", "cer", "transcript", "train_configuration",
 ]
 # The keys of eval_results.json its readers rely on, with their JSON types.
 _RESULT_KEYS = {"generation": dict, "models": list, "sentences": list, "rows": list, "failures": list}

@@ -32,11 +32,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from kanitts.asr import Transcriber
 from kanitts.audio import load_audio, to_mono, write_wav
 from kanitts.codecs import load_codec
 from kanitts.config import ConfigSet, EvalSentence
 from kanitts.errors import UserError
+from kanitts.evaluation.intelligibility import intelligibility
 from kanitts.evaluation.metrics import measure
+from kanitts.evaluation.ranking import DEFAULT_METRICS, Sample, format_ranking, rank_models
 from kanitts.evaluation.results import loss_history, slugify, write_results, write_text
 from kanitts.evaluation.speaker import SpeakerSimilarity, load_embedder
 from kanitts.files import check_output_folder
@@ -91,26 +94,30 @@ class EvalSummary:
     hub_url: str | None = None
     upload_error: str | None = None
     seconds: float = 0.0
+    ranking_text: str = ""
 
     @property
     def succeeded(self) -> bool:
         return bool(self.rows) and not self.failures and not self.upload_error
 
     def per_model(self) -> list[str]:
-        """One line per model: samples, truncated, mean duration and speaker similarity."""
+        """One line per model: samples, truncated, mean duration, speaker similarity and WER."""
         lines = []
         for model in dict.fromkeys(r["experiment_id"] for r in self.rows):
             mine = [r for r in self.rows if r["experiment_id"] == model]
             sims = [r["speaker_similarity"] for r in mine if r["speaker_similarity"] is not None]
             line = (f"  {model}: {len(mine)} samples, {sum(r['truncated'] for r in mine)} truncated, "
                     f"mean {sum(r['duration_sec'] for r in mine) / len(mine):.2f} s")
-            lines.append(line + (f", speaker similarity {sum(sims) / len(sims):.3f}" if sims else ""))
+            line += f", speaker similarity {sum(sims) / len(sims):.3f}" if sims else ""
+            wers = [r["wer"] for r in mine if r.get("wer") is not None]
+            lines.append(line + (f", WER {sum(wers) / len(wers):.3f}" if wers else ""))
         return lines
 
     def describe(self) -> str:
         lines = [
             f"{len(self.rows)} samples ({self.generated} generated, {self.reused} reused) in {self.seconds:.1f} s",
             *self.per_model(),
+            *([self.ranking_text] if self.ranking_text else []),
             f"results: {self.csv_path}",
             f"dataset: {self.dataset_dir}",
         ]
@@ -247,6 +254,7 @@ def run_eval(
     outputs = _Outputs(audio_dir, takes)
     similarity = _speaker_similarity(configs)
     device = resolve_device(device or configs.inference.model.device_map)
+    transcriber = _transcriber(configs, device)  # before generating: a wrong model id costs nothing
     codec = None
     load_errors: dict[str, str] = {}
 
@@ -296,8 +304,18 @@ def run_eval(
             release_memory()
     bar.close()
 
-    rows = _rows(targets, sentences, sidecars, outputs, similarity)
-    summary = _write_results(configs, targets, sentences, rows, failures, audio_dir, load_errors)
+    language = eval_cfg.intelligibility.language if eval_cfg.intelligibility else None
+    rows = _rows(targets, sentences, sidecars, outputs, similarity, transcriber, language)
+    del transcriber
+    release_memory()
+    measures = {
+        "speaker_similarity": ({"embedder": similarity.label, "note": similarity.note} if similarity else None),
+        "intelligibility": (eval_cfg.intelligibility.model_dump() if eval_cfg.intelligibility else None),
+    }
+    ranking, ranking_text = _ranking(rows, sentences)
+    summary = _write_results(configs, targets, sentences, rows, failures, audio_dir, load_errors,
+                             measures, ranking)
+    summary.ranking_text = ranking_text
     summary.generated, summary.reused = generated, reused
     summary.seconds = time.perf_counter() - started
     return summary
@@ -332,36 +350,97 @@ def _speaker_similarity(configs: ConfigSet):
     return SpeakerSimilarity(load_embedder(settings.embedder), settings.references)
 
 
-def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity) -> list[dict[str, Any]]:
-    """One row per sample that exists, model-major, metrics measured from the WAV files."""
+def _transcriber(configs: ConfigSet, device) -> Transcriber | None:
+    """The ASR model of ``intelligibility:``, loaded once per run; None when not configured."""
+    settings = configs.eval.intelligibility
+    if settings is None:
+        return None
+    try:
+        return Transcriber(settings.model, language=settings.language, device=device,
+                           batch_size=settings.batch_size)
+    except UserError as exc:
+        raise UserError(f"eval_config.yaml: intelligibility.model: {exc}") from None
+
+
+def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity, transcriber: Transcriber | None,
+          language: str | None) -> list[dict[str, Any]]:
+    """One row per sample that exists, model-major, metrics measured from the WAV files.
+
+    Speaker similarity and transcripts are computed per model in batches (one model's samples
+    at a time, so memory stays bounded by the largest model's sample set).
+    """
     rows = []
     for target in targets:
         config_json = json.dumps(target.train_configuration, sort_keys=True)
+        clips = []
         for sentence in sentences:
             for data in sidecars.get((target.experiment_id, sentence.sentence_id), []):
                 wav = outputs.wav(target, sentence, data["take"])
                 samples, rate = load_audio(wav)
-                audio = to_mono(samples)
-                metrics = measure(audio, rate, len(sentence.spoken_text), data["truncated"])
-                rows.append({
-                    "experiment_id": target.experiment_id,
-                    "train_configuration": config_json,
-                    "sentence_id": sentence.sentence_id,
-                    "sentence": sentence.text,
-                    "take": data["take"],
-                    "audio": wav.relative_to(outputs.audio_dir).as_posix(),
-                    "sample_rate": rate,
-                    "problems": "; ".join(data["problems"]),
-                    **metrics.as_dict(),
-                    "speaker_similarity": similarity.score(audio, rate, sentence.speaker) if similarity else None,
-                })
+                clips.append((sentence, data, wav, to_mono(samples), rate))
+        if not clips:
+            continue
+        sims = (similarity.score_batch([(audio, rate, s.speaker) for s, _, _, audio, rate in clips])
+                if similarity else [None] * len(clips))
+        heard = (transcriber.transcribe([(audio, rate) for _, _, _, audio, rate in clips])
+                 if transcriber else [None] * len(clips))
+        for (sentence, data, wav, audio, rate), sim, transcript in zip(clips, sims, heard, strict=True):
+            metrics = measure(audio, rate, len(sentence.spoken_text), data["truncated"])
+            scores = {"wer": None, "cer": None, "transcript": None}
+            if transcript is not None:
+                measured = intelligibility(sentence.spoken_text, transcript, language, transcriber.spelling)
+                scores = {key: measured[key] for key in scores}
+            rows.append({
+                "experiment_id": target.experiment_id,
+                "train_configuration": config_json,
+                "sentence_id": sentence.sentence_id,
+                "sentence": sentence.text,
+                "take": data["take"],
+                "audio": wav.relative_to(outputs.audio_dir).as_posix(),
+                "sample_rate": rate,
+                "problems": "; ".join(data["problems"]),
+                **metrics.as_dict(),
+                "speaker_similarity": sim,
+                **scores,
+            })
     return rows
 
 
+def _ranking(rows: list[dict[str, Any]], sentences: list[EvalSentence]) -> tuple[dict[str, Any] | None, str]:
+    """The ranking of the models over the samples (as a dict and as text), or why there is none.
+
+    Takes of one sentence are averaged first: the bootstrap resamples sentences, and a sentence
+    counts once per model whatever ``num_return_sequences`` is.
+    """
+    models = list(dict.fromkeys(r["experiment_id"] for r in rows))
+    if len(models) < 2:
+        return None, f"ranking: not computed (only {len(models)} model has samples; it needs two or more)"
+    names = [spec.name for spec in DEFAULT_METRICS]
+    speaker_of = {s.sentence_id: s.speaker for s in sentences}
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault((row["experiment_id"], row["sentence_id"]), []).append(row)
+    samples = []
+    for (model, sentence_id), takes in grouped.items():
+        values = {}
+        for name in names:
+            numbers = [float(t[name]) for t in takes if t.get(name) is not None]
+            values[name] = sum(numbers) / len(numbers) if numbers else None
+        samples.append(Sample(model=model, sentence=sentence_id, speaker=speaker_of.get(sentence_id), values=values))
+    if not any(v is not None for s in samples for v in s.values.values()):
+        return None, "ranking: not computed (no metric was measured)"
+    ranking = rank_models(samples)
+    if not ranking.composite_metrics:
+        return ranking.as_dict(), "ranking: no metric separates the models\n" + format_ranking(ranking)
+    return ranking.as_dict(), format_ranking(ranking)
+
+
 def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path,
-                   load_errors: dict[str, str]) -> EvalSummary:
+                   load_errors: dict[str, str], measures: dict[str, Any],
+                   ranking: dict[str, Any] | None) -> EvalSummary:
     results = {
         "audio_dir": str(audio_dir),
+        **measures,
         "generation": configs.inference.generation.model_dump(),
         "models": [
             {
@@ -377,6 +456,7 @@ def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path,
         "sentences": [{"sentence_id": s.sentence_id, "sentence": s.text} for s in sentences],
         "rows": rows,
         "failures": failures,
+        "ranking": ranking,
     }
     json_path, csv_path, dataset_dir = write_results(results, audio_dir)
     return EvalSummary(rows=rows, failures=failures, generated=0, reused=0, results_json=json_path,

@@ -1,4 +1,4 @@
-"""eval_config.yaml: where eval writes, whether it uploads, and speaker-similarity references."""
+"""eval_config.yaml: where eval writes, whether it uploads, speaker-similarity references, ASR."""
 
 from __future__ import annotations
 
@@ -71,11 +71,24 @@ class SpeakerSimilarity(Strict):
     embedder: Text = "mfcc-stats"
 
 
+class Intelligibility(Strict):
+    """The ASR model that transcribes every sample for WER and CER (kanitts.asr.Transcriber).
+
+    The section is optional: without it WER and CER are not measured, so the offline demo and
+    CI need no ASR weights.
+    """
+
+    model: Text = "openai/whisper-large-v3-turbo"  # a Hub id or a local folder
+    language: Text = "en"
+    batch_size: PositiveInt = 8
+
+
 class EvalConfig(Strict):
     paths: EvalPaths = EvalPaths()
     huggingface: EvalHub = EvalHub()
     processing: EvalProcessing = EvalProcessing()
     speaker_similarity: SpeakerSimilarity | None = None
+    intelligibility: Intelligibility | None = None
 
     @property
     def notes(self) -> list[str]:
