@@ -23,7 +23,7 @@ def test_without_intelligibility_wer_cer_and_transcript_are_not_measured(project
     summary = run_eval(eval_configs(project_copy))
     assert summary.rows and all(r["wer"] is None and r["cer"] is None and r["transcript"] is None
                                 for r in summary.rows)
-    results = json.loads(summary.results_json.read_text())
+    results = json.loads(summary.results_json.read_text(), parse_constant=pytest.fail)  # no NaN
     assert results["intelligibility"] is None
     assert results["speaker_similarity"] == {"embedder": "proxy (MFCC statistics)", "note": None}
     # Three models, truncation and speaker similarity measured: a ranking, also in the summary.
@@ -31,6 +31,8 @@ def test_without_intelligibility_wer_cer_and_transcript_are_not_measured(project
     assert {m["model"] for m in ranking["models"]} == {"base", "exp-a", "exp-b"}
     assert ranking["models"][0]["metrics"]["wer"] == {"not_measured": True}
     assert "speaker_similarity" in ranking["composite_metrics"]
+    # Resamples of only the sentence without a speaker have no composite: P(best) skips them.
+    assert sum(m["p_best"] for m in ranking["models"]) == pytest.approx(1.0)
     assert summary.ranking_text and summary.ranking_text in summary.describe()
 
 

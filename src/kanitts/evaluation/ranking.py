@@ -316,7 +316,11 @@ def _rank_group(
             )
         low, high = result.confidence_interval.low, result.confidence_interval.high
         if in_composite:
-            p_best = result.bootstrap_distribution[n_models * n_metrics + n_models : -n_models].mean(axis=1)
+            # A resample can hold only sentences where some composite metric has no value (a
+            # speaker without references): no model is best there, so it does not count.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p_best = np.nanmean(result.bootstrap_distribution[n_models * n_metrics + n_models : -n_models], axis=1)
 
     def ci(block: int, i: int) -> tuple[float | None, float | None]:
         if low is None:
@@ -339,7 +343,7 @@ def _rank_group(
         if in_composite:
             entry.composite = _float(point_comp[mi])
             entry.composite_low, entry.composite_high = ci(base_comp, mi)
-            entry.p_best = None if p_best is None else float(p_best[mi])
+            entry.p_best = None if p_best is None else _float(p_best[mi])
             if mi != leader:
                 entry.gap = _float(point_comp[leader] - point_comp[mi])
                 entry.gap_low, entry.gap_high = ci(base_gap, mi)
