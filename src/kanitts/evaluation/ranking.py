@@ -411,7 +411,7 @@ def _format_group(ranking: Ranking) -> str:
     widths = [max(len(line[c]) for line in table) for c in range(len(header))]
     title = (
         f"Ranking{'' if ranking.speaker is None else f' for speaker {ranking.speaker}'}: "
-        f"{len(ranking.models)} models, {ranking.n_sentences} sentences, "
+        f"{len(ranking.models)} models, {ranking.n_sentences} sentence{'' if ranking.n_sentences == 1 else 's'}, "
         f"{pct}% bootstrap intervals ({ranking.n_resamples} resamples, seed {ranking.seed})"
     )
     lines = [title]
