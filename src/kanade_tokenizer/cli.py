@@ -31,7 +31,12 @@ def _add_model_options(parser: argparse.ArgumentParser, vocoder: bool = True) ->
     if vocoder:
         g.add_argument(
             "--vocoder", default=None,
-            help="vocoder Hub id or local folder (default: the model's vocoder, charactr/vocos-mel-24khz)",
+            help="vocoder Hub id, local folder or hift.pt file (default: the model's vocoder: "
+                 "charactr/vocos-mel-24khz, or for 25hz_clean HiFT from the model folder's hift.pt)",
+        )
+        g.add_argument(
+            "--seed", type=int, default=None,
+            help="seed the noise of a stochastic vocoder (HiFT) so the same seed gives the same audio",
         )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
@@ -85,7 +90,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
     return decode.run(
         tokens=args.tokens, output=args.output, model=args.model, weights=args.weights, vocoder=args.vocoder,
-        device=args.device, reference=args.reference, progress=not args.no_progress,
+        device=args.device, reference=args.reference, progress=not args.no_progress, seed=args.seed,
     )
 
 
@@ -94,7 +99,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     return convert.run(
         source=args.source, reference=args.reference, output=args.output, model=args.model,
-        weights=args.weights, vocoder=args.vocoder, device=args.device,
+        weights=args.weights, vocoder=args.vocoder, device=args.device, seed=args.seed,
     )
 
 

@@ -126,6 +126,9 @@ class KanadeModel(PretrainedMixin, nn.Module):
         self.mel_conv_upsample = nn.ConvTranspose1d(c, c, u, stride=u) if u > 1 else None
         #: the component sections of the config the model was built from (for to_config_dict)
         self.config_sections: dict[str, dict[str, Any]] = {}
+        #: the folder ``from_pretrained`` read the weights from (None when built from a config);
+        #: ``load_vocoder_for`` looks there for the vocoder's weights (``hift.pt``) first
+        self.checkpoint_folder: os.PathLike | None = None
 
     # --- construction -------------------------------------------------------------------------
 

@@ -210,6 +210,8 @@ class PretrainedMixin:
             state = {k: v for k, v in state.items() if not k.startswith("ssl_feature_extractor.")}
         model.load_weights(state, strict=strict, source=str(weights_file))
         model.to(map_location)
+        # where a vocoder file that belongs to the checkpoint (hift.pt) is looked for first
+        model.checkpoint_folder = Path(weights_file).parent
         return model.eval()
 
     def weights_to_save(self, include_modules: Iterable[str] = ()) -> dict[str, Tensor]:

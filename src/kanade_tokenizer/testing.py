@@ -4,6 +4,10 @@
 Kanade modules; the data flow, rates and token vocabulary (12,800) are the real ones, so a tiny
 model encodes 24 kHz audio into 25 Hz tokens and decodes 100-bin-style mels (16 bins here) fast
 on a CPU.
+
+``tiny_clean_config()`` is the same model in the ``25hz_clean`` style (BigVGAN-style mel, hop 480,
+``vocoder_name: hift``) and ``build_tiny_hift()`` a HiFT vocoder for its 16-bin mels: the real
+upsampling rates and iSTFT (so 480 samples per frame), with 16 channels and one resblock per stage.
 """
 
 from __future__ import annotations
@@ -106,13 +110,45 @@ _TINY = {
 }
 
 
+TINY_HIFT = {
+    "n_mels": 16,
+    "base_channels": 16,
+    "nb_harmonics": 2,
+    "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1]],
+    "source_resblock_kernel_sizes": [3, 3, 3],
+    "source_resblock_dilation_sizes": [[1], [1], [1]],
+    "f0_predictor_channels": 16,
+}
+
+
 def tiny_config() -> dict[str, Any]:
     """A fresh copy of the tiny config (released config.yaml layout)."""
     return copy.deepcopy(_TINY)
 
 
+def tiny_clean_config() -> dict[str, Any]:
+    """The tiny config in the ``25hz_clean`` style: 16-bin BigVGAN-style mels at hop 480 (50 Hz,
+    twice the token rate), decoded by the HiFT vocoder."""
+    config = tiny_config()
+    config["model"]["init_args"]["config"].update(
+        mel_upsample_factor=2, n_fft=1920, hop_length=480, padding="same", mel_fmin=0, mel_fmax=8000,
+        bigvgan_style_mel=True, vocoder_name="hift",
+    )
+    return config
+
+
+def build_tiny_hift(seed: int = 0):
+    """A tiny ``HiFTGenerator`` (for 16-bin mels, hop 480) in eval mode with deterministic random weights."""
+    from .vocoders.hift import HiFTConfig, HiFTGenerator
+
+    torch.manual_seed(seed)
+    return HiFTGenerator(HiFTConfig(**copy.deepcopy(TINY_HIFT))).eval()
+
+
 def build_tiny_model(seed: int = 0, **from_config_kwargs):
-    """A tiny ``KanadeModel`` in eval mode with deterministic random weights.
+    """A tiny ``KanadeModel`` in eval mode with deterministic random weights (``config=`` another
+    config such as ``tiny_clean_config()``; the rest goes to ``from_config``).
 
     AdaLN-Zero projections start at zero (the global embedding would have no effect); they get
     small random values here so every module influences the output.
@@ -120,7 +156,7 @@ def build_tiny_model(seed: int = 0, **from_config_kwargs):
     from .model import KanadeModel
 
     torch.manual_seed(seed)
-    model = KanadeModel.from_config(tiny_config(), **from_config_kwargs)
+    model = KanadeModel.from_config(from_config_kwargs.pop("config", None) or tiny_config(), **from_config_kwargs)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():

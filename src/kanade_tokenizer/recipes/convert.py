@@ -14,8 +14,9 @@ from kanade_tokenizer.vocoders import load_vocoder_for, mel_to_audio
 
 
 def convert_voice(model, vocoder, source: str | os.PathLike[str], reference: str | os.PathLike[str],
-                  output: str | os.PathLike[str]) -> Path:
-    """Speak ``source``'s content in ``reference``'s voice; writes ``output`` (same length as the source)."""
+                  output: str | os.PathLike[str], seed: int | None = None) -> Path:
+    """Speak ``source``'s content in ``reference``'s voice; writes ``output`` (same length as the
+    source). ``seed`` makes a stochastic vocoder (HiFT) deterministic."""
     sr = common.model_sample_rate(model)
     pairs = common.read_audio_headers([common.AudioInput(Path(p), Path(output)) for p in (source, reference)])
     common.check_long_enough(pairs[:1], model, sr)  # the reference only gives a voice: any length does
@@ -24,12 +25,13 @@ def convert_voice(model, vocoder, source: str | os.PathLike[str], reference: str
     ref = load_audio(reference, sample_rate=sr).to(device)
     with torch.inference_mode():
         mel = model.voice_conversion(src, ref)
-    audio = mel_to_audio(vocoder, mel, src.numel())
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    audio = mel_to_audio(vocoder, mel, src.numel(), generator=generator)
     return save_audio(output, audio, sr)
 
 
 def run(*, source: str, reference: str, output: str, model: str, weights: str | None = None,
-        vocoder: str | None = None, device: str | None = None) -> int:
+        vocoder: str | None = None, device: str | None = None, seed: int | None = None) -> int:
     """The job: check both audio files, load model and vocoder, convert, write ``output``."""
     for path in (source, reference):
         if not Path(path).is_file():
@@ -38,5 +40,5 @@ def run(*, source: str, reference: str, output: str, model: str, weights: str | 
     device = device or common.default_device()
     loaded = common.load_model(model, weights, device=device)
     voc = load_vocoder_for(loaded, vocoder, device=device)
-    print(f"wrote {convert_voice(loaded, voc, source, reference, output)}")
+    print(f"wrote {convert_voice(loaded, voc, source, reference, output, seed=seed)}")
     return 0

@@ -35,14 +35,16 @@ class DecodeSummary:
 
 def decode_files(model, vocoder, token_files: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
                  reference: str | os.PathLike[str] | None = None, progress: bool = True,
-                 model_name: str = "") -> DecodeSummary:
+                 model_name: str = "", seed: int | None = None) -> DecodeSummary:
     """Token files -> mel (model.decode) -> waveform (vocoder) -> audio files.
 
     With one token file and an ``output`` that ends in an audio suffix, that file is written;
     otherwise ``output`` is a folder and each input ``x.safetensors`` becomes ``output/x.wav``.
     ``reference`` (a token file or an audio file) replaces every file's global embedding, i.e.
     speaks the content in the reference's voice. Every file is checked against the model
-    (:func:`check_tokens_match`) before the first one is decoded.
+    (:func:`check_tokens_match`) before the first one is decoded. ``seed`` makes a stochastic
+    vocoder (HiFT) deterministic: each file is vocoded with a generator seeded with it, so a file's
+    audio does not depend on the other files.
     """
     output = Path(output)
     token_files = [Path(t) for t in token_files]
@@ -73,7 +75,8 @@ def decode_files(model, vocoder, token_files: Sequence[str | os.PathLike[str]], 
                 kwargs["content_token_indices"] = tokens.content_token_indices.to(device)
             with torch.inference_mode():
                 mel = model.decode(**kwargs)
-            audio = mel_to_audio(vocoder, mel, tokens.num_samples)
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            audio = mel_to_audio(vocoder, mel, tokens.num_samples, generator=generator)
             save_audio(dst, audio, sr)
             summary.files += 1
             summary.audio_seconds += audio.numel() / sr
@@ -86,13 +89,15 @@ def decode_files(model, vocoder, token_files: Sequence[str | os.PathLike[str]], 
 
 
 def run(*, tokens: Sequence[str], output: str, model: str, weights: str | None = None, vocoder: str | None = None,
-        device: str | None = None, reference: str | None = None, progress: bool = True) -> int:
+        device: str | None = None, reference: str | None = None, progress: bool = True,
+        seed: int | None = None) -> int:
     """The job: check the token files, load model and vocoder, decode, print the summary."""
     for path in tokens:
         load_tokens(path)
     device = device or common.default_device()
     loaded = common.load_model(model, weights, device=device)
     voc = load_vocoder_for(loaded, vocoder, device=device)
-    summary = decode_files(loaded, voc, tokens, output, reference=reference, progress=progress, model_name=model)
+    summary = decode_files(loaded, voc, tokens, output, reference=reference, progress=progress, model_name=model,
+                           seed=seed)
     print(f"{summary} -> {output}")
     return 0

@@ -2,10 +2,11 @@
 
 ``load_vocoder()`` gives the Vocos vocoder the 12.5 Hz and 25 Hz models were trained for
 (``charactr/vocos-mel-24khz``), from the Hugging Face Hub or from a local folder in the same
-layout (config.yaml + pytorch_model.bin or model.safetensors). ``vocode(vocoder, mel)`` runs it.
-
-The HiFT vocoder of the 25 Hz "clean" model is not part of this package: ``load_vocoder("hift")``
-says so instead of failing later.
+layout (config.yaml + pytorch_model.bin or model.safetensors); ``load_vocoder("hift")`` (or a
+``hift.pt`` file, or a folder holding one) gives the HiFT vocoder of the 25 Hz "clean" model
+(:mod:`~kanade_tokenizer.vocoders.hift`). ``load_vocoder_for(model)`` picks the one the model's
+config names, looking for ``hift.pt`` in the model's checkpoint folder first.
+``vocode(vocoder, mel, generator=None)`` runs it; the generator seeds HiFT's noise source.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kanade_tokenizer.vocoders.hift import WEIGHTS_NAME as HIFT_WEIGHTS_NAME
+from kanade_tokenizer.vocoders.hift import HiFTConfig, HiFTGenerator, load_hift
 from kanade_tokenizer.vocoders.vocos import (
     CONFIG_NAME,
     Vocos,
@@ -43,16 +46,16 @@ def load_vocoder(
     Args:
         name: a Hub repo id (default ``charactr/vocos-mel-24khz``), the alias ``"vocos"``, or a
             local folder holding Vocos's ``config.yaml`` and ``pytorch_model.bin`` (or
-            ``model.safetensors``). Local folders never touch the network.
+            ``model.safetensors``); for HiFT: ``"hift"`` (the released ``hift.pt`` of
+            ``FunAudioLLM/CosyVoice2-0.5B``), a ``.pt`` file, or a folder holding ``hift.pt``.
+            Local files and folders never touch the network.
         revision: Hub revision (branch, tag or commit) for repo ids.
         device: where to put the model (default: CPU).
     """
     name = os.fspath(name)
-    if name.lower() == "hift":
-        raise VocoderLoadError(
-            "the HiFT vocoder (for the kanade-25hz-clean model) is not available in this package; "
-            "use a Vocos-style model (kanade-12.5hz / kanade-25hz) with load_vocoder('vocos')"
-        )
+    path = Path(name).expanduser()
+    if name.lower() == "hift" or (path.is_file() and path.suffix == ".pt") or (path / HIFT_WEIGHTS_NAME).is_file():
+        return load_hift(name, revision=revision, device=device)
     name = _ALIASES.get(name.lower(), name)
     path = Path(name).expanduser()
     if path.is_dir():
@@ -68,14 +71,17 @@ def load_vocoder(
     return model.eval()
 
 
-def vocode(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
+def vocode(vocoder: nn.Module, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mel spectrogram -> waveform.
 
     ``mel`` is ``(n_mels, frames)``, ``(batch, n_mels, frames)`` or has more leading
     dimensions; the output has the same leading dimensions followed by ``samples``. The mel is
     cast to the vocoder's dtype (float32 unless you cast the vocoder) and moved to its
     device; the waveform is float32. For the default Vocos (center padding)
-    the waveform has ``hop · (frames - 1)`` samples.
+    the waveform has ``hop · (frames - 1)`` samples, for HiFT ``480 · frames``.
+
+    ``generator`` seeds the noise of a stochastic vocoder (HiFT), so the same seed gives the same
+    audio; Vocos is deterministic and does not take one.
     """
     if mel.dim() < 2:
         raise ValueError(f"expected a mel of shape (..., n_mels, frames), got {tuple(mel.shape)}")
@@ -87,7 +93,9 @@ def vocode(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
     else:
         x = x.float()
     with torch.inference_mode():
-        if hasattr(vocoder, "decode"):
+        if isinstance(vocoder, HiFTGenerator):
+            audio = vocoder.decode(x, generator=generator)
+        elif hasattr(vocoder, "decode"):
             audio = vocoder.decode(x)
         elif hasattr(vocoder, "inference"):
             audio = vocoder.inference(x)
@@ -101,24 +109,36 @@ def vocode(vocoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
 
 def load_vocoder_for(model, name: str | None = None, device: str | torch.device | None = None):
     """The vocoder ``name``, or the one the model's config names (``vocoder_name``); checks that
-    its number of mel bins matches the model's."""
+    its mel bins and hop match the model's.
+
+    For ``hift`` the model's checkpoint folder (``model.checkpoint_folder``, set by
+    ``from_pretrained``) is searched for ``hift.pt`` before the Hub.
+    """
     config = getattr(model, "config", None)
     if name is None:
         name = getattr(config, "vocoder_name", None) or "vocos"
-    vocoder = load_vocoder(name, device=device)
-    want = getattr(config, "n_mels", None)
-    have = getattr(getattr(vocoder, "config", None), "n_mels", None)
-    if want is not None and have is not None and int(want) != int(have):
-        raise VocoderLoadError(
-            f"the vocoder {name!r} takes {have}-bin mels but the model makes {want}-bin mels; "
-            "pass a matching --vocoder"
-        )
+    if os.fspath(name).lower() == "hift":
+        vocoder = load_hift(None, model_folder=getattr(model, "checkpoint_folder", None), device=device)
+    else:
+        vocoder = load_vocoder(name, device=device)
+    vocoder_config = getattr(vocoder, "config", None)
+    for what, want, have in (
+        ("mel bins", getattr(config, "n_mels", None), getattr(vocoder_config, "n_mels", None)),
+        ("hop length", getattr(config, "hop_length", None), getattr(vocoder, "hop_length", None)),
+    ):
+        if want is not None and have is not None and int(want) != int(have):
+            raise VocoderLoadError(
+                f"the vocoder {os.fspath(name)!r} has {what} {have} but the model's mels have {want}; "
+                "pass a matching --vocoder"
+            )
     return vocoder
 
 
-def mel_to_audio(vocoder, mel: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
-    """Vocode one ``(n_mels, T)`` mel to ``(samples,)`` audio, trimmed or zero-padded to ``num_samples``."""
-    audio = vocode(vocoder, mel.unsqueeze(0))[0].float().cpu()
+def mel_to_audio(vocoder, mel: torch.Tensor, num_samples: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Vocode one ``(n_mels, T)`` mel to ``(samples,)`` audio, trimmed or zero-padded to
+    ``num_samples``; ``generator`` as in :func:`vocode`."""
+    audio = vocode(vocoder, mel.unsqueeze(0), generator=generator)[0].float().cpu()
     if num_samples is not None:
         if audio.numel() >= num_samples:
             audio = audio[:num_samples]
@@ -129,9 +149,12 @@ def mel_to_audio(vocoder, mel: torch.Tensor, num_samples: int | None = None) -> 
 
 __all__ = [
     "DEFAULT_VOCODER",
+    "HiFTConfig",
+    "HiFTGenerator",
     "Vocos",
     "VocosConfig",
     "VocoderLoadError",
+    "load_hift",
     "load_vocoder",
     "load_vocoder_for",
     "mel_to_audio",
