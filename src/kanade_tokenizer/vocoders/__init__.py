@@ -121,16 +121,15 @@ def load_vocoder_for(model, name: str | None = None, device: str | torch.device 
         vocoder = load_hift(None, model_folder=getattr(model, "checkpoint_folder", None), device=device)
     else:
         vocoder = load_vocoder(name, device=device)
-    vocoder_config = getattr(vocoder, "config", None)
-    for what, want, have in (
-        ("mel bins", getattr(config, "n_mels", None), getattr(vocoder_config, "n_mels", None)),
-        ("hop length", getattr(config, "hop_length", None), getattr(vocoder, "hop_length", None)),
-    ):
-        if want is not None and have is not None and int(want) != int(have):
-            raise VocoderLoadError(
-                f"the vocoder {os.fspath(name)!r} has {what} {have} but the model's mels have {want}; "
-                "pass a matching --vocoder"
-            )
+    want_bins, have_bins = getattr(config, "n_mels", None), getattr(getattr(vocoder, "config", None), "n_mels", None)
+    want_hop, have_hop = getattr(config, "hop_length", None), getattr(vocoder, "hop_length", None)
+    problem = None
+    if want_bins is not None and have_bins is not None and int(want_bins) != int(have_bins):
+        problem = f"takes {have_bins}-bin mels but the model makes {want_bins}-bin mels"
+    elif want_hop is not None and have_hop is not None and int(want_hop) != int(have_hop):
+        problem = f"makes {have_hop} samples per mel frame but the model's mels have a hop of {want_hop}"
+    if problem:
+        raise VocoderLoadError(f"the vocoder {os.fspath(name)!r} {problem}; pass a matching --vocoder")
     return vocoder
 
 
