@@ -165,5 +165,5 @@ def test_clean_style_model_finds_hift_in_its_folder_and_decodes(tmp_path, hift):
     from kanade_tokenizer import KanadeModel
 
     assert isinstance(load_vocoder_for(KanadeModel.from_pretrained(folder)), HiFTGenerator)
-    with pytest.raises(VocoderLoadError, match="makes 480 samples per mel frame but the model's mels have a hop of 256"):
+    with pytest.raises(VocoderLoadError, match="480 samples per mel frame but the model's mels have a hop of 256"):
         load_vocoder_for(build_tiny_model(seed=0), str(folder / "hift.pt"))

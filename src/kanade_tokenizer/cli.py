@@ -6,8 +6,9 @@
 
 Options shared by all commands: --model (Hub id, local folder, config YAML or released config
 name), --weights (with a config YAML or name), --vocoder, --device, for encode
---batch-size, and for decode/convert --seed (deterministic HiFT noise). Each command is one recipe (:mod:`kanade_tokenizer.recipes`); this module only parses the arguments
-and calls its ``run``. Errors the user can fix are printed as one line (``error: ...``) with
+--batch-size, and for decode/convert --seed (deterministic HiFT noise). Each command is one
+recipe (:mod:`kanade_tokenizer.recipes`); this module only parses the arguments and calls its
+``run``. Errors the user can fix are printed as one line (``error: ...``) with
 exit status 1.
 """
 
