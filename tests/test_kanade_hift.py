@@ -57,7 +57,13 @@ def test_released_size_has_the_released_keys_and_shapes():
     assert sorted(set(got) - set(expected)) == []
     assert {k: s for k, s in got.items() if expected[k] != s} == {}
     assert len(got) == 328 and sum(v.numel() for v in model.state_dict().values()) == 20_821_295
-    assert HiFTConfig().hop_length == 480 and HiFTConfig().n_mels == 80
+    # the shipped 25hz_clean config's mels are what the released HiFT takes
+    from kanade_tokenizer.configuration import KanadeModelConfig, read_config
+
+    clean = KanadeModelConfig.from_dict(dict(read_config("25hz_clean")["config"]))
+    assert clean.vocoder_name == "hift"
+    assert (HiFTConfig().n_mels, HiFTConfig().hop_length, HiFTConfig().sample_rate) == (
+        clean.n_mels, clean.hop_length, clean.sample_rate) == (80, 480, 24000)
 
 
 def test_strict_load_round_trip_and_older_key_names(tmp_path, hift):

@@ -146,9 +146,9 @@ def build_tiny_hift(seed: int = 0):
     return HiFTGenerator(HiFTConfig(**copy.deepcopy(TINY_HIFT))).eval()
 
 
-def build_tiny_model(seed: int = 0, **from_config_kwargs):
-    """A tiny ``KanadeModel`` in eval mode with deterministic random weights (``config=`` another
-    config such as ``tiny_clean_config()``; the rest goes to ``from_config``).
+def build_tiny_model(seed: int = 0, config: dict[str, Any] | None = None, **from_config_kwargs):
+    """A tiny ``KanadeModel`` in eval mode with deterministic random weights, from ``config``
+    (default ``tiny_config()``; ``tiny_clean_config()`` for the 25hz_clean style).
 
     AdaLN-Zero projections start at zero (the global embedding would have no effect); they get
     small random values here so every module influences the output.
@@ -156,7 +156,7 @@ def build_tiny_model(seed: int = 0, **from_config_kwargs):
     from .model import KanadeModel
 
     torch.manual_seed(seed)
-    model = KanadeModel.from_config(from_config_kwargs.pop("config", None) or tiny_config(), **from_config_kwargs)
+    model = KanadeModel.from_config(config or tiny_config(), **from_config_kwargs)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():
