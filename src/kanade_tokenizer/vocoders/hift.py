@@ -217,6 +217,7 @@ class HarmonicSource(nn.Module):
         self.l_linear = nn.Linear(self.num_harmonics, 1)
 
     def forward(self, f0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        f0 = f0.float()  # the phase reaches thousands of radians: never in half precision
         batch, frames = f0.shape
         samples = frames * self.hop_length
         harmonics = torch.arange(1, self.num_harmonics + 1, device=f0.device, dtype=f0.dtype)
@@ -226,13 +227,14 @@ class HarmonicSource(nn.Module):
         voiced = (f0 > self.voiced_threshold).to(f0.dtype).repeat_interleave(self.hop_length, dim=-1)[:, None, :]
         noise_std = voiced * self.sigma + (1 - voiced) * (self.alpha / 3)
         if generator is None:
-            noise = torch.randn(batch, samples, self.num_harmonics, device=f0.device, dtype=f0.dtype)
+            noise = torch.randn(batch, samples, self.num_harmonics, device=f0.device)
         else:
             noise = torch.randn(
-                batch, samples, self.num_harmonics, generator=generator, device=generator.device, dtype=f0.dtype
+                batch, samples, self.num_harmonics, generator=generator, device=generator.device
             ).to(f0.device)
         excitation = self.alpha * torch.sin(phase) * voiced + noise_std * noise.transpose(1, 2)
-        return torch.tanh(self.l_linear(excitation.transpose(1, 2))).squeeze(-1)
+        merged = self.l_linear(excitation.transpose(1, 2).to(self.l_linear.weight.dtype))
+        return torch.tanh(merged.float()).squeeze(-1)
 
 
 class HiFTGenerator(nn.Module):
@@ -285,7 +287,8 @@ class HiFTGenerator(nn.Module):
         return self.hop_length * num_frames
 
     def _stft(self, x: Tensor) -> Tensor:
-        spec = torch.stft(x, self._n_fft, self._hop, self._n_fft, self.window, center=True, return_complex=True)
+        window = self.window.float()
+        spec = torch.stft(x.float(), self._n_fft, self._hop, self._n_fft, window, center=True, return_complex=True)
         return torch.cat([spec.real, spec.imag], dim=1)
 
     def decode(self, mel: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -296,7 +299,7 @@ class HiFTGenerator(nn.Module):
             )
         with parametrize.cached():  # each weight-normed weight is computed once per call
             source = self.m_source(self.f0_predictor(mel), generator)
-            source_spec = self._stft(source)
+            source_spec = self._stft(source).to(mel.dtype)
             x = self.conv_pre(mel)
             k = len(self.config.resblock_kernel_sizes)
             for i, up in enumerate(self.ups):
