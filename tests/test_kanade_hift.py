@@ -173,3 +173,12 @@ def test_clean_style_model_finds_hift_in_its_folder_and_decodes(tmp_path, hift):
     assert isinstance(load_vocoder_for(KanadeModel.from_pretrained(folder)), HiFTGenerator)
     with pytest.raises(VocoderLoadError, match="480 samples per mel frame but the model's mels have a hop of 256"):
         load_vocoder_for(build_tiny_model(seed=0), str(folder / "hift.pt"))
+
+
+def test_half_precision_vocoder_keeps_the_source_in_float32():
+    hift = build_tiny_hift(seed=0)
+    mel = torch.randn(1, 16, 8)
+    full = vocode(hift, mel, generator=torch.Generator().manual_seed(0))
+    half = vocode(hift.to(torch.bfloat16), mel, generator=torch.Generator().manual_seed(0))
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    torch.testing.assert_close(half, full, rtol=0, atol=1e-2)
