@@ -129,6 +129,63 @@ def build_tiny_tts(out_dir: Path | str, **lfm2_kwargs) -> ModelConfig:
     return cfg
 
 
+def build_kanitts2(
+    out_dir: Path | str,
+    vocab_size: int,
+    audio_tokens_start: int,
+    speaker_emb_dim: int = 16,
+    use_learnable_rope: bool = True,
+    audio_step: float = 1.0,
+    hidden_size: int = 64,
+    layer_types: tuple[str, ...] = ("conv", "full_attention", "conv", "full_attention"),
+    seed: int = 0,
+    tokenizer=None,
+    speaker_slot_id: int | None = None,
+):
+    """A random KaniTTS-2-shaped model (LFM2 + frame positions, RoPE scales, speaker projection)
+    saved as the upstream checkpoint layout. The RoPE scales start away from 1 (``alpha_weight``
+    drawn around 0) so that tests see them act."""
+    import torch
+    from transformers import Lfm2Config
+
+    from kanitts.models.kanitts2 import KaniTTS2ForCausalLM
+
+    torch.manual_seed(seed)
+    extra = {} if speaker_slot_id is None else {"speaker_slot_id": speaker_slot_id}
+    config = Lfm2Config(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=len(layer_types), num_attention_heads=4, num_key_value_heads=2,
+        layer_types=list(layer_types), max_position_embeddings=4096, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, tie_word_embeddings=True, audio_tokens_start=audio_tokens_start,
+        tokens_per_frame=4, audio_step=audio_step, use_learnable_rope=use_learnable_rope,
+        alpha_min=0.1, alpha_max=2.0, speaker_emb_dim=speaker_emb_dim, **extra,
+    )
+    model = KaniTTS2ForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("alpha_weight"):
+                param.normal_(0.0, 1.0)
+    model.save_pretrained(str(out_dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return model
+
+
+def build_tiny_kanitts2(out_dir: Path | str, **kwargs) -> ModelConfig:
+    """Tokenizer + KaniTTS-2-shaped model for the tiny NanoCodec layout in one folder (a stand-in
+    for ``nineninesix/kani-tts-2-*``); returns the matching model_config."""
+    from kanitts.tokens import TokenLayout
+
+    tokenizer = build_tokenizer(out_dir)
+    cfg = tiny_model_config(len(tokenizer))
+    layout = TokenLayout.from_config(cfg)
+    build_kanitts2(
+        out_dir, vocab_size=layout.vocab_size, audio_tokens_start=layout.audio_tokens_start,
+        tokenizer=tokenizer, speaker_slot_id=layout.speaker_slot, **kwargs,
+    )
+    return cfg
+
+
 # The small NanoCodec used offline: same rates (1764 samples/frame at 22050 Hz) and the same
 # 4 x 4032 FSQ codebooks as the real one, 0.9 M parameters instead of 61.7 M.
 TINY_NANOCODEC_CONFIG = {

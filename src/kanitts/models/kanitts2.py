@@ -39,7 +39,7 @@ from transformers import Lfm2ForCausalLM
 
 from kanitts.conditioning import SpeakerConditioning
 from kanitts.errors import UserError
-from kanitts.patches.lfm2_rope import install_rope_scales, named_arguments
+from kanitts.patches.lfm2_rope import adopt_signature, install_rope_scales, named_arguments
 
 #: config.json keys of KaniTTS-2 and the defaults the upstream loader uses for absent ones
 UPSTREAM_DEFAULTS: dict[str, Any] = {
@@ -140,6 +140,16 @@ def frame_positions(
     return positions.masked_fill(~attended, 0)
 
 
+@dataclass(frozen=True)
+class FramePositions:
+    """:func:`frame_positions` of one sequence as a list, for collators (picklable for workers)."""
+
+    settings: KaniTTS2Settings
+
+    def __call__(self, ids) -> list:
+        return frame_positions(torch.as_tensor([list(ids)]), self.settings)[0].tolist()
+
+
 class RopeScale(nn.Module):
     """One attention layer's learnable RoPE factor (upstream parameter name ``alpha_weight``)."""
 
@@ -194,6 +204,7 @@ class KaniTTS2ForCausalLM(Lfm2ForCausalLM):
 
     def forward(self, *args, speaker_embeddings: torch.Tensor | None = None, **kwargs):
         named = named_arguments(super().forward, args, kwargs)
+        named.pop("speaker_embeddings", None)
         input_ids = named.get("input_ids")
         if named.get("position_ids") is None and input_ids is not None:
             cache = named.get("cache", named.get("past_key_values"))
@@ -218,6 +229,9 @@ class KaniTTS2ForCausalLM(Lfm2ForCausalLM):
         named = named_arguments(parent, (input_ids, *args), kwargs)
         kwargs["position_ids"] = self.frame_positions(input_ids, named.get("attention_mask"))
         return parent(input_ids, *args, **kwargs)
+
+    adopt_signature(forward, Lfm2ForCausalLM.forward, "speaker_embeddings")
+    adopt_signature(prepare_inputs_for_generation, Lfm2ForCausalLM.prepare_inputs_for_generation)
 
     # --- loading and saving -----------------------------------------------------------------
 

@@ -126,3 +126,21 @@ def named_arguments(function: Callable, args: tuple, kwargs: dict) -> dict[str, 
         elif parameter.kind is inspect.Parameter.VAR_POSITIONAL and named.get(name):
             raise _unsupported(f"{getattr(function, '__qualname__', function)} takes extra positional arguments")
     return named
+
+
+def adopt_signature(function: Callable, parent: Callable, keyword: str | None = None) -> Callable:
+    """Gives ``function`` (an override taking ``*args, **kwargs``) the signature of ``parent``,
+    read from the installed transformers, plus a keyword-only ``keyword`` (default None).
+
+    transformers' ``generate`` accepts a keyword only when a parameter of that literal name is
+    in ``forward``'s signature, so an override that passes its arguments through must show the
+    parent's names to be callable from ``generate`` at all.
+    """
+    signature = inspect.signature(parent)
+    parameters = list(signature.parameters.values())
+    if keyword is not None and keyword not in signature.parameters:
+        extra = inspect.Parameter(keyword, inspect.Parameter.KEYWORD_ONLY, default=None)
+        at = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
+        parameters.insert(at, extra)
+    function.__signature__ = signature.replace(parameters=parameters)
+    return function

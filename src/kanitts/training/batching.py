@@ -17,12 +17,17 @@ With ``speaker_slot`` set (``training.speaker_conditioning: embedding``) both co
 the speaker slot after each sequence's start_of_human (:func:`kanitts.conditioning.insert_slot`)
 and add ``speaker_embeddings`` (one row per sequence, in sequence order) for
 :class:`kanitts.conditioning.SpeakerConditioning` to put there.
+
+A model with its own position ids (KaniTTS-2's frame positions) gives :class:`PackingCollator`
+its ``positions`` function, applied to each sequence as trained (slot included), so each
+sequence of a pack has the positions it has alone; padded batches carry no position ids and the
+model computes them from the ids and the attention mask.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -129,6 +134,8 @@ class PackingCollator:
     start_of_ai: int
     loss_on: LossOn = "all"
     speaker_slot: SpeakerSlot | None = None
+    # a sequence's position ids (KaniTTS-2 frame positions); None: 0, 1, 2, ...
+    positions: Callable[[Sequence[int]], Sequence[float]] | None = None
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ids: list[int] = []
@@ -140,7 +147,7 @@ class PackingCollator:
             sequence_labels[0] = IGNORE_INDEX
             ids.extend(sequence)
             labels.extend(sequence_labels)
-            positions.extend(range(len(sequence)))
+            positions.extend(range(len(sequence)) if self.positions is None else self.positions(sequence))
             boundaries.append(boundaries[-1] + len(sequence))
         cu_seq_lens = torch.tensor(boundaries, dtype=torch.int32)
         longest = int(max(np.diff(boundaries)))
@@ -149,7 +156,7 @@ class PackingCollator:
             **extra,
             "input_ids": torch.tensor([ids], dtype=torch.long),
             "labels": torch.tensor([labels], dtype=torch.long),
-            "position_ids": torch.tensor([positions], dtype=torch.long),
+            "position_ids": torch.tensor([positions]),
             "cu_seq_lens_q": cu_seq_lens,
             "cu_seq_lens_k": cu_seq_lens,
             "max_length_q": longest,
