@@ -190,3 +190,66 @@ def test_packed_equals_unpacked_with_the_speaker_slot(kani2):
         finally:
             disable_exact_packing(model)
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+
+
+# --- the speaker embedder ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_embedder_dir(tmp_path_factory):
+    from kanitts.tiny import build_tiny_speaker_embedder
+
+    return build_tiny_speaker_embedder(tmp_path_factory.mktemp("speaker_embedder"), embd_size=DIM)
+
+
+def _voice(seconds=0.6, rate=16000, pitch=180.0, seed=0):
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).normal(0, 0.05, t.shape)
+    return (0.3 * np.sin(2 * np.pi * pitch * t) + 0.1 * np.sin(2 * np.pi * 3 * pitch * t) + noise).astype("float32")
+
+
+def test_embedder_shapes_normalisation_and_hub_key_names(tiny_embedder_dir):
+    import numpy as np
+    from safetensors import safe_open
+
+    from kanitts.models.speaker_embedder import KaniSpeakerEmbedder
+
+    with safe_open(str(tiny_embedder_dir / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert {"top_layers.affine1.weight", "top_layers.affine2.bias", "top_layers.batchnorm1.running_var",
+            "top_layers.batchnorm2.running_mean"} <= keys and any(k.startswith("wavlm.encoder.") for k in keys)
+    embedder = KaniSpeakerEmbedder.load(str(tiny_embedder_dir))
+    assert embedder.dim == DIM and not embedder.model.training
+    norm = embedder.model.top_layers.batchnorm1
+    assert not torch.allclose(norm.running_var, torch.ones_like(norm.running_var))  # the statistics were read
+    clip = _voice()
+    vector = embedder.embed(clip, 16000)
+    assert vector.shape == (DIM,) and vector.dtype == np.float32
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+    # per-utterance normalisation: gain and DC offset change nothing
+    np.testing.assert_allclose(embedder.embed(3.0 * clip + 0.2, 16000), vector, atol=1e-4)
+    # stereo is averaged, other rates resampled to 16 kHz
+    np.testing.assert_allclose(embedder.embed(np.stack([clip, clip], axis=1), 16000), vector, atol=1e-5)
+    from kanitts.audio import resample
+
+    at_24k = embedder.embed(resample(clip, 16000, 24000), 24000)
+    assert float(at_24k @ vector) > 0.99
+    assert float(embedder.embed(_voice(pitch=90.0, seed=1), 16000) @ vector) < 0.9999
+    with pytest.raises(ValueError, match="empty"):
+        embedder.embed(np.zeros(0, dtype="float32"), 16000)
+
+
+def test_embedder_refuses_a_plain_wavlm(tmp_path):
+    from transformers import WavLMConfig, WavLMModel
+
+    from kanitts.models.speaker_embedder import KaniSpeakerEmbedder
+
+    WavLMModel(WavLMConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                           conv_dim=(8,), conv_stride=(5,), conv_kernel=(10,), num_conv_pos_embeddings=8,
+                           num_conv_pos_embedding_groups=2)).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"not a complete speaker embedder checkpoint \(missing top_layers"):
+        KaniSpeakerEmbedder.load(str(tmp_path))
+    with pytest.raises(UserError, match="neither a folder nor a Hub id"):
+        KaniSpeakerEmbedder.load(str(tmp_path / "nope"))

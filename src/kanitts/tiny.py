@@ -186,6 +186,33 @@ def build_tiny_kanitts2(out_dir: Path | str, **kwargs) -> ModelConfig:
     return cfg
 
 
+def build_tiny_speaker_embedder(out_dir: Path | str, embd_size: int = 16, seed: int = 0) -> Path:
+    """A random speaker embedder in the Hub layout (a two-layer WavLM of width 32), for tests.
+
+    The batch-norm statistics are drawn away from (0, 1) so that a loader that skipped them
+    would be seen to.
+    """
+    import torch
+    from transformers import WavLMConfig
+
+    from kanitts.models.speaker_embedder import SpeakerEmbeddingModel
+
+    config = WavLMConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, num_buckets=32, max_bucket_distance=64,
+        embd_size=embd_size, top_interm_size=24,
+    )
+    torch.manual_seed(seed)
+    model = SpeakerEmbeddingModel(config)
+    with torch.no_grad():
+        for norm in (model.top_layers.batchnorm1, model.top_layers.batchnorm2):
+            norm.running_mean.normal_(0.0, 0.1)
+            norm.running_var.uniform_(0.5, 2.0)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
 # The small NanoCodec used offline: same rates (1764 samples/frame at 22050 Hz) and the same
 # 4 x 4032 FSQ codebooks as the real one, 0.9 M parameters instead of 61.7 M.
 TINY_NANOCODEC_CONFIG = {
