@@ -71,8 +71,12 @@ class KaniTTS:
         name_or_path: str = "",
         conditioning: Any = None,
         voices: dict[str, Any] | None = None,
+        speaker_embedder: Any = None,
     ):
         self.model = model
+        #: what embeds a reference clip for the slot when the codec has no global embedding
+        #: (KaniTTS-2's WavLM embedder): its weights, loaded on first use, or a loaded embedder
+        self.speaker_embedder = speaker_embedder
         #: the speaker slot of a speaker-conditioned model (None: the model has none)
         self.conditioning = conditioning
         #: training speakers' mean embeddings ("speaker:<name>") and all clips' ("mean")
@@ -104,7 +108,9 @@ class KaniTTS:
         """
         # transformers takes seconds to import: only loading a model pays for it.
         from safetensors import SafetensorError
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from kanitts.models.kanitts2 import load_causal_lm
 
         model_cfg = model_cfg or ModelConfig()
         inference_cfg = inference_cfg or InferenceConfig()
@@ -117,7 +123,7 @@ class KaniTTS:
         check_model_weights(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+            model = load_causal_lm(name, dtype=dtype)
         except SafetensorError as exc:
             raise corrupt_download(name, exc, "model") from None
         except (OSError, ValueError) as exc:
@@ -132,7 +138,8 @@ class KaniTTS:
             codec = load_codec(model_cfg.codec.kind, weights, device=device)
         layout = TokenLayout.from_config(model_cfg)
         conditioning, voices = _speaker_files(model, name, layout)
-        return cls(model, tokenizer, codec, layout, inference_cfg.generation, name, conditioning, voices)
+        embedder = model_cfg.speaker_embedder.weights if model_cfg.speaker_embedder is not None else None
+        return cls(model, tokenizer, codec, layout, inference_cfg.generation, name, conditioning, voices, embedder)
 
     # --- prompts and generation -----------------------------------------------------------
 
@@ -158,10 +165,13 @@ class KaniTTS:
         import torch
 
         if voice is not None:
+            if not hasattr(self.codec, "embed") and self.conditioning is not None and self.speaker_embedder:
+                return self._embed_voice(voice)
             if not hasattr(self.codec, "embed"):
                 raise UserError(
                     f"a reference voice needs a codec with a global (speaker) embedding, such as Kanade "
-                    f"(codec.kind: kanade); this model's codec is {self.codec.kind}, which has none: "
+                    f"(codec.kind: kanade), or a KaniTTS-2 model and its speaker embedder (model_config.yaml "
+                    f"speaker_embedder); this model's codec is {self.codec.kind}, which has none: "
                     "use --speaker with the name a prefix-trained model knows"
                 )
             if isinstance(voice, (str, Path)):
@@ -178,6 +188,33 @@ class KaniTTS:
             return self.voices["mean"], "the mean embedding of the training clips"
         return None, ("no voice: give a reference clip (--voice ref.wav); this model has no training "
                       "speakers' embeddings")
+
+    def _embed_voice(self, voice: Any):
+        """A reference clip (file or waveform at the codec's rate) or an embedding, through the
+        KaniTTS-2 speaker embedder."""
+        import torch
+
+        if isinstance(self.speaker_embedder, str):
+            from kanitts.models.speaker_embedder import KaniSpeakerEmbedder
+
+            self.speaker_embedder = KaniSpeakerEmbedder.load(
+                self.speaker_embedder, device=self.model.device, where="model_config.yaml speaker_embedder"
+            )
+        embedder = self.speaker_embedder
+        if isinstance(voice, (str, Path)):
+            from kanitts.audio import AudioDecodeError, load_audio
+
+            if not Path(voice).is_file():
+                raise UserError(f"voice clip {voice}: no such file")
+            try:
+                samples, rate = load_audio(str(voice))
+            except (AudioDecodeError, OSError, ValueError, RuntimeError) as exc:  # the file is the user's to fix
+                raise UserError(f"voice clip {voice}: cannot read it as audio ({exc})") from None
+            return torch.from_numpy(embedder.embed(samples, rate)), f"the voice of {voice}"
+        tensor = torch.as_tensor(voice, dtype=torch.float32)
+        if tensor.ndim == 1 and tensor.numel() == self.conditioning.embedding_dim:
+            return tensor, "the given embedding"
+        return torch.from_numpy(embedder.embed(tensor.numpy(), self.codec.sample_rate)), "the given clip"
 
     def generate_ids(
         self, prompts: Sequence[Sequence[int]], speaker_embeddings: Any = None, **generate_kwargs: Any
@@ -327,7 +364,8 @@ class KaniTTS:
             embedding, source = self.voice_embedding(voice, speaker)
             if embedding is None:
                 # a decoder voice of zeros still decodes: said in every result, never silently
-                embedding, voice_problem = torch.zeros(int(getattr(self.codec, "embedding_dim", 0))), source
+                dim = getattr(self.codec, "embedding_dim", None) or self.conditioning.embedding_dim
+                embedding, voice_problem = torch.zeros(int(dim)), source
         elif voice is not None:
             self.voice_embedding(voice, speaker)  # the error for a codec without embeddings
         batch_size = batch_size or self.generation.batch_size
@@ -406,6 +444,14 @@ def _speaker_files(model: Any, name: str, layout: TokenLayout):
     from kanitts.conditioning import PROJECTION_FILE, SpeakerConditioning, load_speaker_means
 
     folder = Path(name)
+    kanitts2 = getattr(model, "kanitts2", None)
+    if kanitts2 is not None:  # the model holds its slot and projection itself
+        from kanitts.models.kanitts2 import layout_problems
+
+        problems = layout_problems(kanitts2, layout, f"model {name!r}")
+        if problems:
+            raise UserError("; ".join(problems))
+        return model.speaker, load_speaker_means(folder) if folder.is_dir() else {}
     if not folder.is_dir():
         return None, {}
     conditioning = None

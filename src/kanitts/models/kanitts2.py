@@ -31,6 +31,7 @@ random when learnable RoPE is off).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -158,8 +159,14 @@ class RopeScale(nn.Module):
         self.alpha_min, self.alpha_max = float(alpha_min), float(alpha_max)
         self.alpha_weight = nn.Parameter(torch.zeros(()))
 
-    def alpha(self) -> torch.Tensor:
+    def forward(self) -> torch.Tensor:
+        """The factor alpha; a forward (not a property) so that peft's ``modules_to_save``
+        wrapper, which trains a copy of the module, answers with the trained copy."""
         return self.alpha_min + (self.alpha_max - self.alpha_min) * torch.sigmoid(self.alpha_weight)
+
+
+def _rope_alpha(decoder: nn.Module, index: int) -> torch.Tensor:
+    return getattr(decoder, ROPE_LAYERS)[index]()
 
 
 def _attention_layers(config: Any) -> list[int]:
@@ -185,7 +192,7 @@ class KaniTTS2ForCausalLM(Lfm2ForCausalLM):
             scales = [RopeScale(settings.alpha_min, settings.alpha_max) if i in attention else None
                       for i in range(config.num_hidden_layers)]
             setattr(self.model, ROPE_LAYERS, nn.ModuleList(scales))
-            install_rope_scales(self.model, {i: scales[i].alpha for i in sorted(attention)})
+            install_rope_scales(self.model, {i: partial(_rope_alpha, self.model, i) for i in sorted(attention)})
         self.post_init()
         self.kanitts2 = settings
         self.speaker = SpeakerConditioning(self.model, settings.speaker_slot_id)
@@ -266,3 +273,41 @@ class KaniTTS2ForCausalLM(Lfm2ForCausalLM):
         learnable-RoPE checkpoints reads that single file only."""
         kwargs.setdefault("max_shard_size", "1000GB")
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def load_causal_lm(name_or_path: str, **kwargs):
+    """The causal LM of a folder or Hub id: :class:`KaniTTS2ForCausalLM` when its config.json
+    has the KaniTTS-2 keys (:func:`is_kanitts2_config`), else transformers' own class for it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    if getattr(config, "model_type", None) == "lfm2" and is_kanitts2_config(config):
+        return KaniTTS2ForCausalLM.from_pretrained(name_or_path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+
+
+def layout_problems(settings: KaniTTS2Settings, layout: Any, where: str) -> list[str]:
+    """Where a KaniTTS-2 model's config.json and model_config.yaml's token layout disagree."""
+    problems = []
+    if settings.audio_tokens_start != layout.audio_tokens_start:
+        problems.append(
+            f"{where}: config.json audio_tokens_start is {settings.audio_tokens_start}, model_config.yaml "
+            f"codec.audio_tokens_start is {layout.audio_tokens_start}"
+        )
+    if settings.tokens_per_frame != layout.num_codebooks:
+        problems.append(
+            f"{where}: config.json tokens_per_frame is {settings.tokens_per_frame}, but a frame of the codec has "
+            f"{layout.num_codebooks} tokens (model_config.yaml codec.num_codebooks)"
+        )
+    if settings.speaker_slot_id != layout.speaker_slot:
+        problems.append(
+            f"{where}: the model's speaker slot is id {settings.speaker_slot_id} (config.json speaker_slot_id, "
+            f"default audio_tokens_start - 2), model_config.yaml puts it at {layout.speaker_slot} "
+            "(special_tokens.speaker_embedding, default pad_token + 1)"
+        )
+    return problems
+
+
+def rope_scale_modules(model: nn.Module) -> list[str]:
+    """The names peft's ``modules_to_save`` takes for each learnable RoPE scale (empty without)."""
+    return [name for name, module in model.named_modules() if isinstance(module, RopeScale)]

@@ -3,7 +3,9 @@ decoded in a thread pool one shard ahead of the encoder.
 
 ``codec.encode_rows`` gives each clip's columns (codes, and a global embedding for Kanade) and
 ``encoded_len = codec.num_frames(samples)``: ``ceil(samples / samples_per_frame)`` for NanoCodec,
-as in the reference datasets.
+as in the reference datasets. With ``--speaker-embedder`` each clip also gets its KaniTTS-2 speaker
+embedding (:class:`kanitts.models.speaker_embedder.KaniSpeakerEmbedder`, from the same cleaned
+audio the codec encodes) as ``speaker_emb``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from kanitts.codecs import Codec
 from kanitts.prepare.assembly import PrepareResult
 from kanitts.prepare.cleaning import Clip, Rejected, safe_load
 from kanitts.prepare.options import PrepareOptions
+from kanitts.config.schemas.model import SPEAKER_EMB_COLUMN
 from kanitts.prepare.shards import make_row, write_shard
 from kanitts.prepare.sources import Source
 
@@ -48,6 +51,11 @@ def encode_shards(
 
     if not todo:
         return
+    embedder = None
+    if options.speaker_embedder is not None:
+        from kanitts.models.speaker_embedder import KaniSpeakerEmbedder
+
+        embedder = KaniSpeakerEmbedder.load(options.speaker_embedder, device=codec.device, where="--speaker-embedder")
     sr = codec.sample_rate
     on_gpu = codec.device.type == "cuda"
     batch_seconds = options.batch_seconds or (600.0 if on_gpu else 60.0)
@@ -93,6 +101,8 @@ def encode_shards(
                 if frame_lengths.cpu().tolist() != expected:  # pragma: no cover - codec bug guard
                     raise RuntimeError(f"{codec.kind} returned frame lengths {frame_lengths.tolist()} != {expected}")
                 for c, cols in zip(batch, columns):
+                    if embedder is not None:
+                        cols[SPEAKER_EMB_COLUMN] = embedder.embed(c.audio, sr).tolist()
                     rows[c.item.index] = make_row(c, cols, manifest["has_speaker"], options.speaker, sr)
                 batch_seconds_done = float(lengths.sum()) / sr
                 encoded_seconds += batch_seconds_done

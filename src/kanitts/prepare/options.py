@@ -67,6 +67,11 @@ class PrepareOptions:
         None, "HF dataset speaker column (default: 'speaker' when the dataset has one)"
     )
     speaker: str | None = _opt(None, "one speaker name for the whole input (overrides any column)")
+    speaker_embedder: str | None = _opt(
+        None,
+        "KaniTTS-2 speaker embedder (Hub id or folder, e.g. nineninesix/speaker-emb-tbr): adds each clip's "
+        "speaker embedding as column speaker_emb (default: speaker_embedder.weights of model_config.yaml)",
+    )
     encoding: str = _opt(
         "auto",
         "encoding of metadata.csv / the manifest (default auto: UTF-8, or UTF-8/16/32 with a "

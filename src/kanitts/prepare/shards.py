@@ -21,6 +21,7 @@ from typing import Any
 from kanitts import __version__
 from kanitts.atomic import atomic_file
 from kanitts.codecs import Codec
+from kanitts.config.schemas.model import SPEAKER_EMB_COLUMN
 from kanitts.prepare.cleaning import Clip
 from kanitts.prepare.options import PrepareOptions
 from kanitts.prepare.sources import Source
@@ -36,7 +37,9 @@ ROW_OPTIONS = (
     "speaker", "normalize", "peak_dbfs", "loudness_lufs", "trim_silence", "trim_top_db",
     "silence_dbfs", "min_duration", "max_duration", "shard_size", "suspect_clips",
     "clip_level", "max_clipped_fraction", "min_chars_per_second", "max_chars_per_second",
+    "speaker_embedder",
 )
+
 
 
 def differences(old: dict, new: dict) -> str:
@@ -105,11 +108,13 @@ def make_row(clip: Clip, cols: dict[str, Any], has_speaker: bool, speaker: str |
     return row
 
 
-def _features(codec: Codec, has_speaker: bool):
-    from datasets import Features, Value
+def _features(codec: Codec, has_speaker: bool, has_embedding: bool = False):
+    from datasets import Features, List, Value
 
     spec: dict[str, Any] = {"text": Value("string")}
     spec.update(codec.dataset_features())
+    if has_embedding:
+        spec[SPEAKER_EMB_COLUMN] = List(Value("float32"))
     if has_speaker:
         spec["speaker"] = Value("string")
     spec["duration_sec"] = Value("float64")
@@ -128,7 +133,7 @@ def write_shard(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     if rows:
-        features = _features(codec, manifest["has_speaker"])
+        features = _features(codec, manifest["has_speaker"], manifest["options"].get("speaker_embedder") is not None)
         ds = Dataset.from_list(rows, features=features)
         with quiet_datasets():
             ds.save_to_disk(str(tmp / "data"))

@@ -53,6 +53,16 @@ def resolve_codec(
     return CodecSpec(kind=kind, weights=str(weights), device=device, dtype=dtype)
 
 
+def configured_speaker_embedder(config_dir: Path) -> str | None:
+    """``speaker_embedder.weights`` of model_config.yaml in ``config_dir`` (None without one)."""
+    from kanitts.config import CONFIG_FILES, load_configs
+
+    if not (Path(config_dir) / CONFIG_FILES["model"]).is_file():
+        return None
+    section = load_configs(config_dir, kinds=("model",)).model.speaker_embedder
+    return None if section is None else section.weights
+
+
 def run(
     options: PrepareOptions,
     *,
@@ -67,6 +77,8 @@ def run(
     from kanitts.prepare.pipeline import prepare_dataset
 
     options.validate()  # before the config and the codec are loaded
+    if options.speaker_embedder is None:
+        options.speaker_embedder = configured_speaker_embedder(config_dir)
     spec = resolve_codec(config_dir, kind=codec, weights=codec_model, device=device, dtype=dtype)
     spec.validate()
     result = prepare_dataset(options, spec)

@@ -22,11 +22,13 @@ def run(*, text: str, model: str, output: Path, config_dir: Path, speaker: str |
     check_output_file(output, "output file (-o)")
     configs = load_configs(config_dir, kinds=("model", "inference"))
     if voice is not None:
-        if not hasattr(codec_class(configs.model.codec.kind), "embed"):
+        embedder = configs.model.speaker_embedder is not None  # a KaniTTS-2 model's voice embedder
+        if not embedder and not hasattr(codec_class(configs.model.codec.kind), "embed"):
             raise UserError(
                 f"--voice {voice}: a reference voice needs a codec with a global (speaker) embedding "
-                f"(codec.kind: kanade); model_config.yaml names codec.kind: {configs.model.codec.kind}. "
-                "Use --speaker with the name a prefix-trained model knows"
+                f"(codec.kind: kanade), or a KaniTTS-2 model's speaker embedder (model_config.yaml "
+                f"speaker_embedder); model_config.yaml names codec.kind: {configs.model.codec.kind} and no "
+                "speaker_embedder. Use --speaker with the name a prefix-trained model knows"
             )
         if not voice.is_file():
             raise UserError(f"--voice {voice}: no such file")

@@ -124,8 +124,15 @@ def build_training_dataset(
     problems = [
         p
         for entry, source in zip(dataset_cfg.hf_datasets, sources)
-        for p in column_problems(entry, source, codec_layers, embedding_column(model_cfg))
+        for p in column_problems(entry, source, codec_layers, embedding_column(model_cfg, entry, source.column_names))
     ]
+    carried = [embedding_column(model_cfg, e, s.column_names) is not None for e, s in zip(dataset_cfg.hf_datasets, sources)]
+    if any(carried) and not all(carried):
+        problems += [
+            f"dataset {entry.label}: has no speaker embedding column, while other datasets have one; prepare it "
+            "with the same speaker embedder, or name its column (speaker_emb)"
+            for entry, has in zip(dataset_cfg.hf_datasets, carried) if not has
+        ]
     if problems:
         raise UserError("\n".join(problems))
 
@@ -253,7 +260,8 @@ def _build(
         chosen_all = np.concatenate(chosen_parts)
         order = chosen_all[np.random.default_rng(dataset_cfg.seed).permutation(len(chosen_all))]
         histogram = drawer.submit(save_length_histogram, lengths_by_dataset, staging / HISTOGRAM_FILE)
-        _write_in_order(mapped_parts, order, staging / SEQUENCES_FILE, embedding_column(model_cfg) is not None)
+        with_embedding = any(plan.rules.embedding_column is not None for plan in plans)
+        _write_in_order(mapped_parts, order, staging / SEQUENCES_FILE, with_embedding)
         histogram.result()
     del mapped_parts
     shutil.rmtree(work)

@@ -10,6 +10,7 @@ import datasets
 import pyarrow as pa
 
 from kanitts.config import DatasetEntry, suggest
+from kanitts.config.schemas.model import SPEAKER_EMB_COLUMN
 
 
 def rename_problems(entry: DatasetEntry, codec_layers: list[str]) -> list[str]:
@@ -41,7 +42,13 @@ def column_problems(
     if entry.categorical_filter is not None:
         wanted["categorical_filter.column_name"] = (entry.categorical_filter.column_name, "any")
     if embedding_column is not None:
-        wanted["the codec's global embedding"] = (embedding_column, "float_list")
+        if entry.speaker_emb is not None:
+            key = "speaker_emb"
+        elif embedding_column == SPEAKER_EMB_COLUMN:
+            key = "the speaker embedding of kanitts prepare --speaker-embedder"
+        else:
+            key = "the codec's global embedding"
+        wanted[key] = (embedding_column, "float_list")
     columns = source.column_names
     problems = []
     for key, (column, kind) in wanted.items():

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from kanitts.codecs.registry import codec_entry
 from kanitts.config import DatasetConfig, DatasetEntry, ModelConfig
+from kanitts.config.schemas.model import SPEAKER_EMB_COLUMN
 from kanitts.sequences.summary import RowStatus
 from kanitts.tokens import TokenLayout
 
@@ -45,8 +46,10 @@ class RowRules:
     fps: float
     dedup_frames: bool
     layout: TokenLayout
-    # The codec's global (speaker) embedding column (Kanade's), carried as speaker_embedding; None: none.
+    # The column of each clip's speaker embedding, carried as speaker_embedding; None: none.
     embedding_column: str | None = None
+    # "<prefix>: text" in the prompt: the dataset's language_tag (KaniTTS-2), else its speaker_id
+    prompt_prefix: str | None = None
 
     @classmethod
     def of(
@@ -59,18 +62,29 @@ class RowRules:
             layer_columns=tuple(entry.layer_columns(model_cfg.codec_layers)),
             encoded_len_column=entry.encoded_len,
             speaker_id=entry.speaker_id,
+            prompt_prefix=entry.prompt_prefix,
             speaker_column="speaker" if entry.speaker_id is None and "speaker" in source.column_names else None,
             max_duration_sec=dataset_cfg.max_duration_sec,
             fps=model_cfg.codec.fps,
             dedup_frames=dataset_cfg.dedup_frames,
             layout=TokenLayout.from_config(model_cfg),
-            embedding_column=embedding_column(model_cfg),
+            embedding_column=embedding_column(model_cfg, entry, source.column_names),
         )
 
 
-def embedding_column(model_cfg: ModelConfig) -> str | None:
-    """The dataset column of the codec's per-clip global embedding (None for codecs without one)."""
-    return codec_entry(model_cfg.codec.kind).embedding_column
+def embedding_column(model_cfg: ModelConfig, entry: DatasetEntry | None = None, columns=()) -> str | None:
+    """The dataset column of each clip's speaker embedding, carried as speaker_embedding: the
+    entry's ``speaker_emb``, else the codec's global embedding (Kanade), else ``speaker_emb``
+    (KaniTTS-2's, from ``kanitts prepare --speaker-embedder``) when model_config.yaml names a
+    speaker embedder or the dataset has that column; None: the sequences carry none."""
+    if entry is not None and entry.speaker_emb is not None:
+        return entry.speaker_emb
+    codec_column = codec_entry(model_cfg.codec.kind).embedding_column
+    if codec_column is not None:
+        return codec_column
+    if model_cfg.speaker_embedder is not None or SPEAKER_EMB_COLUMN in columns:
+        return SPEAKER_EMB_COLUMN
+    return None
 
 
 def rows_matching(entry: DatasetEntry, source: datasets.Dataset) -> np.ndarray:
@@ -152,7 +166,7 @@ def sequences_for_batch(
     audio, frame_counts = layout.rows_to_ids(frames, lengths[kept, 0], dedup=rules.dedup_frames)
 
     kept_rows = np.flatnonzero(kept)
-    prompts = [layout.text_prompt(texts[i], rules.speaker_id) for i in kept_rows]
+    prompts = [layout.text_prompt(texts[i], rules.prompt_prefix) for i in kept_rows]
     text_ids = encode_prompts(tokenizer, prompts)
     text_counts = np.fromiter(map(len, text_ids), dtype=np.int64, count=len(text_ids))
     flat_text = np.fromiter(itertools.chain.from_iterable(text_ids), dtype=np.int64, count=int(text_counts.sum()))

@@ -272,7 +272,18 @@ class TrainingRun:
         if new_tokens and "trainable_token_indices" not in lora_args.model_dump():
             lora_args = lora_args.model_copy(update={"trainable_token_indices": {"embed_tokens": new_tokens}})
         conditioning = slot = None
-        if options.speaker_conditioning == "embedding":
+        kanitts2 = getattr(model, "kanitts2", None)
+        dataset = self.dataset
+        if kanitts2 is not None:
+            from kanitts.conditioning import PROJECTION
+            from kanitts.models.kanitts2 import rope_scale_modules
+
+            conditioning, slot, dataset = self._kanitts2_slot(model, options)
+            saved = list(lora_args.modules_to_save or [])
+            lora_args = lora_args.model_copy(
+                update={"modules_to_save": [*saved, PROJECTION, *rope_scale_modules(model)]}
+            )
+        elif options.speaker_conditioning == "embedding":
             from kanitts.conditioning import PROJECTION
 
             conditioning, slot = self._speaker_slot(model, args.seed)
@@ -286,7 +297,14 @@ class TrainingRun:
                      "(flash-attn 2 does this natively when installed)")
                 ]
                 attention = packed_attention
-            collator = PackingCollator(start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on, speaker_slot=slot)
+            positions = None
+            if kanitts2 is not None:
+                from kanitts.models.kanitts2 import FramePositions
+
+                positions = FramePositions(kanitts2)
+            collator = PackingCollator(
+                start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on, speaker_slot=slot, positions=positions
+            )
         else:
             collator = PaddingCollator(
                 pad_token_id=self.layout.pad, start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on,
@@ -300,12 +318,13 @@ class TrainingRun:
         trainer = ExperimentTrainer(
             model=model,
             args=args,
-            train_dataset=self.dataset,
+            train_dataset=dataset,
             data_collator=collator,
             callbacks=[*self.callbacks, interrupt],
             max_tokens_per_batch=options.max_tokens_per_batch if options.packing else None,
             chunked_loss=options.chunked_loss,
             speaker_conditioning=conditioning,
+            lr_ratios={"alpha_weight": options.alpha_lr_ratio} if kanitts2 is not None else None,
         )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -383,6 +402,37 @@ class TrainingRun:
         conditioning = SpeakerConditioning.attach(model, len(first), self.layout.speaker_slot, seed=seed)
         return conditioning, SpeakerSlot(start_of_human=self.layout.start_of_human, slot=self.layout.speaker_slot)
 
+    def _kanitts2_slot(self, model, options):
+        """A KaniTTS-2 base model's own slot (it is always speaker-conditioned), checked against
+        the token layout and the data's embeddings; the data with speaker means where asked."""
+        from kanitts.models.kanitts2 import layout_problems
+        from kanitts.training.batching import SpeakerSlot
+
+        settings = model.kanitts2
+        problems = layout_problems(settings, self.layout, f"experiments.yaml: base_model {self.base_model!r}")
+        if problems:
+            raise UserError("; ".join(problems))
+        columns = getattr(self.dataset, "column_names", [])
+        first = self.dataset[0]["speaker_embedding"] if "speaker_embedding" in columns and len(self.dataset) else None
+        if not first:
+            raise UserError(
+                f"experiments.yaml: base_model {self.base_model!r} is a KaniTTS-2 model, which reads a speaker "
+                "embedding per clip, and the training data has none: prepare it with a speaker embedder "
+                "(model_config.yaml speaker_embedder, or kanitts prepare --speaker-embedder), or name the "
+                "embedding column of each dataset (dataset_config.yaml speaker_emb)"
+            )
+        if len(first) != settings.speaker_emb_dim:
+            raise UserError(
+                f"the training data's speaker embeddings have {len(first)} values, the KaniTTS-2 model "
+                f"{self.base_model!r} reads {settings.speaker_emb_dim} (config.json speaker_emb_dim): "
+                "compute them with the embedder the model was trained with"
+            )
+        dataset = self.dataset
+        if options.speaker_embedding == "speaker_mean":
+            dataset = _with_speaker_means(dataset)
+        slot = SpeakerSlot(start_of_human=self.layout.start_of_human, slot=self.layout.speaker_slot)
+        return model.speaker, slot, dataset
+
     def _save(
         self, model, experiment: Experiment, metrics: dict[str, Any], run_dir: Path, folder: Path, conditioning=None
     ) -> None:
@@ -397,8 +447,8 @@ class TrainingRun:
         if experiment.training.keep_adapter:
             model.save_pretrained(str(folder / "adapter"))
         merged = model.merge_and_unload()
-        if conditioning is not None:
-            conditioning.save(merged, folder)
+        if conditioning is not None and getattr(merged, "kanitts2", None) is None:
+            conditioning.save(merged, folder)  # a KaniTTS-2 checkpoint holds its projection itself
         save_speaker_means(speaker_means(self.dataset), folder)
         merged.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
@@ -412,6 +462,18 @@ class TrainingRun:
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         if (run_dir / "runs").is_dir():
             shutil.copytree(run_dir / "runs", folder / "logs")
+
+
+def _with_speaker_means(dataset):
+    """The sequences with each clip's embedding replaced by its speaker's mean (speakerless clips:
+    the mean of all), as KaniTTS-2's speaker-averaged ``grouped_sp_emb`` data."""
+    from kanitts.conditioning import MEAN_KEY, speaker_means
+
+    means = {key: value.tolist() for key, value in speaker_means(dataset).items()}
+    values = [means.get(f"speaker:{name}", means[MEAN_KEY]) if name else means[MEAN_KEY]
+              for name in dataset["speaker"]]
+    feature = dataset.features["speaker_embedding"]
+    return dataset.remove_columns("speaker_embedding").add_column("speaker_embedding", values, feature=feature)
 
 
 def select_experiments(config: ExperimentsConfig, only: Sequence[str] | None) -> list[Experiment]:

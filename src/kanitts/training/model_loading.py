@@ -84,16 +84,18 @@ def choose_precision(trainer_args: dict[str, Any]) -> tuple[dict[str, Any], torc
 
 
 def load_base_model(name_or_path: str, attn_implementation: str, dtype: torch.dtype):
-    """The base causal LM from a Hub id or a local folder, as a UserError when it cannot be read."""
+    """The base causal LM from a Hub id or a local folder, as a UserError when it cannot be read.
+
+    A KaniTTS-2 checkpoint (its config.json keys) loads as
+    :class:`kanitts.models.kanitts2.KaniTTS2ForCausalLM`, every parameter from the checkpoint."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
+
+    from kanitts.models.kanitts2 import load_causal_lm
 
     _check_base_model_name(name_or_path)
     check_model_weights(name_or_path, f"experiments.yaml: base_model {name_or_path!r}")
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            name_or_path, attn_implementation=attn_implementation, dtype=dtype
-        )
+        return load_causal_lm(name_or_path, attn_implementation=attn_implementation, dtype=dtype)
     except SafetensorError as exc:
         raise corrupt_download(name_or_path, exc, "experiments.yaml: base_model") from None
     except (OSError, ValueError) as exc:

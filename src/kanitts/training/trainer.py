@@ -38,9 +38,11 @@ class ExperimentTrainer(Trainer):
         chunked_loss: bool = True,
         loss_chunk_tokens: int | None = None,
         speaker_conditioning: Any = None,
+        lr_ratios: dict[str, float] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.lr_ratios = dict(lr_ratios or {})
         self.speaker_conditioning = speaker_conditioning
         self.max_tokens_per_batch = max_tokens_per_batch
         self.chunked_loss = chunked_loss
@@ -65,6 +67,33 @@ class ExperimentTrainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """The stock list without the parameters of ``lr_ratios`` (KaniTTS-2's RoPE scales take no
+        weight decay: it would pull every layer's factor towards the middle of its range)."""
+        names = super().get_decay_parameter_names(model)
+        return [n for n in names if not any(pattern in n for pattern in self.lr_ratios)]
+
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        """The stock optimizer, with each parameter named in ``lr_ratios`` moved to a group of its
+        own at that multiple of the learning rate (before the scheduler, which scales every group)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if not self.lr_ratios or getattr(self, "_kanitts_groups_split", False):
+            return optimizer
+        names = {id(p): n for n, p in self.model.named_parameters() if p.requires_grad}
+        for pattern, ratio in self.lr_ratios.items():
+            moved = []
+            for group in optimizer.param_groups:
+                keep = [p for p in group["params"] if pattern not in names.get(id(p), "")]
+                moved += [p for p in group["params"] if pattern in names.get(id(p), "")]
+                group["params"] = keep
+            if moved:
+                base = optimizer.param_groups[0]
+                optimizer.add_param_group({**{k: v for k, v in base.items() if k != "params"}, "params": moved,
+                                           "lr": base["lr"] * ratio, "weight_decay": 0.0})
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        self._kanitts_groups_split = True
+        return optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         mask = inputs.get("attention_mask")

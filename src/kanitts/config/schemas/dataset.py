@@ -30,8 +30,26 @@ class DatasetEntry(Strict):
     codebook_columns: dict[Text, Text] = {}
     encoded_len: Text = "encoded_len"
     speaker_id: Text | None = Field(None, min_length=1)
+    # KaniTTS-2's prompt prefix ("en: text"), lower-cased as there; instead of speaker_id's.
+    language_tag: Text | None = Field(None, min_length=1)
+    # The column of each clip's speaker embedding when it is not the prepared one (speaker_emb, or
+    # the codec's global embedding): e.g. grouped_sp_emb in KaniTTS-2's datasets.
+    speaker_emb: Text | None = Field(None, min_length=1)
     max_len: PositiveInt | None = None
     categorical_filter: CategoricalFilter | None = None
+
+    @model_validator(mode="after")
+    def _one_prefix(self) -> DatasetEntry:
+        if self.speaker_id is not None and self.language_tag is not None:
+            raise ValueError(
+                "speaker_id and language_tag both set a prompt prefix ('<tag>: text'); give one of them"
+            )
+        return self
+
+    @property
+    def prompt_prefix(self) -> str | None:
+        """What precedes the text in the prompt: the language tag, else the speaker id."""
+        return self.language_tag if self.language_tag is not None else self.speaker_id
 
     @model_validator(mode="after")
     def _one_name_per_codebook(self) -> DatasetEntry:

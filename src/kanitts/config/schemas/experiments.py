@@ -68,6 +68,11 @@ class TrainingOptions(Strict):
     # KaniTTS-2's speaker slot: each clip's global embedding (Kanade data), projected to the hidden
     # size, is one extra input after start_of_human (kanitts.conditioning); "none" trains without.
     speaker_conditioning: Literal["none", "embedding"] = "none"
+    # KaniTTS-2 base models (always speaker-conditioned): which embedding a sequence's slot gets,
+    # its clip's own or the mean over its speaker's clips; and the learning rate of the learnable
+    # RoPE scales as a multiple of learning_rate (KaniTTS-2's alpha_lr_ratio; no weight decay).
+    speaker_embedding: Literal["clip", "speaker_mean"] = "clip"
+    alpha_lr_ratio: PositiveFloat = 1.0
 
 
 class Experiment(Strict):

@@ -84,13 +84,37 @@ class CodecSection(Strict):
                  f"({self.kind}, {self.weights}); remove it")]
 
 
+#: the dataset column of each clip's KaniTTS-2 speaker embedding (``kanitts prepare --speaker-embedder``)
+SPEAKER_EMB_COLUMN = "speaker_emb"
+
+
+class SpeakerEmbedderSection(Strict):
+    """KaniTTS-2's speaker embedder (a WavLM with two projection layers, 128-d out): `kanitts
+    prepare` adds each clip's embedding (column speaker_emb), and `synthesize --voice` embeds the
+    reference clip with it. For a codec with its own global embedding (Kanade) leave it out:
+    that embedding is the voice."""
+
+    weights: Text = "nineninesix/speaker-emb-tbr"
+
+
 class ModelConfig(Strict):
     tokenizer: TokenizerSection = TokenizerSection()
     special_tokens: SpecialTokens = SpecialTokens()
     codec: CodecSection = CodecSection()
+    # Added here: the speaker embedder of a KaniTTS-2 model (None: none, or the codec's own).
+    speaker_embedder: SpeakerEmbedderSection | None = None
     # The dataset column of each codebook, in codebook order (the names dataset_config.yaml's
     # column keys map from). Left out, it is what the codec writes: nano_layer_1..N for NanoCodec.
     codec_layers: list[Text] | None = None
+
+    @model_validator(mode="after")
+    def _one_voice_embedding(self) -> ModelConfig:
+        if self.speaker_embedder is not None and codec_entry(self.codec.kind).embedding_column is not None:
+            raise ValueError(
+                f"speaker_embedder: the {self.codec.kind} codec has its own global (speaker) embedding, which "
+                "is the voice its decoder and a conditioned model read; remove speaker_embedder"
+            )
+        return self
 
     @model_validator(mode="after")
     def _codec_layers_of_the_codec(self) -> ModelConfig:

@@ -1,0 +1,205 @@
+"""A tiny KaniTTS-2 through the pipeline: prepare with embeddings, data with a language tag,
+train padded and packed, reload with every parameter, synthesize --voice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kanitts.errors import UserError
+
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def k2_project(tmp_path_factory, tiny_codec_dir):
+    """Base model, speaker embedder, clips of two speakers and their prepared NanoCodec dataset."""
+    import csv
+    from types import SimpleNamespace
+
+    import soundfile as sf
+
+    from kanade_tokenizer.testing import synthetic_speech
+    from kanitts.config import ModelConfig
+    from kanitts.prepare.options import CodecSpec, PrepareOptions
+    from kanitts.prepare.pipeline import prepare_dataset
+    from kanitts.tiny import build_tiny_kanitts2, build_tiny_speaker_embedder
+
+    root = tmp_path_factory.mktemp("k2_project")
+    model_cfg = build_tiny_kanitts2(root / "base", speaker_emb_dim=DIM)
+    embedder = build_tiny_speaker_embedder(root / "embedder", embd_size=DIM)
+    dump = model_cfg.model_dump()
+    dump["codec"]["weights"] = str(tiny_codec_dir)
+    dump["speaker_embedder"] = {"weights": str(embedder)}
+    model_cfg = ModelConfig.model_validate(dump)
+    clips = root / "clips"
+    clips.mkdir()
+    with open(clips / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "text", "speaker"])
+        for s, speaker in enumerate(("alice", "bob")):
+            for i, text in enumerate(["The quick brown fox.", "Hello there."]):
+                name = f"{speaker}_{i}.wav"
+                sf.write(clips / name, synthetic_speech(1.0 + 0.3 * i, seed=10 * s + i).numpy(), 24000)
+                writer.writerow([name, text, speaker])
+    options = PrepareOptions(input=str(clips / "manifest.csv"), output=str(root / "data"), progress=False,
+                             num_workers=1, speaker_embedder=str(embedder))
+    prepare_dataset(options, CodecSpec(kind="nanocodec", weights=str(tiny_codec_dir)))
+    return SimpleNamespace(root=root, base=root / "base", model_cfg=model_cfg, data=root / "data",
+                           clips=clips, embedder=embedder, codec_dir=tiny_codec_dir)
+
+
+@pytest.fixture(scope="module")
+def k2_sequences(k2_project, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from kanitts.config import DatasetConfig
+    from kanitts.sequences import build_training_dataset
+
+    cfg = DatasetConfig.model_validate({
+        "hf_datasets": [{"reponame": str(k2_project.data), "language_tag": "EN"}], "dedup_frames": False,
+        "cache_dir": str(tmp_path_factory.mktemp("k2_cache")),
+    })
+    tokenizer = AutoTokenizer.from_pretrained(str(k2_project.base))
+    dataset, _ = build_training_dataset(cfg, k2_project.model_cfg, tokenizer, num_proc=1)
+    return dataset, tokenizer
+
+
+@pytest.fixture(scope="module")
+def k2_checkpoints(k2_project, k2_sequences, tmp_path_factory):
+    from kanitts.config import ConfigSet, ExperimentsConfig
+    from kanitts.training.experiments import run_experiments
+
+    trainer = {"max_steps": 2, "learning_rate": 1e-2, "logging_steps": 1, "report_to": "none",
+               "save_strategy": "no", "use_cpu": True, "weight_decay": 0.1}
+    experiments = ExperimentsConfig.model_validate({
+        "base_model": str(k2_project.base),
+        "experiments": [
+            {"base": {"model_id": "padded"}, "lora_args": {"r": 4}, "trainer_args": trainer,
+             "training": {"alpha_lr_ratio": 5.0, "speaker_embedding": "speaker_mean"}},
+            {"base": {"model_id": "packed"}, "lora_args": {"r": 4}, "trainer_args": trainer,
+             "training": {"packing": True, "max_tokens_per_batch": 4096}},
+        ],
+    })
+    configs = ConfigSet(config_dir=k2_project.root, experiments=experiments, model=k2_project.model_cfg)
+    results = run_experiments(configs, checkpoints_dir=tmp_path_factory.mktemp("k2_ckpt"),
+                              train_dataset=k2_sequences[0])
+    assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
+    return {r.model_id: r for r in results}
+
+
+def test_prepare_adds_embeddings_and_data_the_language_tag(k2_project, k2_sequences):
+    from datasets import load_from_disk
+
+    from kanitts.models.speaker_embedder import KaniSpeakerEmbedder
+
+    ds = load_from_disk(str(k2_project.data))
+    assert "speaker_emb" in ds.column_names and len(ds[0]["speaker_emb"]) == DIM
+    np.testing.assert_allclose(np.linalg.norm(np.array(ds["speaker_emb"]), axis=1), 1.0, atol=1e-5)
+    # the same clip, embedded alone, gives the stored vector (from the audio the codec encoded)
+    first = ds[0]
+    assert float(np.array(first["speaker_emb"]) @ np.array(ds[1]["speaker_emb"])) < 0.99999
+    assert KaniSpeakerEmbedder.load(str(k2_project.embedder)).dim == DIM
+    dataset, tokenizer = k2_sequences
+    row = dataset[0]
+    assert len(row["speaker_embedding"]) == DIM
+    prompt = tokenizer.decode(row["input_ids"][1:row["input_ids"].index(2)], skip_special_tokens=True)
+    assert prompt.startswith("en: ")  # the tag, lower-cased as KaniTTS-2 does
+
+
+def test_trained_checkpoints_reload_complete_in_the_upstream_layout(k2_project, k2_checkpoints):
+    from safetensors.torch import load_file
+
+    from kanitts.models.kanitts2 import KaniTTS2ForCausalLM
+
+    base = load_file(str(k2_project.base / "model.safetensors"))
+    for result in k2_checkpoints.values():
+        folder = result.path
+        config = json.loads((folder / "config.json").read_text())
+        assert config["use_learnable_rope"] is True and config["speaker_emb_dim"] == DIM
+        assert sorted(p.name for p in folder.glob("*.safetensors")) == ["model.safetensors", "speaker_embeddings.safetensors"]
+        weights = load_file(str(folder / "model.safetensors"))
+        assert set(weights) == set(base)  # the same names: what the upstream loader reads
+        # LoRA merged, and the projection and the RoPE scales trained with it
+        for key in ("model.speaker_emb_projection.weight", "model.learnable_rope_layers.1.alpha_weight"):
+            assert not torch.equal(weights[key], base[key]), key
+        model = KaniTTS2ForCausalLM.from_pretrained(folder)  # raises on any parameter not in the file
+        assert model.kanitts2.use_learnable_rope
+    padded, packed = k2_checkpoints["padded"], k2_checkpoints["packed"]
+    moved = {n: (load_file(str(r.path / "model.safetensors"))["model.learnable_rope_layers.1.alpha_weight"]
+                 - base["model.learnable_rope_layers.1.alpha_weight"]).abs().item() for n, r in k2_checkpoints.items()}
+    assert moved["padded"] > moved["packed"]  # alpha_lr_ratio 5 against 1
+    assert json.loads((packed.path / "metrics.json").read_text())["packing"] is True
+    assert json.loads((padded.path / "metrics.json").read_text())["packing"] is False
+
+
+def test_the_data_must_carry_embeddings_of_the_model_size(k2_project, k2_sequences, tmp_path):
+    from kanitts.config import ConfigSet, ExperimentsConfig
+    from kanitts.training.experiments import run_experiments
+
+    dataset = k2_sequences[0]
+    experiments = ExperimentsConfig.model_validate({
+        "base_model": str(k2_project.base),
+        "experiments": [{"base": {"model_id": "x"}, "trainer_args": {"max_steps": 1, "report_to": "none",
+                                                                      "use_cpu": True}}],
+    })
+    configs = ConfigSet(config_dir=tmp_path, experiments=experiments, model=k2_project.model_cfg)
+    [result] = run_experiments(configs, checkpoints_dir=tmp_path / "a", train_dataset=dataset.remove_columns("speaker_embedding"))
+    assert result.status == "failed" and "is a KaniTTS-2 model, which reads a speaker embedding per clip" in result.error
+    short = dataset.map(lambda row: {"speaker_embedding": row["speaker_embedding"][:4]})
+    [result] = run_experiments(configs, checkpoints_dir=tmp_path / "b", train_dataset=short)
+    assert result.status == "failed" and "have 4 values" in result.error and "reads 16" in result.error
+    assert not (tmp_path / "a" / "x").exists() and not (tmp_path / "b" / "x").exists()
+
+
+def test_synthesize_voice_clones_through_the_embedder(k2_project, k2_checkpoints, tmp_path, capsys):
+    import soundfile as sf
+    import yaml
+
+    from kanitts.cli import main
+    from kanitts.config import InferenceConfig
+    from kanitts.inference import KaniTTS
+
+    folder = k2_checkpoints["packed"].path
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "model_config.yaml").write_text(yaml.safe_dump(k2_project.model_cfg.model_dump()))
+    inference = {"model": {"torch_dtype": "float32"}, "generation": {"max_new_tokens": 10, "constrained_decoding": True}}
+    (config / "inference_config.yaml").write_text(yaml.safe_dump(inference))
+    out = tmp_path / "out.wav"
+    voice = k2_project.clips / "bob_1.wav"
+    assert main(["synthesize", "Hello.", "--model", str(folder), "--config-dir", str(config), "-o", str(out),
+                 "--voice", str(voice)]) == 0, capsys.readouterr().err
+    data, rate = sf.read(str(out))
+    assert rate == 22050 and len(data) == 2 * 1764  # 10 tokens: 2 markers + 2 four-token frames
+    tts = KaniTTS.from_pretrained(folder, model_cfg=k2_project.model_cfg,
+                                  inference_cfg=InferenceConfig.model_validate(inference), device="cpu")
+    embedding, where = tts.voice_embedding(voice)
+    assert where == f"the voice of {voice}" and embedding.shape == (DIM,)
+    from kanitts.audio import load_audio
+
+    samples, sr = load_audio(str(voice))
+    np.testing.assert_allclose(embedding.numpy(), tts.speaker_embedder.embed(samples, sr))
+    assert tts.prompt_ids("Hi")[:2] == [tts.layout.start_of_human, tts.layout.speaker_slot]
+    torch.testing.assert_close(tts.voice_embedding(speaker="alice")[0], tts.voices["speaker:alice"])
+    assert main(["synthesize", "Hello.", "--model", str(folder), "--config-dir", str(config), "-o", str(out),
+                 "--voice", str(tmp_path / "missing.wav")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_a_model_config_that_disagrees_with_the_checkpoint_is_refused(k2_project, k2_checkpoints):
+    from kanitts.config import InferenceConfig, ModelConfig
+    from kanitts.inference import KaniTTS
+
+    dump = k2_project.model_cfg.model_dump()
+    dump["special_tokens"]["speaker_embedding"] = dump["special_tokens"]["pad_token"] + 2
+    with pytest.raises(UserError, match=r"the model's speaker slot is id \d+ .*model_config.yaml puts it at"):
+        KaniTTS.from_pretrained(k2_checkpoints["packed"].path, model_cfg=ModelConfig.model_validate(dump),
+                                inference_cfg=InferenceConfig(), device="cpu")
+    dump = k2_project.model_cfg.model_dump()
+    dump["codec"] = {"kind": "kanade"}
+    with pytest.raises(ValueError, match="has its own global .speaker. embedding"):
+        ModelConfig.model_validate(dump)
