@@ -445,8 +445,12 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", overlay)
     ActionChains(driver).move_to_element(overlay).perform()
     tip = find(By.CSS_SELECTOR, ".chart .tip")
-    assert tip.is_displayed() and f"{models[0]}: train " in tip.text and models[1] not in tip.text
-    assert "validation" in tip.text
+    lines = tip.find_elements(By.CSS_SELECTOR, ".line")
+    assert tip.is_displayed() and len(lines) == 8 and "+ 11 more" in tip.text and models[1] not in tip.text
+    nearest = lines[0].find_element(By.CSS_SELECTOR, ".who").get_attribute("textContent")
+    assert re.fullmatch(r": train [\d.]+ @ \d+(, validation [\d.]+ @ \d+)?",
+                        lines[0].find_element(By.CSS_SELECTOR, ".values").get_attribute("textContent"))
+    assert {p.get_attribute("data-model") for p in driver.find_elements(By.CSS_SELECTOR, "svg.loss polyline.near")} == {nearest}
 
     # The settings filter.
     click(driver, find(By.ID, "only-diff"))

@@ -647,18 +647,35 @@
         function nearest(list) {
           return list.reduce(function (best, p) { return !best || Math.abs(p[0] - step) < Math.abs(best[0] - step) ? p : best; }, null);
         }
-        var lines = visible.map(function (s) {
+        var sy = (event.clientY - box.top) / box.height * H;
+        var level = y0 + (1 - (sy - T) / (H - T - B)) * (y1 - y0);
+        // The curves nearest the pointer first (the nearest drawn bold): with 20 or more
+        // models a full list would cover the chart.
+        var near = visible.map(function (s) {
           var t = nearest(s.train), v = nearest(s.val);
-          return el("div", {}, [el("span", { class: "swatch", style: "background:" + s.color }),
-            s.id + ": " + (t ? "train " + fmt(t[1]) + " @ " + fmt(t[0]) : "") + (v ? (t ? ", " : "") + "validation " + fmt(v[1]) + " @ " + fmt(v[0]) : "")]);
+          var d = Math.min(t ? Math.abs(t[1] - level) : Infinity, v ? Math.abs(v[1] - level) : Infinity);
+          return { s: s, t: t, v: v, d: d };
+        }).sort(function (a, b) { return a.d - b.d; });
+        chart.querySelectorAll("polyline.near").forEach(function (p) { p.classList.remove("near"); });
+        chart.querySelectorAll("polyline").forEach(function (p) { if (near.length && p.getAttribute("data-model") === near[0].s.id) { p.classList.add("near"); } });
+        var lines = near.slice(0, 8).map(function (n) {
+          return el("div", { class: "line" }, [el("span", { class: "swatch", style: "background:" + n.s.color }),
+            el("span", { class: "who", text: n.s.id }),
+            el("span", { class: "values", text: ": " + (n.t ? "train " + fmt(n.t[1]) + " @ " + fmt(n.t[0]) : "") +
+              (n.v ? (n.t ? ", " : "") + "validation " + fmt(n.v[1]) + " @ " + fmt(n.v[0]) : "") })]);
         });
+        if (near.length > 8) { lines.push(el("div", { class: "step", text: "+ " + (near.length - 8) + " more (untick models to see them)" })); }
         cursor.setAttribute("x1", sx); cursor.setAttribute("x2", sx); cursor.setAttribute("visibility", "visible");
-        tip.replaceChildren.apply(tip, [el("div", { class: "step", text: "step " + fmt(step) })].concat(lines));
+        tip.replaceChildren.apply(tip, [el("div", { class: "step", text: "step " + fmt(step) + ", loss " + fmt(level) })].concat(lines));
         tip.hidden = !lines.length;
-        tip.style.left = Math.min(event.clientX - box.left + 14, box.width - 260) + "px";
+        tip.style.left = Math.max(0, Math.min(event.clientX - box.left + 14, box.width - 380)) + "px";
         tip.style.top = (event.clientY - box.top + 10) + "px";
       });
-      overlay.addEventListener("mouseleave", function () { tip.hidden = true; cursor.setAttribute("visibility", "hidden"); });
+      overlay.addEventListener("mouseleave", function () {
+        tip.hidden = true;
+        cursor.setAttribute("visibility", "hidden");
+        chart.querySelectorAll("polyline.near").forEach(function (p) { p.classList.remove("near"); });
+      });
     }
 
     series.forEach(function (s) {
