@@ -46,7 +46,8 @@ def constructed_results(folder: Path) -> Path:
     ranking, training and validation loss; one model name and one sentence carry ``</script>``."""
     models = [f"exp-{i:02d}-lora-r{8 * (i + 1)}-lr{i + 1}e-4-a-long-experiment-name" for i in range(N_MODELS)]
     models[3] = "exp-03" + NASTY
-    sentences = [("s1", "alice: The quick brown fox."), ("s2", "alice: Jumps over " + NASTY), ("s3", "No speaker here.")]
+    sentences = [("s1", "alice: The quick brown fox."), ("s2", "alice: Jumps over " + NASTY),
+                 ("s3", "No speaker here.")]
     rows = []
     for i, model in enumerate(models):
         for j, (sid, text) in enumerate(sentences):
@@ -138,7 +139,7 @@ def test_each_sentence_gets_a_recording_of_its_speaker_as_the_anchor(constructed
 
 
 def test_report_folder_holds_everything_it_links(constructed):
-    results_json, index = constructed
+    index = constructed[1]
     folder = index.parent
     page = index.read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the report must not load anything remote"
@@ -236,7 +237,8 @@ def test_a_sample_without_audio_has_no_player(report, tmp_path):
 @pytest.fixture(scope="module")
 def driver():
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+        pytest.skip("Debian's chromium and chromium-driver are not installed "
+                    "(apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -276,8 +278,20 @@ def severe_logs(driver) -> list:
 
 
 def header_models(driver) -> list[str]:
-    return driver.execute_script(
-        "return Array.from(document.querySelectorAll('table.grid thead th.col')).map(th => th.dataset.model || th.textContent)")
+    return driver.execute_script("return Array.from(document.querySelectorAll('table.grid thead th.col'))"
+                                 ".map(th => th.dataset.model || th.textContent)")
+
+
+def audio_states(driver, selector: str) -> list[dict]:
+    """Every matching audio element's state, once each has loaded its metadata or failed."""
+    script = ("return Array.from(document.querySelectorAll(arguments[0])).map(a => ({src: a.currentSrc, "
+              "ready: a.readyState, error: a.error && a.error.code, duration: a.duration}))")
+
+    def loaded():
+        states = driver.execute_script(script, selector)
+        return states if states and all(s["ready"] >= 1 or s["error"] for s in states) else None
+
+    return wait_for(loaded, f"the audio of {selector} to load")
 
 
 def row_keys(driver) -> list[list[str]]:
@@ -294,7 +308,7 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
-    results_json, index = constructed
+    index = constructed[1]
     data = page_data(index.read_text(encoding="utf-8"))
     models = [m["id"] for m in data["models"]]
     driver.get(index.resolve().as_uri())
@@ -307,16 +321,16 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     assert driver.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", wrap)
     head = find(By.CSS_SELECTOR, f"table.grid th.col[data-model='{models[0]}']")
     assert head.get_attribute("title").startswith(models[0])
-    assert driver.execute_script("const n = arguments[0].querySelector('.name'); return n.scrollWidth > n.clientWidth", head)
-    assert find(By.CSS_SELECTOR, "table.grid th.col[data-model^='exp-03'] .name").get_attribute("textContent") == "…03" + NASTY
+    assert driver.execute_script("const n = arguments[0].querySelector('.name'); return n.scrollWidth > n.clientWidth",
+                                 head)
+    nasty = find(By.CSS_SELECTOR, "table.grid th.col[data-model^='exp-03'] .name")
+    assert nasty.get_attribute("textContent") == "…03" + NASTY
     assert head.get_attribute("textContent") == "…00-lora-r8-lr1e-4-a-long-experiment-name"  # the shared "exp-" cut
     assert find(By.CSS_SELECTOR, "tr[data-sentence='s2'] th .text").text.endswith("</script><!-- &")
     assert row_keys(driver)[0][-2:] == ["@recording#0", "@codec#0"]
 
     # Every player's WAV loads from file:// and plays.
-    states = wait_for(lambda: (lambda s: s if all(x["ready"] >= 1 or x["error"] for x in s) else None)(driver.execute_script(
-        "return Array.from(document.querySelectorAll('audio')).map(a => ({src: a.currentSrc, ready: a.readyState, error: a.error && a.error.code}))")),
-        "the audio to load")
+    states = audio_states(driver, "audio")
     assert len(states) == len(data["rows"]) + 2 * len(data["sentences"]) + len(data["references"])
     assert all(s["error"] is None and s["src"].startswith("file://") for s in states), states
     play = find(By.CSS_SELECTOR, "tr[data-sentence='s1'] td .play")
@@ -361,6 +375,8 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     assert driver.find_elements(By.CSS_SELECTOR, "table.grid .who") == []
     driver.refresh()
     assert row_keys(driver) == blind and find(By.ID, "blind").is_selected()
+    Select(find(By.ID, "sort-metric")).select_by_visible_text("mean CER")  # sorting cannot undo the shuffle
+    assert row_keys(driver) == blind
     click(driver, find(By.ID, "reveal"))
     marks = driver.find_elements(By.CSS_SELECTOR, "table.grid .who.ref")
     assert {m.text for m in marks} == {"★ real speaker", "★ real speaker (codec)"} and len(marks) == 6
@@ -376,10 +392,13 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     assert "unrated" not in slider.get_attribute("class")
     click(driver, cell.find_element(By.CSS_SELECTOR, ".pick input"))
     assert find(By.ID, "pick-summary").text == f"Best picks: {models[2]}: 1."
-    click(driver, find(By.ID, "reveal"))  # names hidden again
+    click(driver, find(By.ID, "reveal"))  # names hidden again, and so are my ratings per model
     assert find(By.ID, "pick-summary").text.startswith("Best picks: 1 sentence(s) (names hidden")
+    assert find(By.ID, "merged").text.startswith("Your ratings per model are hidden in blind mode")
     click(driver, find(By.ID, "blind"))  # leaving blind mode restores the names and the order
+    Select(find(By.ID, "sort-metric")).select_by_visible_text("results order")
     assert header_models(driver) == columns and row_keys(driver) == named
+    assert models[2] in find(By.ID, "merged").text
     assert find(By.ID, "pick-summary").text == f"Best picks: {models[2]}: 1."
     driver.refresh()
     cell = find(By.CSS_SELECTOR, f"tr[data-sentence='s1'] .sample[data-key='{models[2]}#0']")
@@ -412,8 +431,8 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     find(By.ID, "merge-files").send_keys("\n".join(str(f) for f in files))
     wait_for(lambda: "Merged: 2 listener" in find(By.ID, "merged").text, "the merged table")
     assert find(By.ID, "merge-errors").text == "junk.json: not a ratings file exported by this report"
-    merged = driver.execute_script(
-        "return Array.from(document.querySelectorAll('table.merged tr')).map(tr => Array.from(tr.cells).map(c => c.textContent))")
+    merged = driver.execute_script("return Array.from(document.querySelectorAll('table.merged tr'))"
+                                   ".map(tr => Array.from(tr.cells).map(c => c.textContent))")
     assert merged[0] == ["model", "Ada Lovelace", "Bob", "mean rating", "ratings", "best picks"]
     assert sorted(merged[1:]) == sorted([
         [models[2], f"{rating} (1)", "20 (1)", f"{(rating + 20) / 2:g}", "2", "1"],
@@ -434,8 +453,8 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
 
     # Loss curves: one chart, validation dashed, a model toggled off, values on hover.
     curves = lambda: driver.execute_script(  # noqa: E731
-        "return Array.from(document.querySelectorAll('svg.loss polyline')).map(p => [p.dataset.model, p.classList.contains('val'),"
-        " getComputedStyle(p).strokeDasharray])")
+        "return Array.from(document.querySelectorAll('svg.loss polyline'))"
+        ".map(p => [p.dataset.model, p.classList.contains('val'), getComputedStyle(p).strokeDasharray])")
     drawn = curves()
     assert len(drawn) == N_MODELS + N_MODELS // 2
     assert all((dash != "none") == val for _, val, dash in drawn)
@@ -450,7 +469,8 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     nearest = lines[0].find_element(By.CSS_SELECTOR, ".who").get_attribute("textContent")
     assert re.fullmatch(r": train [\d.]+ @ \d+(, validation [\d.]+ @ \d+)?",
                         lines[0].find_element(By.CSS_SELECTOR, ".values").get_attribute("textContent"))
-    assert {p.get_attribute("data-model") for p in driver.find_elements(By.CSS_SELECTOR, "svg.loss polyline.near")} == {nearest}
+    bold = driver.find_elements(By.CSS_SELECTOR, "svg.loss polyline.near")
+    assert {p.get_attribute("data-model") for p in bold} == {nearest}
 
     # The settings filter.
     click(driver, find(By.ID, "only-diff"))
@@ -465,9 +485,7 @@ def test_report_of_a_real_eval_run_plays_in_chromium(report, driver):
 
     index, summary = report
     driver.get(index.resolve().as_uri())
-    states = wait_for(lambda: (lambda s: s if s and all(x["ready"] >= 1 or x["error"] for x in s) else None)(driver.execute_script(
-        "return Array.from(document.querySelectorAll('table.grid audio')).map(a => "
-        "({ready: a.readyState, error: a.error && a.error.code, duration: a.duration}))")), "the audio to load")
+    states = audio_states(driver, "table.grid audio")
     assert len(states) == len(summary.rows)
     for state in states:
         assert state["error"] is None and state["duration"] == pytest.approx(3 * 1764 / 22050, abs=0.01)

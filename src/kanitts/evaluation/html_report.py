@@ -107,7 +107,8 @@ def report_data(results: dict[str, Any], title: str) -> dict[str, Any]:
     metrics = [{"key": key, "label": label} for key, label in METRIC_LABELS.items()]
     references = [_reference(ref) for ref in results.get("references") or []]
     sentences = [
-        {"id": s["sentence_id"], "text": s["sentence"], "speaker": EvalSentence(s["sentence_id"], s["sentence"]).speaker}
+        {"id": s["sentence_id"], "text": s["sentence"],
+         "speaker": EvalSentence(s["sentence_id"], s["sentence"]).speaker}
         for s in results["sentences"]
     ]
     for sentence in sentences:

@@ -110,13 +110,12 @@
     };
   }
 
-  function shuffled(list, random) {
-    var out = list.slice();
-    for (var i = out.length - 1; i > 0; i--) {
-      var j = Math.floor(random() * (i + 1));
-      var x = out[i]; out[i] = out[j]; out[j] = x;
-    }
-    return out;
+  // Blind order: each (sentence, model) gets a seeded random key and the columns sort by it, so
+  // the order stays the same while blind mode is on whatever is sorted, hidden or shown.
+  function shuffled(list, seed, sentence) {
+    var key = {};
+    list.forEach(function (item) { key[item.id] = rng(seed, sentence + "\u0000" + item.id)(); });
+    return list.slice().sort(function (a, b) { return key[a.id] - key[b.id]; });
   }
 
   // --- the data as columns -----------------------------------------------------------------
@@ -207,21 +206,33 @@
   // --- the grid ------------------------------------------------------------------------------
 
   var playing = null;
+  // One audio element per cell's sample, kept across re-renders (no reload on a re-sort); per
+  // cell, not per file: one real-speaker clip can be the anchor of several sentences.
+  var players = {};
 
-  function player(sample) {
-    var audio = el("audio", { preload: "metadata", src: sample.audio });
+  function player(sentence, sample) {
+    var id = cellKey(sentence.id, sample.key);
+    var audio = players[id];
+    if (!audio) {
+      audio = players[id] = el("audio", { preload: "metadata", src: sample.audio });
+      var reset = function () { if (audio.button) { audio.button.textContent = "▶"; audio.button.classList.remove("on"); } };
+      audio.addEventListener("ended", reset);
+      audio.addEventListener("pause", reset);
+    }
+    if (!audio.paused) { audio.pause(); }
     var button = el("button", { type: "button", class: "play", title: "play", "aria-label": "play", text: "▶" });
-    function reset() { button.textContent = "▶"; button.classList.remove("on"); }
-    audio.addEventListener("ended", reset);
-    audio.addEventListener("pause", reset);
+    audio.button = button;
     button.addEventListener("click", function () {
       if (!audio.paused) { audio.pause(); return; }
       if (playing && playing !== audio) { playing.pause(); }
       playing = audio;
+      audio.button = button;
       audio.currentTime = 0;
       button.textContent = "❚❚";
       button.classList.add("on");
-      audio.play().catch(function (e) { reset(); button.title = "cannot play: " + e.message; });
+      audio.play().catch(function (e) {
+        button.textContent = "▶"; button.classList.remove("on"); button.title = "cannot play: " + e.message;
+      });
     });
     return [audio, button];
   }
@@ -238,7 +249,7 @@
     var item = byId[sample.item];
     var box = el("div", { class: "sample", title: blind ? null : metricsTitle(sample), "data-key": sample.key });
     var top = el("div", { class: "row" });
-    if (sample.audio) { player(sample).forEach(function (n) { top.append(n); }); }
+    if (sample.audio) { player(sentence, sample).forEach(function (n) { top.append(n); }); }
     else { top.append(el("span", { class: "missing", title: sample.problems, text: "no audio" })); }
     var stored = (state.ratings[sentence.id] || {})[sample.key];
     var readout = el("span", { class: "rv", text: stored === undefined ? "–" : String(stored) });
@@ -287,7 +298,7 @@
         [el("span", { class: "name", text: item.ref || !cut ? item.label : "…" + item.label.slice(cut) })].concat(item.error ? [el("span", { class: "failed", text: "not evaluated" })] : []));
     }));
     var body = DATA.sentences.map(function (sentence, index) {
-      var order = blind ? shuffled(shown, rng(state.blind.seed, sentence.id)) : shown;
+      var order = blind ? shuffled(shown, state.blind.seed, sentence.id) : shown;
       var row = [el("th", { scope: "row", title: sentence.text }, [el("span", { class: "sid", text: sentence.id }),
         el("span", { class: "text", text: sentence.text })])];
       order.forEach(function (item) {
@@ -361,10 +372,10 @@
     blind.checked = state.blind.on;
     blind.addEventListener("change", function () {
       state.blind = { on: blind.checked, seed: blind.checked ? Math.floor(Math.random() * 4294967296) | 0 : 0, revealed: false };
-      save(); renderGrid();
+      save(); renderGrid(); renderMerged();
     });
     document.getElementById("reveal").addEventListener("click", function () {
-      state.blind.revealed = !state.blind.revealed; save(); renderGrid();
+      state.blind.revealed = !state.blind.revealed; save(); renderGrid(); renderMerged();
     });
     var listener = document.getElementById("listener");
     listener.value = state.listener;
@@ -430,6 +441,11 @@
   }
 
   function renderMerged() {
+    var target = document.getElementById("merged");
+    if (!loaded.length && state.blind.on && !state.blind.revealed) {
+      target.replaceChildren(el("p", { text: "Your ratings per model are hidden in blind mode (reveal, or leave blind mode, to see them)." }));
+      return;
+    }
     var listeners = loaded.length ? loaded : [myExport()];
     var rows = {};
     function entry(id) {
@@ -439,7 +455,6 @@
       l.ratings.forEach(function (r) { entry(r.model).per[i].push(r.rating); });
       l.picks.forEach(function (p) { entry(p.model).picks += 1; });
     });
-    var target = document.getElementById("merged");
     var ids = Object.keys(rows);
     if (!ids.length) { target.replaceChildren(el("p", { text: "No ratings yet." })); return; }
     var headers = ["model"].concat(listeners.map(function (l) { return { label: l.listener, title: "mean rating (count)" }; }),
