@@ -283,7 +283,10 @@ def header_models(driver) -> list[str]:
 
 
 def audio_states(driver, selector: str) -> list[dict]:
-    """Every matching audio element's state, once each has loaded its metadata or failed."""
+    """Every matching audio element's state, once each has loaded its metadata or failed.
+
+    The grid's players do not preload: each is asked to load here."""
+    driver.execute_script("document.querySelectorAll(arguments[0]).forEach(a => a.load())", selector)
     script = ("return Array.from(document.querySelectorAll(arguments[0])).map(a => ({src: a.currentSrc, "
               "ready: a.readyState, error: a.error && a.error.code, duration: a.duration}))")
 
@@ -335,9 +338,9 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     assert all(s["error"] is None and s["src"].startswith("file://") for s in states), states
     play = find(By.CSS_SELECTOR, "tr[data-sentence='s1'] td .play")
     click(driver, play)
-    wait_for(lambda: "on" in play.get_attribute("class") or driver.execute_script(
-        "return !document.querySelector('tr[data-sentence=s1] td audio').paused || "
-        "document.querySelector('tr[data-sentence=s1] td audio').ended"), "the sample to play")
+    wait_for(lambda: driver.execute_script("const a = document.querySelector('tr[data-sentence=s1] td audio');"
+                                           "return a.ended && a.played.length > 0"), "the sample to play to its end")
+    assert play.text == "▶"  # back to "play" once it ended
 
     # Model selection: untick one, none, all.
     click(driver, find(By.CSS_SELECTOR, f"input.model-toggle[data-model='{models[5]}']"))

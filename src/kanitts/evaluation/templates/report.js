@@ -214,7 +214,8 @@
     var id = cellKey(sentence.id, sample.key);
     var audio = players[id];
     if (!audio) {
-      audio = players[id] = el("audio", { preload: "metadata", src: sample.audio });
+      // preload none: 50 models x 100 sentences must not open 5000 files before anyone listens.
+      audio = players[id] = el("audio", { preload: "none", src: sample.audio });
       var reset = function () { if (audio.button) { audio.button.textContent = "▶"; audio.button.classList.remove("on"); } };
       audio.addEventListener("ended", reset);
       audio.addEventListener("pause", reset);
@@ -384,7 +385,11 @@
     document.getElementById("clear-ratings").addEventListener("click", function () {
       state.ratings = {}; state.picks = {}; save(); renderGrid(); renderMerged();
     });
-    document.getElementById("merge-files").addEventListener("change", function (event) { mergeFiles(event.target.files); });
+    document.getElementById("merge-files").addEventListener("change", function (event) {
+      var files = Array.prototype.slice.call(event.target.files);
+      event.target.value = "";  // choosing the same files again reloads them
+      mergeFiles(files);
+    });
     var onlyDiff = document.getElementById("only-diff");
     if (onlyDiff) {
       onlyDiff.addEventListener("change", function () {
@@ -425,7 +430,7 @@
   function mergeFiles(files) {
     var errors = document.getElementById("merge-errors");
     errors.replaceChildren();
-    Promise.all(Array.prototype.map.call(files, function (file) {
+    Promise.all(files.map(function (file) {
       return file.text().then(function (text) {
         var data;
         try { data = JSON.parse(text); } catch (e) { throw new Error(file.name + ": not JSON (" + e.message + ")"); }
