@@ -246,7 +246,9 @@
     return parts.join("\n");
   }
 
-  function sampleBox(sentence, sample, index, blind) {
+  function shortName(item, cut) { return item.ref || !cut ? item.label : "…" + item.label.slice(cut); }
+
+  function sampleBox(sentence, sample, index, blind, cut) {
     var item = byId[sample.item];
     var box = el("div", { class: "sample", title: blind ? null : metricsTitle(sample), "data-key": sample.key });
     var top = el("div", { class: "row" });
@@ -273,7 +275,7 @@
     if (!blind && sample.values.truncated) { meta.append(el("span", { class: "badge warn", title: sample.problems, text: "cut" })); }
     box.append(top, slider, meta);
     if (blind && state.blind.revealed) {
-      box.append(el("span", { class: "who" + (item.ref ? " ref" : ""), title: item.label, text: (item.ref ? "★ " : "") + item.label }));
+      box.append(el("span", { class: "who" + (item.ref ? " ref" : ""), title: item.label, text: (item.ref ? "★ " : "") + shortName(item, cut) }));
     }
     return box;
   }
@@ -296,7 +298,7 @@
     var head = [el("th", { scope: "col", class: "corner", text: "sentence" })].concat(shown.map(function (item, j) {
       if (blind) { return el("th", { scope: "col", class: "col", text: String(j + 1) }); }
       return el("th", { scope: "col", class: "col" + (item.ref ? " ref" : ""), title: item.title, "data-model": item.id },
-        [el("span", { class: "name", text: item.ref || !cut ? item.label : "…" + item.label.slice(cut) })].concat(item.error ? [el("span", { class: "failed", text: "not evaluated" })] : []));
+        [el("span", { class: "name", text: shortName(item, cut) })].concat(item.error ? [el("span", { class: "failed", text: "not evaluated" })] : []));
     }));
     var body = DATA.sentences.map(function (sentence, index) {
       var order = blind ? shuffled(shown, state.blind.seed, sentence.id) : shown;
@@ -304,8 +306,8 @@
         el("span", { class: "text", text: sentence.text })])];
       order.forEach(function (item) {
         var samples = cells[cellKey(sentence.id, item.id)] || [];
-        var td = el("td", { class: !blind && item.ref ? "ref" : null, "data-model": blind && !state.blind.revealed ? null : item.id });
-        samples.forEach(function (s) { td.append(sampleBox(sentence, s, index, blind)); });
+        var td = el("td", { class: item.ref && (!blind || state.blind.revealed) ? "ref" : null, "data-model": blind && !state.blind.revealed ? null : item.id });
+        samples.forEach(function (s) { td.append(sampleBox(sentence, s, index, blind, cut)); });
         if (!samples.length) {
           td.append(el("span", { class: "missing", text: item.error ? "not evaluated" : (item.ref ? "no recording" : "no sample") }));
         }
