@@ -42,12 +42,13 @@ def _values(i: int, j: int) -> dict:
 
 
 def constructed_results(folder: Path) -> Path:
-    """``eval_results.json`` of 20 models x 3 sentences, with the real speaker's references, a
-    ranking, training and validation loss; one model name and one sentence carry ``</script>``."""
+    """``eval_results.json`` of 20 models x 4 sentences, with the real speaker's references (of
+    alice, none of bob), a ranking with two speakers, training and validation loss; one model
+    name and one sentence carry ``</script>``."""
     models = [f"exp-{i:02d}-lora-r{8 * (i + 1)}-lr{i + 1}e-4-a-long-experiment-name" for i in range(N_MODELS)]
     models[3] = "exp-03" + NASTY
     sentences = [("s1", "alice: The quick brown fox."), ("s2", "alice: Jumps over " + NASTY),
-                 ("s3", "No speaker here.")]
+                 ("s3", "No speaker here."), ("s4", "bob: Nobody recorded bob.")]
     rows = []
     for i, model in enumerate(models):
         for j, (sid, text) in enumerate(sentences):
@@ -65,7 +66,9 @@ def constructed_results(folder: Path) -> Path:
             references.append({"kind": kind, "speaker": "alice", "audio": audio, "sample_rate": 8000, "text": text,
                                "transcript": text, **{key: None for key in METRIC_LABELS},
                                "wer": 0.0, "speaker_similarity": 0.95 if kind == "recording" else 0.9})
-    samples = [Sample(r["experiment_id"], r["sentence_id"], None, {"wer": r["wer"], "cer": r["cer"]}) for r in rows]
+    speaker = {"s1": "alice", "s2": "alice", "s3": None, "s4": "bob"}
+    samples = [Sample(r["experiment_id"], r["sentence_id"], speaker[r["sentence_id"]],
+                      {"wer": r["wer"], "cer": r["cer"]}) for r in rows]
     ranking = rank_models(samples, n_resamples=50).as_dict()
     results = {
         "generation": {"temperature": 0.6},
@@ -135,7 +138,8 @@ def test_each_sentence_gets_a_recording_of_its_speaker_as_the_anchor(constructed
     assert refs[anchors["s1"]["@codec"]] == {**refs[anchors["s1"]["@recording"]], "kind": "codec",
                                              "audio": "audio/references/codec-0.wav", "values":
                                              refs[anchors["s1"]["@codec"]]["values"]}
-    assert all(refs[a["@recording"]]["kind"] == "recording" for a in anchors.values())
+    assert all(refs[anchors[s]["@recording"]]["kind"] == "recording" for s in ("s1", "s2", "s3"))
+    assert anchors["s4"] == {}  # nobody recorded bob: no anchor rather than someone else's voice
 
 
 def test_report_folder_holds_everything_it_links(constructed):
@@ -334,7 +338,8 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
 
     # Every player's WAV loads from file:// and plays.
     states = audio_states(driver, "audio")
-    assert len(states) == len(data["rows"]) + 2 * len(data["sentences"]) + len(data["references"])
+    anchors = sum(len(s["anchors"]) for s in data["sentences"])
+    assert len(states) == len(data["rows"]) + anchors + len(data["references"])
     assert all(s["error"] is None and s["src"].startswith("file://") for s in states), states
     play = find(By.CSS_SELECTOR, "tr[data-sentence='s1'] td .play")
     click(driver, play)
@@ -353,7 +358,7 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
 
     # Sort the columns by mean WER, both ways; a model without the metric stays last.
     Select(find(By.ID, "sort-metric")).select_by_visible_text("mean WER")
-    wer = {m: sum(r["values"]["wer"] for r in data["rows"] if r["model"] == m) / 3 for m in models}
+    wer = {m: sum(r["values"]["wer"] for r in data["rows"] if r["model"] == m) / len(data["sentences"]) for m in models}
     wer["@recording"], wer["@codec"] = 0.0, 0.0
     ascending = sorted(columns, key=lambda c: (wer[c], columns.index(c)))
     assert header_models(driver) == ascending
@@ -372,8 +377,9 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     click(driver, find(By.ID, "blind"))
     assert header_models(driver) == [str(i + 1) for i in range(len(columns))]
     blind = row_keys(driver)
-    assert blind != named and all(sorted(b) == sorted(n) for b, n in zip(blind, named))
-    assert all("@recording#0" in keys for keys in blind)
+    assert blind != named and all(sorted(map(str, b)) == sorted(map(str, n)) for b, n in zip(blind, named, strict=True))
+    assert ["@recording#0" in keys for keys in blind] == [True, True, True, False]  # bob: no recording
+    assert find(By.CSS_SELECTOR, "tr[data-sentence='s4']").text.count("no recording") == 2
     assert find(By.CSS_SELECTOR, "table.grid").get_attribute("textContent").count("exp-") == 0
     assert driver.find_elements(By.CSS_SELECTOR, "table.grid .who") == []
     driver.refresh()
@@ -442,13 +448,20 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
         ["real speaker", "-", "100 (1)", "100", "1", "0"]])
 
     # Ranking and per-model tables, with the real speaker as the ceiling; MOS is "not measured".
-    ranking_rows = driver.find_elements(By.CSS_SELECTOR, "table.ranking tbody tr")
-    assert len(ranking_rows) == N_MODELS + 2 and ranking_rows[-2].text.startswith("real speaker")
-    assert "composite" in find(By.ID, "ranking-body").text
-    averages = find(By.CSS_SELECTOR, "table.averages")
-    assert "real speaker (codec)" in averages.text
-    if "mos" in METRIC_LABELS:
-        assert "not measured" in averages.text
+    tables = driver.find_elements(By.CSS_SELECTOR, "table.ranking")
+    assert len(tables) == 3  # all, alice, bob: the real speaker's rows only where they have recordings
+    assert [len(t.find_elements(By.CSS_SELECTOR, "tbody tr")) for t in tables] == [N_MODELS + 2] * 2 + [N_MODELS]
+    assert tables[0].find_elements(By.CSS_SELECTOR, "tbody tr")[-2].text.startswith("real speaker")
+    verdict = data["ranking"]["winner"] and f"Suggested winner: {data['ranking']['winner']} (best in "
+    assert (verdict or "Tie: ") in find(By.ID, "ranking-body").text
+    headings = driver.find_elements(By.CSS_SELECTOR, "#ranking-body h3")
+    assert [h.text for h in headings] == ["Speaker alice", "Speaker bob"]
+    cells = driver.execute_script(
+        "const t = document.querySelector('table.averages'), heads = Array.from(t.tHead.rows[0].cells);"
+        "const tr = Array.from(t.tBodies[0].rows).find(r => r.cells[0].textContent === 'real speaker (codec)');"
+        "return Object.fromEntries(heads.map((h, i) => [h.textContent, tr.cells[i].textContent]))")
+    assert cells["samples"] == "2" and cells["mean speaker similarity"] == "0.9"
+    assert cells["mean chars/s"] == "not measured"
     samples = find(By.CSS_SELECTOR, "table.samples")
     click(driver, samples.find_elements(By.CSS_SELECTOR, "th[data-sort]")[0])
     click(driver, samples.find_elements(By.CSS_SELECTOR, "th[data-sort]")[0])
@@ -495,3 +508,11 @@ def test_report_of_a_real_eval_run_plays_in_chromium(report, driver):
     assert driver.find_element(By.ID, "references-body").text.startswith("No recordings of the real speaker")
     assert driver.find_elements(By.CSS_SELECTOR, "svg.loss polyline")
     assert severe_logs(driver) == []
+
+
+def test_a_new_metric_is_shown_without_a_change_to_the_report(constructed, tmp_path, monkeypatch):
+    """Every key of METRIC_LABELS reaches the page, measured or not (a MOS nobody could compute)."""
+    monkeypatch.setitem(METRIC_LABELS, "mos", "MOS")
+    data = page_data(build_report(constructed[0], tmp_path / "report").read_text())
+    assert {"key": "mos", "label": "MOS"} in data["metrics"]
+    assert all(r["values"]["mos"] is None for r in data["rows"] + data["references"])
