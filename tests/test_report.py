@@ -488,6 +488,18 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     bold = driver.find_elements(By.CSS_SELECTOR, "svg.loss polyline.near")
     assert {p.get_attribute("data-model") for p in bold} == {nearest}
 
+    # Sorting by my own ratings, then forgetting them (after a confirmation).
+    Select(find(By.ID, "sort-metric")).select_by_visible_text("my mean rating")
+    assert header_models(driver)[0] == models[2]  # the only model rated
+    click(driver, find(By.ID, "clear-ratings"))
+    driver.switch_to.alert.dismiss()
+    assert driver.find_elements(By.CSS_SELECTOR, ".pick input:checked")
+    click(driver, find(By.ID, "clear-ratings"))
+    driver.switch_to.alert.accept()
+    assert not driver.find_elements(By.CSS_SELECTOR, ".pick input:checked")
+    assert not driver.find_elements(By.CSS_SELECTOR, "input.rate:not(.unrated)")
+    assert find(By.ID, "pick-summary").text == "Best picks: none yet."
+
     # The settings filter.
     click(driver, find(By.ID, "only-diff"))
     assert "only-diff" in find(By.CSS_SELECTOR, "table.settings").get_attribute("class")

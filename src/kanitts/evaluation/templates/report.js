@@ -385,6 +385,7 @@
     listener.addEventListener("input", function () { state.listener = listener.value; save(); });
     document.getElementById("export-ratings").addEventListener("click", exportRatings);
     document.getElementById("clear-ratings").addEventListener("click", function () {
+      if (!window.confirm("Forget every rating and pick made in this browser for this report?")) { return; }
       state.ratings = {}; state.picks = {}; save(); renderGrid(); renderMerged();
     });
     document.getElementById("merge-files").addEventListener("change", function (event) {
