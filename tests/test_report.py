@@ -70,6 +70,11 @@ def constructed_results(folder: Path) -> Path:
     samples = [Sample(r["experiment_id"], r["sentence_id"], speaker[r["sentence_id"]],
                       {"wer": r["wer"], "cer": r["cer"]}) for r in rows]
     ranking = rank_models(samples, n_resamples=50).as_dict()
+    ceiling = [{"name": name, "n_clips": 2, "metrics": {"wer": {"mean": 0.0, "ci": [0.0, 0.0], "n": 2},
+                                                        "cer": {"not_measured": True}}}
+               for name in ("reference recordings", "references through the codec")]
+    ranking["ceiling"] = ranking["per_speaker"]["alice"]["ceiling"] = ceiling
+    ranking["per_speaker"]["bob"]["ceiling"] = []
     results = {
         "generation": {"temperature": 0.6},
         "models": [
@@ -449,9 +454,12 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
 
     # Ranking and per-model tables, with the real speaker as the ceiling; MOS is "not measured".
     tables = driver.find_elements(By.CSS_SELECTOR, "table.ranking")
-    assert len(tables) == 3  # all, alice, bob: the real speaker's rows only where they have recordings
+    assert len(tables) == 3  # all, alice, bob: the ceiling rows only where the speaker has recordings
     assert [len(t.find_elements(By.CSS_SELECTOR, "tbody tr")) for t in tables] == [N_MODELS + 2] * 2 + [N_MODELS]
-    assert tables[0].find_elements(By.CSS_SELECTOR, "tbody tr")[-2].text.startswith("real speaker")
+    ceiling = tables[0].find_elements(By.CSS_SELECTOR, "tbody tr.ref")
+    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in ceiling] == [
+        "reference recordings", "references through the codec"]
+    assert "0 [0, 0]" in ceiling[0].text and "not measured" in ceiling[0].text
     verdict = data["ranking"]["winner"] and f"Suggested winner: {data['ranking']['winner']} (best in "
     assert (verdict or "Tie: ") in find(By.ID, "ranking-body").text
     headings = driver.find_elements(By.CSS_SELECTOR, "#ranking-body h3")

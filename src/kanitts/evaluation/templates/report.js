@@ -497,15 +497,13 @@
       if (group.winner === r.model) { row.rowClass = "winner"; } else if (group.tied.indexOf(r.model) >= 0) { row.rowClass = "tied"; }
       return row;
     });
-    DATA.reference_columns.forEach(function (c) {
-      var refs = DATA.references.filter(function (r) {
-        return r.kind === c.kind && (group.speaker === null || (r.speaker || "").toLowerCase() === String(group.speaker).toLowerCase());
-      });
-      if (!refs.length) { return; }
-      var row = [{ text: "", value: null }, { text: c.label, cls: "ref" }, { text: "-" }, { text: "-" }, { text: "-" }];
+    // The ceiling rows (the real speaker's recordings, and through the codec): means and
+    // intervals over their own clips, shown beside the models without competing.
+    (group.ceiling || []).forEach(function (c) {
+      var row = [{ text: "", value: null }, { text: c.name, cls: "ref", title: c.n_clips + " clip(s)" }, { text: "-" }, { text: "-" }, { text: "-" }];
       metrics.forEach(function (m) {
-        var v = mean(refs.map(function (r) { return r.values[m.name]; }));
-        row.push({ text: v === null ? "not measured" : fmt(v), value: v });
+        var s = c.metrics[m.name] || { not_measured: true };
+        row.push(s.not_measured ? { text: "not measured", value: null } : { text: interval(s.mean, s.ci), value: s.mean });
       });
       row.rowClass = "ref";
       body.push(row);
