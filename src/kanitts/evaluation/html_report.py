@@ -164,31 +164,26 @@ def _anchors(sentence: dict[str, Any], references: list[dict[str, Any]]) -> dict
     """Index into ``references`` of the clip heard in each real-speaker column for a sentence.
 
     A recording of the sentence's speaker (one of the same text when there is one, else the
-    speaker's clips in turn, so sentences do not all share one clip); the codec column takes the
-    encode-decode of that same clip when it exists. A sentence with no speaker prefix takes any
-    speaker's recordings.
+    speaker's clips in turn, so sentences do not all share one clip); a sentence with no speaker
+    prefix takes any speaker's recordings, and a speaker with none gets no anchor (never someone
+    else's voice). The codec column plays that clip's round trip: eval lists a speaker's codec
+    clips in the order of the recordings, so the k-th of each pair up.
     """
-    def speaker_matches(ref: dict[str, Any]) -> bool:
-        wanted = sentence["speaker"]
-        return wanted is None or (ref["speaker"] or "").lower() == wanted.lower()
+    def of_speaker(kind: str, speaker: str | None) -> list[int]:
+        return [i for i, r in enumerate(references) if r["kind"] == kind
+                and (speaker is None or (r["speaker"] or "").lower() == speaker.lower())]
 
+    recordings = of_speaker("recording", sentence["speaker"])
+    if not recordings:
+        return {}
     spoken = EvalSentence(sentence["id"], sentence["text"]).spoken_text
-    anchors = {}
-    recordings = [i for i, r in enumerate(references) if r["kind"] == "recording" and speaker_matches(r)]
-    if recordings:
-        same_text = [i for i in recordings if (references[i]["text"] or "").strip() == spoken]
-        turn = sum(map(ord, sentence["id"])) % len(recordings)
-        chosen = same_text[0] if same_text else recordings[turn]
-        anchors["@recording"] = chosen
-        base = references[chosen]
-        codec = [i for i, r in enumerate(references) if r["kind"] == "codec"
-                 and r["speaker"] == base["speaker"] and r["text"] == base["text"]]
-        if codec:
-            anchors["@codec"] = codec[0]
-    if "@codec" not in anchors:
-        codecs = [i for i, r in enumerate(references) if r["kind"] == "codec" and speaker_matches(r)]
-        if codecs:
-            anchors["@codec"] = codecs[0]
+    same_text = [i for i in recordings if (references[i]["text"] or "").strip() == spoken]
+    chosen = same_text[0] if same_text else recordings[sum(map(ord, sentence["id"])) % len(recordings)]
+    anchors = {"@recording": chosen}
+    speaker = references[chosen]["speaker"]
+    own_recordings, own_codecs = of_speaker("recording", speaker), of_speaker("codec", speaker)
+    if len(own_codecs) == len(own_recordings):
+        anchors["@codec"] = own_codecs[own_recordings.index(chosen)]
     return anchors
 
 
