@@ -1,11 +1,13 @@
 """Make everything the offline demo needs, without a network: two synthetic voices reading
-sentences (espeak-ng), a tiny random base model with its tokenizer, and a tiny random NanoCodec.
+sentences (espeak-ng), a tiny random base model with its tokenizer, and a tiny random codec
+(NanoCodec, or Kanade with ``--codec kanade``).
 
 The models are untrained, so the demo's audio is noise: the point is to run every step of the
 pipeline for real (the same loaders, commands and file layouts as with real models) in minutes
 on a laptop CPU.
 
     python examples/build_demo_assets.py --work examples/work
+    python examples/build_demo_assets.py --work examples/work-kanade --codec kanade
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kanitts.tiny import build_tiny_nanocodec, build_tiny_tts
+from kanitts.tiny import build_tiny_kanade, build_tiny_nanocodec, build_tiny_tts
 
 VOICES = {"alice": "en-us", "bob": "en-us+f3"}
 
@@ -58,14 +60,20 @@ def build_recordings(root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("examples/work"))
+    parser.add_argument("--codec", choices=["nanocodec", "kanade"], default="nanocodec")
     args = parser.parse_args()
     work: Path = args.work
     build_recordings(work / "recordings")
     print(f"recordings: {work / 'recordings'} ({len(VOICES)} speakers x {len(SENTENCES)} sentences)")
+    # The base model's vocabulary is NanoCodec's layout (as a KaniTTS model's): Kanade's 12,800
+    # audio ids fit inside it, as they fit inside a real KaniTTS model's 80,538.
     cfg = build_tiny_tts(work / "base_model")
     print(f"base model: {work / 'base_model'} (text vocabulary {cfg.tokenizer.vocab_size})")
-    build_tiny_nanocodec(work / "codec")
-    print(f"codec:      {work / 'codec'}")
+    if args.codec == "kanade":
+        build_tiny_kanade(work / "codec")
+    else:
+        build_tiny_nanocodec(work / "codec")
+    print(f"codec:      {work / 'codec'} ({args.codec})")
 
 
 if __name__ == "__main__":
