@@ -1,32 +1,40 @@
 """The listening report: one folder that opens from disk, no server and no network.
 
-``index.html`` shows a grid of sentences x models with audio players (pick the best take per
-sentence; picks are kept in the browser and can be downloaded), the experiment settings with the
-ones that differ highlighted, each experiment's training loss curve, and sortable metric tables.
-The audio is copied into ``audio/``, the curves are PNG files in ``plots/``, the style and the
-script are local files next to the page: the folder can be zipped, mailed or served as is.
+``index.html`` carries the eval results as JSON inside the page, and ``report.js`` (plain
+script, written here because the page must work from ``file://`` with nothing fetched) renders
+from them: a grid of sentences x models with compact players that fits 20 models on a screen,
+model selection and sorting by any metric, a blind mode with the real speaker's recording as a
+hidden anchor, a 0-100 rating and a "best" pick per sample (kept in the browser, exported and
+merged across listeners), the ranking, the loss curves of every model on one chart, and
+sortable metric tables. Without JavaScript the page still shows the summary, the problems and
+the experiment settings (rendered here); the rest needs the script.
+
+The audio (samples and the real speaker's references) is copied into ``audio/``; the style and
+the script are files next to the page: the folder can be zipped, mailed or served as is.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import shutil
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from kanitts.atomic import write_atomically
+from kanitts.config import EvalSentence
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import METRIC_LABELS
-from kanitts.evaluation.results import RESULTS_JSON, read_results, slugify
+from kanitts.evaluation.results import RESULTS_JSON, read_results
 from kanitts.redact import redact_secrets
 
 ASSETS = ("report.css", "report.js")
+DATA_ELEMENT_ID = "report-data"
+# Pseudo-model ids of the real speaker's columns; "@" cannot start an experiment's model_id.
+REFERENCE_COLUMNS = {"recording": ("@recording", "real speaker"), "codec": ("@codec", "real speaker (codec)")}
 
 
 def build_report(results_json: Path, report_dir: Path) -> Path:
@@ -43,92 +51,179 @@ def build_report(results_json: Path, report_dir: Path) -> Path:
 
 def _write_report(results: dict[str, Any], audio_dir: Path, folder: Path) -> None:
     (folder / "audio").mkdir(parents=True)
+    listed = audio_dir / RESULTS_JSON
     for row in results["rows"]:
-        source = audio_dir / row["audio"]
-        if not source.is_file():
-            raise UserError(
-                f"{source}: the audio of {row['experiment_id']} / {row['sentence_id']} listed in "
-                f"{audio_dir / RESULTS_JSON} is missing; run `make eval` again to regenerate it"
-            )
-        target = folder / "audio" / row["audio"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    curves = _loss_plots(results["models"], folder / "plots")
+        what = f"the audio of {row['experiment_id']} / {row['sentence_id']}"
+        _copy_audio(audio_dir, row["audio"], folder, f"{what} listed in {listed}")
+    for i, ref in enumerate(results.get("references") or []):
+        what = f"the real speaker's {ref.get('kind')} clip (references[{i}]) listed in {listed}"
+        _copy_audio(audio_dir, ref["audio"], folder, what)
     templates = resources.files("kanitts.evaluation") / "templates"
     for name in ASSETS:
         (folder / name).write_text((templates / name).read_text(encoding="utf-8"), encoding="utf-8")
+    title = "KaniTTS evaluation"
     page = Template((templates / "report.html").read_text(encoding="utf-8")).substitute(
-        title="KaniTTS evaluation",
+        title=title,
         summary=_summary(results),
-        grid=_grid(results),
         settings=_settings(results["models"]),
-        curves=curves,
-        averages=_averages_table(results),
-        metrics=_metrics_table(results["rows"]),
         failures=_failures(results["failures"]),
+        data_id=DATA_ELEMENT_ID,
+        data=embed_json(report_data(results, title)),
     )
     (folder / "index.html").write_text(page, encoding="utf-8")
 
 
-# --- pieces of the page --------------------------------------------------------------------
+def _copy_audio(audio_dir: Path, relative: str, folder: Path, what: str) -> None:
+    source = audio_dir / relative
+    target = folder / "audio" / relative
+    if not target.resolve().is_relative_to((folder / "audio").resolve()):
+        raise UserError(f"{what}: {relative!r} points outside {audio_dir}; run `make eval` again to rewrite it")
+    if not source.is_file():
+        raise UserError(f"{source}: {what} is missing; run `make eval` again to regenerate it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+
+
+# --- the data the page's script renders ------------------------------------------------------
+
+
+def embed_json(data: Any) -> str:
+    """JSON that is safe inside ``<script type="application/json">``.
+
+    ``<``, ``>`` and ``&`` become ``\\u003c``-style escapes (which JSON.parse reads back as the
+    same characters), so no sentence or model name can close the element or open a comment;
+    U+2028/U+2029 are escaped for the older parsers that end a line on them.
+    """
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+def report_data(results: dict[str, Any], title: str) -> dict[str, Any]:
+    """What the page shows, without what it must not: no training configurations (the settings
+    table is rendered from their redacted copies), nothing the script does not use."""
+    metrics = [{"key": key, "label": label} for key, label in METRIC_LABELS.items()]
+    references = [_reference(ref) for ref in results.get("references") or []]
+    sentences = [
+        {"id": s["sentence_id"], "text": s["sentence"],
+         "speaker": EvalSentence(s["sentence_id"], s["sentence"]).speaker}
+        for s in results["sentences"]
+    ]
+    for sentence in sentences:
+        sentence["anchors"] = _anchors(sentence, references)
+    return {
+        "title": title,
+        "metrics": metrics,
+        "models": [
+            {
+                "id": m["experiment_id"],
+                "description": _description(m),
+                "error": m.get("error"),
+                "loss": _history(m.get("loss_history")),
+                "eval_loss": _history(m.get("eval_loss_history")),
+            }
+            for m in results["models"]
+        ],
+        "reference_columns": [
+            {"id": column, "label": label, "kind": kind}
+            for kind, (column, label) in REFERENCE_COLUMNS.items()
+            if any(r["kind"] == kind for r in references)
+        ],
+        "sentences": sentences,
+        "rows": [
+            {
+                "model": r["experiment_id"],
+                "sentence": r["sentence_id"],
+                "take": r["take"],
+                "audio": "audio/" + r["audio"] if r["duration_sec"] > 0 else None,
+                "problems": r.get("problems") or "",
+                "transcript": r.get("transcript"),
+                "values": {key: _finite(r.get(key)) for key in METRIC_LABELS},
+            }
+            for r in results["rows"]
+        ],
+        "references": references,
+        "ranking": results.get("ranking"),
+    }
+
+
+def _reference(ref: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": ref["kind"],
+        "speaker": ref.get("speaker"),
+        "audio": "audio/" + ref["audio"],
+        "text": ref.get("text"),
+        "transcript": ref.get("transcript"),
+        "values": {key: _finite(ref.get(key)) for key in METRIC_LABELS},
+    }
+
+
+def _anchors(sentence: dict[str, Any], references: list[dict[str, Any]]) -> dict[str, int]:
+    """Index into ``references`` of the clip heard in each real-speaker column for a sentence.
+
+    A recording of the sentence's speaker (one of the same text when there is one, else the
+    speaker's clips in turn, so sentences do not all share one clip); a sentence with no speaker
+    prefix takes any speaker's recordings, and a speaker with none gets no anchor (never someone
+    else's voice). The codec column plays that clip's round trip: eval lists a speaker's codec
+    clips in the order of the recordings, so the k-th of each pair up.
+    """
+    def of_speaker(kind: str, speaker: str | None) -> list[int]:
+        return [i for i, r in enumerate(references) if r["kind"] == kind
+                and (speaker is None or (r["speaker"] or "").lower() == speaker.lower())]
+
+    recordings = of_speaker("recording", sentence["speaker"])
+    if not recordings:
+        return {}
+    spoken = EvalSentence(sentence["id"], sentence["text"]).spoken_text
+    same_text = [i for i in recordings if (references[i]["text"] or "").strip() == spoken]
+    chosen = same_text[0] if same_text else recordings[sum(map(ord, sentence["id"])) % len(recordings)]
+    anchors = {"@recording": chosen}
+    speaker = references[chosen]["speaker"]
+    own_recordings, own_codecs = of_speaker("recording", speaker), of_speaker("codec", speaker)
+    if len(own_codecs) == len(own_recordings):
+        anchors["@codec"] = own_codecs[own_recordings.index(chosen)]
+    return anchors
+
+
+def _history(points: Any) -> list[list[float]]:
+    """``[{step, loss}]`` as ``[[step, loss]]``, dropping points that are not two finite numbers."""
+    out = []
+    for p in points or []:
+        if isinstance(p, dict):
+            step, loss = _finite(p.get("step")), _finite(p.get("loss"))
+            if isinstance(step, (int, float)) and isinstance(loss, (int, float)):
+                out.append([step, loss])
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: they are "not measured" here."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+# --- the parts rendered without the script -----------------------------------------------------
 
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any) -> str:
-    if value is None or value == "":
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
-
 def _summary(results: dict[str, Any]) -> str:
     g = results["generation"]
-    unloaded = sum(1 for m in results["models"] if m.get("error"))
+    unloaded = [m for m in results["models"] if m.get("error")]
     models = len(results["models"])
     sentences = len(results["sentences"])
     sampling = ", ".join(
         f"{k} {g[k]}" for k in ("temperature", "top_p", "repetition_penalty", "max_new_tokens") if k in g
     )
-    return (
+    lines = [
         f"<p>{models} model(s) x {sentences} sentence(s) = {len(results['rows'])} sample(s)"
-        + (f"; {unloaded} model(s) could not be loaded (see Problems)" if unloaded else "") + ". "
+        + (f"; {len(unloaded)} model(s) could not be loaded (see Problems)" if unloaded else "") + ". "
         f"Sampling: {_e(sampling)}.</p>"
-    )
-
-
-def _grid(results: dict[str, Any]) -> str:
-    models = [m["experiment_id"] for m in results["models"]]
-    by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in results["rows"]:
-        by_cell.setdefault((row["sentence_id"], row["experiment_id"]), []).append(row)
-    errors = {m["experiment_id"]: m["error"] for m in results["models"] if m.get("error")}
-    head = "".join(
-        f"<th scope='col'>{_e(m['experiment_id'])}<span class='desc'>{_e(_description(m))}</span>"
-        + (f"<span class='missing failed'>not evaluated: {_e(errors[m['experiment_id']])}</span>"
-           if m["experiment_id"] in errors else "")
-        + "</th>"
-        for m in results["models"]
-    )
-    lines = [f"<table class='grid'><thead><tr><th scope='col'>sentence</th>{head}</tr></thead><tbody>"]
-    for sentence in results["sentences"]:
-        sid = sentence["sentence_id"]
-        cells = []
-        for model in models:
-            rows = by_cell.get((sid, model), [])
-            empty = "not evaluated" if model in errors else "no sample"
-            missing = "" if rows else f"<span class='missing'>{empty}</span>"
-            cells.append("<td>" + "".join(_sample(r) for r in rows) + missing + "</td>")
-        lines.append(
-            f"<tr data-sentence='{_e(sid)}'><th scope='row'><span class='sid'>{_e(sid)}</span>"
-            f"<span class='text'>{_e(sentence['sentence'])}</span></th>{''.join(cells)}</tr>"
-        )
-    lines.append("</tbody></table>")
+    ]
+    lines += [f"<p class='failed'>{_e(m['experiment_id'])}: not evaluated: {_e(m['error'])}</p>" for m in unloaded]
     return "\n".join(lines)
 
 
@@ -138,28 +233,6 @@ def _description(model: dict[str, Any]) -> str:
         return str(model["train_configuration"].get("base_model", ""))
     flat = flatten(model["train_configuration"])
     return str(next((v for k, v in flat.items() if k.endswith("base.desc") and v), ""))
-
-
-def _sample(row: dict[str, Any]) -> str:
-    badges = [f"{row['duration_sec']:.2f} s"]
-    if row.get("speaker_similarity") is not None:
-        badges.append(f"sim {row['speaker_similarity']:.2f}")
-    warn = (
-        "<span class='badge warn' title='{}'>truncated</span>".format(_e(row["problems"])) if row["truncated"] else ""
-    )
-    value = f"{row['experiment_id']}#{row['take']}"
-    player = (
-        f"<audio controls preload='metadata' src='audio/{_e(row['audio'])}'></audio>"
-        if row["duration_sec"] > 0
-        else f"<span class='missing' title='{_e(row['problems'])}'>no audio</span>"
-    )
-    return (
-        "<div class='sample'>"
-        f"{player}"
-        f"<div class='meta'>{' · '.join(_e(b) for b in badges)} {warn}</div>"
-        f"<label class='pick'><input type='radio' name='pick-{_e(row['sentence_id'])}' value='{_e(value)}'"
-        f" data-model='{_e(row['experiment_id'])}'> best</label></div>"
-    )
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -191,7 +264,7 @@ def _settings(models: list[dict[str, Any]]) -> str:
     flat = {name: flatten(config) for name, config in experiments.items()}
     differs = differing_settings(experiments) if len(experiments) > 1 else set()
     keys = sorted(set().union(*flat.values()), key=lambda k: (k not in differs, k))
-    head = "".join(f"<th scope='col'>{_e(n)}</th>" for n in flat)
+    head = "".join(f"<th scope='col' title='{_e(n)}'>{_e(n)}</th>" for n in flat)
     lines = [
         (f"<p>{len(differs)} setting(s) differ between the {len(flat)} experiment(s); "
          "they are highlighted and listed first. "
@@ -210,90 +283,6 @@ def _value(value: Any) -> str:
     if value is None:
         return "—"
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
-def _loss_plots(models: list[dict[str, Any]], plot_dir: Path) -> str:
-    """One PNG per experiment with a loss history, plus all of them on one chart.
-
-    Each chart is a ``Figure`` on its own Agg canvas: no pyplot, so no process-wide backend
-    switch and no figure registry that a caller's plotting would share.
-    """
-    histories = {m["experiment_id"]: [(p["step"], p["loss"]) for p in m.get("loss_history", [])] for m in models}
-    histories = {k: v for k, v in histories.items() if v}
-    if not histories:
-        return "<p>No training metrics found (metrics.json in the checkpoints).</p>"
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    figures = []
-
-    def save(name: str, series: dict[str, list[tuple[float, float]]], title: str) -> None:
-        fig = Figure(figsize=(5.5, 3.2), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        for label, points in series.items():
-            ax.plot(
-                [p[0] for p in points], [p[1] for p in points], label=label, marker="." if len(points) < 40 else None
-            )
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if len(series) > 1:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(plot_dir / name)
-        figures.append(
-            f"<figure><img src='plots/{_e(name)}' alt='{_e(title)}'><figcaption>{_e(title)}</figcaption></figure>"
-        )
-
-    if len(histories) > 1:
-        save("all.png", histories, "all experiments")
-    for experiment, points in histories.items():
-        save(f"{slugify(experiment)}.png", {experiment: points}, experiment)
-    return "<div class='curves'>" + "".join(figures) + "</div>"
-
-
-def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    return [k for k in METRIC_LABELS if any(r.get(k) is not None for r in rows)]
-
-
-def _sortable(headers: list[str], body_rows: list[list[Any]], css: str) -> str:
-    head = "".join(f"<th scope='col' data-sort='{i}'>{_e(h)}</th>" for i, h in enumerate(headers))
-    lines = [f"<table class='sortable {css}'><thead><tr>{head}</tr></thead><tbody>"]
-    for values in body_rows:
-        cells = "".join(
-            f"<td data-value='{_e(v if isinstance(v, (int, float)) and not isinstance(v, bool) else _fmt(v))}'>"
-            f"{_e(_fmt(v))}</td>"
-            for v in values
-        )
-        lines.append(f"<tr>{cells}</tr>")
-    lines.append("</tbody></table>")
-    return "\n".join(lines)
-
-
-def _metrics_table(rows: list[dict[str, Any]]) -> str:
-    columns = _metric_columns(rows)
-    headers = ["model", "sentence", "take", *[METRIC_LABELS[c] for c in columns], "problems"]
-    body = [
-        [r["experiment_id"], r["sentence_id"], r["take"], *[r.get(c) for c in columns], r["problems"]] for r in rows
-    ]
-    return _sortable(headers, body, "samples")
-
-
-def _averages_table(results: dict[str, Any]) -> str:
-    rows = results["rows"]
-    columns = [c for c in _metric_columns(rows) if c != "truncated"]
-    headers = ["model", "samples", "truncated", *[f"mean {METRIC_LABELS[c]}" for c in columns]]
-    body = []
-    for model in results["models"]:
-        mine = [r for r in rows if r["experiment_id"] == model["experiment_id"]]
-        if not mine:
-            continue
-        means = []
-        for c in columns:
-            values = [r[c] for r in mine if r.get(c) is not None]
-            means.append(round(sum(values) / len(values), 4) if values else None)
-        body.append([model["experiment_id"], len(mine), sum(bool(r["truncated"]) for r in mine), *means])
-    return _sortable(headers, body, "averages")
 
 
 def _failures(failures: list[str]) -> str:
