@@ -19,10 +19,14 @@ from kanitts.errors import UserError
 RESULTS_JSON = "eval_results.json"
 RESULTS_CSV = "eval_results.csv"
 DATASET_DIR = "eval_dataset"
+RANKING_CSV = "eval_ranking.csv"
+SCORE_CACHE = "eval_scores_cache.json"
+REFERENCES_DIR = "references"  # the speakers' reference recordings and their codec round trips
 CSV_COLUMNS = [
     "experiment_id", "sentence_id", "take", "sentence", "audio", "truncated", "problems",
     "duration_sec", "chars_per_sec", "leading_silence_sec", "trailing_silence_sec",
-    "clipping_fraction", "peak_dbfs", "speaker_similarity", "wer", "cer", "transcript", "train_configuration",
+    "clipping_fraction", "peak_dbfs", "speaker_similarity", "wer", "cer", "mos", "transcript",
+    "train_configuration",
 ]
 # The keys of eval_results.json its readers rely on, with their JSON types.
 _RESULT_KEYS = {"generation": dict, "models": list, "sentences": list, "rows": list, "failures": list}
