@@ -156,3 +156,28 @@ def test_scores_are_cached_per_audio_content_so_a_new_experiment_costs_only_its_
     run_eval(eval_configs(project_copy))
     assert scored == [1]
     assert json.loads(Path("audio samples/eval_scores_cache.json").read_text())["version"] == 1
+
+
+def test_the_ranking_is_also_a_csv_with_intervals_verdicts_and_the_ceiling(evaluated_project):
+    import csv
+
+    root, summary = evaluated_project
+    results = json.loads((root / summary.results_json).read_text())
+    with open(root / "audio samples" / "eval_ranking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ranked = [r for r in rows if r["group"] == "all" and r["rank"]]
+    assert [r["model"] for r in ranked] == [m["model"] for m in results["ranking"]["models"]]
+    assert [r["rank"] for r in ranked] == ["1", "2", "3"]
+    best = results["ranking"]["models"][0]
+    assert float(ranked[0]["composite"]) == pytest.approx(best["composite"])
+    similarity = best["metrics"]["speaker_similarity"]
+    assert float(ranked[0]["speaker_similarity_mean"]) == pytest.approx(similarity["mean"])
+    assert ranked[0]["speaker_similarity_n"] == str(similarity["n"])
+    for cell, bound in zip((ranked[0]["speaker_similarity_low"], ranked[0]["speaker_similarity_high"]), similarity["ci"]):
+        assert (cell == "") if bound is None else float(cell) == pytest.approx(bound)
+    assert ranked[0]["wer_mean"] == "" and ranked[0]["mos_n"] == ""  # not measured: empty
+    verdicts = {r["verdict"] for r in ranked}
+    assert verdicts <= {"winner", "tie", ""} and (results["ranking"]["winner"] is None) == ("winner" not in verdicts)
+    ceiling = [r for r in rows if r["verdict"] == "not ranked (ceiling)"]
+    assert [(r["model"], r["rank"]) for r in ceiling] == [("reference recordings", ""),
+                                                          ("references through the codec", "")]
