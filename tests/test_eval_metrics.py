@@ -100,7 +100,8 @@ def test_a_wrong_mos_model_is_named_before_any_generation_unless_skipped(project
     summary = run_eval(eval_configs(project_copy))
     assert all(r["mos"] is None for r in summary.rows)
     note = json.loads(summary.results_json.read_text())["naturalness"]["note"]
-    assert note.startswith("MOS not measured: MOS model ") and note.endswith("gone: no such folder (nor a Hub id owner/name)")
+    assert note.startswith("MOS not measured: MOS model ")
+    assert note.endswith("gone: no such folder (nor a Hub id owner/name)")
 
 
 def test_references_and_their_codec_round_trips_follow_the_contract(project_copy):
@@ -112,8 +113,10 @@ def test_references_and_their_codec_round_trips_follow_the_contract(project_copy
     keys = {"kind", "speaker", "audio", "sample_rate", "text", "transcript", *METRIC_LABELS}
     assert [set(r) for r in refs] == [keys] * 4
     assert [(r["kind"], r["speaker"], r["audio"]) for r in refs] == [
-        ("recording", "alice", "references/alice/alice_0.wav"), ("codec", "alice", "references/alice/alice_0.codec.wav"),
-        ("recording", "alice", "references/alice/alice_1.wav"), ("codec", "alice", "references/alice/alice_1.codec.wav"),
+        ("recording", "alice", "references/alice/alice_0.wav"),
+        ("codec", "alice", "references/alice/alice_0.codec.wav"),
+        ("recording", "alice", "references/alice/alice_1.wav"),
+        ("codec", "alice", "references/alice/alice_1.codec.wav"),
     ]
     audio_dir = Path("audio samples")
     for r in refs:
@@ -173,7 +176,8 @@ def test_the_ranking_is_also_a_csv_with_intervals_verdicts_and_the_ceiling(evalu
     similarity = best["metrics"]["speaker_similarity"]
     assert float(ranked[0]["speaker_similarity_mean"]) == pytest.approx(similarity["mean"])
     assert ranked[0]["speaker_similarity_n"] == str(similarity["n"])
-    for cell, bound in zip((ranked[0]["speaker_similarity_low"], ranked[0]["speaker_similarity_high"]), similarity["ci"]):
+    cells = (ranked[0]["speaker_similarity_low"], ranked[0]["speaker_similarity_high"])
+    for cell, bound in zip(cells, similarity["ci"], strict=True):
         assert (cell == "") if bound is None else float(cell) == pytest.approx(bound)
     assert ranked[0]["wer_mean"] == "" and ranked[0]["mos_n"] == ""  # not measured: empty
     verdicts = {r["verdict"] for r in ranked}

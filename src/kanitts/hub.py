@@ -232,7 +232,8 @@ def _ranking_section(model_id: str, ranking: dict[str, Any] | None) -> str:
     header = ["metric", model_id, *[c["name"] for c in ceiling]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in shown:
-        better = {"lower": "lower is better", "higher": "higher is better", "near_one": "best at 1"}[metric["direction"]]
+        directions = {"lower": "lower is better", "higher": "higher is better", "near_one": "best at 1"}
+        better = directions[metric["direction"]]
         cells = [_with_interval(me["metrics"].get(metric["name"]))]
         cells += [_with_interval(c["metrics"].get(metric["name"])) for c in ceiling]
         lines.append(f"| {metric['label']} ({better}) | " + " | ".join(cells) + " |")

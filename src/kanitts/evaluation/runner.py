@@ -50,7 +50,7 @@ from kanitts.evaluation.results import (
     write_results,
     write_text,
 )
-from kanitts.evaluation.scoring import Clip, Scorers, ScoreCache, digest
+from kanitts.evaluation.scoring import Clip, ScoreCache, Scorers, digest
 from kanitts.evaluation.speaker import SpeakerSimilarity, load_embedder
 from kanitts.files import check_output_folder
 from kanitts.inference import KaniTTS, SynthesisResult

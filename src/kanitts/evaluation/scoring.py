@@ -52,9 +52,9 @@ class ScoreCache:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             data = None
-        if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
-            if isinstance(data.get("scores"), dict) and isinstance(data.get("scorers"), dict):
-                self.scorers, self.scores = data["scorers"], data["scores"]
+        if (isinstance(data, dict) and data.get("version") == CACHE_VERSION
+                and isinstance(data.get("scores"), dict) and isinstance(data.get("scorers"), dict)):
+            self.scorers, self.scores = data["scorers"], data["scores"]
 
     def lookup(self, identity: dict[str, Any], keys: Sequence[str],
                compute: Callable[[list[int]], list[Any]]) -> list[Any]:
