@@ -185,3 +185,21 @@ def test_the_ranking_is_also_a_csv_with_intervals_verdicts_and_the_ceiling(evalu
     ceiling = [r for r in rows if r["verdict"] == "not ranked (ceiling)"]
     assert [(r["model"], r["rank"]) for r in ceiling] == [("reference recordings", ""),
                                                           ("references through the codec", "")]
+
+
+def test_a_codec_round_trip_that_fails_is_reported_and_the_recordings_are_kept(project_copy, monkeypatch):
+    import kanitts.evaluation.runner as runner
+
+    for made in Path("audio samples/references").rglob("*.codec.*"):
+        made.unlink()
+
+    def refuse(*_args, **_kwargs):
+        raise UserError("codec weights missing")
+
+    monkeypatch.setattr(runner, "load_codec", refuse)
+    summary = run_eval(eval_configs(project_copy))  # every sample is reused: only the round trips need it
+    assert summary.failures == [f"references / alice / alice_{i}.wav: codec round trip failed: codec weights missing"
+                                for i in range(2)]
+    results = json.loads(summary.results_json.read_text())
+    assert [r["kind"] for r in results["references"]] == ["recording", "recording"]
+    assert len(results["rows"]) == 9

@@ -338,7 +338,7 @@ def run_eval(
     bar.close()
 
     rows = _rows(targets, sentences, sidecars, outputs, scorers)
-    references = _references(configs, audio_dir, scorers, get_codec)
+    references = _references(configs, audio_dir, scorers, get_codec, failures)
     del transcriber, naturalness, scorers, codec
     release_memory()
     measures = {
@@ -487,15 +487,16 @@ def _codec_round_trip(copy: Path, audio: np.ndarray, rate: int, source_digest: s
     return out
 
 
-def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers,
-                get_codec: Callable[[], Codec]) -> list[dict[str, Any]]:
+def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers, get_codec: Callable[[], Codec],
+                failures: list[str]) -> list[dict[str, Any]]:
     """The speakers' reference recordings, and their codec round trips, scored like the samples.
 
     A copy of each recording (mono, as scored) and its round trip go under
     ``<audio_dir>/references/<speaker>/``; each is compared for speaker similarity with the
     speaker's *other* references (leave-one-out; None for a speaker with one), and for WER/CER
     with its transcript when a metadata.csv gives it. They are the ceiling the models are
-    measured against: what the real voice and the codec alone score.
+    measured against: what the real voice and the codec alone score. A round trip that fails
+    (the codec does not load, say) is listed in ``failures``; the recordings are still scored.
     """
     settings = configs.eval.speaker_similarity
     if settings is None or not settings.references:
@@ -515,8 +516,12 @@ def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers,
             copy = write_wav(folder / f"{stem}.wav", audio, rate)
             raw = copy.read_bytes()
             text = texts.get(Path(path).resolve())
-            round_trip = _codec_round_trip(copy, audio, rate, digest(raw), configs, get_codec)
-            for kind, wav in (("recording", copy), ("codec", round_trip)):
+            made = [("recording", copy)]
+            try:
+                made.append(("codec", _codec_round_trip(copy, audio, rate, digest(raw), configs, get_codec)))
+            except (UserError, OSError, RuntimeError, ValueError) as exc:
+                failures.append(f"references / {speaker} / {Path(path).name}: codec round trip failed: {exc}")
+            for kind, wav in made:
                 data = wav.read_bytes()
                 heard, heard_rate = (audio, rate) if wav == copy else load_audio(data)
                 clips.append(Clip(to_mono(heard), heard_rate, digest(data), text, speaker, leave_out=index))
