@@ -83,7 +83,7 @@ class NaturalnessPredictor:
         try:
             self.features = AutoFeatureExtractor.from_pretrained(source)
             net, info = AutoModelForAudioClassification.from_pretrained(source, output_loading_info=True)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights of other shapes
             raise UserError(f"cannot load the MOS model {where}: {_first_line(exc)}") from None
         prefix = net.base_model_prefix + "."
         head = sorted(k for k in info["missing_keys"] if not k.startswith(prefix))
