@@ -386,7 +386,11 @@ def _speaker_similarity(configs: ConfigSet, device: str):
     settings = configs.eval.speaker_similarity
     if settings is None or not settings.references:
         return None
-    return SpeakerSimilarity(load_embedder(settings.embedder), settings.references).to(device)
+    embedder = load_embedder(settings.embedder)
+    move = getattr(embedder, "to", None)  # a neural embedder runs on the eval device, references too
+    if move is not None:
+        move(device)
+    return SpeakerSimilarity(embedder, settings.references)
 
 
 def _transcriber(configs: ConfigSet, device) -> Transcriber | None:

@@ -309,13 +309,6 @@ class SpeakerSimilarity:
                 self.references[speaker.lower()] = [str(p) for p in paths]
                 self.centroids[speaker.lower()] = _unit(np.mean(self.vectors[speaker.lower()], axis=0))
 
-    def to(self, device: object) -> SpeakerSimilarity:
-        """Run the embedder's network on ``device`` (an embedder without one stays as it is)."""
-        move = getattr(self.embedder, "to", None)
-        if move is not None:
-            move(device)
-        return self
-
     def score(self, audio: np.ndarray, sample_rate: int, speaker: str | None) -> float | None:
         """Similarity in [-1, 1] to ``speaker``'s references; None when it has none or audio is empty."""
         return self.score_batch([(audio, sample_rate, speaker)])[0]
