@@ -217,6 +217,7 @@ declare -a BENCHES=(
   "bench_kanade|75|benchmarks/bench_kanade.py --device cuda --clips 16 --rounds 2"
   "bench_generate|100|benchmarks/bench_generate.py --shape lfm2-350m --device cuda --dtype bfloat16 --batch-size 16"
   "bench_codecs|100|benchmarks/bench_codecs.py --shape lfm2-350m --device cuda --clips 96 --max-tokens 8192 --generate-batch 16"
+  "bench_eval_metrics|60|benchmarks/bench_eval_metrics.py --shape full --device cuda --clips 64 --batch-size 16 --longest 8"
 )
 for entry in "${BENCHES[@]}"; do
   IFS='|' read -r name limit args <<< "$entry"

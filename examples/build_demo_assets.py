@@ -1,13 +1,16 @@
 """Make everything the offline demo needs, without a network: two synthetic voices reading
-sentences (espeak-ng), a tiny random base model with its tokenizer, and a tiny random codec
-(NanoCodec, or Kanade with ``--codec kanade``).
+sentences (espeak-ng), a tiny random base model with its tokenizer, a tiny random codec
+(NanoCodec, or Kanade with ``--codec kanade``), and the tiny random scoring models eval uses (a
+Whisper for WER/CER, a WavLM x-vector for speaker similarity, a wav2vec2 MOS regressor), each
+saved as a Hub snapshot is laid out.
 
-The models are untrained, so the demo's audio is noise: the point is to run every step of the
-pipeline for real (the same loaders, commands and file layouts as with real models) in minutes
-on a laptop CPU.
+The models are untrained, so the demo's audio is noise and its scores are meaningless numbers:
+the point is to run every step of the pipeline for real (the same loaders, commands and file
+layouts as with real models) in minutes on a laptop CPU.
 
     python examples/build_demo_assets.py --work examples/work
     python examples/build_demo_assets.py --work examples/work-kanade --codec kanade
+    python examples/build_demo_assets.py --work examples/work --scoring-models-only
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kanitts.tiny import build_tiny_kanade, build_tiny_nanocodec, build_tiny_tts
+from kanitts.tiny import (
+    build_tiny_kanade,
+    build_tiny_mos,
+    build_tiny_nanocodec,
+    build_tiny_tts,
+    build_tiny_wavlm_xvector,
+    build_tiny_whisper,
+)
 
 VOICES = {"alice": "en-us", "bob": "en-us+f3"}
 
@@ -57,12 +67,26 @@ def build_recordings(root: Path) -> None:
                 writer.writerow([clip_id, text])
 
 
+def build_scoring_models(folder: Path) -> None:
+    """The models examples/config/eval_config.yaml names: ASR, speaker embedder, MOS predictor."""
+    # Ten-second windows: the espeak recordings (the references) are heard whole.
+    build_tiny_whisper(folder / "whisper", chunk_seconds=10)
+    build_tiny_wavlm_xvector(folder / "wavlm-sv")
+    build_tiny_mos(folder / "mos")
+    print(f"scoring:    {folder} (whisper, wavlm-sv, mos)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("examples/work"))
     parser.add_argument("--codec", choices=["nanocodec", "kanade"], default="nanocodec")
+    parser.add_argument("--scoring-models-only", action="store_true",
+                        help="build only the tiny ASR, speaker and MOS models (a demo folder made before they existed)")
     args = parser.parse_args()
     work: Path = args.work
+    if args.scoring_models_only:
+        build_scoring_models(work / "scoring")
+        return
     build_recordings(work / "recordings")
     print(f"recordings: {work / 'recordings'} ({len(VOICES)} speakers x {len(SENTENCES)} sentences)")
     # The base model's vocabulary is NanoCodec's layout (as a KaniTTS model's): Kanade's 12,800
@@ -74,6 +98,7 @@ def main() -> None:
     else:
         build_tiny_nanocodec(work / "codec")
     print(f"codec:      {work / 'codec'} ({args.codec})")
+    build_scoring_models(work / "scoring")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 #   2. kanitts prepare: recordings -> codec datasets (one per speaker)
 #   3. kanitts check-config, kanitts data: the training sequences and their summary
 #   4. kanitts train: two LoRA experiments (padded batches; exact packing with loss on audio)
-#   5. kanitts eval: base + both checkpoints speak the eval set -> WAVs, metrics, HTML report
+#   5. kanitts eval: base + both checkpoints speak the eval set -> WAVs, WER/CER, speaker similarity,
+#      MOS (tiny random scoring models), the references' ceiling, a ranking, HTML report
 # Everything lands in examples/work/ (delete it to start over).
 #
 #   DEVICE=cuda DTYPE=bf16 make demo    on a GPU in bf16: prepare and eval on DEVICE (default: prepare
@@ -58,6 +59,9 @@ if [ -f "$WORK/codec/model.safetensors" ] && [ -f "$WORK/base_model/model.safete
   echo "reusing $WORK (delete it to rebuild)"
 else
   "$PY" examples/build_demo_assets.py --work "$WORK" --codec "$CODEC"
+fi
+if [ ! -f "$WORK/scoring/mos/model.safetensors" ]; then
+  "$PY" examples/build_demo_assets.py --work "$WORK" --scoring-models-only
 fi
 
 step "2/5 kanitts prepare: recordings -> codec datasets"

@@ -39,7 +39,8 @@ def test_without_intelligibility_wer_cer_and_transcript_are_not_measured(project
 def test_intelligibility_scores_every_sample_with_the_configured_asr(project_copy, tmp_path):
     from kanitts.tiny import build_tiny_whisper
 
-    _with_asr(project_copy, build_tiny_whisper(tmp_path / "whisper"))
+    # Two-second windows: the references (1.2 s) are transcribed too.
+    _with_asr(project_copy, build_tiny_whisper(tmp_path / "whisper", chunk_seconds=2))
     summary = run_eval(eval_configs(project_copy))
     assert (summary.generated, summary.reused) == (0, 9)  # the audio is reused, only scored again
     for row in summary.rows:

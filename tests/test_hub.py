@@ -130,6 +130,22 @@ def test_model_card_has_metadata_settings_loss_eval_usage_and_license(evaluated_
     assert "## License" in card
 
 
+def test_model_card_says_where_the_model_ranks_with_intervals_and_the_ceiling(evaluated_project):
+    import json
+
+    root, summary = evaluated_project
+    results = json.loads((root / summary.results_json).read_text())
+    card = build_model_card(root / "ckpt" / "exp-b", "me/exp-b", eval_rows=summary.rows, ranking=results["ranking"])
+    place = [m["model"] for m in results["ranking"]["models"]].index("exp-b") + 1
+    assert f"### Ranking\n\nRank {place} of 3 models over 3 sentences: composite " in card
+    assert "| metric | exp-b | reference recordings | references through the codec |" in card
+    similarity = next(m for m in results["ranking"]["models"] if m["model"] == "exp-b")["metrics"]["speaker_similarity"]
+    assert f"| speaker similarity (higher is better) | {similarity['mean']:.3f}" in card
+    assert "| truncation rate (lower is better) | 1.000 [1.000, 1.000] |" in card
+    assert "| WER | CER | MOS |" in card and "| not measured | not measured | not measured |" in card
+    assert "### Ranking" not in build_model_card(root / "ckpt" / "exp-b", "me/exp-b", eval_rows=summary.rows)
+
+
 def test_model_card_names_a_hub_base_model(evaluated_project, tmp_path):
     import shutil
 
@@ -223,6 +239,11 @@ def test_eval_dataset_is_pushed_when_asked(project_copy, hub):
     assert first["path"] == "base__prompt_1.wav"
     assert first["bytes"] == Path("audio samples/base/prompt_1.wav").read_bytes()
     assert "configs:" in received["README.md"].decode()
+    # The ranking: each row's model's place, and the ranking table beside the data.
+    assert {"wer", "cer", "mos", "model_rank", "model_composite", "model_p_best", "model_verdict"} <= set(
+        table.column_names)
+    assert sorted(set(table.column("model_rank").to_pylist())) == [1, 2, 3]
+    assert received["eval_ranking.csv"] == Path("audio samples/eval_ranking.csv").read_bytes()
 
 
 # --- every way the Hub can fail is one line -------------------------------------------------------

@@ -102,8 +102,12 @@ def _refusal_hint(status: int | None) -> str:
 # --- eval results ------------------------------------------------------------------------------
 
 
-def upload_eval_dataset(dataset_dir: Path | str, repo_id: str, private: bool = True, token: str | None = None) -> str:
-    """Push the eval dataset (``save_to_disk`` folder) as one parquet shard plus a dataset card."""
+def upload_eval_dataset(dataset_dir: Path | str, repo_id: str, private: bool = True, token: str | None = None,
+                        ranking_csv: Path | str | None = None) -> str:
+    """Push the eval dataset (``save_to_disk`` folder) as one parquet shard plus a dataset card.
+
+    ``ranking_csv`` (eval_ranking.csv), when given and present, goes into the same commit.
+    """
     from datasets import load_from_disk
 
     dataset = load_from_disk(str(dataset_dir))
@@ -116,12 +120,21 @@ def upload_eval_dataset(dataset_dir: Path | str, repo_id: str, private: bool = T
             "# KaniTTS evaluation results\n\nEvery model (the base model and each fine-tuning experiment) "
             "speaking every sentence of the eval set, made by `kanitts eval`.\n\nColumns: `experiment_id`, "
             "`train_configuration` (JSON of the experiment's full config), `sentence_id`, `sentence`, `take`, "
-            "`audio`, `truncated`, `problems`, and the offline metrics (duration, characters per second, "
-            "leading/trailing silence, clipping, peak level, speaker similarity).\n"
+            "`audio`, `truncated`, `problems`, the metrics (duration, characters per second, "
+            "leading/trailing silence, clipping, peak level, speaker similarity, `wer`, `cer` and the ASR "
+            "`transcript`, predicted `mos`; empty where not measured), and the model's place in the ranking "
+            "(`model_rank`, `model_composite`, `model_p_best`, `model_verdict`: winner, tie or empty).\n"
         )
+        files: dict[str, Path | bytes] = {"data/train-00000-of-00001.parquet": shard}
+        if ranking_csv is not None and Path(ranking_csv).is_file():
+            files["eval_ranking.csv"] = Path(ranking_csv)
+            card += ("\n`eval_ranking.csv`: per model (best first, overall and per speaker) the mean of each "
+                     "metric with its bootstrap interval, the composite score, P(best) and the verdict, and the "
+                     "speakers' reference recordings as a non-competing ceiling.\n")
+        files["README.md"] = card.encode()
         return push_files(
             repo_id,
-            {"data/train-00000-of-00001.parquet": shard, "README.md": card.encode()},
+            files,
             repo_type="dataset",
             private=private,
             commit_message=f"Eval results: {len(dataset)} samples",
@@ -180,23 +193,81 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _eval_section(model_id: str, eval_rows: list[dict[str, Any]]) -> str:
+def _score(value: Any, digits: int = 3) -> str:
+    return "not measured" if value is None else f"{value:.{digits}f}"
+
+
+def _with_interval(summary: dict[str, Any] | None) -> str:
+    if not summary or summary.get("not_measured"):
+        return "not measured"
+    low, high = summary.get("ci") or [None, None]
+    interval = "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
+    return f"{summary['mean']:.3f}{interval}"
+
+
+def _ranking_section(model_id: str, ranking: dict[str, Any] | None) -> str:
+    """Where the model stands among the evaluated ones, with the intervals and the references' ceiling."""
+    if not ranking:
+        return ""
+    models = ranking.get("models", [])
+    place = next((i for i, m in enumerate(models) if m["model"] == model_id), None)
+    if place is None:
+        return ""
+    me = models[place]
+    pct = round(ranking.get("confidence_level", 0.95) * 100)
+    if ranking.get("winner") == model_id:
+        verdict = "the suggested winner"
+    elif model_id in ranking.get("tied", []):
+        verdict = "tied for first with " + ", ".join(m for m in ranking["tied"] if m != model_id)
+    elif ranking.get("winner"):
+        verdict = f"behind the suggested winner {ranking['winner']}"
+    else:
+        verdict = "no model is a clear winner"
+    composite = _with_interval({"mean": me["composite"], "ci": me.get("composite_ci")}) if me.get(
+        "composite") is not None else "not computed"
+    p_best = "n/a" if me.get("p_best") is None else f"{me['p_best']:.0%}"
+    ceiling = ranking.get("ceiling", [])
+    shown = [m for m in ranking["metrics"]
+             if any(not x["metrics"].get(m["name"], {}).get("not_measured") for x in [*models, *ceiling])]
+    header = ["metric", model_id, *[c["name"] for c in ceiling]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metric in shown:
+        directions = {"lower": "lower is better", "higher": "higher is better", "near_one": "best at 1"}
+        better = directions[metric["direction"]]
+        cells = [_with_interval(me["metrics"].get(metric["name"]))]
+        cells += [_with_interval(c["metrics"].get(metric["name"])) for c in ceiling]
+        lines.append(f"| {metric['label']} ({better}) | " + " | ".join(cells) + " |")
+    return (
+        f"### Ranking\n\nRank {place + 1} of {len(models)} models over {ranking['n_sentences']} sentences: "
+        f"composite {composite}, best in {p_best} of bootstrap resamples; {verdict}. Means with {pct}% "
+        "bootstrap intervals over the sentences"
+        + ("; the reference recordings (and the same through the codec) are the ceiling, not ranked" if ceiling
+           else "")
+        + ".\n\n" + "\n".join(lines)
+    )
+
+
+def _eval_section(model_id: str, eval_rows: list[dict[str, Any]], ranking: dict[str, Any] | None = None) -> str:
     rows = [r for r in eval_rows if r.get("experiment_id") == model_id]
     if not rows:
         return "Not evaluated yet (run `make eval`)."
-    header = "| sentence | duration (s) | chars/s | truncated | speaker similarity |\n|---|---|---|---|---|"
+    header = ("| sentence | duration (s) | chars/s | truncated | speaker similarity | WER | CER | MOS |\n"
+              "|---|---|---|---|---|---|---|---|")
     lines = [header]
     for r in rows:
-        similarity = r.get("speaker_similarity")
         cps = r.get("chars_per_sec")
         lines.append(
             f"| {_cell(r['sentence'])} | {r['duration_sec']:.2f} | {'' if cps is None else f'{cps:.1f}'} | "
-            f"{'yes' if r['truncated'] else 'no'} | {'' if similarity is None else f'{similarity:.3f}'} |"
+            f"{'yes' if r['truncated'] else 'no'} | {_score(r.get('speaker_similarity'))} | "
+            f"{_score(r.get('wer'))} | {_score(r.get('cer'))} | {_score(r.get('mos'), 2)} |"
         )
     truncated = sum(bool(r["truncated"]) for r in rows)
+    ranked = _ranking_section(model_id, ranking)
     return (
-        f"{len(rows)} eval samples, {truncated} truncated. Metrics are computed offline by `kanitts eval` "
-        "(speaker similarity: cosine to the training speaker's reference recordings).\n\n" + "\n".join(lines)
+        f"{len(rows)} eval samples, {truncated} truncated. Metrics are computed by `kanitts eval` "
+        "(speaker similarity: cosine to the training speaker's reference recordings; WER/CER: of an ASR "
+        "transcript against the sentence; MOS: a predicted mean opinion score).\n\n" + "\n".join(lines)
+        + (f"\n\n{ranked}" if ranked else "")
     )
 
 
@@ -206,10 +277,12 @@ def build_model_card(
     dataset_ids: list[str] | None = None,
     eval_rows: list[dict[str, Any]] | None = None,
     codec: CodecSection | None = None,
+    ranking: dict[str, Any] | None = None,
 ) -> str:
     """README.md for a checkpoint: Hub metadata, training settings, final loss, eval, usage, license.
 
     ``codec`` (model_config.yaml's) says which audio tokens the model writes; default NanoCodec.
+    ``ranking`` (eval_results.json's) adds where the model stands among the evaluated ones.
     """
     codec = codec or CodecSection()
     folder = Path(folder)
@@ -268,7 +341,7 @@ def build_model_card(
         sections.append("### Data and batching\n\n" + _table(sorted(body["training"].items())))
     if metrics.get("dataset_fingerprint"):
         sections.append(f"Training data fingerprint: `{metrics['dataset_fingerprint']}`.")
-    sections.append("## Evaluation\n\n" + _eval_section(model_id, eval_rows or []))
+    sections.append("## Evaluation\n\n" + _eval_section(model_id, eval_rows or [], ranking))
     sections.append(f"## License\n\n{LICENSE.capitalize()}; the base model's license also applies.")
     return "\n\n".join(sections) + "\n"
 
@@ -281,13 +354,14 @@ def upload_model(
     eval_rows: list[dict[str, Any]] | None = None,
     token: str | None = None,
     codec: CodecSection | None = None,
+    ranking: dict[str, Any] | None = None,
 ) -> str:
     """Publish a complete checkpoint folder with its generated model card as README.md."""
     folder = Path(folder)
     problems = checkpoint_problems(folder)
     if problems:
         raise UserError(f"refusing to upload the incomplete checkpoint {folder}: " + "; ".join(problems))
-    card = build_model_card(folder, repo_id, dataset_ids, eval_rows, codec)
+    card = build_model_card(folder, repo_id, dataset_ids, eval_rows, codec, ranking)
     files: dict[str, Path | bytes] = {
         p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
     }

@@ -272,12 +272,15 @@ _WHISPER_SPECIALS = [
 ]
 
 
-def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, str] | None = None) -> Path:
+def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, str] | None = None,
+                       chunk_seconds: int = 1) -> Path:
     """A random two-language Whisper with its processor, as a Hub Whisper snapshot is laid out.
 
     The text vocabulary is the 256 byte-level symbols without merges, so any string tokenizes;
     the generation config carries the language and task ids that ``language=`` needs.
     ``spelling`` is written as the tokenizer's ``normalizer.json`` (the English spelling map).
+    ``chunk_seconds`` is the longest clip it hears in one window (real Whisper: 30 s); a longer
+    one takes Whisper's long-form path, which a random model cannot follow.
     """
     import json
 
@@ -297,7 +300,8 @@ def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, s
         vocab[token] = len(vocab)
     ids = {token: vocab[token] for token in _WHISPER_SPECIALS}
     tokenizer = WhisperTokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>")
-    features = WhisperFeatureExtractor(feature_size=8, sampling_rate=16000, chunk_length=1, n_fft=64, hop_length=32)
+    features = WhisperFeatureExtractor(feature_size=8, sampling_rate=16000, chunk_length=chunk_seconds, n_fft=64,
+                                      hop_length=32)
     WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(str(out_dir))
     if spelling is not None:
         (out_dir / "normalizer.json").write_text(json.dumps(spelling))
@@ -305,7 +309,7 @@ def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, s
     config = WhisperConfig(
         vocab_size=len(vocab), num_mel_bins=8, d_model=16, encoder_layers=1, decoder_layers=1,
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        max_source_positions=250, max_target_positions=32, pad_token_id=end, bos_token_id=end,
+        max_source_positions=250 * chunk_seconds, max_target_positions=32, pad_token_id=end, bos_token_id=end,
         eos_token_id=end, decoder_start_token_id=ids["<|startoftranscript|>"],
     )
     torch.manual_seed(seed)
@@ -323,3 +327,48 @@ def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, s
         setattr(generation, key, value)
     model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_tiny_wavlm_xvector(out_dir: Path | str, seed: int = 0) -> Path:
+    """A random two-layer ``WavLMForXVector`` (8-dim x-vector) with its feature extractor.
+
+    ``speaker_similarity.embedder: wavlm-xvector:<out_dir>`` loads it like a Hub snapshot.
+    """
+    import torch
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    torch.manual_seed(seed)
+    config = WavLMConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), feat_extract_norm="layer",
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=32, max_bucket_distance=64,
+        tdnn_dim=(16, 16, 24), tdnn_kernel=(3, 3, 1), tdnn_dilation=(1, 2, 1), xvector_output_dim=8,
+        num_labels=4, initializer_range=0.3,
+    )
+    WavLMForXVector(config).eval().save_pretrained(str(out_dir))
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def build_tiny_mos(out_dir: Path | str, seed: int = 0, norm: str = "layer") -> Path:
+    """A random MOS predictor laid out as a Hub one: a two-layer wav2vec2 with a one-output head.
+
+    ``Wav2Vec2ForSequenceClassification`` with ``num_labels=1`` (regression), the shape
+    :class:`kanitts.evaluation.naturalness.NaturalnessPredictor` loads. ``norm="group"`` gives a
+    feature encoder with group norm (and no attention mask), like wav2vec2-base.
+    """
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), feat_extract_norm=norm,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, classifier_proj_size=16,
+        num_labels=1, problem_type="regression", initializer_range=0.3,
+    )
+    Wav2Vec2ForSequenceClassification(config).eval().save_pretrained(str(out_dir))
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True,
+                             return_attention_mask=norm == "layer").save_pretrained(str(out_dir))
+    return Path(out_dir)

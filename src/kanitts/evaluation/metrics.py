@@ -46,6 +46,7 @@ METRIC_LABELS: dict[str, str] = {
     "speaker_similarity": "speaker similarity",
     "wer": "WER",
     "cer": "CER",
+    "mos": "MOS",
 }
 
 

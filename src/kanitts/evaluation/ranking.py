@@ -28,6 +28,11 @@ composite difference from the leader has a confidence interval that includes 0 c
 apart from it, and together they are reported as a tie. There is a winner only when nobody ties
 with the leader. P(best) is the share of resamples in which a model has the highest composite
 (split evenly where several share it).
+
+Ceiling: rows passed as ``ceiling`` (the speakers' reference recordings, and the same through
+the codec) get each metric's mean and a percentile bootstrap interval over their own clips,
+and are shown beside the models without competing: they are not sentences of the eval set, so
+they take no part in the composite, the ranks or P(best).
 """
 
 from __future__ import annotations
@@ -111,6 +116,15 @@ class ModelRanking:
 
 
 @dataclass
+class CeilingRow:
+    """A non-competing row (the references): per metric mean and interval over its own clips."""
+
+    name: str
+    metrics: dict[str, MetricSummary]
+    n_clips: int
+
+
+@dataclass
 class Ranking:
     """Models best first; ``winner`` is None when the leader ties with someone (see ``tied``)."""
 
@@ -126,6 +140,7 @@ class Ranking:
     seed: int
     confidence_level: float
     per_speaker: dict[str, Ranking] = field(default_factory=dict)
+    ceiling: list[CeilingRow] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -150,19 +165,23 @@ class Ranking:
                     "p_best": r.p_best,
                     "gap_to_leader": r.gap,
                     "gap_to_leader_ci": [r.gap_low, r.gap_high],
-                    "metrics": {
-                        name: (
-                            {"mean": s.mean, "ci": [s.low, s.high], "n": s.n}
-                            if s.measured
-                            else {"not_measured": True}
-                        )
-                        for name, s in r.metrics.items()
-                    },
+                    "metrics": _metrics_dict(r.metrics),
                 }
                 for r in self.models
             ],
             "per_speaker": {name: sub.as_dict() for name, sub in self.per_speaker.items()},
+            "ceiling": [
+                {"name": row.name, "n_clips": row.n_clips, "metrics": _metrics_dict(row.metrics)}
+                for row in self.ceiling
+            ],
         }
+
+
+def _metrics_dict(summaries: Mapping[str, MetricSummary]) -> dict:
+    return {
+        name: {"mean": s.mean, "ci": [s.low, s.high], "n": s.n} if s.measured else {"not_measured": True}
+        for name, s in summaries.items()
+    }
 
 
 def rank_models(
@@ -172,21 +191,55 @@ def rank_models(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     confidence_level: float = DEFAULT_CONFIDENCE,
+    ceiling: Iterable[Sample] = (),
 ) -> Ranking:
-    """Rank the models over all sentences, and per speaker when there are several."""
+    """Rank the models over all sentences, and per speaker when there are several.
+
+    ``ceiling`` samples (``model`` names the row, e.g. "reference recordings") are summarised
+    beside the ranking, overall and per speaker, without competing.
+    """
     rows = list(samples)
     if not rows:
         raise UserError("ranking: there are no samples to rank")
     metrics = list(metrics)
     _check_unique(rows)
     options = {"n_resamples": n_resamples, "seed": seed, "confidence_level": confidence_level}
+    refs = list(ceiling)
     overall = _rank_group(rows, metrics, None, **options)
+    overall.ceiling = _ceiling(refs, metrics, **options)
     speakers = sorted({r.speaker for r in rows if r.speaker is not None})
     if len(speakers) > 1:
         overall.per_speaker = {
             sp: _rank_group([r for r in rows if r.speaker == sp], metrics, sp, **options) for sp in speakers
         }
+        for sp, sub in overall.per_speaker.items():
+            sub.ceiling = _ceiling([r for r in refs if (r.speaker or "").lower() == sp.lower()], metrics, **options)
     return overall
+
+
+def _ceiling(rows: list[Sample], metrics: list[MetricSpec], *, n_resamples: int, seed: int,
+             confidence_level: float) -> list[CeilingRow]:
+    """Per ceiling row: each metric's mean over its clips, with a percentile bootstrap interval."""
+    out = []
+    for name in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == name]
+        summaries = {}
+        for spec in metrics:
+            values = np.array([v for r in mine if not math.isnan(v := _number(r, spec.name))])
+            if not len(values):
+                summaries[spec.name] = MetricSummary(measured=False)
+                continue
+            mean = float(values.mean())
+            low = high = None
+            if len(values) >= 2 and np.ptp(values) > 0:
+                result = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=confidence_level,
+                                         method="percentile", rng=np.random.default_rng(seed))
+                low, high = _float(result.confidence_interval.low), _float(result.confidence_interval.high)
+            elif len(values) >= 2:
+                low = high = mean
+            summaries[spec.name] = MetricSummary(True, mean, low, high, len(values))
+        out.append(CeilingRow(name, summaries, len(mine)))
+    return out
 
 
 def _check_unique(rows: list[Sample]) -> None:
@@ -397,7 +450,8 @@ def format_ranking(ranking: Ranking) -> str:
 
 
 def _format_group(ranking: Ranking) -> str:
-    shown = [m for m in ranking.metrics if any(r.metrics[m.name].measured for r in ranking.models)]
+    shown = [m for m in ranking.metrics
+             if any(r.metrics[m.name].measured for r in [*ranking.models, *ranking.ceiling])]
     pct = round(ranking.confidence_level * 100)
     header = ["model", "composite", "P(best)"] + [m.label for m in shown]
     table = [header]
@@ -406,6 +460,12 @@ def _format_group(ranking: Ranking) -> str:
         row.append("-" if r.p_best is None else f"{r.p_best:.0%}")
         for m in shown:
             s = r.metrics[m.name]
+            row.append(_interval(s.mean, s.low, s.high, 3) if s.measured else "not measured")
+        table.append(row)
+    for c in ranking.ceiling:
+        row = [c.name, "ceiling", "not ranked"]
+        for m in shown:
+            s = c.metrics[m.name]
             row.append(_interval(s.mean, s.low, s.high, 3) if s.measured else "not measured")
         table.append(row)
     widths = [max(len(line[c]) for line in table) for c in range(len(header))]

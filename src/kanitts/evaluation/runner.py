@@ -24,23 +24,33 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
 from kanitts.asr import Transcriber
-from kanitts.audio import load_audio, to_mono, write_wav
-from kanitts.codecs import load_codec
+from kanitts.audio import load_audio, resample, to_mono, write_wav
+from kanitts.codecs import Codec, load_codec
 from kanitts.config import ConfigSet, EvalSentence
 from kanitts.errors import UserError
-from kanitts.evaluation.intelligibility import intelligibility
-from kanitts.evaluation.metrics import measure
+from kanitts.evaluation.metrics import METRIC_LABELS
+from kanitts.evaluation.naturalness import LABEL as NATURALNESS_LABEL
+from kanitts.evaluation.naturalness import folder_signature, load_naturalness
 from kanitts.evaluation.ranking import DEFAULT_METRICS, Sample, format_ranking, rank_models
-from kanitts.evaluation.results import loss_history, slugify, write_results, write_text
+from kanitts.evaluation.results import (
+    REFERENCES_DIR,
+    SCORE_CACHE,
+    loss_history,
+    slugify,
+    write_results,
+    write_text,
+)
+from kanitts.evaluation.scoring import Clip, ScoreCache, Scorers, digest
 from kanitts.evaluation.speaker import SpeakerSimilarity, load_embedder
 from kanitts.files import check_output_folder
 from kanitts.inference import KaniTTS, SynthesisResult
@@ -95,22 +105,25 @@ class EvalSummary:
     upload_error: str | None = None
     seconds: float = 0.0
     ranking_text: str = ""
+    references: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
         return bool(self.rows) and not self.failures and not self.upload_error
 
     def per_model(self) -> list[str]:
-        """One line per model: samples, truncated, mean duration, speaker similarity and WER."""
+        """One line per model (then per kind of reference, the ceiling): means of what was measured."""
         lines = []
         for model in dict.fromkeys(r["experiment_id"] for r in self.rows):
             mine = [r for r in self.rows if r["experiment_id"] == model]
-            sims = [r["speaker_similarity"] for r in mine if r["speaker_similarity"] is not None]
             line = (f"  {model}: {len(mine)} samples, {sum(r['truncated'] for r in mine)} truncated, "
                     f"mean {sum(r['duration_sec'] for r in mine) / len(mine):.2f} s")
-            line += f", speaker similarity {sum(sims) / len(sims):.3f}" if sims else ""
-            wers = [r["wer"] for r in mine if r.get("wer") is not None]
-            lines.append(line + (f", WER {sum(wers) / len(wers):.3f}" if wers else ""))
+            lines.append(line + _means(mine))
+        for kind, label in (("recording", "reference recordings"), ("codec", "references through the codec")):
+            mine = [r for r in self.references if r["kind"] == kind]
+            if mine:
+                lines.append(f"  {label} (ceiling, not ranked): {len(mine)} clips, "
+                             f"mean {sum(r['duration_sec'] for r in mine) / len(mine):.2f} s" + _means(mine))
         return lines
 
     def describe(self) -> str:
@@ -129,6 +142,16 @@ class EvalSummary:
             lines.append(f"upload failed (the results above are kept): {self.upload_error}")
         lines += [f"failed:  {f}" for f in self.failures]
         return "\n".join(lines)
+
+
+def _means(rows: list[dict[str, Any]]) -> str:
+    """", speaker similarity 0.812, WER 0.050, CER 0.020, MOS not measured": each score's mean."""
+    parts = []
+    for key in ("speaker_similarity", "wer", "cer", "mos"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        parts.append(f"{METRIC_LABELS[key]} {sum(values) / len(values):.3f}" if values
+                     else f"{METRIC_LABELS[key]} not measured")
+    return ", " + ", ".join(parts)
 
 
 def eval_targets(configs: ConfigSet) -> tuple[list[EvalTarget], dict[str, str]]:
@@ -252,10 +275,22 @@ def run_eval(
     _check_file_names(sentences)
     takes = configs.inference.generation.num_return_sequences
     outputs = _Outputs(audio_dir, takes)
-    similarity = _speaker_similarity(configs)
     device = resolve_device(device or configs.inference.model.device_map)
-    transcriber = _transcriber(configs, device)  # before generating: a wrong model id costs nothing
-    codec = None
+    # Every scoring model loads once, before generating: a wrong model id costs nothing.
+    similarity = _speaker_similarity(configs, device)
+    transcriber = _transcriber(configs, device)
+    naturalness, mos_note = load_naturalness(eval_cfg.naturalness, device)
+    language = eval_cfg.intelligibility.language if eval_cfg.intelligibility else None
+    scorers = Scorers(ScoreCache(audio_dir / SCORE_CACHE), similarity=similarity, transcriber=transcriber,
+                      language=language, naturalness=naturalness)
+    codec: Codec | None = None
+
+    def get_codec() -> Codec:
+        nonlocal codec
+        if codec is None:  # every model needs it: a codec that does not load stops the run
+            codec = load_codec(configs.model.codec.kind, configs.model.codec.weights, device=device)
+        return codec
+
     load_errors: dict[str, str] = {}
 
     sidecars: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -279,10 +314,8 @@ def run_eval(
             if not todo:
                 continue
             bar.set_postfix_str(target.experiment_id)
-            if codec is None:  # every model needs it: a codec that does not load stops the run
-                codec = load_codec(configs.model.codec.kind, configs.model.codec.weights, device=device)
             try:
-                tts = load_model(target.model, codec=codec, model_cfg=configs.model,
+                tts = load_model(target.model, codec=get_codec(), model_cfg=configs.model,
                                  inference_cfg=configs.inference, device=device)
             except (UserError, OSError, RuntimeError, ValueError) as exc:
                 load_errors[target.experiment_id] = f"cannot load {target.model}: {exc}"
@@ -304,18 +337,24 @@ def run_eval(
             release_memory()
     bar.close()
 
-    language = eval_cfg.intelligibility.language if eval_cfg.intelligibility else None
-    rows = _rows(targets, sentences, sidecars, outputs, similarity, transcriber, language)
-    del transcriber
+    rows = _rows(targets, sentences, sidecars, outputs, scorers)
+    references = _references(configs, audio_dir, scorers, get_codec, failures)
+    del transcriber, naturalness, scorers, codec
     release_memory()
     measures = {
         "speaker_similarity": ({"embedder": similarity.label, "note": similarity.note} if similarity else None),
         "intelligibility": (eval_cfg.intelligibility.model_dump() if eval_cfg.intelligibility else None),
+        "naturalness": {
+            "model": eval_cfg.naturalness.model if eval_cfg.naturalness else None,
+            "label": None if mos_note else NATURALNESS_LABEL,
+            "note": mos_note,
+        },
     }
-    ranking, ranking_text = _ranking(rows, sentences)
+    ranking, ranking_text = _ranking(rows, sentences, references)
     summary = _write_results(configs, targets, sentences, rows, failures, audio_dir, load_errors,
-                             measures, ranking)
+                             measures, ranking, references)
     summary.ranking_text = ranking_text
+    summary.references = references
     summary.generated, summary.reused = generated, reused
     summary.seconds = time.perf_counter() - started
     return summary
@@ -343,11 +382,15 @@ def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
         yield item, results[i * takes: (i + 1) * takes], None
 
 
-def _speaker_similarity(configs: ConfigSet):
+def _speaker_similarity(configs: ConfigSet, device: str):
     settings = configs.eval.speaker_similarity
     if settings is None or not settings.references:
         return None
-    return SpeakerSimilarity(load_embedder(settings.embedder), settings.references)
+    embedder = load_embedder(settings.embedder)
+    move = getattr(embedder, "to", None)  # a neural embedder runs on the eval device, references too
+    if move is not None:
+        move(device)
+    return SpeakerSimilarity(embedder, settings.references)
 
 
 def _transcriber(configs: ConfigSet, device) -> Transcriber | None:
@@ -362,34 +405,29 @@ def _transcriber(configs: ConfigSet, device) -> Transcriber | None:
         raise UserError(f"eval_config.yaml: intelligibility.model: {exc}") from None
 
 
-def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity, transcriber: Transcriber | None,
-          language: str | None) -> list[dict[str, Any]]:
-    """One row per sample that exists, model-major, metrics measured from the WAV files.
+def _rows(targets, sentences, sidecars, outputs: _Outputs, scorers: Scorers) -> list[dict[str, Any]]:
+    """One row per sample that exists, model-major, scored from the WAV files.
 
-    Speaker similarity and transcripts are computed per model in batches (one model's samples
-    at a time, so memory stays bounded by the largest model's sample set).
+    One model's samples are scored together (batched, and only those the score cache lacks), so
+    memory stays bounded by the largest model's sample set; the cache is saved after each model.
     """
     rows = []
     for target in targets:
         config_json = json.dumps(target.train_configuration, sort_keys=True)
-        clips = []
+        found = []
         for sentence in sentences:
             for data in sidecars.get((target.experiment_id, sentence.sentence_id), []):
                 wav = outputs.wav(target, sentence, data["take"])
-                samples, rate = load_audio(wav)
-                clips.append((sentence, data, wav, to_mono(samples), rate))
-        if not clips:
+                raw = wav.read_bytes()
+                samples, rate = load_audio(raw)
+                clip = Clip(to_mono(samples), rate, digest(raw), sentence.spoken_text, sentence.speaker,
+                            bool(data["truncated"]))
+                found.append((sentence, data, wav, clip))
+        if not found:
             continue
-        sims = (similarity.score_batch([(audio, rate, s.speaker) for s, _, _, audio, rate in clips])
-                if similarity else [None] * len(clips))
-        heard = (transcriber.transcribe([(audio, rate) for _, _, _, audio, rate in clips])
-                 if transcriber else [None] * len(clips))
-        for (sentence, data, wav, audio, rate), sim, transcript in zip(clips, sims, heard, strict=True):
-            metrics = measure(audio, rate, len(sentence.spoken_text), data["truncated"])
-            scores = {"wer": None, "cer": None, "transcript": None}
-            if transcript is not None:
-                measured = intelligibility(sentence.spoken_text, transcript, language, transcriber.spelling)
-                scores = {key: measured[key] for key in scores}
+        scores = scorers.score([clip for *_, clip in found])
+        scorers.cache.save()
+        for (sentence, data, wav, clip), score in zip(found, scores, strict=True):
             rows.append({
                 "experiment_id": target.experiment_id,
                 "train_configuration": config_json,
@@ -397,20 +435,128 @@ def _rows(targets, sentences, sidecars, outputs: _Outputs, similarity, transcrib
                 "sentence": sentence.text,
                 "take": data["take"],
                 "audio": wav.relative_to(outputs.audio_dir).as_posix(),
-                "sample_rate": rate,
+                "sample_rate": clip.sample_rate,
                 "problems": "; ".join(data["problems"]),
-                **metrics.as_dict(),
-                "speaker_similarity": sim,
-                **scores,
+                **score,
             })
     return rows
 
 
-def _ranking(rows: list[dict[str, Any]], sentences: list[EvalSentence]) -> tuple[dict[str, Any] | None, str]:
+def _reference_texts(paths: list[Path]) -> dict[Path, str]:
+    """What each reference recording says, where an LJSpeech-style metadata.csv beside it tells.
+
+    The folder of the file and the one above (``<speaker>/wavs/<id>.wav``) are looked in, as
+    ``kanitts prepare`` reads such folders. A metadata.csv that does not read leaves the texts
+    unknown (WER/CER of the references not measured), since they are only a ceiling.
+    """
+    from kanitts.prepare.sources.files import METADATA_NAME, FolderSource
+
+    texts: dict[Path, str] = {}
+    folders = {f for p in paths for f in (p.parent, p.parent.parent) if (f / METADATA_NAME).is_file()}
+    for folder in sorted(folders):
+        try:
+            source = FolderSource(folder, text_field="normalized", encoding="auto")
+        except UserError:
+            continue
+        for index, path in enumerate(source._paths):
+            item = source.item(index)
+            if path is not None and item.text:
+                texts.setdefault(Path(path).resolve(), item.text)
+    return texts
+
+
+def _codec_round_trip(copy: Path, audio: np.ndarray, rate: int, source_digest: str, configs: ConfigSet,
+                      get_codec: Callable[[], Codec]) -> Path:
+    """``<name>.codec.wav`` beside the copy: the recording encoded and decoded by the codec.
+
+    Kept with a sidecar naming the recording's hash and the codec's settings and files, so it is
+    made again only when one of them changes (and the codec loads only then).
+    """
+    out = copy.with_name(copy.stem + ".codec.wav")
+    sidecar = out.with_suffix(".json")
+    signature = {"recording": source_digest, "codec": configs.model.codec.model_dump(),
+                 "files": folder_signature(configs.model.codec.weights)}
+    try:
+        if out.is_file() and json.loads(sidecar.read_text(encoding="utf-8")) == signature:
+            return out
+    except (OSError, json.JSONDecodeError):
+        pass
+    codec = get_codec()
+    wave = resample(audio, rate, codec.sample_rate)
+    with torch.no_grad():
+        codes, frames = codec.encode(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
+        decoded, _ = codec.decode(codes, frames)
+    write_wav(out, decoded[0, : len(wave)].float().cpu().numpy(), codec.sample_rate)
+    write_text(sidecar, json.dumps(signature, sort_keys=True))
+    return out
+
+
+def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers, get_codec: Callable[[], Codec],
+                failures: list[str]) -> list[dict[str, Any]]:
+    """The speakers' reference recordings, and their codec round trips, scored like the samples.
+
+    A copy of each recording (mono, as scored) and its round trip go under
+    ``<audio_dir>/references/<speaker>/``; each is compared for speaker similarity with the
+    speaker's *other* references (leave-one-out; None for a speaker with one), and for WER/CER
+    with its transcript when a metadata.csv gives it. They are the ceiling the models are
+    measured against: what the real voice and the codec alone score. A round trip that fails
+    (the codec does not load, say) is listed in ``failures``; the recordings are still scored.
+    """
+    settings = configs.eval.speaker_similarity
+    if settings is None or not settings.references:
+        return []
+    texts = _reference_texts([Path(p).resolve() for paths in settings.references.values() for p in paths])
+    entries, clips = [], []
+    for speaker, paths in settings.references.items():
+        folder = audio_dir / REFERENCES_DIR / slugify(speaker)
+        stems: set[str] = set()
+        for index, path in enumerate(paths):
+            samples, rate = load_audio(path)
+            audio = to_mono(samples)
+            stem = slugify(Path(path).stem)
+            while stem.lower() in stems:  # two references with one file name, from two folders
+                stem += "_"
+            stems.add(stem.lower())
+            copy = write_wav(folder / f"{stem}.wav", audio, rate)
+            raw = copy.read_bytes()
+            text = texts.get(Path(path).resolve())
+            made = [("recording", copy)]
+            try:
+                made.append(("codec", _codec_round_trip(copy, audio, rate, digest(raw), configs, get_codec)))
+            except (UserError, OSError, RuntimeError, ValueError) as exc:
+                failures.append(f"references / {speaker} / {Path(path).name}: codec round trip failed: {exc}")
+            for kind, wav in made:
+                data = wav.read_bytes()
+                heard, heard_rate = (audio, rate) if wav == copy else load_audio(data)
+                clips.append(Clip(to_mono(heard), heard_rate, digest(data), text, speaker, leave_out=index))
+                entries.append((kind, speaker, wav, heard_rate, text))
+    scores = scorers.score(clips)
+    scorers.cache.save()
+    metric_keys = list(METRIC_LABELS)
+    rows = []
+    for (kind, speaker, wav, rate, text), score in zip(entries, scores, strict=True):
+        rows.append({
+            "kind": kind,
+            "speaker": speaker,
+            "audio": wav.relative_to(audio_dir).as_posix(),
+            "sample_rate": rate,
+            "text": text,
+            "transcript": score["transcript"],
+            **{key: score.get(key) for key in metric_keys},
+        })
+    return rows
+
+
+REFERENCE_ROWS = {"recording": "reference recordings", "codec": "references through the codec"}
+
+
+def _ranking(rows: list[dict[str, Any]], sentences: list[EvalSentence],
+             references: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
     """The ranking of the models over the samples (as a dict and as text), or why there is none.
 
     Takes of one sentence are averaged first: the bootstrap resamples sentences, and a sentence
-    counts once per model whatever ``num_return_sequences`` is.
+    counts once per model whatever ``num_return_sequences`` is. The references are shown beside
+    the models as the ceiling and do not compete.
     """
     models = list(dict.fromkeys(r["experiment_id"] for r in rows))
     if len(models) < 2:
@@ -429,7 +575,9 @@ def _ranking(rows: list[dict[str, Any]], sentences: list[EvalSentence]) -> tuple
         samples.append(Sample(model=model, sentence=sentence_id, speaker=speaker_of.get(sentence_id), values=values))
     if not any(v is not None for s in samples for v in s.values.values()):
         return None, "ranking: not computed (no metric was measured)"
-    ranking = rank_models(samples)
+    ceiling = [Sample(model=REFERENCE_ROWS[r["kind"]], sentence=r["audio"], speaker=r["speaker"],
+                      values={name: r.get(name) for name in names}) for r in references]
+    ranking = rank_models(samples, ceiling=ceiling)
     if not ranking.composite_metrics:
         return ranking.as_dict(), "ranking: no metric separates the models\n" + format_ranking(ranking)
     return ranking.as_dict(), format_ranking(ranking)
@@ -437,7 +585,7 @@ def _ranking(rows: list[dict[str, Any]], sentences: list[EvalSentence]) -> tuple
 
 def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path,
                    load_errors: dict[str, str], measures: dict[str, Any],
-                   ranking: dict[str, Any] | None) -> EvalSummary:
+                   ranking: dict[str, Any] | None, references: list[dict[str, Any]]) -> EvalSummary:
     results = {
         "audio_dir": str(audio_dir),
         **measures,
@@ -457,6 +605,7 @@ def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path,
         "rows": rows,
         "failures": failures,
         "ranking": ranking,
+        "references": references,
     }
     json_path, csv_path, dataset_dir = write_results(results, audio_dir)
     return EvalSummary(rows=rows, failures=failures, generated=0, reused=0, results_json=json_path,

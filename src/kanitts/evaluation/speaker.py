@@ -170,6 +170,11 @@ class WavLMXVectorEmbedder:
         # would change every frame; with it, clips run one at a time (see embed_batch).
         self.pads_exactly = config.feat_extract_norm != "group"
 
+    def to(self, device: object) -> WavLMXVectorEmbedder:
+        """Run on ``device`` (the eval device: the GPU when there is one); inputs follow the weights."""
+        self.model.to(device)
+        return self
+
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         return self._run([self._prepare(audio, sample_rate)])[0]
 
@@ -286,6 +291,9 @@ class SpeakerSimilarity:
         self.label: str = getattr(embedder, "label", embedder.name)
         self.note: str | None = getattr(embedder, "note", None)
         self.centroids: dict[str, np.ndarray] = {}
+        # Each reference's own vector, for leave-one-out scores of the references themselves.
+        self.vectors: dict[str, list[np.ndarray]] = {}
+        self.references: dict[str, list[str]] = {}
         for speaker, paths in references.items():
             clips = []
             for path in paths:
@@ -297,20 +305,32 @@ class SpeakerSimilarity:
                     raise UserError(f"speaker_similarity.references.{speaker}: cannot read {path}: {exc}") from None
                 clips.append((to_mono(samples), rate))
             if clips:
-                self.centroids[speaker.lower()] = _unit(np.mean(_embed_all(embedder, clips), axis=0))
+                self.vectors[speaker.lower()] = _embed_all(embedder, clips)
+                self.references[speaker.lower()] = [str(p) for p in paths]
+                self.centroids[speaker.lower()] = _unit(np.mean(self.vectors[speaker.lower()], axis=0))
 
     def score(self, audio: np.ndarray, sample_rate: int, speaker: str | None) -> float | None:
         """Similarity in [-1, 1] to ``speaker``'s references; None when it has none or audio is empty."""
         return self.score_batch([(audio, sample_rate, speaker)])[0]
 
-    def score_batch(self, samples: list[tuple[np.ndarray, int, str | None]]) -> list[float | None]:
-        """:meth:`score` of each ``(audio, sample_rate, speaker)``, embedded together."""
-        wanted = [i for i, (audio, _rate, speaker) in enumerate(samples)
-                  if len(audio) and (speaker or "").lower() in self.centroids]
+    def score_batch(self, samples: list[tuple[np.ndarray, int, str | None]],
+                    leave_out: list[int | None] | None = None) -> list[float | None]:
+        """:meth:`score` of each ``(audio, sample_rate, speaker)``, embedded together.
+
+        ``leave_out[i]``, when given, is the index of one of the speaker's references that sample
+        ``i`` is not compared with (a reference recording, or its codec round trip, scored
+        against the other references); None when that leaves no reference.
+        """
+        leave_out = leave_out or [None] * len(samples)
+        centroids: list[np.ndarray | None] = []
+        for (_audio, _rate, speaker), skip in zip(samples, leave_out, strict=True):
+            vectors = self.vectors.get((speaker or "").lower(), [])
+            kept = [v for j, v in enumerate(vectors) if j != skip]
+            centroids.append(_unit(np.mean(kept, axis=0)) if kept else None)
+        wanted = [i for i, (audio, _rate, _speaker) in enumerate(samples) if len(audio) and centroids[i] is not None]
         vectors = _embed_all(self.embedder, [(np.asarray(samples[i][0], dtype=np.float32), samples[i][1])
                                              for i in wanted])
         scores: list[float | None] = [None] * len(samples)
         for i, vector in zip(wanted, vectors):
-            centroid = self.centroids[(samples[i][2] or "").lower()]
-            scores[i] = round(float(np.dot(vector, centroid)), 4)
+            scores[i] = round(float(np.dot(vector, centroids[i])), 4)
         return scores

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kanitts.config import ConfigSet, load_configs
 from kanitts.errors import UserError
+from kanitts.evaluation.results import RANKING_CSV
 from kanitts.evaluation.runner import EvalSummary, run_eval
 from kanitts.hub import upload_eval_dataset
 from kanitts.inference import KaniTTS
@@ -41,7 +42,8 @@ def evaluate(
     if eval_cfg.huggingface.upload_dataset and summary.rows:
         try:
             summary.hub_url = upload_eval_dataset(summary.dataset_dir, eval_cfg.huggingface.repo_name,
-                                                  private=eval_cfg.huggingface.private)
+                                                  private=eval_cfg.huggingface.private,
+                                                  ranking_csv=summary.dataset_dir.parent / RANKING_CSV)
         except UserError as exc:
             summary.upload_error = str(exc)
     summary.seconds = time.perf_counter() - started

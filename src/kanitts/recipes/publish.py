@@ -37,13 +37,15 @@ def run(*, config_dir: Path, model_id: str, repo: str, private: bool = False) ->
     dataset_cfg = _optional("dataset", config_dir, "without the training datasets")
     model_cfg = _optional("model", config_dir, "with the default codec")
     results = Path(eval_cfg.paths.audio_output_dir) / RESULTS_JSON
+    evaluated = read_results(results) if results.is_file() else {}
     url = upload_model(
         Path(eval_cfg.paths.checkpoints_dir) / model_id,
         repo,
         private=private,
         dataset_ids=[entry.reponame for entry in dataset_cfg.hf_datasets] if dataset_cfg else [],
-        eval_rows=read_results(results)["rows"] if results.is_file() else [],
+        eval_rows=evaluated.get("rows", []),
         codec=model_cfg.codec if model_cfg else None,
+        ranking=evaluated.get("ranking"),
     )
     print(f"uploaded {model_id} to {url}")
     return 0

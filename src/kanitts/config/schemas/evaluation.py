@@ -1,8 +1,8 @@
-"""eval_config.yaml: where eval writes, whether it uploads, speaker-similarity references, ASR."""
+"""eval_config.yaml: where eval writes, whether it uploads, speaker-similarity references, ASR, MOS."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import PositiveInt, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
@@ -83,12 +83,25 @@ class Intelligibility(Strict):
     batch_size: PositiveInt = 8
 
 
+class Naturalness(Strict):
+    """The MOS predictor (kanitts.evaluation.naturalness): a one-output audio regression model.
+
+    Optional: without it MOS is not measured. ``if_unavailable: skip`` leaves MOS unmeasured
+    (with a note) when the weights cannot be loaded, instead of stopping before generation.
+    """
+
+    model: Text  # a Hub id or a local folder
+    batch_size: PositiveInt = 8
+    if_unavailable: Literal["error", "skip"] = "error"
+
+
 class EvalConfig(Strict):
     paths: EvalPaths = EvalPaths()
     huggingface: EvalHub = EvalHub()
     processing: EvalProcessing = EvalProcessing()
     speaker_similarity: SpeakerSimilarity | None = None
     intelligibility: Intelligibility | None = None
+    naturalness: Naturalness | None = None
 
     @property
     def notes(self) -> list[str]:
