@@ -169,6 +169,10 @@ def test_synthesize_voice_clones_through_the_embedder(k2_project, k2_checkpoints
     (config / "model_config.yaml").write_text(yaml.safe_dump(k2_project.model_cfg.model_dump()))
     inference = {"model": {"torch_dtype": "float32"}, "generation": {"max_new_tokens": 10, "constrained_decoding": True}}
     (config / "inference_config.yaml").write_text(yaml.safe_dump(inference))
+    from kanitts.recipes.prepare import configured_speaker_embedder
+
+    assert configured_speaker_embedder(config) == str(k2_project.embedder)  # what prepare embeds with
+    assert configured_speaker_embedder(tmp_path) is None
     out = tmp_path / "out.wav"
     voice = k2_project.clips / "bob_1.wav"
     assert main(["synthesize", "Hello.", "--model", str(folder), "--config-dir", str(config), "-o", str(out),

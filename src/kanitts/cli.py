@@ -93,6 +93,7 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="Hub id or local folder of the codec weights (default: codec.weights of model_config.yaml)")
     flag(g, "device", opts.CodecSpec)
     flag(g, "dtype", opts.CodecSpec, choices=opts.DTYPES)
+    flag(g, "speaker_embedder", metavar="WEIGHTS")
     g = p.add_argument_group("audio")
     flag(g, "normalize", choices=opts.NORMALIZE_MODES)
     for name in ("peak_dbfs", "loudness_lufs", "trim_silence", "trim_top_db", "silence_dbfs",
