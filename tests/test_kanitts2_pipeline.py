@@ -188,6 +188,10 @@ def test_synthesize_voice_clones_through_the_embedder(k2_project, k2_checkpoints
     samples, sr = load_audio(str(voice))
     np.testing.assert_allclose(embedding.numpy(), tts.speaker_embedder.embed(samples, sr))
     assert tts.prompt_ids("Hi")[:2] == [tts.layout.start_of_human, tts.layout.speaker_slot]
+    [spoken] = tts.synthesize("Hi there.", voice=voice)
+    assert spoken.voice == f"the voice of {voice}"  # what eval records per sample
+    [mean] = tts.synthesize("Hi there.")
+    assert mean.voice == "the mean embedding of the training clips"
     torch.testing.assert_close(tts.voice_embedding(speaker="alice")[0], tts.voices["speaker:alice"])
     assert main(["synthesize", "Hello.", "--model", str(folder), "--config-dir", str(config), "-o", str(out),
                  "--voice", str(tmp_path / "missing.wav")]) == 1

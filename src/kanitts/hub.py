@@ -120,7 +120,7 @@ def upload_eval_dataset(dataset_dir: Path | str, repo_id: str, private: bool = T
             "# KaniTTS evaluation results\n\nEvery model (the base model and each fine-tuning experiment) "
             "speaking every sentence of the eval set, made by `kanitts eval`.\n\nColumns: `experiment_id`, "
             "`train_configuration` (JSON of the experiment's full config), `sentence_id`, `sentence`, `take`, "
-            "`audio`, `truncated`, `problems`, the metrics (duration, characters per second, "
+            "`audio`, `truncated`, `problems`, `voice` (the voice a speaker-conditioned model spoke in), the metrics (duration, characters per second, "
             "leading/trailing silence, clipping, peak level, speaker similarity, `wer`, `cer` and the ASR "
             "`transcript`, predicted `mos`; empty where not measured), and the model's place in the ranking "
             "(`model_rank`, `model_composite`, `model_p_best`, `model_verdict`: winner, tie or empty).\n"

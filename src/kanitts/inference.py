@@ -47,6 +47,9 @@ class SynthesisResult:
     problems: list[str] = field(default_factory=list)
     num_generated_tokens: int = 0
     dropped_frames: int = 0  # broken frames left out of the audio (each one a gap of a frame)
+    # the voice it was spoken in (a reference clip, a speaker's mean embedding, ...); "" for a
+    # model and codec that take none
+    voice: str = ""
 
     @property
     def duration_sec(self) -> float:
@@ -359,7 +362,7 @@ class KaniTTS:
             if problem:
                 where = f"text {index + 1} of {len(texts)}" if len(texts) > 1 else "the text"
                 raise UserError(f"{where} ({text!r}): {problem}")
-        embedding, voice_problem = None, None
+        embedding, voice_problem, source = None, None, ""
         if self.takes_voice:
             embedding, source = self.voice_embedding(voice, speaker)
             if embedding is None:
@@ -379,8 +382,9 @@ class KaniTTS:
             generated = self.generate_ids([self.prompt_ids(t, speaker) for t in chunk], slots, **generate_kwargs)
             decoder_voice = embedding if hasattr(self.codec, "embed") else None
             chunk_results = self.decode_ids([t for t in spoken for _ in range(copies)], generated, decoder_voice)
-            if voice_problem:
-                for result in chunk_results:
+            for result in chunk_results:
+                result.voice = "a zero embedding" if voice_problem else source
+                if voice_problem:
                     result.problems.append(voice_problem + "; decoded with a zero embedding")
             results.extend(chunk_results)
             bar.update(len(chunk))

@@ -139,6 +139,7 @@ def report_data(results: dict[str, Any], title: str) -> dict[str, Any]:
                 "take": r["take"],
                 "audio": "audio/" + r["audio"] if r["duration_sec"] > 0 else None,
                 "problems": r.get("problems") or "",
+                "voice": r.get("voice") or "",
                 "transcript": r.get("transcript"),
                 "values": {key: _finite(r.get(key)) for key in METRIC_LABELS},
             }

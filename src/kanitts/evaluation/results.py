@@ -23,7 +23,7 @@ RANKING_CSV = "eval_ranking.csv"
 SCORE_CACHE = "eval_scores_cache.json"
 REFERENCES_DIR = "references"  # the speakers' reference recordings and their codec round trips
 CSV_COLUMNS = [
-    "experiment_id", "sentence_id", "take", "sentence", "audio", "truncated", "problems",
+    "experiment_id", "sentence_id", "take", "sentence", "audio", "truncated", "problems", "voice",
     "duration_sec", "chars_per_sec", "leading_silence_sec", "trailing_silence_sec",
     "clipping_fraction", "peak_dbfs", "speaker_similarity", "wer", "cer", "mos", "transcript",
     "train_configuration",
@@ -193,7 +193,8 @@ def eval_dataset(rows: list[dict[str, Any]], audio_dir: Path, ranking: dict[str,
     # Columns that are None in every row (not measured) get a real type, not Arrow's null.
     typed = {"model_rank": Value("int64"), "model_composite": Value("float64"), "model_p_best": Value("float64"),
              "model_verdict": Value("string"), "wer": Value("float64"), "cer": Value("float64"),
-             "mos": Value("float64"), "speaker_similarity": Value("float64"), "transcript": Value("string")}
+             "mos": Value("float64"), "speaker_similarity": Value("float64"), "transcript": Value("string"),
+             "voice": Value("string")}
     features = Features({**dataset.features, **typed, "audio": {"bytes": Value("binary"), "path": Value("string")}})
     dataset = dataset.cast(features)
     return dataset.cast_column("audio", Audio(sampling_rate=int(rows[0]["sample_rate"]), decode=False))

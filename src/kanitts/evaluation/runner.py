@@ -245,6 +245,7 @@ class _Outputs:
             "signature": signature,
             "truncated": result.truncated,
             "problems": result.problems,
+            "voice": result.voice,
             "num_frames": result.num_frames,
             "num_generated_tokens": result.num_generated_tokens,
         }
@@ -437,6 +438,7 @@ def _rows(targets, sentences, sidecars, outputs: _Outputs, scorers: Scorers) -> 
                 "audio": wav.relative_to(outputs.audio_dir).as_posix(),
                 "sample_rate": clip.sample_rate,
                 "problems": "; ".join(data["problems"]),
+                "voice": data.get("voice", ""),
                 **score,
             })
     return rows

@@ -144,7 +144,7 @@
   function addSample(sentence, item, sample) { (cells[cellKey(sentence, item)] = cells[cellKey(sentence, item)] || []).push(sample); }
   DATA.rows.forEach(function (r) {
     addSample(r.sentence, r.model, { key: r.model + "#" + r.take, item: r.model, take: r.take, audio: r.audio,
-      values: r.values, problems: r.problems, transcript: r.transcript });
+      values: r.values, problems: r.problems, transcript: r.transcript, voice: r.voice });
   });
   DATA.sentences.forEach(function (s) {
     Object.keys(s.anchors).forEach(function (column) {
@@ -242,6 +242,7 @@
     var parts = DATA.metrics.filter(function (m) { return sample.values[m.key] !== null && sample.values[m.key] !== undefined; })
       .map(function (m) { return m.label + ": " + fmt(sample.values[m.key]); });
     if (sample.transcript) { parts.push("heard: " + sample.transcript); }
+    if (sample.voice) { parts.push("voice: " + sample.voice); }
     if (sample.problems) { parts.push(sample.problems); }
     return parts.join("\n");
   }
