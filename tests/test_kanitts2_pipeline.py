@@ -211,3 +211,14 @@ def test_a_model_config_that_disagrees_with_the_checkpoint_is_refused(k2_project
     dump["codec"] = {"kind": "kanade"}
     with pytest.raises(ValueError, match="has its own global .speaker. embedding"):
         ModelConfig.model_validate(dump)
+
+
+def test_model_card_of_a_kanitts2_checkpoint(k2_checkpoints):
+    from kanitts.hub import build_model_card
+
+    folder = k2_checkpoints["padded"].path
+    rows = [{"experiment_id": "padded", "sentence": "Hi.", "duration_sec": 1.0, "chars_per_sec": 3.0,
+             "truncated": False, "voice": "speaker alice's mean embedding"}]
+    card = build_model_card(folder, "me/k2", eval_rows=rows)
+    assert "- kanitts-2" in card and "--voice ref.wav" in card and "kani-tts-2" in card
+    assert "| voice |" in card and "speaker alice's mean embedding" in card

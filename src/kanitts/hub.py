@@ -251,8 +251,9 @@ def _eval_section(model_id: str, eval_rows: list[dict[str, Any]], ranking: dict[
     rows = [r for r in eval_rows if r.get("experiment_id") == model_id]
     if not rows:
         return "Not evaluated yet (run `make eval`)."
-    header = ("| sentence | duration (s) | chars/s | truncated | speaker similarity | WER | CER | MOS |\n"
-              "|---|---|---|---|---|---|---|---|")
+    voiced = any(r.get("voice") for r in rows)  # a speaker-conditioned model: which voice it spoke in
+    header = ("| sentence | duration (s) | chars/s | truncated | speaker similarity | WER | CER | MOS |"
+              + (" voice |" if voiced else "") + "\n|---|---|---|---|---|---|---|---|" + ("---|" if voiced else ""))
     lines = [header]
     for r in rows:
         cps = r.get("chars_per_sec")
@@ -260,6 +261,7 @@ def _eval_section(model_id: str, eval_rows: list[dict[str, Any]], ranking: dict[
             f"| {_cell(r['sentence'])} | {r['duration_sec']:.2f} | {'' if cps is None else f'{cps:.1f}'} | "
             f"{'yes' if r['truncated'] else 'no'} | {_score(r.get('speaker_similarity'))} | "
             f"{_score(r.get('wer'))} | {_score(r.get('cer'))} | {_score(r.get('mos'), 2)} |"
+            + (f" {_cell(r.get('voice') or '')} |" if voiced else "")
         )
     truncated = sum(bool(r["truncated"]) for r in rows)
     ranked = _ranking_section(model_id, ranking)
@@ -269,6 +271,15 @@ def _eval_section(model_id: str, eval_rows: list[dict[str, Any]], ranking: dict[
         "transcript against the sentence; MOS: a predicted mean opinion score).\n\n" + "\n".join(lines)
         + (f"\n\n{ranked}" if ranked else "")
     )
+
+
+def _is_kanitts2(folder: Path) -> bool:
+    from kanitts.models.kanitts2 import is_kanitts2_config
+
+    try:
+        return is_kanitts2_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
 
 
 def build_model_card(
@@ -299,6 +310,9 @@ def build_model_card(
     if datasets:
         meta["datasets"] = datasets
     meta["tags"] = ["kanitts", "text-to-speech", "lfm2", codec.kind, "lora"]
+    kanitts2 = _is_kanitts2(folder)
+    if kanitts2:
+        meta["tags"].insert(1, "kanitts-2")
 
     final_loss = metrics.get("final_loss")
     history = metrics.get("loss_history") or []
@@ -326,7 +340,12 @@ def build_model_card(
          f"tts = KaniTTS.from_pretrained(\"{repo_id}\")\n"
          f"result = tts.synthesize([\"{example}\"])[0]\n"
          "write_wav(\"out.wav\", result.audio, result.sample_rate)\n```\n\n"
-         "Start the text with the speaker prefix the model was trained with (`speaker: text`)."),
+         + ("A KaniTTS-2 model (speaker embedding, frame-level positions, learnable RoPE): give a reference "
+            f"clip to speak in its voice (`kanitts synthesize \"Hello.\" --model {repo_id} --voice ref.wav "
+            "-o out.wav`, with the speaker embedder in model_config.yaml); start the text with the language tag "
+            "it was trained with (`en: text`). The checkpoint also loads in the `kani-tts-2` package."
+            if kanitts2 else
+            "Start the text with the speaker prefix the model was trained with (`speaker: text`).")),
         "## Training\n\n" + _table([
             ("base model", base_model or "n/a"),
             ("datasets", ", ".join(datasets) if datasets else "local data"),
