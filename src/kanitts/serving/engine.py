@@ -173,7 +173,8 @@ class Engine:
                 job.fail("the server is shutting down")
             self._rows.clear()
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     @property
     def queued(self) -> int:
