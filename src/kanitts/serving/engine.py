@@ -277,8 +277,8 @@ class Engine:
         streamer = FrameStreamer(tts.layout, tts.codec, stopper, self.config.stream_chunk_frames, on_audio, on_done)
         self.stats.batch_rows.append(len(batch))
         tts.generate_ids(
-            prompts, max_new_tokens=max(budgets), do_sample=False, repetition_penalty=1.0,
-            num_return_sequences=1, logits_processor=[sampler],
+            prompts, max_new_tokens=max(budgets), do_sample=False, temperature=None, top_p=None,
+            repetition_penalty=1.0, num_return_sequences=1, logits_processor=[sampler],
             stopping_criteria=StoppingCriteriaList([stopper]), streamer=streamer,
         )
         streamer.end()
