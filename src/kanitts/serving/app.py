@@ -155,7 +155,7 @@ def create_app(engines: dict[str, Engine], config: ServerSection, generation: Ge
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": {
+        return {"status": "ok", "api_key_required": api_key is not None, "models": {
             name: {"queued": e.queued, "batches": len(e.stats.batch_rows)} for name, e in engines.items()}}
 
     @app.get("/v1/models")

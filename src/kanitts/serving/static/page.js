@@ -142,7 +142,14 @@ async function speak(event) {
   }
 }
 
+async function start() {
+  // With an API key required, the models are listed once the key is typed (at the first Speak).
+  const health = await (await fetch("/health")).json();
+  if (health.api_key_required) status("this server needs its API key: enter it below, then Speak");
+  else await loadModels();
+}
+
 $("form").addEventListener("submit", speak);
 $("stop").addEventListener("click", () => state.abort && state.abort.abort());
 $("model").addEventListener("change", showModel);
-loadModels();
+start();
