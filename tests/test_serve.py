@@ -114,6 +114,20 @@ def test_whole_file_formats_are_real_files(server):
         assert len(audio) > 0 and rate == (24000 if fmt == "opus" else RATE)
 
 
+def test_audio_can_be_sent_at_openais_24_khz(tts):
+    cfg = _config(sample_rate=24000)
+    with Server({"tiny": tts}, cfg.server, cfg.generation, log_level="warning") as running:
+        body = {"input": "Hello there.", "seed": 5, "max_new_tokens": 26}
+        stream = _speech(running, response_format="pcm", **body)
+        whole = _speech(running, response_format="flac", **body)
+    assert stream.headers["x-sample-rate"] == "24000"
+    streamed = np.frombuffer(stream.content, "<i2")
+    audio, rate = sf.read(io.BytesIO(whole.content), dtype="int16")
+    assert rate == 24000 and len(streamed) == len(audio) > 0
+    assert len(audio) * RATE % (24000 * SPF) == 0  # whole frames, at 24 kHz
+    assert np.abs(streamed.astype(int) - audio).max() <= 1  # chunk-wise resampling = resampling the whole
+
+
 @pytest.mark.parametrize(("body", "status", "param", "code"), [
     ({"model": "other", "input": "Hi."}, 404, "model", "model_not_found"),
     ({"input": "Hi."}, 400, "model", "missing_required_parameter"),

@@ -171,7 +171,7 @@ def create_app(engines: dict[str, Engine], config: ServerSection, generation: Ge
     def _model_entry(name: str, engine: Engine) -> dict[str, Any]:
         return {
             "id": name, "object": "model", "created": created, "owned_by": "kanitts",
-            "sample_rate": engine.sample_rate, "voices": list(config.voices), "default_voice": config.default_voice,
+            "sample_rate": config.sample_rate or engine.sample_rate, "voices": list(config.voices), "default_voice": config.default_voice,
             "response_formats": list(formats), "max_input_chars": config.max_input_chars,
             "sampling": {"temperature": generation.temperature if generation.do_sample else 0.0,
                          "top_p": generation.top_p, "repetition_penalty": generation.repetition_penalty,
@@ -312,8 +312,9 @@ async def _answer(request: Request, job: Job, engine: Engine, fmt: str, sse: boo
     first = await _next(job, request)
     if isinstance(first, Done) and (problem := _failure(first, timeout_s)):
         return problem.response()
-    rate = engine.sample_rate
+    rate = engine.config.sample_rate or engine.sample_rate
     headers = {"X-Sample-Rate": str(rate), "Cache-Control": "no-store"}
+    resample = _Resampler(engine.sample_rate, rate)
     if fmt not in STREAMED:
         chunks = [] if isinstance(first, Done) else [first]
         item = first
@@ -323,7 +324,7 @@ async def _answer(request: Request, job: Job, engine: Engine, fmt: str, sse: boo
                 chunks.append(item)
         if problem := _failure(item, timeout_s):
             return problem.response()
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        audio = np.concatenate([*map(resample, chunks), resample.end()])
         return Response(encode_whole(audio, rate, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -331,12 +332,14 @@ async def _answer(request: Request, job: Job, engine: Engine, fmt: str, sse: boo
             prefix = wav_header(rate) if fmt == "wav" else b""
             item = first
             while not isinstance(item, Done):
-                data = prefix + pcm16(item)
+                data = prefix + pcm16(resample(item))
                 prefix = b""
-                yield _sse_delta(data) if sse else data
+                if data:
+                    yield _sse_delta(data) if sse else data
                 item = await _next(job, request)
-            if prefix:
-                yield _sse_delta(prefix) if sse else prefix
+            data = prefix + pcm16(resample.end())
+            if data:
+                yield _sse_delta(data) if sse else data
             if sse:
                 problem = _failure(item, timeout_s)
                 yield _sse_done(item, len(job.pieces)) if problem is None else _sse_error(problem)
@@ -345,6 +348,25 @@ async def _answer(request: Request, job: Job, engine: Engine, fmt: str, sse: boo
 
     media = "text/event-stream" if sse else MEDIA_TYPES[fmt]
     return StreamingResponse(chunks(), media_type=media, headers=headers)
+
+
+class _Resampler:
+    """The codec's audio at the rate the server sends, chunk by chunk (soxr's stream resampler
+    gives the same samples as resampling the whole)."""
+
+    def __init__(self, source: int, target: int):
+        self.stream = None
+        if source != target:
+            import soxr
+
+            self.stream = soxr.ResampleStream(source, target, 1, dtype="float32")
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        return audio if self.stream is None else self.stream.resample_chunk(audio)
+
+    def end(self) -> np.ndarray:
+        empty = np.zeros(0, np.float32)
+        return empty if self.stream is None else self.stream.resample_chunk(empty, last=True)
 
 
 def _sse_delta(data: bytes) -> bytes:

@@ -43,6 +43,9 @@ class ServerSection(Strict):
     # The voice used when a request names none, or names `default`; null: no speaker prefix.
     default_voice: Text | None = None
     response_format: Text = "wav"
+    # The rate of the audio sent: null, the codec's own (22050 Hz for NanoCodec); 24000 is OpenAI's
+    # pcm rate, for clients that play raw pcm at 24 kHz without reading X-Sample-Rate.
+    sample_rate: int | None = Field(None, ge=8000, le=192000)
 
     @field_validator("voices")
     @classmethod
