@@ -171,7 +171,8 @@ def create_app(engines: dict[str, Engine], config: ServerSection, generation: Ge
     def _model_entry(name: str, engine: Engine) -> dict[str, Any]:
         return {
             "id": name, "object": "model", "created": created, "owned_by": "kanitts",
-            "sample_rate": config.sample_rate or engine.sample_rate, "voices": list(config.voices), "default_voice": config.default_voice,
+            "sample_rate": config.sample_rate or engine.sample_rate, "voices": list(config.voices),
+            "default_voice": config.default_voice,
             "response_formats": list(formats), "max_input_chars": config.max_input_chars,
             "sampling": {"temperature": generation.temperature if generation.do_sample else 0.0,
                          "top_p": generation.top_p, "repetition_penalty": generation.repetition_penalty,
