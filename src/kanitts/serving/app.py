@@ -311,21 +311,24 @@ def _failure(done: Done, timeout_s: float) -> ApiError | None:
 async def _answer(request: Request, job: Job, engine: Engine, fmt: str, sse: bool) -> Response:
     timeout_s = engine.config.request_timeout_s
     first = await _next(job, request)
-    if isinstance(first, Done) and (problem := _failure(first, timeout_s)):
+    if isinstance(first, Done):
+        problem = _failure(first, timeout_s) or ApiError(
+            500, "the model produced no audio" + (f" ({'; '.join(first.problems)})" if first.problems else ""),
+            "server_error", code="no_audio")
         return problem.response()
     rate = engine.config.sample_rate or engine.sample_rate
     headers = {"X-Sample-Rate": str(rate), "Cache-Control": "no-store"}
     resample = _Resampler(engine.sample_rate, rate)
     if fmt not in STREAMED:
-        chunks = [] if isinstance(first, Done) else [first]
+        parts = [first]
         item = first
         while not isinstance(item, Done):
             item = await _next(job, request)
             if not isinstance(item, Done):
-                chunks.append(item)
+                parts.append(item)
         if problem := _failure(item, timeout_s):
             return problem.response()
-        audio = np.concatenate([*map(resample, chunks), resample.end()])
+        audio = np.concatenate([*map(resample, parts), resample.end()])
         return Response(encode_whole(audio, rate, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
 
     async def chunks() -> AsyncIterator[bytes]:
