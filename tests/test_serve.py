@@ -257,6 +257,19 @@ def test_a_client_that_leaves_stops_its_generation(tts):
         assert engine.stats.generated_tokens[-1] < 4000
 
 
+def test_a_stream_past_its_timeout_ends_with_an_error_event(tts):
+    cfg = _config(request_timeout_s=2.0, batch_wait_ms=0)
+    generation = cfg.generation.model_copy(update={"max_new_tokens": 4000})
+    with Server({"tiny": tts}, cfg.server, generation, log_level="warning") as running:
+        response = _speech(running, input="Hello there.", response_format="pcm", stream_format="sse",
+                           max_new_tokens=4000)
+        stats = running.engines["tiny"].stats
+    events = _sse_events(response.text)
+    assert events[0]["type"] == "speech.audio.delta"
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "timeout"
+    assert stats.stopped_rows == 1 and stats.generated_tokens[-1] < 4000
+
+
 def test_a_full_queue_answers_429_and_a_late_request_504(tts):
     cfg = _config(max_queue=1, request_timeout_s=0.3)
     engine = Engine(tts, cfg.server, "tiny")  # never started: nothing leaves the queue
