@@ -23,6 +23,13 @@ def model_ids(models: list[str]) -> dict[str, str]:
 
 def run(*, models: list[str], config_dir: Path, host: str | None = None, port: int | None = None,
         codec: str | None = None, device: str | None = None) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UserError(
+            f"kanitts serve needs {exc.name}: pip install 'kanitts[serve]' (make setup installs it)"
+        ) from None
     from kanitts.serving.server import Server, api_key_for
 
     configs = load_configs(config_dir, kinds=("model", "inference"))
