@@ -11,7 +11,7 @@ YELLOW := \033[1;33m
 NC := \033[0m
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock login prepare data train eval report synthesize test-config upload-model \
+.PHONY: help setup lock login prepare data train eval report synthesize serve test-config upload-model \
         test lint demo bench clean clean-all
 
 help: ## show this list
@@ -20,7 +20,8 @@ help: ## show this list
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  $(YELLOW)make %-13s$(NC) %s\n", $$1, $$2}'
 	@printf "\nVariables: VENV=$(VENV) and NEWEST=1 (setup), CONFIG_DIR=$(CONFIG_DIR) (every pipeline target),\n"
 	@printf "           MODEL_ID, REPO, PRIVATE=1 (upload-model),\n"
-	@printf "           INPUT, OUTPUT, SPEAKER (prepare), TEXT, MODEL, OUT (synthesize), YES=1 (clean-all)\n"
+	@printf "           INPUT, OUTPUT, SPEAKER (prepare), TEXT, MODEL, OUT (synthesize), HOST, PORT (serve),\n"
+	@printf "           YES=1 (clean-all)\n"
 
 $(PY):
 	@printf "$(YELLOW)No environment found: run 'make setup' first.$(NC)\n"; exit 1
@@ -57,6 +58,10 @@ report: $(PY) ## rebuild the HTML report from existing eval outputs
 synthesize: $(PY) ## speak TEXT with MODEL (a checkpoint folder or Hub id) into OUT (default out.wav)
 	@if [ -z "$(TEXT)" ] || [ -z "$(MODEL)" ]; then echo 'usage: make synthesize TEXT="alice: Hello" MODEL=checkpoints/<model_id> [OUT=out.wav]'; exit 2; fi
 	@$(KANITTS) synthesize "$(TEXT)" --model "$(MODEL)" --config-dir $(CONFIG_DIR) -o "$(or $(OUT),out.wav)"
+
+serve: $(PY) ## serve MODEL over HTTP: OpenAI speech API, streaming, a page at / [HOST=127.0.0.1 PORT=8000]
+	@if [ -z "$(MODEL)" ]; then echo 'usage: make serve MODEL=checkpoints/<model_id> [HOST=127.0.0.1] [PORT=8000]'; exit 2; fi
+	@$(KANITTS) serve --model "$(MODEL)" --config-dir $(CONFIG_DIR) $(if $(HOST),--host "$(HOST)") $(if $(PORT),--port "$(PORT)")
 
 upload-model: $(PY) ## publish checkpoints/MODEL_ID to the Hub repo REPO with a model card [PRIVATE=1]
 	@model_id="$(MODEL_ID)"; repo="$(REPO)"; \

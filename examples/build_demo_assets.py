@@ -1,16 +1,15 @@
 """Make everything the offline demo needs, without a network: two synthetic voices reading
 sentences (espeak-ng), a tiny random base model with its tokenizer, a tiny random codec
-(NanoCodec, or Kanade with ``--codec kanade``), and the tiny random scoring models eval uses (a
-Whisper for WER/CER, a WavLM x-vector for speaker similarity, a wav2vec2 MOS regressor), each
-saved as a Hub snapshot is laid out.
+(NanoCodec, or Kanade with ``--codec kanade``), and the tiny random scoring models eval uses (a Whisper for WER/CER, a WavLM x-vector for speaker
+similarity, a wav2vec2 MOS regressor), each saved as a Hub snapshot is laid out.
 
 The models are untrained, so the demo's audio is noise and its scores are meaningless numbers:
 the point is to run every step of the pipeline for real (the same loaders, commands and file
 layouts as with real models) in minutes on a laptop CPU.
 
     python examples/build_demo_assets.py --work examples/work
-    python examples/build_demo_assets.py --work examples/work-kanade --codec kanade
     python examples/build_demo_assets.py --work examples/work --scoring-models-only
+    python examples/build_demo_assets.py --work examples/work-kanade --codec kanade
 """
 
 from __future__ import annotations
@@ -79,9 +78,9 @@ def build_scoring_models(folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("examples/work"))
-    parser.add_argument("--codec", choices=["nanocodec", "kanade"], default="nanocodec")
     parser.add_argument("--scoring-models-only", action="store_true",
                         help="build only the tiny ASR, speaker and MOS models (a demo folder made before they existed)")
+    parser.add_argument("--codec", choices=["nanocodec", "kanade"], default="nanocodec")
     args = parser.parse_args()
     work: Path = args.work
     if args.scoring_models_only:

@@ -13,7 +13,7 @@
 #   PYTHON=python3.12 make setup          pick the interpreter (3.10 to 3.13)
 #   TORCH_SPEC="torch==2.12.0" make setup another torch than requirements/torch.txt
 #   TORCH_INDEX=<url> make setup          a wheel index for torch (e.g. PyTorch's CPU-only index)
-#   EXTRAS="dev,tracking,train" make setup optional parts of the package to install
+#   EXTRAS="dev,tracking,train,serve" make setup optional parts of the package to install
 #   SKIP_APT=1 make setup                 do not install Debian packages
 set -euo pipefail
 
@@ -24,7 +24,7 @@ LOCK_FILE=requirements/lock.txt
 TORCH_PIN=$(grep -E '^torch==' requirements/torch.txt)
 TORCH_SPEC=${TORCH_SPEC:-}
 TORCH_INDEX=${TORCH_INDEX:-}
-EXTRAS=${EXTRAS:-dev,tracking,train}
+EXTRAS=${EXTRAS:-dev,tracking,train,serve}
 APT_PACKAGES=(espeak-ng sox chromium chromium-driver)
 
 say() { printf '\033[0;36m==>\033[0m %s\n' "$*"; }

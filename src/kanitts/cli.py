@@ -123,6 +123,13 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
                           speaker=args.speaker, codec=args.codec, device=args.device, voice=args.voice)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from kanitts.recipes import serve
+
+    return serve.run(models=args.model, config_dir=args.config_dir, host=args.host, port=args.port,
+                     codec=args.codec, device=args.device)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from kanitts.recipes import eval as eval_recipe
 
@@ -187,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: inference_config.yaml)")
     _add_config_dir(p)
     p.set_defaults(func=_cmd_synthesize)
+
+    p = sub.add_parser("serve", help="serve models over HTTP: OpenAI's speech API, streaming, a page to try them")
+    p.add_argument("--model", action="append", default=[], metavar="MODEL",
+                   help="checkpoint folder or Hub id (repeat for several); served under its folder name")
+    p.add_argument("--host", default=None, help="address to listen on (default: server.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: server.port, 8000)")
+    p.add_argument("--codec", default=None, help="codec weights (folder or Hub id); default: model_config.yaml")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: inference_config.yaml)")
+    _add_config_dir(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("eval", help="the base model and every checkpoint speak the eval set; metrics, dataset, report")
     p.add_argument("--force", action="store_true", help="regenerate audio that already exists")

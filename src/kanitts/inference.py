@@ -242,10 +242,14 @@ class KaniTTS:
             attention_mask[row, width - len(prompt):] = 1
         device = self.model.device
         settings = self.sampling_kwargs()
+        # Processors given by the caller run after the layout constraint (a sampler must see the mask).
+        processors = list(generate_kwargs.pop("logits_processor", None) or [])
         if self.generation.constrained_decoding:
+            processors.insert(0, LayoutConstraint(self.layout, width))
+        if processors:
             from transformers import LogitsProcessorList
 
-            settings["logits_processor"] = LogitsProcessorList([LayoutConstraint(self.layout, width)])
+            settings["logits_processor"] = LogitsProcessorList(processors)
         settings.update(generate_kwargs)
         slots = contextlib.nullcontext()
         if self.conditioning is not None:

@@ -122,6 +122,25 @@ class Codec(abc.ABC):
             ``sample_lengths`` ``(B,)`` int64 = ``frame_lengths * samples_per_frame``.
         """
 
+    # --- streaming --------------------------------------------------------------------------
+
+    #: Frames before a chunk that :meth:`decode_tail` decodes again as left context, so that a
+    #: causal decoder's state at the chunk's start is (nearly) what it is in a whole-utterance
+    #: decode; None decodes the whole prefix every time (exact, cost growing with the length).
+    stream_context_frames: int | None = None
+
+    def decode_tail(self, codes: torch.Tensor, start: int) -> torch.Tensor:
+        """The samples of frames ``start:`` of one utterance's ``codes`` ``(num_codebooks, F)``.
+
+        Streaming decodes each new chunk of frames as it is generated: joined, the tails equal
+        ``decode(codes)`` up to what the left context of :attr:`stream_context_frames` leaves out
+        (docs/serving.md gives the measured difference). Returns a 1-D float tensor.
+        """
+        context = self.stream_context_frames
+        begin = 0 if context is None else max(0, start - context)
+        audio, _ = self.decode(codes[None, :, begin:])
+        return audio[0, (start - begin) * self.samples_per_frame:]
+
     # --- loading ----------------------------------------------------------------------------
 
     @classmethod

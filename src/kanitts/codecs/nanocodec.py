@@ -177,6 +177,11 @@ class NanoCodec(Codec):
 
     kind = "nanocodec"
 
+    # The decoder is causal and its state fades within ~2.5 s: with 32 frames of left context the
+    # streamed chunks equal a whole decode to float rounding (max |diff| 2e-8 on the 22 kHz shape,
+    # random weights; 16 frames: 1e-4). benchmarks/bench_serve.py and docs/serving.md say more.
+    stream_context_frames = 32
+
     def __init__(
         self,
         model: torch.nn.Module,

@@ -47,6 +47,7 @@ from kanitts.config.schemas.model import (
     TokenizerSection,
     token_space_problems,
 )
+from kanitts.config.schemas.server import ServerSection
 from kanitts.config.yaml_loading import ConfigLoader, read_yaml
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "InferenceModel",
     "LoraArgs",
     "ModelConfig",
+    "ServerSection",
     "SpeakerSimilarity",
     "SpecialTokens",
     "TokenizerSection",

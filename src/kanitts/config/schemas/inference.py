@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from kanitts.config.schemas.base import Strict, Text
+from kanitts.config.schemas.server import ServerSection
 from kanitts.runtime import DTYPE_NAMES, DtypeName
 
 # The dtype names a user may write for generation: the one vocabulary of kanitts.runtime, torch's
@@ -48,3 +49,5 @@ class GenerationSection(Strict):
 class InferenceConfig(Strict):
     model: InferenceModel = InferenceModel()
     generation: GenerationSection = GenerationSection()
+    # Added here: `kanitts serve` (see docs/serving.md).
+    server: ServerSection = ServerSection()

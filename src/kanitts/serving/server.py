@@ -1,0 +1,97 @@
+"""uvicorn around the application: in the foreground (``kanitts serve``) or in a thread (tests, benchmark)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+from collections.abc import Mapping
+
+from kanitts.config import GenerationSection, ServerSection
+from kanitts.errors import UserError
+from kanitts.inference import KaniTTS
+from kanitts.serving.engine import Engine
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key_for(config: ServerSection, host: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The API key from ``config.api_key_env``; refuses a non-loopback address without one."""
+    key = environ.get(config.api_key_env) or None
+    if key is None and not is_loopback(host):
+        raise UserError(
+            f"listening on {host} lets other machines in: set an API key first "
+            f"(export {config.api_key_env}=<a long random string>; clients send 'Authorization: Bearer <key>'), "
+            "or listen on 127.0.0.1 (server.host in inference_config.yaml, --host)"
+        )
+    if key is not None and len(key) < 16:
+        raise UserError(f"the API key in {config.api_key_env} has {len(key)} characters; use at least 16")
+    return key
+
+
+class Server:
+    """Engines for the loaded models, the application, and a uvicorn server for them."""
+
+    def __init__(self, models: Mapping[str, KaniTTS], config: ServerSection, generation: GenerationSection,
+                 host: str | None = None, port: int | None = None, api_key: str | None = None,
+                 log_level: str = "info"):
+        import uvicorn
+
+        from kanitts.serving.app import create_app
+
+        self.host = host or config.host
+        self.engines = {name: Engine(tts, config, name).start() for name, tts in models.items()}
+        self.app = create_app(self.engines, config, generation, api_key=api_key)
+        self.uvicorn = uvicorn.Server(uvicorn.Config(
+            self.app, host=self.host, port=config.port if port is None else port, log_level=log_level,
+            timeout_keep_alive=5, timeout_graceful_shutdown=5,
+        ))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.uvicorn.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def run(self) -> None:
+        """Serve in the foreground until interrupted."""
+        try:
+            self.uvicorn.run()
+        finally:
+            self.stop_engines()
+
+    def start(self) -> Server:
+        """Serve from a thread; returns once the socket listens (port 0 picks a free port)."""
+        self._thread = threading.Thread(target=self.uvicorn.run, name="kanitts-uvicorn", daemon=True)
+        self._thread.start()
+        while not self.uvicorn.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the server thread ended before it started listening")
+            self._thread.join(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.stop_engines()
+
+    def stop_engines(self) -> None:
+        for engine in self.engines.values():
+            engine.stop()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
