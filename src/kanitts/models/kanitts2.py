@@ -211,7 +211,6 @@ class KaniTTS2ForCausalLM(Lfm2ForCausalLM):
 
     def forward(self, *args, speaker_embeddings: torch.Tensor | None = None, **kwargs):
         named = named_arguments(super().forward, args, kwargs)
-        named.pop("speaker_embeddings", None)
         input_ids = named.get("input_ids")
         if named.get("position_ids") is None and input_ids is not None:
             cache = named.get("cache", named.get("past_key_values"))
