@@ -171,7 +171,8 @@ def test_packed_equals_unpacked_with_the_speaker_slot(kani2):
     for text, frames in ((3, 2), (5, 4), (1, 1)):
         ids = [SOH, *torch.randint(3, 50, (text,), generator=generator).tolist(), 54, SOA, 51]
         ids += [t for f in range(frames) for t in _frame(int(torch.randint(0, 12, (1,), generator=generator)))]
-        examples.append({"input_ids": ids, "labels": ids, "speaker_embedding": torch.randn(DIM, generator=generator).tolist()})
+        voice = torch.randn(DIM, generator=generator).tolist()
+        examples.append({"input_ids": ids, "labels": ids, "speaker_embedding": voice})
 
     def losses(batch):
         labels, voices = batch.pop("labels"), batch.pop("speaker_embeddings")

@@ -100,7 +100,9 @@ class KaniTTS2Settings:
         if not settings.audio_step > 0:
             problems.append(f"audio_step must be positive, got {settings.audio_step}")
         if settings.use_learnable_rope and not 0 < settings.alpha_min < settings.alpha_max:
-            problems.append(f"alpha_min < alpha_max (both positive) needed, got {settings.alpha_min}, {settings.alpha_max}")
+            problems.append(
+                f"alpha_min < alpha_max (both positive) needed, got {settings.alpha_min}, {settings.alpha_max}"
+            )
         if settings.speaker_emb_dim < 1:
             problems.append(f"speaker_emb_dim must be at least 1, got {settings.speaker_emb_dim}")
         if problems:
@@ -184,7 +186,7 @@ class KaniTTS2ForCausalLM(Lfm2ForCausalLM):
     def __init__(self, config):
         settings = KaniTTS2Settings.from_config(config)
         super().__init__(config)
-        for key, default in UPSTREAM_DEFAULTS.items():  # every upstream key lands in config.json
+        for key in UPSTREAM_DEFAULTS:  # every upstream key lands in config.json
             setattr(config, key, getattr(settings, key))
         self.model.speaker_emb_projection = nn.Linear(settings.speaker_emb_dim, config.hidden_size, bias=False)
         if settings.use_learnable_rope:
@@ -253,7 +255,9 @@ class KaniTTS2ForCausalLM(Lfm2ForCausalLM):
         mismatched = sorted(str(m[0] if isinstance(m, tuple) else m) for m in info.get("mismatched_keys") or [])
         problems = []
         if missing:
-            problems.append(f"parameters missing from the checkpoint (they would stay random): {', '.join(missing[:8])}")
+            problems.append(
+                f"parameters missing from the checkpoint (they would stay random): {', '.join(missing[:8])}"
+            )
         if unexpected:
             problems.append(f"weights in the checkpoint that the model has no place for: {', '.join(unexpected[:8])}")
         if mismatched:
@@ -261,7 +265,8 @@ class KaniTTS2ForCausalLM(Lfm2ForCausalLM):
         if problems:
             hint = ""
             if any("speaker_emb_projection" in key for key in missing):
-                hint = " (a KaniTTS-2 checkpoint has model.speaker_emb_projection.weight; is this a KaniTTS v1 or plain LFM2?)"
+                hint = (" (a KaniTTS-2 checkpoint has model.speaker_emb_projection.weight; "
+                        "is this a KaniTTS v1 or plain LFM2?)")
             if any(ROPE_LAYERS in key for key in missing + unexpected):
                 hint += " (check use_learnable_rope in config.json against the learnable_rope_layers weights)"
             raise UserError(f"{where}: not a complete KaniTTS-2 checkpoint: " + "; ".join(problems) + hint)

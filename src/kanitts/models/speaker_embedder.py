@@ -116,7 +116,8 @@ class KaniSpeakerEmbedder:
         missing = sorted(info.get("missing_keys") or [])
         if missing:
             raise UserError(
-                f"{where}: {source!r} is not a complete speaker embedder checkpoint (missing {', '.join(missing[:4])}); "
+                f"{where}: {source!r} is not a complete speaker embedder checkpoint "
+                f"(missing {', '.join(missing[:4])}); "
                 f"a plain WavLM has no top_layers: use {DEFAULT_SPEAKER_EMBEDDER} or a folder in its layout"
             )
         _check_statistics(model, source, where)

@@ -118,7 +118,8 @@ def named_arguments(function: Callable, args: tuple, kwargs: dict) -> dict[str, 
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise _unsupported(f"{getattr(function, '__qualname__', function)} no longer accepts these arguments ({exc})") from None
+        name = getattr(function, "__qualname__", function)
+        raise _unsupported(f"{name} no longer accepts these arguments ({exc})") from None
     named = dict(bound.arguments)
     for name, parameter in signature.parameters.items():
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:

@@ -17,10 +17,10 @@ from typing import Any
 
 from kanitts.bucketing import bucket_by_length
 from kanitts.codecs import Codec
+from kanitts.config.schemas.model import SPEAKER_EMB_COLUMN
 from kanitts.prepare.assembly import PrepareResult
 from kanitts.prepare.cleaning import Clip, Rejected, safe_load
 from kanitts.prepare.options import PrepareOptions
-from kanitts.config.schemas.model import SPEAKER_EMB_COLUMN
 from kanitts.prepare.shards import make_row, write_shard
 from kanitts.prepare.sources import Source
 

@@ -126,7 +126,9 @@ def build_training_dataset(
         for entry, source in zip(dataset_cfg.hf_datasets, sources)
         for p in column_problems(entry, source, codec_layers, embedding_column(model_cfg, entry, source.column_names))
     ]
-    carried = [embedding_column(model_cfg, e, s.column_names) is not None for e, s in zip(dataset_cfg.hf_datasets, sources)]
+    carried = [
+        embedding_column(model_cfg, e, s.column_names) is not None for e, s in zip(dataset_cfg.hf_datasets, sources)
+    ]
     if any(carried) and not all(carried):
         problems += [
             f"dataset {entry.label}: has no speaker embedding column, while other datasets have one; prepare it "
