@@ -9,7 +9,10 @@ float per 32 ms window (about 0.4 MB per hour).
 
 The model is recurrent over time, so windows are fed one after another (as the package's
 ``get_speech_timestamps`` does); its state carries over between blocks, so streaming a file
-gives the probabilities of scanning it whole (up to soxr's streaming edges).
+gives the probabilities of scanning it whole (up to soxr's streaming edges). Each window is a
+few hundred kilo-FLOPs, so the scan runs on one thread (torch's thread count is per calling
+thread; it is put back afterwards): measured on 2 busy cores, two threads were 30 times slower
+than one, spinning against other processes.
 """
 
 from __future__ import annotations
@@ -91,22 +94,24 @@ class VoiceActivity:
             raise AudioDecodeError(str(exc).strip() or type(exc).__name__) from None
         probs: list[float] = []
         self.model.reset_states()
-        with handle, torch.inference_mode():
-            rate = int(handle.samplerate)
-            stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-            pending = np.zeros(0, dtype=np.float32)
-            block = max(WINDOW, int(self.block_seconds * rate))
-            frames = 0
-            try:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        rate, frames = int(handle.samplerate), 0
+        try:
+            with handle, torch.inference_mode():
+                stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+                pending = np.zeros(0, dtype=np.float32)
+                block = max(WINDOW, int(self.block_seconds * rate))
                 for chunk in handle.blocks(blocksize=block, dtype="float32", always_2d=True):
                     frames += len(chunk)
                     pending = self._feed(pending, stream.resample_chunk(to_mono(chunk)), probs)
-            except (sf.LibsndfileError, RuntimeError) as exc:
-                raise AudioDecodeError(f"cannot decode past {frames / rate:.1f} s: {exc}") from None
-            tail = np.concatenate([pending, stream.resample_chunk(np.zeros(0, np.float32), last=True)])
-            if len(tail):
-                tail = np.pad(tail, (0, (-len(tail)) % WINDOW))
-                self._feed(tail, np.zeros(0, np.float32), probs)
+                tail = np.concatenate([pending, stream.resample_chunk(np.zeros(0, np.float32), last=True)])
+                if len(tail):
+                    self._feed(np.pad(tail, (0, (-len(tail)) % WINDOW)), np.zeros(0, np.float32), probs)
+        except sf.SoundFileRuntimeError as exc:
+            raise AudioDecodeError(f"cannot decode past {frames / rate:.1f} s: {exc}") from None
+        finally:
+            torch.set_num_threads(threads)
         return np.asarray(probs, dtype=np.float32), frames / rate, rate
 
     def _feed(self, pending: np.ndarray, new: np.ndarray, probs: list[float]) -> np.ndarray:
