@@ -232,9 +232,9 @@ def _cut_and_transcribe(
     from kanitts.asr import Transcriber
     from kanitts.vad import VoiceActivity
 
+    transcriber = Transcriber(seg.asr_model, language=seg.asr_language, device=device, batch_size=seg.asr_batch_size)
     # the VAD may split a region anywhere; leave room for the padding on both sides
     vad = VoiceActivity(threshold=seg.vad_threshold, max_speech=max(seg.min_duration, seg.max_duration - 2 * seg.padding))
-    transcriber = Transcriber(seg.asr_model, language=seg.asr_language, device=device, batch_size=seg.asr_batch_size)
     bar = _progress(len(todo), options.progress, rank)
 
     def scan(k: int):
