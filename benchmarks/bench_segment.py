@@ -129,13 +129,15 @@ def main() -> None:
 
     from kanitts.vad import WINDOW, VoiceActivity
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}")
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.wav"
         joins = build_recording(path, args.minutes)
         vad = VoiceActivity(max_speech=11.6, block_seconds=args.block_seconds)
         vad.probabilities(path)  # the TorchScript model optimises itself over its first calls
-        print(f"data: {args.minutes:g} min at {SR} Hz, {len(joins)} joins, espeak-ng: {bool(shutil.which('espeak-ng'))}")
+        espeak = bool(shutil.which("espeak-ng"))
+        print(f"data: {args.minutes:g} min at {SR} Hz, {len(joins)} joins, espeak-ng: {espeak}")
 
         best = {"whole": float("inf"), "streamed": float("inf")}
         results = {}
@@ -184,7 +186,8 @@ def main() -> None:
         transcriber.transcribe_scored(clips)
         dt = time.perf_counter() - t0
         seconds = sum(len(c) / SR for c, _ in clips)
-        print(f"asr ({args.asr} on {args.device}): {seconds / dt:.1f} h of audio per hour ({len(clips)} clips, {dt:.2f} s)")
+        print(f"asr ({args.asr} on {args.device}): {seconds / dt:.1f} h of audio per hour "
+              f"({len(clips)} clips, {dt:.2f} s)")
     print(f"ratio: {best['whole'] / best['streamed']:.3f}")
 
 

@@ -172,7 +172,8 @@ def test_speech_longer_than_the_longest_clip_without_a_pause_is_counted():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(segment_min_duration=5.0, segment_max_duration=3.0), "--segment-min-duration (5) and --segment-max-duration (3)"),
+    (dict(segment_min_duration=5.0, segment_max_duration=3.0),
+     "--segment-min-duration (5) and --segment-max-duration (3)"),
     (dict(segment_target_duration=20.0), "--segment-target-duration (20) must lie between"),
     (dict(vad_threshold=1.5), "--vad-threshold must lie in (0, 1), not 1.5"),
     (dict(min_asr_confidence=0.5), "--min-asr-confidence is a log-probability"),
@@ -212,7 +213,8 @@ def test_transcribe_only_needs_a_folder_of_recordings(tmp_path, tiny_codec):
     sf.write(folder / "a.wav", np.zeros(SR, np.float32), SR)
     (folder / "metadata.csv").write_text("a|hello\n")
     with pytest.raises(UserError, match="--transcribe-only cuts and transcribes a folder of recordings"):
-        prepare_dataset(PrepareOptions(input=str(folder), output=str(tmp_path / "out"), transcribe_only=True), tiny_codec)
+        options = PrepareOptions(input=str(folder), output=str(tmp_path / "out"), transcribe_only=True)
+        prepare_dataset(options, tiny_codec)
 
 
 def test_a_missing_asr_model_is_named_before_any_audio_is_read(tmp_path, tiny_codec):
@@ -302,8 +304,8 @@ def test_kill_9_while_cutting_then_resume(recordings, whisper, tiny_codec, tiny_
     inp, out = tmp_path / "long", tmp_path / "alice"
     shutil.copytree(source, inp)
     state = tmp_path / "alice.clips" / "segments"
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(inp), str(out), str(whisper), str(tiny_codec_dir)],
                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

@@ -171,7 +171,7 @@ class Transcriber:
         results = [Transcript("", None)] * len(waves)
         extractor = self.pipe.feature_extractor
         window = getattr(extractor, "n_samples", None)
-        scored = hasattr(self.pipe.model, "generate") and window is not None and self.pipe.model.config.is_encoder_decoder
+        scored = window is not None and bool(getattr(self.pipe.model.config, "is_encoder_decoder", False))
         direct = [i for i, w in enumerate(waves) if w.size > 0 and scored and w.size <= window]
         rest = [i for i, w in enumerate(waves) if w.size > 0 and i not in set(direct)]
         if rest:

@@ -111,7 +111,7 @@ class RecordingsReport:
             f"{self.short * h:.3f} h of speech too short for a clip, "
             f"{self.long * h:.3f} h of speech too long without a pause, "
             f"{self.flagged_seconds * h:.3f} h in {self.flagged} flagged clip(s)"
-            + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.flags_by_kind.items())) + ")" if self.flagged else ""),
+            + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.flags_by_kind.items()))})" if self.flagged else ""),
         ]
         lines += [f"unreadable recording: {entry}" for entry in self.unreadable]
         if self.resumed:
@@ -147,7 +147,9 @@ def prepare_recordings(options: PrepareOptions, output: Path, ranks: Ranks, devi
     twice = [s for s, n in Counter(stems).items() if n > 1]
     if twice:
         clash = [str(p.relative_to(root)) for p, s in zip(files, stems) if s == twice[0]]
-        raise UserError(f"{root}: the recordings {' and '.join(clash)} would name their clips alike ({twice[0]}_*); rename one")
+        raise UserError(
+            f"{root}: the recordings {' and '.join(clash)} would name their clips alike ({twice[0]}_*); rename one"
+        )
 
     done = read_json(folder / DONE_NAME)
     if done is not None and (folder / METADATA_NAME).is_file():
@@ -234,7 +236,8 @@ def _cut_and_transcribe(
 
     transcriber = Transcriber(seg.asr_model, language=seg.asr_language, device=device, batch_size=seg.asr_batch_size)
     # the VAD may split a region anywhere; leave room for the padding on both sides
-    vad = VoiceActivity(threshold=seg.vad_threshold, max_speech=max(seg.min_duration, seg.max_duration - 2 * seg.padding))
+    longest = max(seg.min_duration, seg.max_duration - 2 * seg.padding)
+    vad = VoiceActivity(threshold=seg.vad_threshold, max_speech=longest)
     bar = _progress(len(todo), options.progress, rank)
 
     def scan(k: int):
@@ -263,7 +266,9 @@ def _cut_and_transcribe(
                 record.update(duration=speech.duration, speech=cut.speech_seconds, short=cut.short_seconds,
                               long=cut.long_seconds, sample_rate=speech.sample_rate)
                 try:
-                    record["clips"] = _transcribe_clips(files[k], stems[k], cut.segments, folder, transcriber, options, seg)
+                    record["clips"] = _transcribe_clips(
+                        files[k], stems[k], cut.segments, folder, transcriber, options, seg
+                    )
                 except (AudioDecodeError, OSError) as exc:
                     record = {"file": relative, "fingerprint": fingerprints[k], "problem": str(exc)}
                     print(f"warning: {files[k]}: unreadable ({exc}); left out", file=sys.stderr)
