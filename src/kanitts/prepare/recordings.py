@@ -107,7 +107,8 @@ class RecordingsReport:
         lines = [
             f"recordings: {self.files} file(s), {self.audio * h:.3f} h of audio -> {self.folder}",
             f"kept {self.kept * h:.3f} h in {self.clips - self.flagged} clip(s); left out: "
-            f"{max(0.0, self.audio - self.speech) * h:.3f} h without speech, "
+            f"{max(0.0, self.audio - self.kept - self.flagged_seconds - self.short - self.long) * h:.3f} h of "
+            "silence between the clips, "
             f"{self.short * h:.3f} h of speech too short for a clip, "
             f"{self.long * h:.3f} h of speech too long without a pause, "
             f"{self.flagged_seconds * h:.3f} h in {self.flagged} flagged clip(s)"
