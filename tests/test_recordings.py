@@ -217,6 +217,14 @@ def test_transcribe_only_needs_a_folder_of_recordings(tmp_path, tiny_codec):
         prepare_dataset(options, tiny_codec)
 
 
+def test_recordings_without_speech_are_an_error_that_says_so(tmp_path, whisper, tiny_codec):
+    from kanitts.prepare.pipeline import prepare_dataset
+
+    inp = _one_recording(tmp_path / "in")  # one second of digital silence
+    with pytest.raises(UserError, match=r"no clip could be cut from the recordings in .*in: kept 0\.000 h in 0 clip"):
+        prepare_dataset(_options(inp, tmp_path / "out", whisper), tiny_codec)
+
+
 def test_a_missing_asr_model_is_named_before_any_audio_is_read(tmp_path, tiny_codec):
     from kanitts.prepare.pipeline import prepare_dataset
 

@@ -83,6 +83,11 @@ def _prepare_dataset(options: PrepareOptions, codec: CodecSpec | Codec, ranks: R
         if not report.complete:
             return PrepareResult(output=output, recordings=recordings, stopped=(
                 f"this rank cut its recordings into {folder}; once every rank has, run them again to encode"))
+        if report.clips == 0:
+            raise UserError(
+                f"no clip could be cut from the recordings in {options.input}: " + "; ".join(recordings[1:])
+                + ". Check that they hold speech, or lower --vad-threshold / --segment-min-duration"
+            )
         if options.transcribe_only:
             return PrepareResult(output=output, recordings=recordings, stopped=(
                 f"review {folder / 'metadata.csv'} (id|text||confidence|flags: correct the text, clear the "
