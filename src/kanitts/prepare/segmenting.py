@@ -35,7 +35,7 @@ class Segment:
 
 
 @dataclass
-class Segmentation:
+class Cuts:
     """The clips of one recording and the speech left out, in seconds."""
 
     segments: list[Segment]
@@ -53,12 +53,12 @@ def segment(
     target_duration: float,
     padding: float,
     split_pause: float,
-) -> Segmentation:
+) -> Cuts:
     """Cut ``regions`` (speech, seconds, in order, unpadded) of a ``duration``-second recording
     into clips between ``min_duration`` and ``max_duration`` long, padding included."""
     regions = [(max(0.0, s), min(duration, e)) for s, e in regions if e > s]
     speech = sum(e - s for s, e in regions)
-    result = Segmentation([], speech)
+    result = Cuts([], speech)
     n = len(regions)
 
     def pad_before(i: int) -> float:
