@@ -20,10 +20,8 @@ help: ## show this list
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  $(YELLOW)make %-13s$(NC) %s\n", $$1, $$2}'
 	@printf "\nVariables: VENV=$(VENV) and NEWEST=1 (setup), CONFIG_DIR=$(CONFIG_DIR) (every pipeline target),\n"
 	@printf "           MODEL_ID, REPO, PRIVATE=1 (upload-model),\n"
-	@printf "           INPUT, OUTPUT, SPEAKER, TRANSCRIBE_ONLY=1, PREPARE_ARGS (prepare), TEXT, MODEL, OUT (synthesize),
-"
-	@printf "           HOST, PORT (serve), YES=1 (clean-all)
-"
+	@printf "           INPUT, OUTPUT, SPEAKER, TRANSCRIBE_ONLY=1, PREPARE_ARGS (prepare), TEXT, MODEL, OUT (synthesize),\n"
+	@printf "           HOST, PORT (serve), YES=1 (clean-all)\n"
 
 $(PY):
 	@printf "$(YELLOW)No environment found: run 'make setup' first.$(NC)\n"; exit 1

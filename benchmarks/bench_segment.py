@@ -172,7 +172,7 @@ def main() -> None:
         if model == "tiny":
             from kanitts.tiny import build_tiny_whisper
 
-            model = str(build_tiny_whisper(Path(tmp) / "whisper", window_seconds=16))
+            model = str(build_tiny_whisper(Path(tmp) / "whisper", chunk_seconds=16))
         transcriber = Transcriber(model, language="en", device=args.device, batch_size=8)
         import soundfile as sf
 

@@ -97,7 +97,7 @@ def speech(recordings):
 def whisper(tmp_path_factory):
     from kanitts.tiny import build_tiny_whisper
 
-    return build_tiny_whisper(tmp_path_factory.mktemp("whisper"), window_seconds=8)
+    return build_tiny_whisper(tmp_path_factory.mktemp("whisper"), chunk_seconds=8)
 
 
 def _near(points, targets, tolerance=0.2) -> float:
