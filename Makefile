@@ -20,8 +20,8 @@ help: ## show this list
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  $(YELLOW)make %-13s$(NC) %s\n", $$1, $$2}'
 	@printf "\nVariables: VENV=$(VENV) and NEWEST=1 (setup), CONFIG_DIR=$(CONFIG_DIR) (every pipeline target),\n"
 	@printf "           MODEL_ID, REPO, PRIVATE=1 (upload-model),\n"
-	@printf "           INPUT, OUTPUT, SPEAKER (prepare), TEXT, MODEL, OUT (synthesize), HOST, PORT (serve),\n"
-	@printf "           YES=1 (clean-all)\n"
+	@printf "           INPUT, OUTPUT, SPEAKER, TRANSCRIBE_ONLY=1, PREPARE_ARGS (prepare), TEXT, MODEL, OUT (synthesize),\n"
+	@printf "           HOST, PORT (serve), YES=1 (clean-all)\n"
 
 $(PY):
 	@printf "$(YELLOW)No environment found: run 'make setup' first.$(NC)\n"; exit 1
@@ -38,10 +38,11 @@ login: $(PY) ## log in to the Hugging Face Hub and W&B (reads HF_TOKEN / WANDB_A
 test-config: $(PY) ## validate the config files: every error with file and key path
 	@$(KANITTS) check-config --config-dir $(CONFIG_DIR)
 
-prepare: $(PY) ## audio folder or HF audio dataset -> codec dataset (INPUT=... OUTPUT=... [SPEAKER=...])
+prepare: $(PY) ## audio folder, long recordings or HF audio dataset -> codec dataset (INPUT=... OUTPUT=... [SPEAKER=...] [TRANSCRIBE_ONLY=1])
 	@if [ -z "$(INPUT)" ] || [ -z "$(OUTPUT)" ]; then \
 	  echo "usage: make prepare INPUT=path/to/audio_folder_or_dataset OUTPUT=data/my-codec-dataset [SPEAKER=name]"; exit 2; fi
-	@$(KANITTS) prepare "$(INPUT)" --output "$(OUTPUT)" --config-dir $(CONFIG_DIR) $(if $(SPEAKER),--speaker "$(SPEAKER)")
+	@$(KANITTS) prepare "$(INPUT)" --output "$(OUTPUT)" --config-dir $(CONFIG_DIR) $(if $(SPEAKER),--speaker "$(SPEAKER)") \
+	  $(if $(TRANSCRIBE_ONLY),--transcribe-only) $(PREPARE_ARGS)
 
 data: $(PY) ## build (and cache) the training sequences from dataset_config.yaml, with a summary
 	@$(KANITTS) data --config-dir $(CONFIG_DIR)

@@ -3,7 +3,7 @@
 #
 # The lock is universal: one file for Python 3.10 to 3.13 on every platform, with environment
 # markers where a version differs (e.g. numpy for Python 3.10). It holds every dependency of the
-# package and of its dev, tracking and train extras, torch at the version of requirements/torch.txt
+# package and of its dev, tracking, train and serve extras, torch at the version of requirements/torch.txt
 # and torch's CUDA libraries (installed only with a CUDA build of torch). It is resolved by uv
 # (`uv pip compile`) against PyPI.
 #
@@ -30,7 +30,7 @@ fi
 upgrade=()
 [ "$UPGRADE" = 1 ] && upgrade=(--upgrade)
 "$UV" pip compile pyproject.toml \
-  --extra dev --extra tracking --extra train \
+  --extra dev --extra tracking --extra train --extra serve \
   --constraint requirements/torch.txt \
   --universal --python-version 3.10 \
   --custom-compile-command "make lock" \

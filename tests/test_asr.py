@@ -178,3 +178,17 @@ def test_other_languages_use_the_basic_normaliser():
                                                    ("en_US", True), ("fr", False), (None, False)])
 def test_which_languages_are_english(language, english):
     assert is_english(language) is english
+
+
+def test_scored_transcripts_carry_a_confidence(transcriber, tiny_whisper):
+    """transcribe_scored decodes as the pipeline does (5 beams) and adds the mean log-probability."""
+    clips = _clips()
+    scored = transcriber.transcribe_scored([(np.zeros(0, np.float32), 16000), *clips])
+    assert scored[0].text == "" and scored[0].confidence is None
+    assert all(t.confidence is not None and t.confidence <= 0 for t in scored[1:])
+    # the same words as the pipeline; this tiny vocabulary does not list the no-timestamps
+    # token as special, so the pipeline leaves it in its text
+    plain = [text.replace("<|notimestamps|>", "") for text in transcriber.transcribe(clips)]
+    assert [t.text for t in scored[1:]] == plain
+    assert [transcriber.transcribe_scored([clip])[0] for clip in clips] == scored[1:]
+

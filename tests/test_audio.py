@@ -86,6 +86,21 @@ def test_loudness_of_a_full_scale_sine(sr):
     assert abs(integrated_loudness(_sine(997, 5.0, sr), sr) + 3.01) < 0.05
 
 
+@pytest.mark.parametrize("sr", [48000, 22050])
+def test_loudness_agrees_with_pyloudnorm(sr):
+    """The maintained BS.1770 meter reads within 0.1 LU of ours (and 0.04-0.09 LU lower on the
+    standard's 997 Hz reference, which ours meets: see the module docstring)."""
+    import pyloudnorm
+
+    rng = np.random.default_rng(0)
+    t = np.arange(4 * sr) / sr
+    signals = [0.1 * rng.standard_normal(len(t)), 0.2 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 0.5 * t) > 0),
+               _sine(220, 4.0, sr, 0.3)]
+    meter = pyloudnorm.Meter(sr)
+    for x in signals:
+        assert abs(integrated_loudness(x, sr) - meter.integrated_loudness(np.asarray(x, np.float64))) < 0.1
+
+
 def test_loudness_normalize_hits_target_and_respects_peak():
     sr = 22050
     x = _sine(500, 3.0, sr, 0.01)

@@ -127,12 +127,12 @@ def test_references_and_their_codec_round_trips_follow_the_contract(project_copy
     assert refs[0]["text"] == "Hello there, this is Alice." and refs[0]["chars_per_sec"] > 0
     assert refs[2]["text"] is None and refs[2]["chars_per_sec"] is None
     ceiling = results["ranking"]["ceiling"]
-    assert [(c["name"], c["n_clips"]) for c in ceiling] == [("reference recordings", 2),
-                                                            ("references through the codec", 2)]
+    assert [(c["name"], c["n_clips"]) for c in ceiling] == [("real speaker", 2),
+                                                            ("real speaker (codec)", 2)]
     assert ceiling[0]["metrics"]["speaker_similarity"]["n"] == 2 and ceiling[0]["metrics"]["mos"] == {
         "not_measured": True}
-    assert "reference recordings" in summary.ranking_text and "not ranked" in summary.ranking_text
-    assert "reference recordings (ceiling, not ranked): 2 clips" in summary.describe()
+    assert "real speaker" in summary.ranking_text and "not ranked" in summary.ranking_text
+    assert "real speaker (ceiling, not ranked): 2 clips" in summary.describe()
 
 
 def test_scores_are_cached_per_audio_content_so_a_new_experiment_costs_only_its_samples(
@@ -183,8 +183,8 @@ def test_the_ranking_is_also_a_csv_with_intervals_verdicts_and_the_ceiling(evalu
     verdicts = {r["verdict"] for r in ranked}
     assert verdicts <= {"winner", "tie", ""} and (results["ranking"]["winner"] is None) == ("winner" not in verdicts)
     ceiling = [r for r in rows if r["verdict"] == "not ranked (ceiling)"]
-    assert [(r["model"], r["rank"]) for r in ceiling] == [("reference recordings", ""),
-                                                          ("references through the codec", "")]
+    assert [(r["model"], r["rank"]) for r in ceiling] == [("real speaker", ""),
+                                                          ("real speaker (codec)", "")]
 
 
 def test_a_codec_round_trip_that_fails_is_reported_and_the_recordings_are_kept(project_copy, monkeypatch):

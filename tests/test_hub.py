@@ -138,7 +138,7 @@ def test_model_card_says_where_the_model_ranks_with_intervals_and_the_ceiling(ev
     card = build_model_card(root / "ckpt" / "exp-b", "me/exp-b", eval_rows=summary.rows, ranking=results["ranking"])
     place = [m["model"] for m in results["ranking"]["models"]].index("exp-b") + 1
     assert f"### Ranking\n\nRank {place} of 3 models over 3 sentences: composite " in card
-    assert "| metric | exp-b | reference recordings | references through the codec |" in card
+    assert "| metric | exp-b | real speaker | real speaker (codec) |" in card
     similarity = next(m for m in results["ranking"]["models"] if m["model"] == "exp-b")["metrics"]["speaker_similarity"]
     assert f"| speaker similarity (higher is better) | {similarity['mean']:.3f}" in card
     assert "| truncation rate (lower is better) | 1.000 [1.000, 1.000] |" in card

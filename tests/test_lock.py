@@ -15,7 +15,7 @@ else:
     tomllib = pytest.importorskip("tomli")
 
 LOCK = REPO_ROOT / "requirements" / "lock.txt"
-LOCKED_EXTRAS = ("dev", "tracking", "train")
+LOCKED_EXTRAS = ("dev", "tracking", "train", "serve")
 
 
 def locked_pins() -> dict[str, str]:

@@ -72,7 +72,7 @@ def constructed_results(folder: Path) -> Path:
     ranking = rank_models(samples, n_resamples=50).as_dict()
     ceiling = [{"name": name, "n_clips": 2, "metrics": {"wer": {"mean": 0.0, "ci": [0.0, 0.0], "n": 2},
                                                         "cer": {"not_measured": True}}}
-               for name in ("reference recordings", "references through the codec")]
+               for name in ("real speaker", "real speaker (codec)")]
     ranking["ceiling"] = ranking["per_speaker"]["alice"]["ceiling"] = ceiling
     ranking["per_speaker"]["bob"]["ceiling"] = []
     results = {
@@ -458,7 +458,7 @@ def test_every_control_of_the_report_works_in_chromium(constructed, driver, tmp_
     assert [len(t.find_elements(By.CSS_SELECTOR, "tbody tr")) for t in tables] == [N_MODELS + 2] * 2 + [N_MODELS]
     ceiling = tables[0].find_elements(By.CSS_SELECTOR, "tbody tr.ref")
     assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in ceiling] == [
-        "reference recordings", "references through the codec"]
+        "real speaker", "real speaker (codec)"]
     assert "0 [0, 0]" in ceiling[0].text and "not measured" in ceiling[0].text
     verdict = data["ranking"]["winner"] and f"Suggested winner: {data['ranking']['winner']} (best in "
     assert (verdict or "Tie: ") in find(By.ID, "ranking-body").text

@@ -220,26 +220,32 @@ def test_a_long_text_is_one_batch_of_pieces_joined_with_silence(server):
 # --- several clients ----------------------------------------------------------------------------
 
 
-def test_concurrent_requests_are_batched_and_equal_one_at_a_time(server):
+def test_concurrent_requests_are_batched_and_equal_one_at_a_time(tts):
     texts = ["Hello there.", "The quick brown fox.", "Please call Stella."]
-    engine = server.engines["tiny"]
-    batches = len(engine.stats.batch_rows)
-    together: dict[int, bytes] = {}
+    # A long gather window that closes as soon as the batch is full: the three requests are
+    # generated together however slowly the threads start on a busy machine.
+    cfg = _config(max_batch_size=3, batch_wait_ms=10_000)
     sampling = {"temperature": 0.9, "max_new_tokens": 26}
+    together: dict[int, bytes] = {}
+    with Server({"tiny": tts}, cfg.server, cfg.generation, log_level="warning") as server:
+        engine = server.engines["tiny"]
 
-    def ask(i: int) -> None:
-        together[i] = _speech(server, input=texts[i], response_format="pcm", seed=10 + i, **sampling).content
+        def ask(i: int) -> None:
+            together[i] = _speech(server, input=texts[i], response_format="pcm", seed=10 + i, **sampling).content
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert engine.stats.batch_rows[batches] == 3  # the 150 ms gather window caught all three
-    for i, text in enumerate(texts):
-        alone = _speech(server, input=text, response_format="pcm", seed=10 + i, **sampling).content
-        assert alone == together[i] and len(alone) > 0
-    assert together[0] != _speech(server, input=texts[0], response_format="pcm", seed=99, **sampling).content
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert engine.stats.batch_rows == [3]
+    alone_cfg = _config(batch_wait_ms=0)
+    with Server({"tiny": tts}, alone_cfg.server, alone_cfg.generation, log_level="warning") as server:
+        for i, text in enumerate(texts):
+            alone = _speech(server, input=text, response_format="pcm", seed=10 + i, **sampling).content
+            assert alone == together[i] and len(alone) > 0
+        assert together[0] != _speech(server, input=texts[0], response_format="pcm", seed=99, **sampling).content
+        assert server.engines["tiny"].stats.batch_rows == [1, 1, 1, 1]
 
 
 def test_a_client_that_leaves_stops_its_generation(tts):

@@ -14,6 +14,7 @@ precision follow :mod:`kanitts.runtime`, like every other model in the project.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 
 #: The ASR model used when none is named.
 DEFAULT_ASR_MODEL = "openai/whisper-large-v3-turbo"
+#: what the transformers ASR pipeline generates with unless the model says otherwise (its
+#: documented defaults, after OpenAI's Whisper), so :meth:`Transcriber.transcribe_scored`
+#: decodes as :meth:`Transcriber.transcribe` does
+PIPELINE_BEAMS = 5
+PIPELINE_MAX_NEW_TOKENS = 256
 
 
 def _first_line(exc: Exception) -> str:
@@ -67,6 +73,17 @@ def _check_is_asr(name: str, config: Any) -> None:
             f"ASR model {name}: its config.json is a {kind!r} model, not a speech recognition model "
             "(Whisper, wav2vec2 or another automatic-speech-recognition checkpoint)"
         )
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A transcript and how sure the model was: ``confidence`` is the mean log-probability (nats)
+    of the tokens it generated, end of text included, as Whisper's own ``avg_logprob``; 0 is
+    certain, good speech is typically above -0.5, and below -1 the text is often wrong. ``None``
+    where the model gives none (CTC models, empty clips)."""
+
+    text: str
+    confidence: float | None
 
 
 class Transcriber:
@@ -141,3 +158,87 @@ class Transcriber:
         for index, output in zip(spoken, outputs, strict=True):
             texts[index] = str(output["text"]).strip()
         return texts
+
+    def transcribe_scored(self, clips: Sequence[tuple[np.ndarray, int]]) -> list[Transcript]:
+        """Like :meth:`transcribe`, with each transcript's :class:`Transcript` confidence.
+
+        Sequence-to-sequence models (Whisper) are run through ``generate`` here rather than the
+        pipeline, which returns no scores; clips of more than the model's window (30 s for
+        Whisper) and CTC models go through :meth:`transcribe` and get ``confidence=None``.
+        """
+        waves = [resample(to_mono(np.asarray(audio, dtype=np.float32)), int(rate), self.sample_rate)
+                 for audio, rate in clips]
+        results = [Transcript("", None)] * len(waves)
+        extractor = self.pipe.feature_extractor
+        window = getattr(extractor, "n_samples", None)
+        scored = window is not None and bool(getattr(self.pipe.model.config, "is_encoder_decoder", False))
+        direct = [i for i, w in enumerate(waves) if w.size > 0 and scored and w.size <= window]
+        rest = [i for i, w in enumerate(waves) if w.size > 0 and i not in set(direct)]
+        if rest:
+            for i, text in zip(rest, self.transcribe([(waves[i], self.sample_rate) for i in rest]), strict=True):
+                results[i] = Transcript(text, None)
+        for first in range(0, len(direct), self.batch_size):
+            batch = direct[first : first + self.batch_size]
+            for i, transcript in zip(batch, self._generate_scored([waves[i] for i in batch]), strict=True):
+                results[i] = transcript
+        return results
+
+    def _generate_scored(self, waves: list[np.ndarray]) -> list[Transcript]:
+        import torch
+
+        model, tokenizer = self.pipe.model, self.pipe.tokenizer
+        features = self.pipe.feature_extractor(
+            waves, sampling_rate=self.sample_rate, return_tensors="pt", return_attention_mask=True
+        )
+        inputs = features.input_features.to(model.device, dtype=model.dtype)
+        with torch.inference_mode():
+            out = model.generate(
+                input_features=inputs, attention_mask=features.attention_mask.to(model.device),
+                num_beams=PIPELINE_BEAMS, **self._length_kwargs(),
+                return_dict_in_generate=True, output_scores=True, **self._generate_kwargs,
+            )
+            if getattr(out, "sequences_scores", None) is not None:
+                # beam search: the beam's log-probability divided by its generated length
+                confidences = out.sequences_scores.float().cpu().tolist()
+            else:
+                steps = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+                confidences = None
+        generated = out.sequences.cpu().tolist()
+        end = model.generation_config.eos_token_id
+        ends = {end} if isinstance(end, int) else set(end or [])
+        skip = self._control_ids()
+        results = []
+        for row, ids in enumerate(generated):
+            text_ids = [token for token in ids if token not in skip and token not in ends]
+            if confidences is not None:
+                confidence = float(confidences[row])
+            else:
+                tail = ids[-steps.shape[1]:]
+                length = next((k + 1 for k, token in enumerate(tail) if token in ends), len(tail))
+                confidence = float(steps[row, :length].float().mean()) if length else None
+            results.append(Transcript(tokenizer.decode(text_ids, skip_special_tokens=True).strip(), confidence))
+        return results
+
+    def _length_kwargs(self) -> dict[str, int]:
+        """The pipeline's token limit unless the model's generation config sets its own."""
+        from transformers import GenerationConfig
+
+        generation = self.pipe.model.generation_config
+        if generation.max_new_tokens is not None or generation.max_length != GenerationConfig().max_length:
+            return {}
+        return {"max_new_tokens": PIPELINE_MAX_NEW_TOKENS}
+
+    def _control_ids(self) -> set[int]:
+        """Token ids that steer Whisper (start, language, task, no-timestamps, timestamps), which
+        are not text even where a tokenizer does not list them as special."""
+        generation = self.pipe.model.generation_config
+        ids = set(self.pipe.tokenizer.all_special_ids)
+        for name in ("decoder_start_token_id", "no_timestamps_token_id", "pad_token_id", "bos_token_id"):
+            if isinstance(getattr(generation, name, None), int):
+                ids.add(getattr(generation, name))
+        for mapping in ("lang_to_id", "task_to_id"):
+            ids.update((getattr(generation, mapping, None) or {}).values())
+        no_timestamps = getattr(generation, "no_timestamps_token_id", None)
+        if isinstance(no_timestamps, int):  # the timestamp tokens follow it in Whisper vocabularies
+            ids.update(range(no_timestamps + 1, no_timestamps + 1 + 1501))
+        return ids

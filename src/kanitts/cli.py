@@ -103,6 +103,17 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     flag(g, "suspect_clips", choices=opts.SUSPECT_CLIP_MODES)
     for name in ("clip_level", "max_clipped_fraction", "min_chars_per_second", "max_chars_per_second"):
         flag(g, name)
+    g = p.add_argument_group(
+        "long recordings (a folder of audio files without metadata.csv: cut at pauses, transcribed; "
+        "defaults from the `prepare` section of dataset_config.yaml)"
+    )
+    for name in ("segment_min_duration", "segment_max_duration", "segment_target_duration", "segment_padding",
+                 "split_pause", "vad_threshold", "min_asr_confidence"):
+        flag(g, name, type=float)
+    flag(g, "asr_model")
+    flag(g, "asr_language")
+    flag(g, "asr_batch_size", type=int)
+    flag(g, "transcribe_only")
     g = p.add_argument_group("run")
     flag(g, "batch_seconds", type=float)
     flag(g, "max_batch_size", type=int)

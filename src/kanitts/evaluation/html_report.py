@@ -28,13 +28,13 @@ from kanitts.atomic import write_atomically
 from kanitts.config import EvalSentence
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import METRIC_LABELS
-from kanitts.evaluation.results import RESULTS_JSON, read_results
+from kanitts.evaluation.results import REFERENCE_LABELS, RESULTS_JSON, read_results
 from kanitts.redact import redact_secrets
 
 ASSETS = ("report.css", "report.js")
 DATA_ELEMENT_ID = "report-data"
 # Pseudo-model ids of the real speaker's columns; "@" cannot start an experiment's model_id.
-REFERENCE_COLUMNS = {"recording": ("@recording", "real speaker"), "codec": ("@codec", "real speaker (codec)")}
+REFERENCE_COLUMNS = {kind: (f"@{kind}", label) for kind, label in REFERENCE_LABELS.items()}
 
 
 def build_report(results_json: Path, report_dir: Path) -> Path:

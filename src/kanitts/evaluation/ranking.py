@@ -195,7 +195,7 @@ def rank_models(
 ) -> Ranking:
     """Rank the models over all sentences, and per speaker when there are several.
 
-    ``ceiling`` samples (``model`` names the row, e.g. "reference recordings") are summarised
+    ``ceiling`` samples (``model`` names the row, e.g. "real speaker") are summarised
     beside the ranking, overall and per speaker, without competing.
     """
     rows = list(samples)

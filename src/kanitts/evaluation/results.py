@@ -34,6 +34,9 @@ RANKING_COLUMNS = ["group", "rank", "model", "composite", "composite_low", "comp
 # The model-level ranking columns every sample row of the eval dataset carries (overall group).
 DATASET_RANKING_COLUMNS = ["model_rank", "model_composite", "model_p_best", "model_verdict"]
 # The keys of eval_results.json its readers rely on, with their JSON types.
+# How the real speaker's reference clips are named wherever they stand beside the models (console
+# summary, ranking ceiling rows, report columns), by their ``kind`` in ``references``.
+REFERENCE_LABELS = {"recording": "real speaker", "codec": "real speaker (codec)"}
 _RESULT_KEYS = {"generation": dict, "models": list, "sentences": list, "rows": list, "failures": list}
 
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}

@@ -43,6 +43,7 @@ from kanitts.evaluation.naturalness import LABEL as NATURALNESS_LABEL
 from kanitts.evaluation.naturalness import folder_signature, load_naturalness
 from kanitts.evaluation.ranking import DEFAULT_METRICS, Sample, format_ranking, rank_models
 from kanitts.evaluation.results import (
+    REFERENCE_LABELS,
     REFERENCES_DIR,
     SCORE_CACHE,
     loss_history,
@@ -119,7 +120,7 @@ class EvalSummary:
             line = (f"  {model}: {len(mine)} samples, {sum(r['truncated'] for r in mine)} truncated, "
                     f"mean {sum(r['duration_sec'] for r in mine) / len(mine):.2f} s")
             lines.append(line + _means(mine))
-        for kind, label in (("recording", "reference recordings"), ("codec", "references through the codec")):
+        for kind, label in REFERENCE_LABELS.items():
             mine = [r for r in self.references if r["kind"] == kind]
             if mine:
                 lines.append(f"  {label} (ceiling, not ranked): {len(mine)} clips, "
@@ -549,9 +550,6 @@ def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers, get_codec
     return rows
 
 
-REFERENCE_ROWS = {"recording": "reference recordings", "codec": "references through the codec"}
-
-
 def _ranking(rows: list[dict[str, Any]], sentences: list[EvalSentence],
              references: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
     """The ranking of the models over the samples (as a dict and as text), or why there is none.
@@ -577,7 +575,7 @@ def _ranking(rows: list[dict[str, Any]], sentences: list[EvalSentence],
         samples.append(Sample(model=model, sentence=sentence_id, speaker=speaker_of.get(sentence_id), values=values))
     if not any(v is not None for s in samples for v in s.values.values()):
         return None, "ranking: not computed (no metric was measured)"
-    ceiling = [Sample(model=REFERENCE_ROWS[r["kind"]], sentence=r["audio"], speaker=r["speaker"],
+    ceiling = [Sample(model=REFERENCE_LABELS[r["kind"]], sentence=r["audio"], speaker=r["speaker"],
                       values={name: r.get(name) for name in names}) for r in references]
     ranking = rank_models(samples, ceiling=ceiling)
     if not ranking.composite_metrics:

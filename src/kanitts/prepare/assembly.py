@@ -44,12 +44,19 @@ class PrepareResult:
     assembled: bool = False
     pushed_to: str | None = None
     already_complete: bool = False
+    recordings: list[str] = field(default_factory=list)  # what cutting long recordings did
+    stopped: str | None = None  # why the run stopped before encoding (--transcribe-only)
 
     @property
     def hours_per_second(self) -> float:
         return self.encoded_hours_this_run / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        return "\n".join([*self.recordings, self._summary()])
+
+    def _summary(self) -> str:
+        if self.stopped:
+            return self.stopped
         if self.already_complete:
             return f"{self.output} is already complete ({self.rows} rows); nothing to do."
         if not self.assembled:

@@ -47,6 +47,8 @@ def load_clip(source: Source, item: SourceItem, options: PrepareOptions, sample_
     if item.problem:
         reason = "missing audio" if "not found" in item.problem or "empty path" in item.problem else "malformed"
         raise Rejected(reason, item.problem)
+    if item.flags:
+        raise Rejected("flagged", f"{item.flags} (metadata.csv: clear the flags column to keep the clip)")
     if not item.text:
         raise Rejected("empty text", "the transcript is empty")
     try:

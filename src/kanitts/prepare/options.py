@@ -48,6 +48,57 @@ class CodecSpec:
         canonical_dtype(self.dtype, "--dtype")
 
 
+@dataclass(frozen=True)
+class Segmentation:
+    """How long recordings are cut and transcribed: the ``segment_*``, ``vad_*`` and ``asr_*``
+    options with every ``None`` resolved to its default."""
+
+    min_duration: float = 2.0
+    max_duration: float = 12.0
+    target_duration: float | None = None  # None: halfway between min and max
+    padding: float = 0.2
+    split_pause: float = 1.5
+    vad_threshold: float = 0.5
+    asr_model: str = "openai/whisper-large-v3-turbo"  # kanitts.asr.DEFAULT_ASR_MODEL (torch-free here)
+    asr_language: str | None = "en"
+    asr_batch_size: int = 8
+    min_asr_confidence: float = -1.0
+
+    @property
+    def target(self) -> float:
+        return self.target_duration if self.target_duration is not None else (self.min_duration + self.max_duration) / 2
+
+    def problems(self) -> list[str]:
+        found = []
+        if not 0 < self.min_duration < self.max_duration:
+            found.append(
+                f"--segment-min-duration ({self.min_duration:g}) and --segment-max-duration "
+                f"({self.max_duration:g}) must satisfy 0 < min < max"
+            )
+        elif not self.min_duration <= self.target <= self.max_duration:
+            found.append(
+                f"--segment-target-duration ({self.target:g}) must lie between the shortest "
+                f"({self.min_duration:g}) and longest ({self.max_duration:g}) clip"
+            )
+        if not 0 <= self.padding < self.min_duration / 2:
+            found.append(f"--segment-padding ({self.padding:g}) must lie in [0, segment_min_duration / 2)")
+        if self.split_pause <= 0:
+            found.append(f"--split-pause must be positive, not {self.split_pause:g}")
+        if not 0 < self.vad_threshold < 1:
+            found.append(f"--vad-threshold must lie in (0, 1), not {self.vad_threshold:g}")
+        if self.asr_batch_size < 1:
+            found.append(f"--asr-batch-size must be at least 1, not {self.asr_batch_size}")
+        if self.min_asr_confidence > 0:
+            found.append(f"--min-asr-confidence is a log-probability (<= 0), not {self.min_asr_confidence:g}")
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_SEG = Segmentation()  # the defaults, for the help texts below
+
+
 @dataclass
 class PrepareOptions:
     """Everything ``kanitts prepare`` takes besides the codec; the CLI flags map one to one."""
@@ -98,6 +149,40 @@ class PrepareOptions:
     max_chars_per_second: float = _opt(
         30.0, "transcripts faster than this are too long for their audio (default: %(default)s)"
     )
+    # long recordings without transcripts (a folder of audio files and no metadata.csv): cut at
+    # pauses and transcribed into <output>.clips/ first. None: the `prepare` section of
+    # dataset_config.yaml, else the default named in the help.
+    segment_min_duration: float | None = _opt(
+        None, f"shortest clip cut from a long recording, seconds (default: {_SEG.min_duration:g})"
+    )
+    segment_max_duration: float | None = _opt(
+        None, f"longest clip, seconds (default: max_duration_sec of dataset_config.yaml, else {_SEG.max_duration:g})"
+    )
+    segment_target_duration: float | None = _opt(
+        None, "the clip length cuts aim for, seconds (default: halfway between the shortest and longest)"
+    )
+    segment_padding: float | None = _opt(
+        None, f"silence kept on each side of a clip, seconds (default: {_SEG.padding:g})"
+    )
+    split_pause: float | None = _opt(
+        None, f"a pause at least this long always ends a clip, seconds (default: {_SEG.split_pause:g})"
+    )
+    vad_threshold: float | None = _opt(
+        None, f"speech probability from which Silero VAD calls a window speech (default: {_SEG.vad_threshold:g})"
+    )
+    asr_model: str | None = _opt(None, f"ASR model (Hub id or folder) for the transcripts (default: {_SEG.asr_model})")
+    asr_language: str | None = _opt(
+        None, f"language of the recordings, for multilingual ASR models (default: {_SEG.asr_language})"
+    )
+    asr_batch_size: int | None = _opt(None, f"clips per ASR batch (default: {_SEG.asr_batch_size})")
+    min_asr_confidence: float | None = _opt(
+        None,
+        "clips whose transcript's mean token log-probability is below this are flagged "
+        f"(default: {_SEG.min_asr_confidence:g})",
+    )
+    transcribe_only: bool = _opt(
+        False, "cut and transcribe long recordings into <output>.clips/ (with an editable metadata.csv) and stop"
+    )
     # batching and sharding
     batch_seconds: float | None = _opt(None, "padded audio seconds per encoder batch (default: 600 on GPU, 60 on CPU)")
     max_batch_size: int | None = _opt(
@@ -114,6 +199,11 @@ class PrepareOptions:
     # set by the launcher (torchrun/accelerate env vars) or by hand to split work between runs
     rank: int | None = None
     world_size: int | None = None
+
+    def segmentation(self) -> Segmentation:
+        """The segmentation settings, defaults filled in where an option is None."""
+        given = {target: getattr(self, name) for name, target in SEGMENTATION_FIELDS.items()}
+        return Segmentation(**{k: v for k, v in given.items() if v is not None})
 
     def validate(self) -> None:
         problems = []
@@ -142,10 +232,27 @@ class PrepareOptions:
                 f"characters per second must satisfy 0 <= min ({self.min_chars_per_second:g}) "
                 f"< max ({self.max_chars_per_second:g})"
             )
+        problems += self.segmentation().problems()
         if (problem := check_encoding(self.encoding)) is not None:
             problems.append(problem)
         if problems:
             raise UserError("; ".join(problems))
+
+
+#: PrepareOptions field -> Segmentation field (the `prepare` section of dataset_config.yaml
+#: uses the PrepareOptions names)
+SEGMENTATION_FIELDS = {
+    "segment_min_duration": "min_duration",
+    "segment_max_duration": "max_duration",
+    "segment_target_duration": "target_duration",
+    "segment_padding": "padding",
+    "split_pause": "split_pause",
+    "vad_threshold": "vad_threshold",
+    "asr_model": "asr_model",
+    "asr_language": "asr_language",
+    "asr_batch_size": "asr_batch_size",
+    "min_asr_confidence": "min_asr_confidence",
+}
 
 
 def default(cls: type, name: str) -> Any:
@@ -157,4 +264,4 @@ def help_text(cls: type, name: str) -> str | None:
     return next(f.metadata.get("help") for f in fields(cls) if f.name == name)
 
 
-__all__ = ["CodecSpec", "PrepareOptions"]
+__all__ = ["CodecSpec", "PrepareOptions", "Segmentation"]

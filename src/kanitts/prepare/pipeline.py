@@ -2,7 +2,9 @@
 
 1. **Output**: refused early (unwritable, locked by another run, existing without
    ``--resume``/``--overwrite``), before anything heavy is loaded (:mod:`.output`).
-2. **Input**: the items, numbered and cut into shards of ``shard_size`` (:mod:`.sources`).
+2. **Input**: a folder of long recordings without transcripts is first cut at pauses and
+   transcribed into ``<output>.clips/`` (:mod:`.recordings`; ``--transcribe-only`` stops there
+   for review); then the items, numbered and cut into shards of ``shard_size`` (:mod:`.sources`).
 3. **Codec**: the one the caller chose, loaded here from a :class:`CodecSpec` or given loaded.
 4. **Shards**: this rank's unfinished shards cleaned (:mod:`.cleaning`) and encoded
    (:mod:`.encoding`) into ``<output>.partial/`` (:mod:`.shards`).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from kanitts.prepare.distributed import Ranks
 from kanitts.prepare.encoding import encode_shards
 from kanitts.prepare.options import CodecSpec, PrepareOptions
 from kanitts.prepare.output import claim_output, early_refusal, lock_output, unwritable
+from kanitts.prepare.recordings import clips_folder, needs_segmenting, prepare_recordings
 from kanitts.prepare.shards import build_manifest, remove_stale_temporaries, shard_done
 from kanitts.prepare.sources import open_source
 
@@ -62,11 +66,40 @@ def _prepare_dataset(options: PrepareOptions, codec: CodecSpec | Codec, ranks: R
     early_error = None
     if rules:
         early_error = (
-            unwritable(output) or lock_output(output, ranks, held) or early_refusal(output, partial, options)
+            unwritable(output)
+            or lock_output(output, ranks, held)
+            or (None if options.transcribe_only else early_refusal(output, partial, options))
         )
     early_error = ranks.broadcast(early_error)
     if early_error:
         raise UserError(early_error)
+
+    recordings: list[str] = []
+    if needs_segmenting(options):  # long recordings: cut and transcribe them first
+        device = ranks.device(codec.device) if isinstance(codec, CodecSpec) else str(codec.device)
+        report = prepare_recordings(options, output, ranks, device)
+        recordings = report.lines()
+        folder = clips_folder(output)
+        if not report.complete:
+            return PrepareResult(output=output, recordings=recordings, stopped=(
+                f"this rank cut its recordings into {folder}; once every rank has, run them again to encode"))
+        if report.clips == 0:
+            raise UserError(
+                f"no clip could be cut from the recordings in {options.input}: " + "; ".join(recordings[1:])
+                + ". Check that they hold speech, or lower --vad-threshold / --segment-min-duration"
+            )
+        if options.transcribe_only:
+            return PrepareResult(output=output, recordings=recordings, stopped=(
+                f"review {folder / 'metadata.csv'} (id|text||confidence|flags: correct the text, clear the "
+                "flags of a clip to keep it, delete a line to drop it), then encode with the same command "
+                f"without --transcribe-only, or `kanitts prepare {folder} {output}`"))
+        options = replace(options, input=str(folder), input_kind="folder", text_field="text")
+        started = time.perf_counter()  # the summary's rate is the encoder's
+    elif options.transcribe_only:
+        raise UserError(
+            f"--transcribe-only cuts and transcribes a folder of recordings without metadata.csv; "
+            f"{options.input} is not one (it already has transcripts)"
+        )
 
     source, source_error = None, None
     if ranks.rank == 0:  # rank 0 first, so a Hub dataset is downloaded and cached once
@@ -96,11 +129,13 @@ def _prepare_dataset(options: PrepareOptions, codec: CodecSpec | Codec, ranks: R
     if "error" in decision:
         raise UserError(decision["error"])
     if decision.get("complete"):
-        return result_from_summary(output)
+        result = result_from_summary(output)
+        result.recordings = recordings
+        return result
     if ranks.collective and ranks.broadcast(manifest["fingerprint"]) != manifest["fingerprint"]:
         raise UserError(f"rank {ranks.rank} sees different inputs or codec weights than rank 0")
 
-    result = PrepareResult(output=output, items=len(source))
+    result = PrepareResult(output=output, items=len(source), recordings=recordings)
     num_shards = manifest["num_shards"]
     mine = [k for k in range(num_shards) if k % ranks.world_size == ranks.rank]
     todo = [k for k in mine if not shard_done(partial, k)]

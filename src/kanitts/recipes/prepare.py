@@ -17,10 +17,11 @@ CLI and Python callers both come here, so they get the same dataset for the same
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from kanitts.errors import UserError
-from kanitts.prepare.options import CodecSpec, PrepareOptions, default
+from kanitts.prepare.options import SEGMENTATION_FIELDS, CodecSpec, PrepareOptions, default
 
 
 def resolve_codec(
@@ -63,6 +64,24 @@ def configured_speaker_embedder(config_dir: Path) -> str | None:
     return None if section is None else section.weights
 
 
+def segmentation_defaults(options: PrepareOptions, config_dir: Path) -> PrepareOptions:
+    """``options`` with the long-recording settings not given as flags taken from the ``prepare``
+    section of ``dataset_config.yaml`` (the longest clip from its ``max_duration_sec``), where the
+    input is a folder of recordings and that file exists."""
+    from kanitts.config import CONFIG_FILES, load_configs
+    from kanitts.prepare.recordings import needs_segmenting
+
+    if not needs_segmenting(options) or not (Path(config_dir) / CONFIG_FILES["dataset"]).is_file():
+        return options
+    dataset = load_configs(config_dir, kinds=("dataset",)).dataset
+    section = dataset.prepare
+    given = {name: getattr(section, name) for name in SEGMENTATION_FIELDS if section is not None}
+    filled = {name: value for name, value in given.items() if value is not None and getattr(options, name) is None}
+    if options.segment_max_duration is None and "segment_max_duration" not in filled and dataset.max_duration_sec:
+        filled["segment_max_duration"] = float(dataset.max_duration_sec)
+    return replace(options, **filled) if filled else options
+
+
 def run(
     options: PrepareOptions,
     *,
@@ -77,6 +96,8 @@ def run(
     from kanitts.prepare.pipeline import prepare_dataset
 
     options.validate()  # before the config and the codec are loaded
+    options = segmentation_defaults(options, config_dir)
+    options.validate()
     if options.speaker_embedder is None:
         options.speaker_embedder = configured_speaker_embedder(config_dir)
     spec = resolve_codec(config_dir, kind=codec, weights=codec_model, device=device, dtype=dtype)

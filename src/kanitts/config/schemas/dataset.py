@@ -77,8 +77,26 @@ class DatasetEntry(Strict):
 _NANO_KEYS = tuple(k for k in DatasetEntry.model_fields if k.startswith("nano_layer_"))
 
 
+class PrepareSection(Strict):
+    """How `kanitts prepare` cuts and transcribes long recordings (the flags of the same names
+    win; max_duration_sec above is the longest clip when segment_max_duration is not set)."""
+
+    segment_min_duration: PositiveFloat | None = None
+    segment_max_duration: PositiveFloat | None = None
+    segment_target_duration: PositiveFloat | None = None
+    segment_padding: float | None = Field(None, ge=0)
+    split_pause: PositiveFloat | None = None
+    vad_threshold: float | None = Field(None, gt=0, lt=1)
+    asr_model: Text | None = None
+    asr_language: Text | None = None
+    asr_batch_size: PositiveInt | None = None
+    min_asr_confidence: float | None = Field(None, le=0)
+
+
 class DatasetConfig(Strict):
     max_duration_sec: PositiveFloat | None = None
+    # `kanitts prepare` on long recordings; not used by the sequence step
+    prepare: PrepareSection | None = None
     hf_datasets: list[DatasetEntry] = Field(min_length=1)
     # Added here (the reference has none of these as config keys):
     # the process count under the reference's name for it (an argument there); num_proc wins

@@ -26,6 +26,7 @@ class SourceItem:
     text: str | None
     speaker: str | None = None
     problem: str | None = None
+    flags: str | None = None  # why a review left it out (metadata.csv's fifth column)
 
 
 class Source(abc.ABC):
@@ -51,6 +52,8 @@ class Source(abc.ABC):
         h = hashlib.sha256(self.kind.encode())
         for it in self._items:
             h.update(repr((it.source, it.text, it.speaker, it.problem)).encode())
+            if it.flags:
+                h.update(repr(it.flags).encode())
             h.update(repr(self._audio_stamp(it.index)).encode())
         return h.hexdigest()[:16]
 

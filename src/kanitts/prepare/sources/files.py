@@ -1,7 +1,9 @@
 """Inputs on disk: a folder with an LJSpeech-style ``metadata.csv``, or a CSV/JSONL manifest.
 
 - :class:`FolderSource`: ``metadata.csv`` (``id|text`` or ``id|text|normalized_text``, no
-  header) and the audio as ``wavs/<id>.<ext>`` or ``<id>.<ext>``.
+  header) and the audio as ``wavs/<id>.<ext>`` or ``<id>.<ext>``. The folders that
+  :mod:`kanitts.prepare.recordings` writes add ``|confidence|flags``: a clip with flags is left
+  out (rejected as flagged), one without is used.
 - :class:`ManifestSource`: a CSV (with a header) or JSONL file with ``path``, ``text`` and an
   optional ``speaker``; relative paths are relative to the manifest's folder.
 """
@@ -97,7 +99,8 @@ class FolderSource(_FileSource):
                 self._items.append(SourceItem(i, clip_id, clean_text(text), problem=problem))
                 self._paths.append(None)
                 continue
-            self._items.append(SourceItem(i, self._relative(path), clean_text(text)))
+            flags = parts[4].strip() if len(parts) >= 5 and parts[4].strip() else None
+            self._items.append(SourceItem(i, self._relative(path), clean_text(text), flags=flags))
             self._paths.append(path)
 
     def _index_audio(self) -> dict[str, Path]:

@@ -1,0 +1,105 @@
+"""Speech regions -> training clips: where to cut a long recording.
+
+Hand-written, as no maintained library cuts VAD output to a length window with this rule:
+the pipelines that do it (Emilia, the F5-TTS and XTTS fine-tuning tools) keep it inside their
+applications.
+
+The rule: a clip starts at a speech region and grows region by region. Every pause after a
+region that leaves the clip between ``min_duration`` and ``max_duration`` long is a candidate
+cut; the winner has the highest ``pause - DISTANCE_COST * |length - target|``, so the longest
+pause near the target length wins and a short breath never beats a sentence break a second
+away. A pause of ``split_pause`` or more always ends a clip (long silences are not training
+material). Cuts are only ever inside pauses: a region longer than ``max_duration`` was already
+split by the VAD at its longest inner silence. Each clip keeps ``padding`` seconds of the
+surrounding silence on both sides, at most half the pause, so neighbours never overlap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: how many seconds of pause one second away from the target length is worth
+DISTANCE_COST = 0.1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One clip of a recording, in seconds of that recording (padding included)."""
+
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Cuts:
+    """The clips of one recording and the speech left out, in seconds."""
+
+    segments: list[Segment]
+    speech_seconds: float  # all speech the VAD found
+    short_seconds: float = 0.0  # speech in stretches that could not make a clip of min_duration
+    long_seconds: float = 0.0  # speech in stretches longer than max_duration without a pause
+
+
+def segment(
+    regions: list[tuple[float, float]],
+    duration: float,
+    *,
+    min_duration: float,
+    max_duration: float,
+    target_duration: float,
+    padding: float,
+    split_pause: float,
+) -> Cuts:
+    """Cut ``regions`` (speech, seconds, in order, unpadded) of a ``duration``-second recording
+    into clips between ``min_duration`` and ``max_duration`` long, padding included."""
+    regions = [(max(0.0, s), min(duration, e)) for s, e in regions if e > s]
+    speech = sum(e - s for s, e in regions)
+    result = Cuts([], speech)
+    n = len(regions)
+
+    def pad_before(i: int) -> float:
+        gap = regions[i][0] - (regions[i - 1][1] if i else 0.0)
+        return min(padding, gap / 2 if i else gap)
+
+    def pad_after(j: int) -> float:
+        gap = (regions[j + 1][0] if j + 1 < n else duration) - regions[j][1]
+        return min(padding, gap / 2 if j + 1 < n else gap)
+
+    i = 0
+    while i < n:
+        start = regions[i][0] - pad_before(i)
+        best, best_score, last = None, -float("inf"), i
+        for j in range(i, n):
+            end = regions[j][1] + pad_after(j)
+            length = end - start
+            if length > max_duration:
+                break
+            last = j
+            pause = (regions[j + 1][0] - regions[j][1]) if j + 1 < n else split_pause
+            if length >= min_duration:
+                score = pause - DISTANCE_COST * abs(length - target_duration)
+                if score > best_score:
+                    best, best_score = j, score
+            if pause >= split_pause:
+                break
+        if best is None:
+            # nothing in range: the speech from i to `last` cannot make a clip on its own
+            stretch = sum(e - s for s, e in regions[i : last + 1])
+            if last == i and regions[i][1] - regions[i][0] > max_duration:
+                result.long_seconds += stretch
+            else:
+                result.short_seconds += stretch
+            i = last + 1
+            continue
+        result.segments.append(Segment(start, regions[best][1] + pad_after(best)))
+        i = best + 1
+    return result
+
+
+def cut_points(segments: list[Segment]) -> list[float]:
+    """Where one clip ends and the next begins: the middle of the pause between them."""
+    return [(a.end + b.start) / 2 for a, b in zip(segments, segments[1:])]
