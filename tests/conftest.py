@@ -74,6 +74,21 @@ def tiny_codec(tiny_codec_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_kanade_dir(tmp_path_factory):
+    """A small random Kanade codec (12.5 Hz, 128-d global embedding, Vocos) as a local folder."""
+    from kanitts.tiny import build_tiny_kanade
+
+    return build_tiny_kanade(tmp_path_factory.mktemp("tiny_kanade"))
+
+
+@pytest.fixture(scope="session")
+def tiny_kanade(tiny_kanade_dir):
+    from kanitts.codecs import load_codec
+
+    return load_codec("kanade", tiny_kanade_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def evaluated_project(tmp_path_factory, tiny_tts, tiny_codec_dir):
     """(folder, EvalSummary): a small eval project, evaluated once with its report.
 

@@ -53,21 +53,28 @@ def build_tokenizer(out_dir: Path | str, vocab_size: int = 384):
     return fast
 
 
-def tiny_model_config(text_vocab_size: int, codebook_size: int = 4032, num_codebooks: int = 4) -> ModelConfig:
+def tiny_model_config(
+    text_vocab_size: int, codebook_size: int = 4032, num_codebooks: int = 4, kind: str = "nanocodec",
+    weights: str | None = None,
+) -> ModelConfig:
     """A model_config whose specials and audio ids follow a tiny text vocabulary, reference-style.
 
-    The offsets mirror the real layout (specials at vocab+1.., audio at vocab+10).
+    The offsets mirror the real layout (specials at vocab+1.., audio at vocab+10). With
+    ``kind="kanade"`` the codec facts are Kanade's (one book of 12,800 codes at 12.5 Hz).
     """
     v = text_vocab_size
+    codec = {"audio_tokens_start": v + 10, "kind": kind}
+    if kind == "nanocodec":
+        codec.update(num_codebooks=num_codebooks, codebook_size=codebook_size)
+    if weights is not None:
+        codec["weights"] = weights
     return ModelConfig(
         tokenizer=TokenizerSection(vocab_size=v),
         special_tokens=SpecialTokens(
             start_of_text=1, end_of_text=2, start_of_speech=v + 1, end_of_speech=v + 2,
             start_of_human=v + 3, end_of_human=v + 4, start_of_ai=v + 5, end_of_ai=v + 6, pad_token=v + 7,
         ),
-        codec=CodecSection(
-            num_codebooks=num_codebooks, codebook_size=codebook_size, audio_tokens_start=v + 10
-        ),
+        codec=CodecSection(**codec),
     )
 
 
@@ -139,6 +146,39 @@ def build_tiny_nanocodec(out_dir: Path | str, seed: int = 0) -> Path:
 
     codec = NanoCodec.from_config(TINY_NANOCODEC_CONFIG, seed=seed, device="cpu")
     return codec.save_pretrained(out_dir)
+
+
+def build_tiny_kanade(out_dir: Path | str, seed: int = 0, token_rate: float = 12.5) -> Path:
+    """A small random Kanade codec (model and Vocos vocoder) saved as a local folder.
+
+    The rates, the 12,800-code book and the 128-d global embedding are the released models'
+    (12.5 tokens/s by default, 25 with ``token_rate=25``); the networks are a few hundred
+    thousand parameters. ``load_codec("kanade", out_dir)`` reads it back, offline.
+    """
+    import torch
+    from kanade_tokenizer.model import KanadeModel
+    from kanade_tokenizer.testing import tiny_config
+    from kanade_tokenizer.vocoders import Vocos, VocosConfig
+
+    from kanitts.codecs.kanade import KanadeCodec
+    from kanitts.runtime import scoped_seed
+
+    config = tiny_config()
+    args = config["model"]["init_args"]
+    factor = {12.5: 4, 25: 2}[float(token_rate)]
+    args["config"].update(downsample_factor=factor, mel_upsample_factor=2 * factor)
+    args["global_encoder"]["init_args"]["output_channels"] = 128
+    args["mel_decoder"]["init_args"]["adanorm_condition_dim"] = 128
+    with scoped_seed(seed):
+        model = KanadeModel.from_config(config)
+        # AdaLN-Zero starts at zero, where the voice would change nothing: give it a say.
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "condition_proj" in name:
+                    param.normal_(0.0, 0.1)
+        n_mels = args["config"]["n_mels"]
+        vocoder = Vocos(VocosConfig(n_mels=n_mels, dim=32, intermediate_dim=48, num_layers=1))
+    return KanadeCodec(model.eval(), vocoder=vocoder.eval(), device="cpu").save_pretrained(out_dir)
 
 
 # Whisper's special tokens, in the order its tokenizers number them after the text vocabulary.

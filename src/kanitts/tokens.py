@@ -57,6 +57,8 @@ class TokenLayout:
     audio_tokens_start: int
     num_codebooks: int
     codebook_size: int
+    # special_tokens.speaker_embedding; None: the id after pad (see :attr:`speaker_slot`)
+    speaker_embedding: int | None = None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> TokenLayout:
@@ -75,6 +77,7 @@ class TokenLayout:
             audio_tokens_start=cfg.codec.audio_tokens_start,
             num_codebooks=cfg.codec.num_codebooks,
             codebook_size=cfg.codec.codebook_size,
+            speaker_embedding=s.speaker_embedding,
         )
 
     # --- the audio part ------------------------------------------------------------------
@@ -227,12 +230,32 @@ class TokenLayout:
         """The text the model reads: 'alice: Hello' with a speaker, as the reference builds it."""
         return f"{speaker.lower()}: {text}" if speaker else text
 
-    def prompt_ids(self, text_ids: Sequence[int]) -> list[int]:
+    @property
+    def speaker_slot(self) -> int:
+        """The placeholder id of the speaker-embedding slot (special_tokens.speaker_embedding, else
+        the id after pad). Its input embedding is replaced by the projected speaker embedding, and it
+        never carries a loss, so the id only marks the place."""
+        return self.pad + 1 if self.speaker_embedding is None else self.speaker_embedding
+
+    def with_speaker_slot(self, ids: Sequence[int]) -> list[int]:
+        """A sequence with the speaker slot inserted right after its start_of_human (position 0),
+        where KaniTTS-2 puts its speaker embedding."""
+        ids = list(ids)
+        if not ids or ids[0] != self.start_of_human:
+            raise ValueError(
+                f"a sequence must start with start_of_human ({self.start_of_human}) to take a speaker slot; "
+                f"this one starts with {ids[:1]}"
+            )
+        return [ids[0], self.speaker_slot, *ids[1:]]
+
+    def prompt_ids(self, text_ids: Sequence[int], speaker_slot: bool = False) -> list[int]:
         """Inference prompt: the model goes on with start_of_ai, start_of_speech and audio.
 
         `text_ids` is the tokenizer's encoding with its special tokens (it starts with BOS).
+        With `speaker_slot`, the slot of a speaker-conditioned model follows start_of_human.
         """
-        return [self.start_of_human, *text_ids, self.end_of_text, self.end_of_human]
+        ids = [self.start_of_human, *text_ids, self.end_of_text, self.end_of_human]
+        return self.with_speaker_slot(ids) if speaker_slot else ids
 
     def training_ids(self, text_ids: Sequence[int], audio_ids: Sequence[int] | np.ndarray) -> list[int]:
         """One training sequence: the prompt, then the speech the model must produce."""

@@ -175,6 +175,15 @@ class Codec(abc.ABC):
         features["encoded_len"] = Value("int64")
         return features
 
+    def encode_rows(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Encode a padded batch straight into dataset row fragments: ``(frame_lengths, rows)``.
+
+        What ``kanitts prepare`` calls. The default is :meth:`encode` then :meth:`dataset_columns`;
+        a codec with more than codes per clip (Kanade's global embedding) adds its columns here.
+        """
+        codes, frame_lengths = self.encode(waveforms, lengths)
+        return frame_lengths, self.dataset_columns(codes, frame_lengths)
+
     def dataset_columns(self, codes: torch.Tensor, frame_lengths: torch.Tensor) -> list[dict[str, Any]]:
         """Turn an encoded batch into one dataset row fragment per item.
 

@@ -23,6 +23,11 @@ class CodecEntry:
     target: str  # "module:Class", imported on first use
     column_prefix: str  # codebook i (from 0) is the dataset column f"{column_prefix}{i + 1}"
     default_weights: str | None = None
+    # The token-space facts of the default weights (model_config.yaml codec keys a user may leave
+    # out): sample_rate, fps, num_codebooks, codebook_size.
+    facts: tuple[tuple[str, float | int], ...] = ()
+    # The dataset column holding one global (speaker) embedding per clip, for codecs that have one.
+    embedding_column: str | None = None
 
     def code_columns(self, num_codebooks: int) -> list[str]:
         return [f"{self.column_prefix}{i + 1}" for i in range(num_codebooks)]
@@ -34,6 +39,15 @@ _REGISTRY: dict[str, CodecEntry] = {
         "kanitts.codecs.nanocodec:NanoCodec",
         column_prefix="nano_layer_",
         default_weights="nineninesix/nemo-nano-codec-22khz-0.6kbps-12.5fps-pytorch",
+        facts=(("sample_rate", 22050), ("fps", 12.5), ("num_codebooks", 4), ("codebook_size", 4032)),
+    ),
+    # One book of 12,800 content tokens and a global embedding per clip that carries the voice.
+    "kanade": CodecEntry(
+        "kanitts.codecs.kanade:KanadeCodec",
+        column_prefix="kanade_tokens_",
+        default_weights="frothywater/kanade-12.5hz",
+        facts=(("sample_rate", 24000), ("fps", 12.5), ("num_codebooks", 1), ("codebook_size", 12800)),
+        embedding_column="global_embedding",
     ),
 }
 
@@ -44,11 +58,16 @@ def register_codec(
     *,
     column_prefix: str = "codebook_",
     default_weights: str | None = None,
+    facts: dict[str, float | int] | None = None,
+    embedding_column: str | None = None,
 ) -> None:
     """Register a codec class (or its ``"module:Class"`` path) under ``kind``."""
     if isinstance(target, type):
         target = f"{target.__module__}:{target.__qualname__}"
-    _REGISTRY[kind] = CodecEntry(target, column_prefix=column_prefix, default_weights=default_weights)
+    _REGISTRY[kind] = CodecEntry(
+        target, column_prefix=column_prefix, default_weights=default_weights,
+        facts=tuple((facts or {}).items()), embedding_column=embedding_column,
+    )
 
 
 def available_codecs() -> list[str]:

@@ -1,8 +1,9 @@
 """Clips -> codes: length-bucketed batches through the codec, one shard at a time, with audio
 decoded in a thread pool one shard ahead of the encoder.
 
-``codec.encode`` pads each clip to whole frames, so
-``encoded_len = ceil(samples / samples_per_frame)`` as in the reference datasets.
+``codec.encode_rows`` gives each clip's columns (codes, and a global embedding for Kanade) and
+``encoded_len = codec.num_frames(samples)``: ``ceil(samples / samples_per_frame)`` for NanoCodec,
+as in the reference datasets.
 """
 
 from __future__ import annotations
@@ -87,11 +88,11 @@ def encode_shards(
                 waves = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32)
                 for b, c in enumerate(batch):
                     waves[b, : len(c.audio)] = torch.from_numpy(c.audio)
-                codes, frame_lengths = codec.encode(waves, lengths)
+                frame_lengths, columns = codec.encode_rows(waves, lengths)
                 expected = codec.frame_lengths(lengths).tolist()
                 if frame_lengths.cpu().tolist() != expected:  # pragma: no cover - codec bug guard
                     raise RuntimeError(f"{codec.kind} returned frame lengths {frame_lengths.tolist()} != {expected}")
-                for c, cols in zip(batch, codec.dataset_columns(codes, frame_lengths)):
+                for c, cols in zip(batch, columns):
                     rows[c.item.index] = make_row(c, cols, manifest["has_speaker"], options.speaker, sr)
                 batch_seconds_done = float(lengths.sum()) / sr
                 encoded_seconds += batch_seconds_done

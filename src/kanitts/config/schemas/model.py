@@ -28,6 +28,10 @@ class SpecialTokens(Strict):
     start_of_ai: int = Field(64405, ge=0)
     end_of_ai: int = Field(64406, ge=0)
     pad_token: int = Field(64407, ge=0)
+    # Added here: the input slot where a speaker-conditioned model reads the projected speaker
+    # embedding (training.speaker_conditioning); left out, the id after pad_token (64408, which
+    # the reference leaves unused).
+    speaker_embedding: int | None = Field(None, ge=0)
 
 
 class CodecSection(Strict):
@@ -48,6 +52,19 @@ class CodecSection(Strict):
     # Added here: which codec implementation decodes the tokens, and where its weights live.
     kind: Text = "nanocodec"
     weights: Text = codec_entry("nanocodec").default_weights  # the registry holds the one copy
+
+    @model_validator(mode="before")
+    @classmethod
+    def _facts_of_the_kind(cls, data):
+        """Keys left out take the values of the codec `kind` names (its default weights' facts),
+        so `codec: {kind: kanade}` is a whole section."""
+        if not isinstance(data, dict) or data.get("kind", "nanocodec") not in available_codecs():
+            return data
+        entry = codec_entry(data.get("kind", "nanocodec"))
+        filled = {key: value for key, value in entry.facts if key not in data}
+        if "weights" not in data and entry.default_weights is not None:
+            filled["weights"] = entry.default_weights
+        return {**data, **filled}
 
     @field_validator("kind")
     @classmethod
@@ -93,6 +110,8 @@ def token_space_problems(cfg: ModelConfig) -> list[str]:
     audio_end = codec.audio_tokens_start + codec.num_codebooks * codec.codebook_size
     seen: dict[int, str] = {}
     for name, value in cfg.special_tokens.model_dump().items():
+        if value is None:
+            continue
         if value in seen:
             problems.append(f"special_tokens.{name}: id {value} is already used by special_tokens.{seen[value]}")
         seen[value] = name
