@@ -89,6 +89,42 @@ def tiny_kanade(tiny_kanade_dir):
 
 
 @pytest.fixture(scope="session")
+def kanade_project(tmp_path_factory, tiny_kanade_dir):
+    """A tiny Kanade TTS project: a base LFM2 + tokenizer sized for the Kanade token layout, its
+    model_config (codec.kind: kanade, the tiny codec's folder) and a prepared two-speaker dataset."""
+    import csv
+    from types import SimpleNamespace
+
+    import soundfile as sf
+
+    from kanade_tokenizer.testing import synthetic_speech
+    from kanitts.prepare.options import CodecSpec, PrepareOptions
+    from kanitts.prepare.pipeline import prepare_dataset
+    from kanitts.tiny import build_lfm2, build_tokenizer, tiny_model_config
+    from kanitts.tokens import TokenLayout
+
+    root = tmp_path_factory.mktemp("kanade_project")
+    tokenizer = build_tokenizer(root / "base")
+    model_cfg = tiny_model_config(len(tokenizer), kind="kanade", weights=str(tiny_kanade_dir))
+    build_lfm2(root / "base", vocab_size=TokenLayout.from_config(model_cfg).vocab_size, tokenizer=tokenizer)
+    clips = root / "clips"
+    clips.mkdir()
+    texts = ["The quick brown fox.", "Hello there.", "A test of speech."]
+    with open(clips / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "text", "speaker"])
+        for s, speaker in enumerate(("alice", "bob")):
+            for i, text in enumerate(texts):
+                name = f"{speaker}_{i}.wav"
+                sf.write(clips / name, synthetic_speech(1.2 + 0.3 * i, seed=10 * s + i).numpy(), 24000)
+                writer.writerow([name, text, speaker])
+    options = PrepareOptions(input=str(clips / "manifest.csv"), output=str(root / "data"), progress=False, num_workers=1)
+    prepare_dataset(options, CodecSpec(kind="kanade", weights=str(tiny_kanade_dir)))
+    return SimpleNamespace(root=root, base=root / "base", model_cfg=model_cfg, data=root / "data",
+                           clips=clips, codec_dir=tiny_kanade_dir)
+
+
+@pytest.fixture(scope="session")
 def evaluated_project(tmp_path_factory, tiny_tts, tiny_codec_dir):
     """(folder, EvalSummary): a small eval project, evaluated once with its report.
 

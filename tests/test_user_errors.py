@@ -256,21 +256,6 @@ def small_vocab_model(tiny_tts, tmp_path_factory):
     return folder, layout
 
 
-def test_small_vocabulary_is_refused_before_training(small_vocab_model, tiny_tts, tmp_path):
-    from kanitts.config import ConfigSet, ExperimentsConfig
-    from kanitts.training.experiments import run_experiments
-
-    folder, layout = small_vocab_model
-    experiments = ExperimentsConfig.model_validate(
-        {"base_model": str(folder), "experiments": [{"base": {"model_id": "exp"}, "lora_args": {"r": 4}}]})
-    # no dataset_config: the refusal comes before the data step would ask for one
-    configs = ConfigSet(config_dir=tmp_path, experiments=experiments, model=tiny_tts[1])
-    with pytest.raises(UserError, match=(f"model '{folder}' has {layout.vocab_size - 100} token embeddings, but the "
-                                         f"token layout of model_config.yaml uses ids up to {layout.vocab_size - 1}")):
-        run_experiments(configs, checkpoints_dir=tmp_path / "ckpt")
-    assert not (tmp_path / "ckpt").exists()
-
-
 def test_small_vocabulary_is_refused_before_synthesis(small_vocab_model, tiny_tts, tiny_codec):
     with pytest.raises(UserError, match=r"token embeddings, but the token layout of model_config\.yaml"):
         KaniTTS.from_pretrained(small_vocab_model[0], codec=tiny_codec, model_cfg=tiny_tts[1], device="cpu")

@@ -130,7 +130,7 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     from kanitts.recipes import synthesize
 
     return synthesize.run(text=args.text, model=args.model, output=args.output, config_dir=args.config_dir,
-                          speaker=args.speaker, codec=args.codec, device=args.device)
+                          speaker=args.speaker, codec=args.codec, device=args.device, voice=args.voice)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", help='what to say, e.g. "Hello there" (or "alice: Hello there")')
     p.add_argument("--model", required=True, help="checkpoint folder or Hub id")
     p.add_argument("--speaker", default=None, help="speaker prefix the model was trained with (e.g. alice)")
+    p.add_argument("--voice", type=Path, default=None,
+                   help="reference clip to speak in the voice of (Kanade codec: codec.kind: kanade)")
     p.add_argument("-o", "--output", type=Path, default=Path("out.wav"), help="WAV file to write")
     p.add_argument("--codec", default=None, help="codec weights (folder or Hub id); default: model_config.yaml")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: inference_config.yaml)")

@@ -11,6 +11,10 @@ KaniTTS checkpoint speaks here as it does there. What differs is how the work is
   emit a token of the wrong codebook. ``TokenLayout.ids_to_frames`` keeps every whole frame and
   says what went wrong; each :class:`SynthesisResult` carries that as ``truncated``,
   ``dropped_frames`` and ``problems``.
+- **Voices.** With a codec that has a global embedding (Kanade), the voice is an embedding: of a
+  reference clip (``voice=``, ``--voice ref.wav``), else the mean of the ``speaker``'s training
+  clips, else of all training clips (saved with the checkpoint). It is what the codec decodes
+  with, and what a speaker-conditioned model (:mod:`kanitts.conditioning`) reads in its slot.
 """
 
 from __future__ import annotations
@@ -65,8 +69,14 @@ class KaniTTS:
         layout: TokenLayout,
         generation: GenerationSection,
         name_or_path: str = "",
+        conditioning: Any = None,
+        voices: dict[str, Any] | None = None,
     ):
         self.model = model
+        #: the speaker slot of a speaker-conditioned model (None: the model has none)
+        self.conditioning = conditioning
+        #: training speakers' mean embeddings ("speaker:<name>") and all clips' ("mean")
+        self.voices = dict(voices or {})
         self.tokenizer = tokenizer
         self.codec = codec
         self.layout = layout
@@ -120,20 +130,65 @@ class KaniTTS:
         if not isinstance(codec, Codec):
             weights = model_cfg.codec.weights if codec is None else str(codec)
             codec = load_codec(model_cfg.codec.kind, weights, device=device)
-        return cls(model, tokenizer, codec, TokenLayout.from_config(model_cfg), inference_cfg.generation, name)
+        layout = TokenLayout.from_config(model_cfg)
+        conditioning, voices = _speaker_files(model, name, layout)
+        return cls(model, tokenizer, codec, layout, inference_cfg.generation, name, conditioning, voices)
 
     # --- prompts and generation -----------------------------------------------------------
 
     def prompt_ids(self, text: str, speaker: str | None = None) -> list[int]:
         text_ids = self.tokenizer(self.layout.text_prompt(text, speaker)).input_ids
-        return self.layout.prompt_ids(text_ids)
+        return self.layout.prompt_ids(text_ids, speaker_slot=self.conditioning is not None)
 
-    def generate_ids(self, prompts: Sequence[Sequence[int]], **generate_kwargs: Any) -> list[np.ndarray]:
+    # --- voices -----------------------------------------------------------------------------------
+
+    @property
+    def takes_voice(self) -> bool:
+        """True when a voice embedding matters: the codec decodes with one, or the model reads one."""
+        return hasattr(self.codec, "embed") or self.conditioning is not None
+
+    def voice_embedding(self, voice: Any = None, speaker: str | None = None):
+        """The voice to speak in, as a (dim,) float tensor, and where it came from; (None, reason)
+        when there is none.
+
+        ``voice`` is a reference clip (a path to an audio file, or a waveform at the codec's
+        sample rate) or an embedding; else the ``speaker``'s mean embedding from training, else
+        the mean over all training clips.
+        """
+        import torch
+
+        if voice is not None:
+            if not hasattr(self.codec, "embed"):
+                raise UserError(
+                    f"a reference voice needs a codec with a global (speaker) embedding, such as Kanade "
+                    f"(codec.kind: kanade); this model's codec is {self.codec.kind}, which has none: "
+                    "use --speaker with the name a prefix-trained model knows"
+                )
+            if isinstance(voice, (str, Path)):
+                return self.codec.embed(_read_voice(voice, self.codec.sample_rate)), f"the voice of {voice}"
+            tensor = torch.as_tensor(voice, dtype=torch.float32)
+            if tensor.ndim == 1 and tensor.numel() == getattr(self.codec, "embedding_dim", -1):
+                return tensor, "the given embedding"
+            return self.codec.embed(tensor), "the given clip"
+        if speaker and f"speaker:{speaker.lower()}" in self.voices:
+            return self.voices[f"speaker:{speaker.lower()}"], f"speaker {speaker.lower()}'s mean embedding"
+        if speaker and f"speaker:{speaker}" in self.voices:
+            return self.voices[f"speaker:{speaker}"], f"speaker {speaker}'s mean embedding"
+        if "mean" in self.voices:
+            return self.voices["mean"], "the mean embedding of the training clips"
+        return None, "no voice: give a reference clip (--voice ref.wav); this model has no training speakers' embeddings"
+
+    def generate_ids(
+        self, prompts: Sequence[Sequence[int]], speaker_embeddings: Any = None, **generate_kwargs: Any
+    ) -> list[np.ndarray]:
         """Generate after a batch of prompts; returns the new tokens of every sequence.
 
         With ``num_return_sequences = n`` the result holds n sequences per prompt, prompt-major.
-        Keyword arguments go to ``model.generate`` and override the configured sampling.
+        ``speaker_embeddings`` ((prompts, dim)) fill the speaker slots of a speaker-conditioned
+        model. Keyword arguments go to ``model.generate`` and override the configured sampling.
         """
+        import contextlib
+
         import torch
 
         if "max_new_tokens" in generate_kwargs:
@@ -155,7 +210,10 @@ class KaniTTS:
 
             settings["logits_processor"] = LogitsProcessorList(processors)
         settings.update(generate_kwargs)
-        with torch.inference_mode():
+        slots = (
+            self.conditioning.conditioned(speaker_embeddings) if self.conditioning is not None else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), slots:
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -180,12 +238,17 @@ class KaniTTS:
 
     # --- decoding ---------------------------------------------------------------------------
 
-    def decode_ids(self, texts: Sequence[str], generated: Sequence[np.ndarray]) -> list[SynthesisResult]:
-        """Turn generated token streams into audio; a broken stream gives what it can, never raises."""
+    def decode_ids(
+        self, texts: Sequence[str], generated: Sequence[np.ndarray], voice: Any = None
+    ) -> list[SynthesisResult]:
+        """Turn generated token streams into audio; a broken stream gives what it can, never raises.
+
+        ``voice`` ((dim,) embedding) is what a codec with global embeddings decodes with.
+        """
         # Generation pads finished sequences after end_of_speech; ids_to_frames stops at the first
         # end_of_speech, so that padding is never read as audio.
         decoded = [self.layout.ids_to_frames(ids) for ids in generated]
-        audios = self._decode_frames([d.codes for d in decoded])
+        audios = self._decode_frames([d.codes for d in decoded], voice)
         results = []
         for text, ids, frames, (audio, codec_problem) in zip(texts, generated, decoded, audios):
             problems = list(frames.problems)
@@ -207,7 +270,7 @@ class KaniTTS:
             )
         return results
 
-    def _decode_frames(self, codes: list[np.ndarray]) -> list[tuple[np.ndarray, str | None]]:
+    def _decode_frames(self, codes: list[np.ndarray], voice: Any = None) -> list[tuple[np.ndarray, str | None]]:
         """Codec-decode many (K, F) code arrays in one padded batch; fall back to one at a time."""
         import torch
 
@@ -220,14 +283,15 @@ class KaniTTS:
         batch = torch.zeros((len(todo), self.layout.num_codebooks, int(lengths.max())), dtype=torch.long)
         for row, i in enumerate(todo):
             batch[row, :, : codes[i].shape[1]] = torch.from_numpy(codes[i])
+        extra = {} if voice is None else {"global_embeddings": torch.as_tensor(voice).float().expand(len(todo), -1)}
         try:
-            waves, sample_lengths = self.codec.decode(batch, lengths)
+            waves, sample_lengths = self.codec.decode(batch, lengths, **extra)
         except (RuntimeError, ValueError) as exc:
             if len(todo) == 1:
                 out[todo[0]] = (empty, f"codec decoding failed: {exc}")
                 return out
             for i in todo:
-                out[i] = self._decode_frames([codes[i]])[0]
+                out[i] = self._decode_frames([codes[i]], voice)[0]
             return out
         waves = waves.float().to("cpu").numpy()
         for row, i in enumerate(todo):
@@ -242,12 +306,16 @@ class KaniTTS:
         speaker: str | None = None,
         batch_size: int | None = None,
         progress: bool = False,
+        voice: Any = None,
         **generate_kwargs: Any,
     ) -> list[SynthesisResult]:
         """Speak each text (``"speaker: "`` is prepended when ``speaker`` is given).
 
+        ``voice`` is a reference clip (audio file or waveform) or an embedding to speak in, for
+        a codec with global embeddings (Kanade): see :meth:`voice_embedding`.
         Returns one result per text, or ``num_return_sequences`` per text, text-major.
         """
+        import torch
         from tqdm.auto import tqdm
 
         if isinstance(texts, str):
@@ -257,6 +325,14 @@ class KaniTTS:
             if problem:
                 where = f"text {index + 1} of {len(texts)}" if len(texts) > 1 else "the text"
                 raise UserError(f"{where} ({text!r}): {problem}")
+        embedding, voice_problem = None, None
+        if self.takes_voice:
+            embedding, source = self.voice_embedding(voice, speaker)
+            if embedding is None:
+                # a decoder voice of zeros still decodes: said in every result, never silently
+                embedding, voice_problem = torch.zeros(int(getattr(self.codec, "embedding_dim", 0))), source
+        elif voice is not None:
+            self.voice_embedding(voice, speaker)  # the error for a codec without embeddings
         batch_size = batch_size or self.generation.batch_size
         copies = generate_kwargs.get("num_return_sequences", self.generation.num_return_sequences)
         results: list[SynthesisResult] = []
@@ -264,8 +340,14 @@ class KaniTTS:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start: start + batch_size])
             spoken = [self.layout.text_prompt(t, speaker) for t in chunk]
-            generated = self.generate_ids([self.prompt_ids(t, speaker) for t in chunk], **generate_kwargs)
-            results.extend(self.decode_ids([t for t in spoken for _ in range(copies)], generated))
+            slots = None if self.conditioning is None else embedding[None].expand(len(chunk), -1)
+            generated = self.generate_ids([self.prompt_ids(t, speaker) for t in chunk], slots, **generate_kwargs)
+            decoder_voice = embedding if hasattr(self.codec, "embed") else None
+            chunk_results = self.decode_ids([t for t in spoken for _ in range(copies)], generated, decoder_voice)
+            if voice_problem:
+                for result in chunk_results:
+                    result.problems.append(voice_problem + "; decoded with a zero embedding")
+            results.extend(chunk_results)
             bar.update(len(chunk))
         bar.close()
         return results
@@ -306,6 +388,33 @@ class LayoutConstraint:
         for low, high in self.allowed(input_ids.shape[1] - self.prompt_width):
             mask[:, low:high] = 0.0
         return scores + mask
+
+
+def _read_voice(path: str | Path, sample_rate: int):
+    """A reference clip as a mono, peak-normalised waveform at ``sample_rate`` (what Kanade's
+    encoder was trained on), or a UserError naming the file."""
+    from kanade_tokenizer.audio import load_audio
+
+    if not Path(path).is_file():
+        raise UserError(f"voice clip {path}: no such file")
+    try:
+        return load_audio(str(path), sample_rate)
+    except (OSError, ValueError, RuntimeError) as exc:  # the file is the user's to fix
+        raise UserError(f"voice clip {path}: cannot read it as audio ({exc})") from None
+
+
+def _speaker_files(model: Any, name: str, layout: TokenLayout):
+    """The speaker projection and mean embeddings a checkpoint folder carries (none for a Hub id
+    or a folder without them)."""
+    from kanitts.conditioning import PROJECTION_FILE, SpeakerConditioning, load_speaker_means
+
+    folder = Path(name)
+    if not folder.is_dir():
+        return None, {}
+    conditioning = None
+    if (folder / PROJECTION_FILE).is_file():
+        conditioning = SpeakerConditioning.load(model, folder, layout.speaker_slot)
+    return conditioning, load_speaker_means(folder)
 
 
 def _count_generated(ids: np.ndarray, pad: int, end_of_speech: int) -> int:

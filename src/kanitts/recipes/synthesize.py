@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from kanitts.audio import write_wav
+from kanitts.codecs import codec_class
 from kanitts.config import load_configs
 from kanitts.errors import UserError
 from kanitts.files import check_output_file
@@ -13,16 +14,25 @@ from kanitts.inference import KaniTTS, text_problem
 
 
 def run(*, text: str, model: str, output: Path, config_dir: Path, speaker: str | None = None,
-        codec: str | None = None, device: str | None = None) -> int:
-    # The text and the output are checked before the model loads (seconds to minutes).
+        codec: str | None = None, device: str | None = None, voice: Path | None = None) -> int:
+    # The text, the output and the voice clip are checked before the model loads (seconds to minutes).
     problem = text_problem(text, speaker)
     if problem:
         raise UserError(f"the text to say ({text!r}): {problem}")
     check_output_file(output, "output file (-o)")
     configs = load_configs(config_dir, kinds=("model", "inference"))
+    if voice is not None:
+        if not hasattr(codec_class(configs.model.codec.kind), "embed"):
+            raise UserError(
+                f"--voice {voice}: a reference voice needs a codec with a global (speaker) embedding "
+                f"(codec.kind: kanade); model_config.yaml names codec.kind: {configs.model.codec.kind}. "
+                "Use --speaker with the name a prefix-trained model knows"
+            )
+        if not voice.is_file():
+            raise UserError(f"--voice {voice}: no such file")
     tts = KaniTTS.from_pretrained(model, codec=codec, model_cfg=configs.model, inference_cfg=configs.inference,
                                   device=device)
-    result = tts.synthesize([text], speaker=speaker)[0]
+    result = tts.synthesize([text], speaker=speaker, voice=voice)[0]
     for problem in result.problems:
         print(f"warning: {problem}", file=sys.stderr)
     if not result.ok:

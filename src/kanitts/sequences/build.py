@@ -5,7 +5,8 @@
     print(report.format())
 
 `sequences` is a `datasets.Dataset` with columns input_ids, labels, attention_mask, length,
-speaker and dataset; `report` (:class:`~kanitts.sequences.summary.TrainingDataReport`) says what
+speaker and dataset, and speaker_embedding (each clip's global embedding) for a codec that has
+one (Kanade); `report` (:class:`~kanitts.sequences.summary.TrainingDataReport`) says what
 was kept and dropped and why; `report.fingerprint` identifies the sequences for checkpoint
 metadata.
 
@@ -43,7 +44,7 @@ from kanitts.errors import UserError
 from kanitts.sequences.cache import HISTOGRAM_FILE, SEQUENCES_FILE, SUMMARY_FILE, cache_key, is_complete, load_cached
 from kanitts.sequences.columns import column_problems, rename_problems
 from kanitts.sequences.sources import load_source
-from kanitts.sequences.steps import RowRules, apply_max_len, rows_matching, sequences_for_batch
+from kanitts.sequences.steps import RowRules, apply_max_len, embedding_column, rows_matching, sequences_for_batch
 from kanitts.sequences.summary import (
     BAD_DATA,
     DatasetSummary,
@@ -85,6 +86,18 @@ _MAP_FEATURES = datasets.Features(
 
 OUTPUT_FEATURES = datasets.Features({name: _MAP_FEATURES[name] for name in OUTPUT_COLUMNS})
 
+# The column of each clip's global (speaker) embedding, for codecs that have one (Kanade).
+EMBEDDING_OUTPUT = "speaker_embedding"
+_EMBEDDING_FEATURE = datasets.List(datasets.Value("float32"))
+
+
+def _features(features: datasets.Features, with_embedding: bool) -> datasets.Features:
+    return datasets.Features({**features, EMBEDDING_OUTPUT: _EMBEDDING_FEATURE}) if with_embedding else features
+
+
+def _output_columns(with_embedding: bool) -> list[str]:
+    return [*OUTPUT_COLUMNS, EMBEDDING_OUTPUT] if with_embedding else OUTPUT_COLUMNS
+
 def build_training_dataset(
     dataset_cfg: DatasetConfig,
     model_cfg: ModelConfig,
@@ -111,7 +124,7 @@ def build_training_dataset(
     problems = [
         p
         for entry, source in zip(dataset_cfg.hf_datasets, sources)
-        for p in column_problems(entry, source, codec_layers)
+        for p in column_problems(entry, source, codec_layers, embedding_column(model_cfg))
     ]
     if problems:
         raise UserError("\n".join(problems))
@@ -240,7 +253,7 @@ def _build(
         chosen_all = np.concatenate(chosen_parts)
         order = chosen_all[np.random.default_rng(dataset_cfg.seed).permutation(len(chosen_all))]
         histogram = drawer.submit(save_length_histogram, lengths_by_dataset, staging / HISTOGRAM_FILE)
-        _write_in_order(mapped_parts, order, staging / SEQUENCES_FILE)
+        _write_in_order(mapped_parts, order, staging / SEQUENCES_FILE, embedding_column(model_cfg) is not None)
         histogram.result()
     del mapped_parts
     shutil.rmtree(work)
@@ -270,7 +283,7 @@ def _run_batches(
         with_indices=True,
         fn_kwargs={"rules": plan.rules, "tokenizer": tokenizer, "passes_filter": passes},
         remove_columns=source.column_names,
-        features=_MAP_FEATURES,
+        features=_features(_MAP_FEATURES, plan.rules.embedding_column is not None),
         num_proc=plan.processes if plan.processes > 1 else None,
         keep_in_memory=in_memory,
         cache_file_name=None if in_memory else str(work / f"dataset-{plan.index}.arrow"),
@@ -287,19 +300,20 @@ def _estimated_bytes(entry: DatasetEntry, source: datasets.Dataset, matching: np
     return int(frames[matching].sum()) * layout.num_codebooks * 13
 
 
-def _write_in_order(parts: list[datasets.Dataset], order: np.ndarray, path: Path) -> None:
+def _write_in_order(parts: list[datasets.Dataset], order: np.ndarray, path: Path, with_embedding: bool) -> None:
     """Write the rows `order` picks from the parts (concatenated), in that order, as one Arrow file.
 
     Arrow gathers rows fastest from one contiguous table in memory; past IN_MEMORY_GATHER_BYTES,
     `datasets` gathers them from the memory-mapped files instead (slower, little memory).
     """
-    table = pa.concat_tables([part.data.table for part in parts]).select(OUTPUT_COLUMNS)
+    columns = _output_columns(with_embedding)
+    table = pa.concat_tables([part.data.table for part in parts]).select(columns)
     if table.nbytes > IN_MEMORY_GATHER_BYTES:
-        rows = datasets.concatenate_datasets(parts).select(order).select_columns(OUTPUT_COLUMNS)
+        rows = datasets.concatenate_datasets(parts).select(order).select_columns(columns)
         rows.flatten_indices(cache_file_name=str(path))
         return
     table = table.combine_chunks()
-    with ArrowWriter(path=str(path), features=OUTPUT_FEATURES) as writer:
+    with ArrowWriter(path=str(path), features=_features(OUTPUT_FEATURES, with_embedding)) as writer:
         for start in tqdm(range(0, len(order), WRITE_BATCH_ROWS), desc="writing training sequences", unit="batch"):
             writer.write_table(table.take(order[start: start + WRITE_BATCH_ROWS]))
         writer.finalize()

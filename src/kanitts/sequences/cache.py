@@ -23,7 +23,7 @@ from kanitts.sequences.summary import TrainingDataReport
 from kanitts.tokens import TokenLayout
 
 # Bump when a change to the steps changes the sequences they build: old caches stop matching.
-PROCESSING_VERSION = 3
+PROCESSING_VERSION = 4
 
 SEQUENCES_FILE = "sequences.arrow"
 SUMMARY_FILE = "summary.json"

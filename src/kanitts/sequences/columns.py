@@ -21,8 +21,14 @@ def rename_problems(entry: DatasetEntry, codec_layers: list[str]) -> list[str]:
     ]
 
 
-def column_problems(entry: DatasetEntry, source: datasets.Dataset, codec_layers: list[str]) -> list[str]:
-    """Missing or mistyped columns of one dataset, each naming the dataset, the column and the key."""
+def column_problems(
+    entry: DatasetEntry, source: datasets.Dataset, codec_layers: list[str], embedding_column: str | None = None
+) -> list[str]:
+    """Missing or mistyped columns of one dataset, each naming the dataset, the column and the key.
+
+    ``embedding_column`` is the codec's per-clip global embedding (Kanade's ``global_embedding``,
+    which ``kanitts prepare`` writes), required when the codec has one.
+    """
     renamed_generically = set(entry.codebook_columns)
     wanted = {
         "text_col_name": (entry.text_col_name, "text"),
@@ -34,6 +40,8 @@ def column_problems(entry: DatasetEntry, source: datasets.Dataset, codec_layers:
     }
     if entry.categorical_filter is not None:
         wanted["categorical_filter.column_name"] = (entry.categorical_filter.column_name, "any")
+    if embedding_column is not None:
+        wanted["the codec's global embedding"] = (embedding_column, "float_list")
     columns = source.column_names
     problems = []
     for key, (column, kind) in wanted.items():
@@ -45,7 +53,10 @@ def column_problems(entry: DatasetEntry, source: datasets.Dataset, codec_layers:
             continue
         arrow_type = source.data.schema.field(column).type
         if not _has_kind(arrow_type, kind):
-            expected = {"text": "text", "int": "integers", "int_list": "lists of integer codes"}[kind]
+            expected = {
+                "text": "text", "int": "integers", "int_list": "lists of integer codes",
+                "float_list": "lists of numbers (one embedding per clip, as kanitts prepare writes)",
+            }[kind]
             problems.append(f"dataset {entry.label}: column {column!r} ({key}) holds {arrow_type}, expected {expected}")
     return problems
 
@@ -61,4 +72,10 @@ def _has_kind(arrow_type: pa.DataType, kind: str) -> bool:
             or pa.types.is_large_list(arrow_type)
             or pa.types.is_fixed_size_list(arrow_type)
         ) and pa.types.is_integer(arrow_type.value_type)
+    if kind == "float_list":
+        return (
+            pa.types.is_list(arrow_type)
+            or pa.types.is_large_list(arrow_type)
+            or pa.types.is_fixed_size_list(arrow_type)
+        ) and (pa.types.is_floating(arrow_type.value_type) or pa.types.is_integer(arrow_type.value_type))
     return True

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kanitts.codecs.registry import codec_entry
 from kanitts.config import DatasetConfig, DatasetEntry, ModelConfig
 from kanitts.sequences.summary import RowStatus
 from kanitts.tokens import TokenLayout
@@ -44,6 +45,8 @@ class RowRules:
     fps: float
     dedup_frames: bool
     layout: TokenLayout
+    # The codec's global (speaker) embedding column (Kanade's), carried as speaker_embedding; None: none.
+    embedding_column: str | None = None
 
     @classmethod
     def of(
@@ -61,7 +64,13 @@ class RowRules:
             fps=model_cfg.codec.fps,
             dedup_frames=dataset_cfg.dedup_frames,
             layout=TokenLayout.from_config(model_cfg),
+            embedding_column=embedding_column(model_cfg),
         )
+
+
+def embedding_column(model_cfg: ModelConfig) -> str | None:
+    """The dataset column of the codec's per-clip global embedding (None for codecs without one)."""
+    return codec_entry(model_cfg.codec.kind).embedding_column
 
 
 def rows_matching(entry: DatasetEntry, source: datasets.Dataset) -> np.ndarray:
@@ -127,6 +136,13 @@ def sequences_for_batch(
         bad = (layer_codes < 0) | (layer_codes >= layout.codebook_size)
         out_of_range[np.repeat(np.arange(n), lengths[:, k])[bad]] = True
     drop(out_of_range, RowStatus.CODE_OUT_OF_RANGE)
+    if rules.embedding_column is not None:
+        embeddings = batch.column(rules.embedding_column)
+        embedding_lengths = pc.fill_null(pc.list_value_length(embeddings), 0).to_numpy().astype(np.int64)
+        embedding_values = pc.list_flatten(embeddings).to_numpy(zero_copy_only=False).astype(np.float32)
+        not_finite = np.zeros(n, dtype=bool)
+        not_finite[np.repeat(np.arange(n), embedding_lengths)[~np.isfinite(embedding_values)]] = True
+        drop((embedding_lengths == 0) | not_finite, RowStatus.BAD_EMBEDDING)
     texts = batch.column(rules.text_column).to_pylist()
     drop(np.fromiter((not t or t.isspace() for t in texts), dtype=bool, count=n), RowStatus.EMPTY_TEXT)
     drop(lengths[:, 0] == 0, RowStatus.NO_AUDIO)
@@ -158,6 +174,13 @@ def sequences_for_batch(
         speakers = [""] * n
     kept_frames = np.zeros(n, dtype=np.int64)
     kept_frames[kept] = frame_counts
+    extra = {}
+    if rules.embedding_column is not None:
+        # kept rows keep their clip's embedding, the others get an empty one
+        lengths_out = np.where(kept, embedding_lengths, 0)
+        values_out = embedding_values[np.repeat(kept, embedding_lengths)]
+        embedding_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths_out)]).astype(np.int32))
+        extra["speaker_embedding"] = pa.ListArray.from_arrays(embedding_offsets, pa.array(values_out, type=pa.float32()))
     return pa.table(
         {
             "input_ids": ids,
@@ -170,6 +193,7 @@ def sequences_for_batch(
             "frames": lengths[:, 0],
             "kept_frames": kept_frames,
             "encoded_len_off_by_one": np.abs(off) == 1,
+            **extra,
         }
     )
 

@@ -33,6 +33,7 @@ class RowStatus(IntEnum):
     EMPTY_TEXT = 6
     NO_AUDIO = 7
     OVER_MAX_LEN = 8
+    BAD_EMBEDDING = 9
 
     @property
     def key(self) -> str:
@@ -53,10 +54,13 @@ _DESCRIPTIONS = {
     RowStatus.EMPTY_TEXT: "empty text",
     RowStatus.NO_AUDIO: "no audio frames",
     RowStatus.OVER_MAX_LEN: "beyond max_len (seeded sample)",
+    RowStatus.BAD_EMBEDDING: "global embedding missing, empty or not finite (bad data)",
 }
 
 # Which configured step a status belongs to, for "filtering emptied the dataset" errors.
-BAD_DATA = (RowStatus.LAYER_LENGTHS_DIFFER, RowStatus.ENCODED_LEN_MISMATCH, RowStatus.CODE_OUT_OF_RANGE)
+BAD_DATA = (
+    RowStatus.LAYER_LENGTHS_DIFFER, RowStatus.ENCODED_LEN_MISMATCH, RowStatus.CODE_OUT_OF_RANGE, RowStatus.BAD_EMBEDDING,
+)
 
 PERCENTILES = (5, 50, 95, 99)
 
@@ -158,6 +162,12 @@ class TrainingDataReport:
     def audio_hours(self) -> float:
         return sum(d.audio_hours for d in self.datasets)
 
+    @property
+    def tokens_per_audio_second(self) -> float:
+        """Training tokens (text, specials and audio) per second of audio: what a codec costs the LM."""
+        seconds = self.audio_hours * 3600
+        return self.tokens / seconds if seconds else 0.0
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
@@ -208,6 +218,8 @@ class TrainingDataReport:
             if d.frames_removed_as_repeats:
                 lines.append(f"{d.name}: {d.frames_removed_as_repeats:,} repeated frame(s) removed (dedup_frames)")
             lines.extend(f"note: {d.name}: {n}" for n in d.notes)
+        if self.audio_hours:
+            lines.append(f"{self.tokens_per_audio_second:.1f} training tokens per audio second (text and audio)")
         where = f" (cached in {self.cache_path})" if self.cache_path else ""
         lines.append(("reused training sequences" if self.from_cache else "built training sequences") + where)
         return "\n".join(lines)

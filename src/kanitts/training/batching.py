@@ -12,6 +12,11 @@ Two ways to batch the ``input_ids`` / ``labels`` rows that :mod:`kanitts.sequenc
   boundaries, so a pack trains exactly like its sequences one by one.
 
 Which positions carry a loss (``loss_on``) is decided in one place, :func:`loss_labels`.
+
+With ``speaker_slot`` set (``training.speaker_conditioning: embedding``) both collators insert
+the speaker slot after each sequence's start_of_human (:func:`kanitts.conditioning.insert_slot`)
+and add ``speaker_embeddings`` (one row per sequence, in sequence order) for
+:class:`kanitts.conditioning.SpeakerConditioning` to put there.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from kanitts.conditioning import example_embedding, insert_slot
 
 IGNORE_INDEX = -100
 
@@ -54,6 +61,21 @@ def loss_labels(example: dict[str, Any], loss_on: LossOn, start_of_ai: int) -> l
 
 
 @dataclass(frozen=True)
+class SpeakerSlot:
+    """Where a speaker-conditioned sequence takes its slot: after start_of_human, id ``slot``."""
+
+    start_of_human: int
+    slot: int
+
+    def apply(self, example: dict[str, Any], labels: list[int]) -> tuple[list[int], list[int]]:
+        return insert_slot(example["input_ids"], labels, self.start_of_human, self.slot)
+
+    @staticmethod
+    def embeddings(examples: Sequence[dict[str, Any]]) -> torch.Tensor:
+        return torch.tensor([example_embedding(e) for e in examples], dtype=torch.float32)
+
+
+@dataclass(frozen=True)
 class PaddingCollator:
     """Right-pads a list of sequences into ``input_ids``, ``labels``, ``attention_mask``.
 
@@ -64,18 +86,33 @@ class PaddingCollator:
     pad_token_id: int
     start_of_ai: int
     loss_on: LossOn = "all"
+    speaker_slot: SpeakerSlot | None = None
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        lengths = [len(e["input_ids"]) for e in examples]
-        width = max(lengths)
+        sequences = [_sequence(e, self.loss_on, self.start_of_ai, self.speaker_slot) for e in examples]
+        width = max(len(ids) for ids, _ in sequences)
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, (example, n) in enumerate(zip(examples, lengths)):
-            input_ids[row, :n] = torch.as_tensor(example["input_ids"], dtype=torch.long)
-            labels[row, :n] = torch.as_tensor(loss_labels(example, self.loss_on, self.start_of_ai))
+        for row, (ids, sequence_labels) in enumerate(sequences):
+            n = len(ids)
+            input_ids[row, :n] = torch.as_tensor(ids, dtype=torch.long)
+            labels[row, :n] = torch.as_tensor(sequence_labels, dtype=torch.long)
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        if self.speaker_slot is not None:
+            batch["speaker_embeddings"] = SpeakerSlot.embeddings(examples)
+        return batch
+
+
+def _sequence(
+    example: dict[str, Any], loss_on: LossOn, start_of_ai: int, slot: SpeakerSlot | None
+) -> tuple[list[int], list[int]]:
+    """One example's ids and labels as trained: ``loss_on`` applied, the speaker slot inserted."""
+    labels = loss_labels(example, loss_on, start_of_ai)
+    if slot is None:
+        return list(example["input_ids"]), labels
+    return slot.apply(example, labels)
 
 
 @dataclass(frozen=True)
@@ -91,6 +128,7 @@ class PackingCollator:
 
     start_of_ai: int
     loss_on: LossOn = "all"
+    speaker_slot: SpeakerSlot | None = None
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ids: list[int] = []
@@ -98,8 +136,7 @@ class PackingCollator:
         positions: list[int] = []
         boundaries = [0]
         for example in examples:
-            sequence = list(example["input_ids"])
-            sequence_labels = loss_labels(example, self.loss_on, self.start_of_ai)
+            sequence, sequence_labels = _sequence(example, self.loss_on, self.start_of_ai, self.speaker_slot)
             sequence_labels[0] = IGNORE_INDEX
             ids.extend(sequence)
             labels.extend(sequence_labels)
@@ -107,7 +144,9 @@ class PackingCollator:
             boundaries.append(boundaries[-1] + len(sequence))
         cu_seq_lens = torch.tensor(boundaries, dtype=torch.int32)
         longest = int(max(np.diff(boundaries)))
+        extra = {} if self.speaker_slot is None else {"speaker_embeddings": SpeakerSlot.embeddings(examples)}
         return {
+            **extra,
             "input_ids": torch.tensor([ids], dtype=torch.long),
             "labels": torch.tensor([labels], dtype=torch.long),
             "position_ids": torch.tensor([positions], dtype=torch.long),

@@ -250,7 +250,7 @@ class TrainingRun:
 
         from kanitts.training.batching import PackingCollator, PaddingCollator
         from kanitts.training.lora import wrap_with_lora
-        from kanitts.training.model_loading import choose_attention, load_base_model
+        from kanitts.training.model_loading import choose_attention, fit_vocabulary, load_base_model
         from kanitts.training.packing import disable_exact_packing, enable_exact_packing
         from kanitts.training.trainer import ExperimentTrainer, GracefulInterrupt
 
@@ -266,6 +266,18 @@ class TrainingRun:
         else:
             set_seed(args.seed)
         model = load_base_model(self.base_model, attention, dtype)
+        lora_args = experiment.lora_args
+        new_tokens, vocab_notes = fit_vocabulary(model, self.layout)
+        notes += vocab_notes
+        if new_tokens and "trainable_token_indices" not in lora_args.model_dump():
+            lora_args = lora_args.model_copy(update={"trainable_token_indices": {"embed_tokens": new_tokens}})
+        conditioning = slot = None
+        if options.speaker_conditioning == "embedding":
+            from kanitts.conditioning import PROJECTION
+
+            conditioning, slot = self._speaker_slot(model, args.seed)
+            saved = list(lora_args.modules_to_save or [])
+            lora_args = lora_args.model_copy(update={"modules_to_save": [*saved, PROJECTION]})
         if options.packing:
             packed_attention = enable_exact_packing(model)
             if packed_attention != attention:
@@ -274,15 +286,16 @@ class TrainingRun:
                      "(flash-attn 2 does this natively when installed)")
                 ]
                 attention = packed_attention
-            collator = PackingCollator(start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on)
+            collator = PackingCollator(start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on, speaker_slot=slot)
         else:
             collator = PaddingCollator(
-                pad_token_id=self.layout.pad, start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on
+                pad_token_id=self.layout.pad, start_of_ai=self.layout.start_of_ai, loss_on=options.loss_on,
+                speaker_slot=slot,
             )
         notes += attention_notes
         for note in notes:
             say(f"  note: {note}")
-        model = wrap_with_lora(model, experiment.lora_args)
+        model = wrap_with_lora(model, lora_args)
         interrupt = GracefulInterrupt()
         trainer = ExperimentTrainer(
             model=model,
@@ -292,6 +305,7 @@ class TrainingRun:
             callbacks=[*self.callbacks, interrupt],
             max_tokens_per_batch=options.max_tokens_per_batch if options.packing else None,
             chunked_loss=options.chunked_loss,
+            speaker_conditioning=conditioning,
         )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -336,7 +350,9 @@ class TrainingRun:
         if trainer.is_world_process_zero():
             if options.packing:
                 disable_exact_packing(model.get_base_model())
-            write_atomically(final, lambda folder: self._save(model, experiment, metrics, run_dir, folder))
+            write_atomically(
+                final, lambda folder: self._save(model, experiment, metrics, run_dir, folder, conditioning)
+            )
             shutil.rmtree(run_dir, ignore_errors=True)
         trainer.accelerator.wait_for_everyone()
         return ExperimentResult(
@@ -349,15 +365,39 @@ class TrainingRun:
             notes=notes,
         )
 
-    def _save(self, model, experiment: Experiment, metrics: dict[str, Any], run_dir: Path, folder: Path) -> None:
-        """Merged model (safetensors), tokenizer, experiment.yaml, metrics.json; the adapter if asked.
+    def _speaker_slot(self, model, seed: int):
+        """The projection and slot of ``speaker_conditioning: embedding``, sized by the data's embeddings."""
+        from kanitts.conditioning import SpeakerConditioning
+        from kanitts.training.batching import SpeakerSlot
+
+        columns = getattr(self.dataset, "column_names", [])
+        first = self.dataset[0].get("speaker_embedding") if "speaker_embedding" in columns and len(self.dataset) else None
+        if not first:
+            raise UserError(
+                "experiments.yaml: training.speaker_conditioning: embedding needs a global embedding per clip, "
+                "and the training data has none: prepare it with codec.kind: kanade in model_config.yaml "
+                "(its datasets carry global_embedding)"
+            )
+        conditioning = SpeakerConditioning.attach(model, len(first), self.layout.speaker_slot, seed=seed)
+        return conditioning, SpeakerSlot(start_of_human=self.layout.start_of_human, slot=self.layout.speaker_slot)
+
+    def _save(
+        self, model, experiment: Experiment, metrics: dict[str, Any], run_dir: Path, folder: Path, conditioning=None
+    ) -> None:
+        """Merged model (safetensors), tokenizer, experiment.yaml, metrics.json; the adapter if asked;
+        the speaker projection and the training speakers' mean embeddings when there are any.
 
         TensorBoard event files, written under the run folder while training, move along into
         ``logs/`` so they outlive the run folder.
         """
+        from kanitts.conditioning import save_speaker_means, speaker_means
+
         if experiment.training.keep_adapter:
             model.save_pretrained(str(folder / "adapter"))
         merged = model.merge_and_unload()
+        if conditioning is not None:
+            conditioning.save(merged, folder)
+        save_speaker_means(speaker_means(self.dataset), folder)
         merged.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         record = {

@@ -100,21 +100,39 @@ def load_base_model(name_or_path: str, attn_implementation: str, dtype: torch.dt
         raise UserError(f"experiments.yaml: base_model {name_or_path!r} could not be loaded: {exc}") from exc
 
 
-def check_base_model(name_or_path: str, layout: TokenLayout) -> None:
-    """Refuse, before any data is built, a base model whose weights do not read or whose
-    vocabulary stops below the token layout's highest id (training would fail at the first
-    audio token, after the data step)."""
-    from transformers import AutoConfig
+def fit_vocabulary(model, layout: TokenLayout) -> tuple[list[int], list[str]]:
+    """Grow a base model's vocabulary to hold every id of ``layout``: the new ids and a note.
 
-    from kanitts.inference import check_vocabulary
+    A base model smaller than the layout (an LFM2 text model under a codec's audio ids, or a
+    KaniTTS model under Kanade's when its audio range ends lower) gets new embedding rows drawn
+    around the existing ones (transformers' ``mean_resizing``: their mean and covariance), so the
+    new tokens start as plausible inputs and outputs rather than zeros or noise; LoRA then trains
+    exactly these rows (peft's ``trainable_token_indices``), as the adapters cannot reach them.
+    """
+    have = int(model.get_input_embeddings().weight.shape[0])
+    want = layout.vocab_size
+    if have >= want:
+        return [], []
+    model.resize_token_embeddings(want, mean_resizing=True)
+    return list(range(have, want)), [
+        f"vocabulary: the base model has {have} token embeddings, the token layout uses {want}; "
+        f"added {want - have} rows initialised from the mean of the existing ones, trained with LoRA"
+    ]
+
+
+def check_base_model(name_or_path: str, layout: TokenLayout) -> None:
+    """Refuse, before any data is built, a base model whose weights do not read.
+
+    A vocabulary below the token layout's highest id is grown at training time
+    (:func:`fit_vocabulary`), so it is not an error here."""
+    from transformers import AutoConfig
 
     _check_base_model_name(name_or_path)
     check_model_weights(name_or_path, f"experiments.yaml: base_model {name_or_path!r}")
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
         raise UserError(f"experiments.yaml: base_model {name_or_path!r} could not be loaded: {exc}") from None
-    check_vocabulary(int(config.get_text_config().vocab_size), layout, name_or_path)
 
 
 def _check_base_model_name(name_or_path: str) -> None:

@@ -8,7 +8,9 @@ On top of transformers' Trainer:
 - the loss is computed chunk by chunk from the decoder's hidden states
   (:mod:`kanitts.training.loss`, ``chunked_loss``), so no (tokens x vocab) logits are held;
 - the first Ctrl-C finishes the current optimizer step, saves a checkpoint and stops, so the
-  next run resumes there; a second Ctrl-C stops at once.
+  next run resumes there; a second Ctrl-C stops at once;
+- with a :class:`~kanitts.conditioning.SpeakerConditioning`, each batch's ``speaker_embeddings``
+  go to the speaker slots of its sequences (and each sequence is one token longer in a pack).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ class ExperimentTrainer(Trainer):
         max_tokens_per_batch: int | None = None,
         chunked_loss: bool = True,
         loss_chunk_tokens: int | None = None,
+        speaker_conditioning: Any = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.speaker_conditioning = speaker_conditioning
         self.max_tokens_per_batch = max_tokens_per_batch
         self.chunked_loss = chunked_loss
         self.loss_chunk_tokens = loss_chunk_tokens
@@ -48,7 +52,10 @@ class ExperimentTrainer(Trainer):
     def get_train_dataloader(self) -> DataLoader:
         if self.max_tokens_per_batch is None:
             return super().get_train_dataloader()
-        sampler = PackedBatchSampler(self.train_dataset["length"], self.max_tokens_per_batch, seed=self.args.seed)
+        lengths = self.train_dataset["length"]
+        if self.speaker_conditioning is not None:  # the collator adds the slot to every sequence
+            lengths = [n + 1 for n in lengths]
+        sampler = PackedBatchSampler(lengths, self.max_tokens_per_batch, seed=self.args.seed)
         self._pack_order.sampler = sampler
         loader = DataLoader(
             self.train_dataset,
@@ -72,6 +79,13 @@ class ExperimentTrainer(Trainer):
         the cross-device scaling are the stock ones: ``num_items_in_batch`` divides the summed loss
         only where the stock model would get it.
         """
+        embeddings = inputs.pop("speaker_embeddings", None)
+        if self.speaker_conditioning is not None:
+            with self.speaker_conditioning.conditioned(embeddings):
+                return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if (
             not self.chunked_loss
             or return_outputs

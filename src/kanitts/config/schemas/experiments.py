@@ -65,6 +65,9 @@ class TrainingOptions(Strict):
     keep_adapter: bool = False
     # The same loss as transformers', computed chunk by chunk without the (tokens x vocab) logits.
     chunked_loss: bool = True
+    # KaniTTS-2's speaker slot: each clip's global embedding (Kanade data), projected to the hidden
+    # size, is one extra input after start_of_human (kanitts.conditioning); "none" trains without.
+    speaker_conditioning: Literal["none", "embedding"] = "none"
 
 
 class Experiment(Strict):
