@@ -142,3 +142,147 @@ def test_packed_conditioned_losses_equal_unpacked(conditioned_lfm2, slot_example
     torch.testing.assert_close(packed[labels[0, 1:] != -100], torch.cat(expected), atol=1e-5, rtol=0)
     with pytest.raises(RuntimeError, match="3 speaker slot\\(s\\) in the input but no speaker embedding"):
         model(**batch, use_cache=False)
+
+
+# --- training with the slot, checkpoint, voice cloning ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conditioned_checkpoint(kanade_project, kanade_sequences, tmp_path_factory):
+    """One conditioned, packed experiment (2 steps) on a base model whose vocabulary is too small."""
+    from transformers import AutoTokenizer
+
+    from kanitts.config import ConfigSet, ExperimentsConfig
+    from kanitts.tiny import build_lfm2
+    from kanitts.tokens import TokenLayout
+    from kanitts.training.experiments import run_experiments
+
+    layout = TokenLayout.from_config(kanade_project.model_cfg)
+    small = tmp_path_factory.mktemp("small_base")
+    build_lfm2(small, vocab_size=layout.audio_tokens_start + 100, tokenizer=AutoTokenizer.from_pretrained(str(kanade_project.base)))
+    experiments = ExperimentsConfig.model_validate({
+        "base_model": str(small),
+        "experiments": [{
+            "base": {"model_id": "cond"}, "lora_args": {"r": 4},
+            "trainer_args": {"max_steps": 2, "learning_rate": 1e-2, "logging_steps": 1, "report_to": "none",
+                             "save_strategy": "no", "use_cpu": True},
+            "training": {"speaker_conditioning": "embedding", "packing": True, "max_tokens_per_batch": 512},
+        }],
+    })
+    configs = ConfigSet(config_dir=small, experiments=experiments, model=kanade_project.model_cfg)
+    root = tmp_path_factory.mktemp("ckpt")
+    [result] = run_experiments(configs, checkpoints_dir=root, train_dataset=kanade_sequences[0])
+    assert result.status == "done", result.error
+    return result, layout, small
+
+
+def test_training_saves_the_projection_and_speaker_means(conditioned_checkpoint, kanade_sequences):
+    from safetensors.torch import load_file
+
+    from kanitts.conditioning import PROJECTION_FILE, SPEAKERS_FILE
+
+    result, layout, small = conditioned_checkpoint
+    folder = result.path
+    projection = load_file(str(folder / PROJECTION_FILE))["weight"]
+    assert projection.shape == (64, 128)
+    means = load_file(str(folder / SPEAKERS_FILE))
+    assert set(means) == {"mean", "speaker:alice", "speaker:bob"}
+    sequences = kanade_sequences[0]
+    alice = np.array([r["speaker_embedding"] for r in sequences if r["speaker"] == "alice"]).mean(0)
+    np.testing.assert_allclose(means["speaker:alice"].numpy(), alice, rtol=1e-5, atol=1e-6)
+    # the merged model is a plain LFM2 with the grown vocabulary
+    weights = load_file(str(folder / "model.safetensors"))
+    assert not any("speaker" in k for k in weights)
+    assert any(n.startswith("vocabulary: the base model has") for n in result.notes)
+    embed = next(v for k, v in weights.items() if k.endswith("embed_tokens.weight"))
+    assert embed.shape[0] == layout.vocab_size
+
+
+def test_voice_conditions_the_model_and_the_decoder(conditioned_checkpoint, kanade_project, tiny_kanade, monkeypatch):
+    from safetensors.torch import load_file
+
+    from kanitts.conditioning import PROJECTION, PROJECTION_FILE
+    from kanitts.config import InferenceConfig
+    from kanitts.inference import KaniTTS
+
+    result = conditioned_checkpoint[0]
+    inference = InferenceConfig.model_validate(
+        {"model": {"torch_dtype": "float32"}, "generation": {"max_new_tokens": 8, "constrained_decoding": True}})
+    tts = KaniTTS.from_pretrained(result.path, codec=tiny_kanade, model_cfg=kanade_project.model_cfg,
+                                  inference_cfg=inference, device="cpu")
+    assert tts.conditioning is not None
+    torch.testing.assert_close(getattr(tts.model, PROJECTION).weight, load_file(str(result.path / PROJECTION_FILE))["weight"])
+    assert tts.prompt_ids("Hi")[:2] == [tts.layout.start_of_human, tts.layout.speaker_slot]
+
+    seen = {"slot": [], "decoder": []}
+    fill = tts.conditioning._fill_slots
+
+    def spy_fill(module, args, output):
+        if (args[0] == tts.layout.speaker_slot).any():
+            seen["slot"].append(tts.conditioning._current.clone())
+        return fill(module, args, output)
+
+    decode = tts.codec.decode
+
+    def spy_decode(codes, lengths=None, global_embeddings=None):
+        seen["decoder"].append(global_embeddings.clone())
+        return decode(codes, lengths, global_embeddings)
+
+    handle = tts.model.get_input_embeddings()._forward_hooks
+    key = next(k for k, v in handle.items() if v == fill)
+    handle[key] = spy_fill
+    monkeypatch.setattr(tts.codec, "decode", spy_decode)
+    voices = [kanade_project.clips / "alice_0.wav", kanade_project.clips / "bob_1.wav"]
+    for voice in voices:
+        [out] = tts.synthesize("Hello there.", voice=voice)
+        assert out.ok and out.sample_rate == 24000
+    expected = [tiny_kanade.embed(_clip(v)) for v in voices]
+    for got_slot, got_decoder, want in zip(seen["slot"], seen["decoder"], expected):
+        torch.testing.assert_close(got_slot[0], want)
+        torch.testing.assert_close(got_decoder[0], want)
+    assert not torch.allclose(expected[0], expected[1])
+    # without a clip, a training speaker's mean; then all clips' mean
+    torch.testing.assert_close(tts.voice_embedding(speaker="Bob")[0], tts.voices["speaker:bob"])
+    assert tts.voice_embedding()[1] == "the mean embedding of the training clips"
+
+
+def _clip(path):
+    from kanade_tokenizer.audio import load_audio
+
+    return load_audio(str(path), 24000)
+
+
+def test_cli_voice_and_its_errors(conditioned_checkpoint, kanade_project, tiny_tts, tiny_codec_dir, tmp_path, capsys):
+    import soundfile as sf
+    import yaml
+
+    from kanitts.cli import main
+
+    result = conditioned_checkpoint[0]
+
+    def config_dir(name, model_cfg, weights):
+        folder = tmp_path / name
+        folder.mkdir()
+        dump = model_cfg.model_dump()
+        dump["codec"]["weights"] = str(weights)
+        (folder / "model_config.yaml").write_text(yaml.safe_dump(dump))
+        (folder / "inference_config.yaml").write_text(yaml.safe_dump(
+            {"model": {"torch_dtype": "float32"}, "generation": {"max_new_tokens": 8, "constrained_decoding": True}}))
+        return folder
+
+    kanade = config_dir("kanade", kanade_project.model_cfg, kanade_project.codec_dir)
+    out = tmp_path / "out.wav"
+    args = ["synthesize", "Hello.", "--model", str(result.path), "--config-dir", str(kanade), "-o", str(out)]
+    assert main([*args, "--voice", str(kanade_project.clips / "bob_0.wav")]) == 0
+    data, sr = sf.read(str(out))
+    assert sr == 24000 and len(data) == 6 * 1920  # 8 tokens = 2 markers + 6 one-token frames
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....WAVEfmt nonsense")
+    assert main([*args, "--voice", str(broken)]) == 1
+    assert f"voice clip {broken}: cannot read it as audio" in capsys.readouterr().err
+    assert main([*args, "--voice", str(tmp_path / "missing.wav")]) == 1
+    assert f"--voice {tmp_path / 'missing.wav'}: no such file" in capsys.readouterr().err
+    nano = config_dir("nano", tiny_tts[1], tiny_codec_dir)
+    assert main(["synthesize", "Hello.", "--model", str(tiny_tts[0]), "--config-dir", str(nano), "-o", str(out),
+                 "--voice", str(kanade_project.clips / "bob_0.wav")]) == 1
+    assert "a reference voice needs a codec with a global (speaker) embedding" in capsys.readouterr().err
