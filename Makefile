@@ -82,7 +82,7 @@ test: $(PY) ## run the test suite (offline, CPU, tiny models)
 lint: $(PY) ## ruff check (rules in pyproject.toml) and lint-imports (the import contracts)
 	@$(VENV)/bin/ruff check . && PYTHONPATH=src $(VENV)/bin/lint-imports
 
-demo: $(PY) ## offline end to end: espeak clips -> prepare -> train 2 experiments -> eval -> report
+demo: $(PY) ## offline end to end: espeak clips -> prepare -> train 2 experiments -> eval -> report (CODEC=kanade: on Kanade)
 	@bash examples/run_demo.sh
 
 bench: $(PY) ## run the benchmarks (ratios against baselines measured in the same run)

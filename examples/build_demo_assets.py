@@ -1,6 +1,6 @@
 """Make everything the offline demo needs, without a network: two synthetic voices reading
-sentences (espeak-ng), a tiny random base model with its tokenizer, a tiny random NanoCodec, and
-the tiny random scoring models eval uses (a Whisper for WER/CER, a WavLM x-vector for speaker
+sentences (espeak-ng), a tiny random base model with its tokenizer, a tiny random codec
+(NanoCodec, or Kanade with ``--codec kanade``), and the tiny random scoring models eval uses (a Whisper for WER/CER, a WavLM x-vector for speaker
 similarity, a wav2vec2 MOS regressor), each saved as a Hub snapshot is laid out.
 
 The models are untrained, so the demo's audio is noise and its scores are meaningless numbers:
@@ -9,6 +9,7 @@ layouts as with real models) in minutes on a laptop CPU.
 
     python examples/build_demo_assets.py --work examples/work
     python examples/build_demo_assets.py --work examples/work --scoring-models-only
+    python examples/build_demo_assets.py --work examples/work-kanade --codec kanade
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 from kanitts.tiny import (
+    build_tiny_kanade,
     build_tiny_mos,
     build_tiny_nanocodec,
     build_tiny_tts,
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("examples/work"))
     parser.add_argument("--scoring-models-only", action="store_true",
                         help="build only the tiny ASR, speaker and MOS models (a demo folder made before they existed)")
+    parser.add_argument("--codec", choices=["nanocodec", "kanade"], default="nanocodec")
     args = parser.parse_args()
     work: Path = args.work
     if args.scoring_models_only:
@@ -85,10 +88,15 @@ def main() -> None:
         return
     build_recordings(work / "recordings")
     print(f"recordings: {work / 'recordings'} ({len(VOICES)} speakers x {len(SENTENCES)} sentences)")
+    # The base model's vocabulary is NanoCodec's layout (as a KaniTTS model's): Kanade's 12,800
+    # audio ids fit inside it, as they fit inside a real KaniTTS model's 80,538.
     cfg = build_tiny_tts(work / "base_model")
     print(f"base model: {work / 'base_model'} (text vocabulary {cfg.tokenizer.vocab_size})")
-    build_tiny_nanocodec(work / "codec")
-    print(f"codec:      {work / 'codec'}")
+    if args.codec == "kanade":
+        build_tiny_kanade(work / "codec")
+    else:
+        build_tiny_nanocodec(work / "codec")
+    print(f"codec:      {work / 'codec'} ({args.codec})")
     build_scoring_models(work / "scoring")
 
 

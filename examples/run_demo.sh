@@ -12,14 +12,22 @@
 #                                       on the CPU, eval where inference_config.yaml says), training
 #                                       (on the GPU whenever there is one) and eval in bf16 through a
 #                                       config copy in examples/work/config-bf16
+#   CODEC=kanade make demo              the same on a tiny Kanade codec (one token per 80 ms, a global
+#                                       embedding per clip): examples/config-kanade, examples/work-kanade,
+#                                       one prefix-trained and one speaker-conditioned experiment
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 KANITTS=${KANITTS:-.venv/bin/kanitts}
 DEVICE=${DEVICE:-}
 DTYPE=${DTYPE:-fp32}
-WORK=examples/work
-CONFIG=examples/config
+CODEC=${CODEC:-nanocodec}
+case "$CODEC" in
+  nanocodec) WORK=examples/work; CONFIG=examples/config ;;
+  kanade) WORK=examples/work-kanade; CONFIG=examples/config-kanade ;;
+  *) echo "CODEC must be nanocodec or kanade, not $CODEC" >&2; exit 2;;
+esac
+SOURCE_CONFIG=$CONFIG
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 
 step() { printf '\n\033[0;36m== %s\033[0m\n' "$*"; }
@@ -29,7 +37,7 @@ if [ "$DTYPE" = bf16 ]; then
   # trainer_args.bf16 for every experiment, bf16 weights at eval; the paths inside stay the same
   CONFIG="$WORK/config-bf16"
   mkdir -p "$CONFIG"
-  "$PY" - examples/config "$CONFIG" <<'PYEOF'
+  "$PY" - "$SOURCE_CONFIG" "$CONFIG" <<'PYEOF'
 import shutil, sys
 from pathlib import Path
 import yaml
@@ -46,11 +54,11 @@ inference["model"]["torch_dtype"] = "bfloat16"
 PYEOF
 fi
 
-step "1/5 demo assets (voices, tiny base model, tiny codec)"
+step "1/5 demo assets (voices, tiny base model, tiny $CODEC codec)"
 if [ -f "$WORK/codec/model.safetensors" ] && [ -f "$WORK/base_model/model.safetensors" ]; then
   echo "reusing $WORK (delete it to rebuild)"
 else
-  "$PY" examples/build_demo_assets.py --work "$WORK"
+  "$PY" examples/build_demo_assets.py --work "$WORK" --codec "$CODEC"
 fi
 if [ ! -f "$WORK/scoring/mos/model.safetensors" ]; then
   "$PY" examples/build_demo_assets.py --work "$WORK" --scoring-models-only
@@ -61,7 +69,7 @@ for speaker in alice bob; do
   if [ -d "$WORK/data/$speaker" ]; then
     echo "reusing $WORK/data/$speaker"
   else
-    # The codec is the one examples/config/model_config.yaml names (codec.weights).
+    # The codec is the one $CONFIG/model_config.yaml names (codec.kind, codec.weights).
     "$KANITTS" prepare "$WORK/recordings/$speaker" --output "$WORK/data/$speaker" \
       --speaker "$speaker" --config-dir "$CONFIG" --device "${DEVICE:-cpu}" --dtype "$DTYPE"
   fi

@@ -118,7 +118,9 @@ def kanade_project(tmp_path_factory, tiny_kanade_dir):
                 name = f"{speaker}_{i}.wav"
                 sf.write(clips / name, synthetic_speech(1.2 + 0.3 * i, seed=10 * s + i).numpy(), 24000)
                 writer.writerow([name, text, speaker])
-    options = PrepareOptions(input=str(clips / "manifest.csv"), output=str(root / "data"), progress=False, num_workers=1)
+    options = PrepareOptions(
+        input=str(clips / "manifest.csv"), output=str(root / "data"), progress=False, num_workers=1
+    )
     prepare_dataset(options, CodecSpec(kind="kanade", weights=str(tiny_kanade_dir)))
     return SimpleNamespace(root=root, base=root / "base", model_cfg=model_cfg, data=root / "data",
                            clips=clips, codec_dir=tiny_kanade_dir)

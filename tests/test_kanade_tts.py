@@ -31,9 +31,10 @@ def test_prepare_writes_tokens_embedding_and_lengths(kanade_project, tiny_kanade
     assert {"kanade_tokens_1", "encoded_len", "global_embedding", "speaker", "text"} <= set(ds.column_names)
     assert len(ds) == 6
     for row in ds:
-        assert len(row["kanade_tokens_1"]) == row["encoded_len"] == tiny_kanade.num_frames(round(row["duration_sec"] * 24000))
+        frames = tiny_kanade.num_frames(round(row["duration_sec"] * 24000))
+        assert len(row["kanade_tokens_1"]) == row["encoded_len"] == frames
         assert len(row["global_embedding"]) == 128
-        assert 0 <= min(row["kanade_tokens_1"]) and max(row["kanade_tokens_1"]) < 12800
+        assert min(row["kanade_tokens_1"]) >= 0 and max(row["kanade_tokens_1"]) < 12800
 
 
 def test_sequences_for_one_codebook(kanade_project, kanade_sequences):
@@ -71,7 +72,8 @@ def slot_examples():
     for n in (9, 14, 4):
         ids = torch.randint(3, 270, (n,), generator=generator).tolist()
         ids[0], ids[n // 2] = SOH, SOA
-        examples.append({"input_ids": ids, "labels": ids, "speaker_embedding": torch.randn(8, generator=generator).tolist()})
+        embedding = torch.randn(8, generator=generator).tolist()
+        examples.append({"input_ids": ids, "labels": ids, "speaker_embedding": embedding})
     return examples
 
 
@@ -105,7 +107,7 @@ def test_collators_put_the_slot_after_start_of_human(slot_examples):
     assert positions[[s + 1 for s in starts]].tolist() == [1, 1, 1]
     assert packed["cu_seq_lens_q"][-1] == sum(len(e["input_ids"]) + 1 for e in slot_examples)
     torch.testing.assert_close(packed["speaker_embeddings"], padded["speaker_embeddings"])
-    with pytest.raises(ValueError, match="needs a global embedding per clip.*codec.kind: kanade"):
+    with pytest.raises(ValueError, match=r"needs a global embedding per clip.*codec\.kind: kanade"):
         PackingCollator(start_of_ai=SOA, speaker_slot=slot)([{"input_ids": [SOH, 5, SOA]}])
 
 
@@ -159,7 +161,8 @@ def conditioned_checkpoint(kanade_project, kanade_sequences, tmp_path_factory):
 
     layout = TokenLayout.from_config(kanade_project.model_cfg)
     small = tmp_path_factory.mktemp("small_base")
-    build_lfm2(small, vocab_size=layout.audio_tokens_start + 100, tokenizer=AutoTokenizer.from_pretrained(str(kanade_project.base)))
+    tokenizer = AutoTokenizer.from_pretrained(str(kanade_project.base))
+    build_lfm2(small, vocab_size=layout.audio_tokens_start + 100, tokenizer=tokenizer)
     experiments = ExperimentsConfig.model_validate({
         "base_model": str(small),
         "experiments": [{
@@ -181,7 +184,7 @@ def test_training_saves_the_projection_and_speaker_means(conditioned_checkpoint,
 
     from kanitts.conditioning import PROJECTION_FILE, SPEAKERS_FILE
 
-    result, layout, small = conditioned_checkpoint
+    result, layout, _ = conditioned_checkpoint
     folder = result.path
     projection = load_file(str(folder / PROJECTION_FILE))["weight"]
     assert projection.shape == (64, 128)
@@ -211,7 +214,8 @@ def test_voice_conditions_the_model_and_the_decoder(conditioned_checkpoint, kana
     tts = KaniTTS.from_pretrained(result.path, codec=tiny_kanade, model_cfg=kanade_project.model_cfg,
                                   inference_cfg=inference, device="cpu")
     assert tts.conditioning is not None
-    torch.testing.assert_close(getattr(tts.model, PROJECTION).weight, load_file(str(result.path / PROJECTION_FILE))["weight"])
+    saved = load_file(str(result.path / PROJECTION_FILE))["weight"]
+    torch.testing.assert_close(getattr(tts.model, PROJECTION).weight, saved)
     assert tts.prompt_ids("Hi")[:2] == [tts.layout.start_of_human, tts.layout.speaker_slot]
 
     seen = {"slot": [], "decoder": []}

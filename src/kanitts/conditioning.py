@@ -202,7 +202,9 @@ def speaker_means(dataset: Any) -> dict[str, torch.Tensor]:
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if not len(lengths) or lengths.min() == 0 or (lengths != lengths[0]).any():
         sizes = sorted(set(lengths.tolist()))
-        raise UserError(f"the training data's speaker embeddings have different sizes {sizes[:5]}; re-prepare it with one codec")
+        raise UserError(
+            f"the training data's speaker embeddings have different sizes {sizes[:5]}; re-prepare it with one codec"
+        )
     values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(lengths), -1)
     speakers = np.asarray(table.column("speaker").to_pylist(), dtype=object)
     means = {MEAN_KEY: torch.from_numpy(values.mean(0)).float()}

@@ -176,7 +176,8 @@ class KaniTTS:
             return self.voices[f"speaker:{speaker}"], f"speaker {speaker}'s mean embedding"
         if "mean" in self.voices:
             return self.voices["mean"], "the mean embedding of the training clips"
-        return None, "no voice: give a reference clip (--voice ref.wav); this model has no training speakers' embeddings"
+        return None, ("no voice: give a reference clip (--voice ref.wav); this model has no training "
+                      "speakers' embeddings")
 
     def generate_ids(
         self, prompts: Sequence[Sequence[int]], speaker_embeddings: Any = None, **generate_kwargs: Any
@@ -210,9 +211,9 @@ class KaniTTS:
 
             settings["logits_processor"] = LogitsProcessorList(processors)
         settings.update(generate_kwargs)
-        slots = (
-            self.conditioning.conditioned(speaker_embeddings) if self.conditioning is not None else contextlib.nullcontext()
-        )
+        slots = contextlib.nullcontext()
+        if self.conditioning is not None:
+            slots = self.conditioning.conditioned(speaker_embeddings)
         with torch.inference_mode(), slots:
             out = self.model.generate(
                 input_ids=input_ids.to(device),

@@ -156,10 +156,10 @@ def build_tiny_kanade(out_dir: Path | str, seed: int = 0, token_rate: float = 12
     thousand parameters. ``load_codec("kanade", out_dir)`` reads it back, offline.
     """
     import torch
+
     from kanade_tokenizer.model import KanadeModel
     from kanade_tokenizer.testing import tiny_config
     from kanade_tokenizer.vocoders import Vocos, VocosConfig
-
     from kanitts.codecs.kanade import KanadeCodec
     from kanitts.runtime import scoped_seed
 

@@ -164,7 +164,9 @@ class KanadeCodec(Codec):
             try:
                 self._vocoder = load_vocoder_for(self.model, None if source is None else str(source), self._device)
             except (OSError, ValueError, VocoderLoadError) as exc:
-                raise UserError(f"Kanade codec {self._name_or_path}: cannot load its vocoder {source!s}: {exc}") from None
+                raise UserError(
+                    f"Kanade codec {self._name_or_path}: cannot load its vocoder {source!s}: {exc}"
+                ) from None
         return self._vocoder
 
     # --- lengths -------------------------------------------------------------------------------------

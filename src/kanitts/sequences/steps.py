@@ -180,7 +180,9 @@ def sequences_for_batch(
         lengths_out = np.where(kept, embedding_lengths, 0)
         values_out = embedding_values[np.repeat(kept, embedding_lengths)]
         embedding_offsets = pa.array(np.concatenate([[0], np.cumsum(lengths_out)]).astype(np.int32))
-        extra["speaker_embedding"] = pa.ListArray.from_arrays(embedding_offsets, pa.array(values_out, type=pa.float32()))
+        extra["speaker_embedding"] = pa.ListArray.from_arrays(
+            embedding_offsets, pa.array(values_out, type=pa.float32())
+        )
     return pa.table(
         {
             "input_ids": ids,

@@ -59,7 +59,10 @@ _DESCRIPTIONS = {
 
 # Which configured step a status belongs to, for "filtering emptied the dataset" errors.
 BAD_DATA = (
-    RowStatus.LAYER_LENGTHS_DIFFER, RowStatus.ENCODED_LEN_MISMATCH, RowStatus.CODE_OUT_OF_RANGE, RowStatus.BAD_EMBEDDING,
+    RowStatus.LAYER_LENGTHS_DIFFER,
+    RowStatus.ENCODED_LEN_MISMATCH,
+    RowStatus.CODE_OUT_OF_RANGE,
+    RowStatus.BAD_EMBEDDING,
 )
 
 PERCENTILES = (5, 50, 95, 99)

@@ -371,7 +371,9 @@ class TrainingRun:
         from kanitts.training.batching import SpeakerSlot
 
         columns = getattr(self.dataset, "column_names", [])
-        first = self.dataset[0].get("speaker_embedding") if "speaker_embedding" in columns and len(self.dataset) else None
+        first = None
+        if "speaker_embedding" in columns and len(self.dataset):
+            first = self.dataset[0]["speaker_embedding"]
         if not first:
             raise UserError(
                 "experiments.yaml: training.speaker_conditioning: embedding needs a global embedding per clip, "

@@ -114,10 +114,11 @@ def fit_vocabulary(model, layout: TokenLayout) -> tuple[list[int], list[str]]:
     if have >= want:
         return [], []
     model.resize_token_embeddings(want, mean_resizing=True)
-    return list(range(have, want)), [
+    note = (
         f"vocabulary: the base model has {have} token embeddings, the token layout uses {want}; "
         f"added {want - have} rows initialised from the mean of the existing ones, trained with LoRA"
-    ]
+    )
+    return list(range(have, want)), [note]
 
 
 def check_base_model(name_or_path: str, layout: TokenLayout) -> None:
