@@ -162,11 +162,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--clips", type=int, default=24, help="clips of 2 to 8 s, the same for both codecs")
+    parser.add_argument("--clips", type=int, default=12, help="clips of 2 to 8 s, the same for both codecs")
     parser.add_argument("--max-tokens", type=int, default=2048, help="token budget of a pack")
     parser.add_argument("--warmup-steps", type=int, default=2, help="packs trained before timing")
-    parser.add_argument("--generate-seconds", type=float, default=2.0, help="audio generated per prompt")
-    parser.add_argument("--generate-batch", type=int, default=4, help="prompts generated together")
+    parser.add_argument("--generate-seconds", type=float, default=1.0, help="audio generated per prompt")
+    parser.add_argument("--generate-batch", type=int, default=2, help="prompts generated together")
     args = parser.parse_args()
     device = args.device
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
