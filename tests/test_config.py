@@ -13,7 +13,7 @@ from conftest import REPO_ROOT
 REFERENCE = REPO_ROOT / "tests" / "data" / "reference_configs"
 
 
-@pytest.mark.parametrize("folder", ["config", "examples/config"])
+@pytest.mark.parametrize("folder", ["config", "examples/config", "examples/config-kanade"])
 def test_shipped_configs_are_valid(folder):
     report = check_config_dir(REPO_ROOT / folder)
     assert report.errors == [] and report.warnings == []

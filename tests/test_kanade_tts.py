@@ -290,3 +290,35 @@ def test_cli_voice_and_its_errors(conditioned_checkpoint, kanade_project, tiny_t
     assert main(["synthesize", "Hello.", "--model", str(tiny_tts[0]), "--config-dir", str(nano), "-o", str(out),
                  "--voice", str(kanade_project.clips / "bob_0.wav")]) == 1
     assert "a reference voice needs a codec with a global (speaker) embedding" in capsys.readouterr().err
+
+
+def test_the_kanade_demo_configs_run_end_to_end(kanade_project, tmp_path, monkeypatch):
+    """examples/config-kanade as shipped, pointed at the tiny project, one step of training."""
+    import shutil
+
+    from conftest import REPO_ROOT
+    from kanitts.cli import main
+
+    config = tmp_path / "config"
+    shutil.copytree(REPO_ROOT / "examples" / "config-kanade", config)
+    work = "examples/work-kanade"
+    clip = str(kanade_project.clips / "alice_0.wav")
+    replacements = {
+        f"{work}/data/alice": str(kanade_project.data), f"{work}/data/bob": str(kanade_project.data),
+        f"{work}/base_model": str(kanade_project.base), f"{work}/codec": str(kanade_project.codec_dir),
+        f"{work}/recordings/alice/wavs/alice_000.wav": clip, f"{work}/recordings/alice/wavs/alice_001.wav": clip,
+        f"{work}/recordings/bob/wavs/bob_000.wav": str(kanade_project.clips / "bob_0.wav"),
+        "max_steps: 6": "max_steps: 1", work: str(tmp_path / "work"),
+    }
+    for path in config.glob("*.yaml"):
+        text = path.read_text()
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        path.write_text(text)
+    only = "kanade-voice-packed"
+    assert main(["data", "--config-dir", str(config)]) == 0
+    assert main(["train", "--config-dir", str(config), "--only", only]) == 0
+    assert main(["eval", "--config-dir", str(config), "--only", only, "--no-report"]) == 0
+    checkpoint = tmp_path / "work" / "checkpoints" / only
+    assert (checkpoint / "speaker_projection.safetensors").is_file()
+    assert len(list((tmp_path / "work" / "audio_samples" / only).glob("*.wav"))) == 3
