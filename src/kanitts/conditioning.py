@@ -85,6 +85,12 @@ class SpeakerConditioning:
                 f"is outside the model's {embeddings.num_embeddings} token embeddings"
             )
         self._handle = embeddings.register_forward_hook(self._fill_slots)
+        model._kanitts_speaker_conditioning = self  # found again after LoRA merges (see :meth:`of`)
+
+    @staticmethod
+    def of(model: nn.Module) -> SpeakerConditioning | None:
+        """The conditioning attached to ``model`` (also once LoRA is merged into it), or None."""
+        return getattr(model, "_kanitts_speaker_conditioning", None)
 
     # --- building -------------------------------------------------------------------------------
 
@@ -145,6 +151,7 @@ class SpeakerConditioning:
         metadata = {"slot": str(self.slot), "embedding_dim": str(weight.shape[1]), "format": "pt"}
         save_file({"weight": weight}, str(Path(folder) / PROJECTION_FILE), metadata=metadata)
         delattr(model, PROJECTION)
+        del model._kanitts_speaker_conditioning
         self._handle.remove()
 
     @property

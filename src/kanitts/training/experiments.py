@@ -350,9 +350,7 @@ class TrainingRun:
         if trainer.is_world_process_zero():
             if options.packing:
                 disable_exact_packing(model.get_base_model())
-            write_atomically(
-                final, lambda folder: self._save(model, experiment, metrics, run_dir, folder, conditioning)
-            )
+            write_atomically(final, lambda folder: self._save(model, experiment, metrics, run_dir, folder))
             shutil.rmtree(run_dir, ignore_errors=True)
         trainer.accelerator.wait_for_everyone()
         return ExperimentResult(
@@ -383,20 +381,19 @@ class TrainingRun:
         conditioning = SpeakerConditioning.attach(model, len(first), self.layout.speaker_slot, seed=seed)
         return conditioning, SpeakerSlot(start_of_human=self.layout.start_of_human, slot=self.layout.speaker_slot)
 
-    def _save(
-        self, model, experiment: Experiment, metrics: dict[str, Any], run_dir: Path, folder: Path, conditioning=None
-    ) -> None:
+    def _save(self, model, experiment: Experiment, metrics: dict[str, Any], run_dir: Path, folder: Path) -> None:
         """Merged model (safetensors), tokenizer, experiment.yaml, metrics.json; the adapter if asked;
         the speaker projection and the training speakers' mean embeddings when there are any.
 
         TensorBoard event files, written under the run folder while training, move along into
         ``logs/`` so they outlive the run folder.
         """
-        from kanitts.conditioning import save_speaker_means, speaker_means
+        from kanitts.conditioning import SpeakerConditioning, save_speaker_means, speaker_means
 
         if experiment.training.keep_adapter:
             model.save_pretrained(str(folder / "adapter"))
         merged = model.merge_and_unload()
+        conditioning = SpeakerConditioning.of(merged)
         if conditioning is not None:
             conditioning.save(merged, folder)
         save_speaker_means(speaker_means(self.dataset), folder)
