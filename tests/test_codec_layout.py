@@ -99,8 +99,8 @@ def test_a_codec_kind_without_an_implementation_is_a_config_error(tmp_path, two_
     with pytest.raises(ConfigError) as caught:
         load_configs(tmp_path, kinds=("model",))
     assert caught.value.problems == [
-        f"{tmp_path / 'model_config.yaml'}: codec.kind: no codec 'mimi' is implemented; "
-        "implemented: fake2, kanade, nanocodec"
+        (f"{tmp_path / 'model_config.yaml'}: codec.kind: no codec 'mimi' is implemented; "
+         "implemented: fake2, kanade, nanocodec")
     ]
     (tmp_path / "model_config.yaml").write_text("codec:\n  kind: nanocodex\n")
     hint = r"codec\.kind: no codec 'nanocodex' is implemented \(did you mean 'nanocodec'\?\)"

@@ -292,12 +292,13 @@ def test_cli_voice_and_its_errors(conditioned_checkpoint, kanade_project, tiny_t
     assert "a reference voice needs a codec with a global (speaker) embedding" in capsys.readouterr().err
 
 
-def test_the_kanade_demo_configs_run_end_to_end(kanade_project, tmp_path, monkeypatch):
+def test_the_kanade_demo_configs_run_end_to_end(kanade_project, tmp_path):
     """examples/config-kanade as shipped, pointed at the tiny project, one step of training."""
     import shutil
 
-    from conftest import REPO_ROOT
     from kanitts.cli import main
+
+    from conftest import REPO_ROOT
 
     config = tmp_path / "config"
     shutil.copytree(REPO_ROOT / "examples" / "config-kanade", config)
