@@ -1,7 +1,8 @@
 """Make everything the offline demo needs, without a network: two synthetic voices reading
 sentences (espeak-ng), a tiny random base model with its tokenizer, a tiny random codec
-(NanoCodec, or Kanade with ``--codec kanade``), and the tiny random scoring models eval uses (a Whisper for WER/CER, a WavLM x-vector for speaker
-similarity, a wav2vec2 MOS regressor), each saved as a Hub snapshot is laid out.
+(NanoCodec, or Kanade with ``--codec kanade``), and the tiny random scoring models eval uses (a
+Whisper for WER/CER, a WavLM x-vector for speaker similarity, a wav2vec2 MOS regressor), each saved
+as a Hub snapshot is laid out.
 
 The models are untrained, so the demo's audio is noise and its scores are meaningless numbers:
 the point is to run every step of the pipeline for real (the same loaders, commands and file

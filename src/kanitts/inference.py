@@ -77,6 +77,9 @@ class KaniTTS:
         self.conditioning = conditioning
         #: training speakers' mean embeddings ("speaker:<name>") and all clips' ("mean")
         self.voices = dict(voices or {})
+        if getattr(codec, "voice", False) is None and "mean" in self.voices:
+            # the voice of callers that decode without naming one (streaming, codec.decode)
+            codec.voice = self.voices["mean"]
         self.tokenizer = tokenizer
         self.codec = codec
         self.layout = layout
@@ -186,7 +189,8 @@ class KaniTTS:
 
         With ``num_return_sequences = n`` the result holds n sequences per prompt, prompt-major.
         ``speaker_embeddings`` ((prompts, dim)) fill the speaker slots of a speaker-conditioned
-        model. Keyword arguments go to ``model.generate`` and override the configured sampling.
+        model (default: :meth:`voice_embedding`'s default voice). Keyword arguments go to
+        ``model.generate`` and override the configured sampling.
         """
         import contextlib
 
@@ -213,6 +217,11 @@ class KaniTTS:
         settings.update(generate_kwargs)
         slots = contextlib.nullcontext()
         if self.conditioning is not None:
+            if speaker_embeddings is None:  # callers that name no voice get the default one
+                default, _ = self.voice_embedding()
+                dim = self.conditioning.embedding_dim
+                default = torch.zeros(dim) if default is None else default
+                speaker_embeddings = default[None].expand(len(prompts), -1)
             slots = self.conditioning.conditioned(speaker_embeddings)
         with torch.inference_mode(), slots:
             out = self.model.generate(
