@@ -209,7 +209,7 @@ else
 fi
 
 # Each benchmark bounded to fit: sizes chosen so that the whole script stays inside the budget.
-BENCH_FIGURES='^(device|machine|model|codec|clips|data|buckets|codes|bf16|one|kanitts|batched|reference|packing|ours|memory|speed-up|CPU|decode|encode|round|stream|dynamic|layout|nanocodec|kanade|generation|whole|streamed|asr)|ratio:'
+BENCH_FIGURES='^(device|machine|model|codec|clips|data|buckets|codes|bf16|one|kanitts|batched|reference|packing|ours|memory|speed-up|CPU|decode|encode|round|stream|dynamic|whole|streamed|asr|layout|nanocodec|kanade|generation)|ratio:'
 declare -a BENCHES=(
   "bench_train|120|benchmarks/bench_train.py --shape lfm2-350m --device cuda --sequences 256 --max-tokens 8192 --warmup-steps 2"
   "bench_prepare|75|benchmarks/bench_prepare.py --device cuda --clips 64 --batch-seconds 600 --rounds 2"
@@ -218,8 +218,8 @@ declare -a BENCHES=(
   "bench_generate|100|benchmarks/bench_generate.py --shape lfm2-350m --device cuda --dtype bfloat16 --batch-size 16"
   "bench_eval_metrics|60|benchmarks/bench_eval_metrics.py --shape full --device cuda --clips 64 --batch-size 16 --longest 8"
   "bench_serve|90|benchmarks/bench_serve.py --shape lfm2-350m --device cuda --dtype bfloat16 --clients 16 --max-batch-size 16 --seconds 15 --max-new-tokens 122 --codec full"
-  "bench_codecs|100|benchmarks/bench_codecs.py --shape lfm2-350m --device cuda --clips 96 --max-tokens 8192 --generate-batch 16"
   "bench_segment|60|benchmarks/bench_segment.py --device cuda --minutes 5 --rounds 2 --asr-clips 32"
+  "bench_codecs|100|benchmarks/bench_codecs.py --shape lfm2-350m --device cuda --clips 96 --max-tokens 8192 --generate-batch 16"
 )
 for entry in "${BENCHES[@]}"; do
   IFS='|' read -r name limit args <<< "$entry"
