@@ -26,6 +26,27 @@ from typing import Any, ClassVar
 import torch
 
 
+def mono_batch(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, T)`` waveforms and their ``(B,)`` CPU int64 lengths from what :meth:`Codec.encode` takes.
+
+    A ``(T,)`` clip or ``(B, 1, T)`` batch is reshaped; no lengths means every clip is ``T``
+    long. Every codec checks its input here, so they all accept and refuse the same things.
+    """
+    if waveforms.ndim == 1:
+        waveforms = waveforms.unsqueeze(0)
+    elif waveforms.ndim == 3 and waveforms.shape[1] == 1:
+        waveforms = waveforms.squeeze(1)
+    if waveforms.ndim != 2:
+        raise ValueError(f"encode expects (B, T) mono waveforms, got shape {tuple(waveforms.shape)}")
+    batch, total = waveforms.shape
+    if lengths is None:
+        lengths = torch.full((batch,), total, dtype=torch.int64)
+    lengths = torch.as_tensor(lengths, dtype=torch.int64).to("cpu")
+    if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > total).any()):
+        raise ValueError(f"lengths must be {batch} values in [0, {total}], got {lengths.tolist()}")
+    return waveforms, lengths
+
+
 class Codec(abc.ABC):
     """A neural audio codec with discrete codes (see the module docstring for the contract)."""
 

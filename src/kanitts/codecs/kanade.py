@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from kanitts.codecs.base import Codec
+from kanitts.codecs.base import Codec, mono_batch
 from kanitts.codecs.registry import codec_entry
 from kanitts.errors import UserError
 from kanitts.runtime import canonical_dtype, resolve_device
@@ -187,18 +187,8 @@ class KanadeCodec(Codec):
         Runs :meth:`KanadeModel.encode_batch`, whose items equal one-clip-at-a-time encoding.
         A clip too short for one token has no tokens, and its embedding is zeros.
         """
-        if waveforms.ndim == 1:
-            waveforms = waveforms.unsqueeze(0)
-        elif waveforms.ndim == 3 and waveforms.shape[1] == 1:
-            waveforms = waveforms.squeeze(1)
-        if waveforms.ndim != 2:
-            raise ValueError(f"encode expects (B, T) mono waveforms, got shape {tuple(waveforms.shape)}")
-        batch, total = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), total, dtype=torch.int64)
-        lengths = torch.as_tensor(lengths, dtype=torch.int64).to("cpu")
-        if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > total).any()):
-            raise ValueError(f"lengths must be {batch} values in [0, {total}], got {lengths.tolist()}")
+        waveforms, lengths = mono_batch(waveforms, lengths)
+        batch = waveforms.shape[0]
         frames = self.frame_lengths(lengths)
         codes = torch.zeros(batch, 1, int(frames.max()) if batch else 0, dtype=torch.int64)
         embeddings = torch.zeros(batch, self.embedding_dim, dtype=torch.float32)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from kanitts.atomic import atomic_file
-from kanitts.codecs.base import Codec
+from kanitts.codecs.base import Codec, mono_batch
 from kanitts.codecs.registry import codec_entry
 from kanitts.errors import UserError
 from kanitts.files import is_hub_id
@@ -305,18 +305,8 @@ class NanoCodec(Codec):
     def encode(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if waveforms.ndim == 1:
-            waveforms = waveforms.unsqueeze(0)
-        elif waveforms.ndim == 3 and waveforms.shape[1] == 1:
-            waveforms = waveforms.squeeze(1)
-        if waveforms.ndim != 2:
-            raise ValueError(f"encode expects (B, T) mono waveforms, got shape {tuple(waveforms.shape)}")
-        batch, total = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), total, dtype=torch.int64)
-        lengths = torch.as_tensor(lengths, dtype=torch.int64).to("cpu")
-        if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > total).any()):
-            raise ValueError(f"lengths must be {batch} values in [0, {total}], got {lengths.tolist()}")
+        waveforms, lengths = mono_batch(waveforms, lengths)
+        batch = waveforms.shape[0]
 
         spf = self.samples_per_frame
         frames = self.frame_lengths(lengths)
