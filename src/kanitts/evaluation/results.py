@@ -149,15 +149,18 @@ def read_results(results_json: Path) -> dict[str, Any]:
     return results
 
 
-def loss_history(checkpoint_dir: Path | None) -> list[dict[str, float]]:
-    """The ``[{step, loss}]`` a checkpoint's metrics.json records (empty when it has none)."""
+def loss_history(checkpoint_dir: Path | None, key: str = "loss_history") -> list[dict[str, float]]:
+    """The ``[{step, loss}]`` a checkpoint's metrics.json records under ``key`` (empty when it has none).
+
+    ``loss_history`` is the training loss; ``eval_loss_history`` the validation loss.
+    """
     if checkpoint_dir is None:
         return []
     try:
         metrics = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return []
-    history = metrics.get("loss_history") if isinstance(metrics, dict) else None
+    history = metrics.get(key) if isinstance(metrics, dict) else None
     return [
         {"step": float(p["step"]), "loss": float(p["loss"])}
         for p in history or []

@@ -597,6 +597,7 @@ def _write_results(configs, targets, sentences, rows, failures, audio_dir: Path,
                 "train_configuration": t.train_configuration,
                 "checkpoint_dir": str(t.checkpoint_dir) if t.checkpoint_dir else None,
                 "loss_history": loss_history(t.checkpoint_dir),
+                "eval_loss_history": loss_history(t.checkpoint_dir, "eval_loss_history"),
                 "error": load_errors.get(t.experiment_id),
             }
             for t in targets

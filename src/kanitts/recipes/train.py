@@ -39,12 +39,15 @@ def run(
 
 
 def summary_table(results: Sequence[ExperimentResult]):
-    """A rich table: experiment, status, time, final loss, path."""
+    """A rich table: experiment, status, time, final training loss, validation loss, path.
+
+    The validation loss is the saved model's (the best evaluation's under load_best_model_at_end).
+    """
     from rich.table import Table
 
     colours = {"done": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow", "not run": "dim"}
     table = Table(title="Training summary")
-    for column in ("experiment", "status", "time", "final loss", "path"):
+    for column in ("experiment", "status", "time", "final loss", "eval loss", "path"):
         table.add_column(column)
     for r in results:
         minutes, seconds = divmod(int(round(r.seconds)), 60)
@@ -53,6 +56,7 @@ def summary_table(results: Sequence[ExperimentResult]):
             f"[{colours[r.status]}]{r.status}[/]",
             f"{minutes}m{seconds:02d}s" if r.seconds else "-",
             f"{r.final_loss:.4f}" if r.final_loss is not None else "-",
+            f"{r.eval_loss:.4f}" if r.eval_loss is not None else "-",
             str(r.path) if r.path else "-",
         )
     return table

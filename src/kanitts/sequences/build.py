@@ -41,10 +41,19 @@ from tqdm.auto import tqdm
 from kanitts.atomic import swap_in, temporary_sibling
 from kanitts.config import DatasetConfig, DatasetEntry, ModelConfig
 from kanitts.errors import UserError
-from kanitts.sequences.cache import HISTOGRAM_FILE, SEQUENCES_FILE, SUMMARY_FILE, cache_key, is_complete, load_cached
+from kanitts.sequences.cache import (
+    HISTOGRAM_FILE,
+    SEQUENCES_FILE,
+    SUMMARY_FILE,
+    VALIDATION_FILE,
+    cache_key,
+    is_complete,
+    load_cached,
+)
 from kanitts.sequences.columns import column_problems, rename_problems
 from kanitts.sequences.sources import load_source
 from kanitts.sequences.steps import RowRules, apply_max_len, embedding_column, rows_matching, sequences_for_batch
+from kanitts.sequences.validation import split_validation
 from kanitts.sequences.summary import (
     BAD_DATA,
     DatasetSummary,
@@ -230,7 +239,7 @@ def _build(
         processes = max(1, min(requested, len(matching) // MIN_ROWS_PER_PROCESS))
         plans.append(_Plan(index, entry, source, rules, matching, processes))
 
-    mapped_parts, chosen_parts, summaries = [], [], []
+    mapped_parts, chosen_parts, held_parts, summaries = [], [], [], []
     lengths_by_dataset: dict[str, np.ndarray] = {}
     base = 0
     with ThreadPoolExecutor(max_workers=1) as drawer:
@@ -246,9 +255,17 @@ def _build(
             if not len(kept):
                 errors.append(_emptied_message(entry, rules, source, outcomes))
                 continue
+            kept, held = split_validation(
+                kept, outcomes.speakers[kept], fraction=entry.validation_fraction, rows=entry.validation_rows,
+                seed=dataset_cfg.seed, dataset=rules.dataset,
+            )
             chosen, notes = apply_max_len(kept, outcomes.status, entry.max_len, dataset_cfg.seed)
             summary = _summarize(rules.dataset, outcomes, chosen, model_cfg.codec.fps)
             summary.notes.extend(notes)
+            summary.validation_rows = len(held)
+            for speaker in summary.speakers:
+                speaker.validation_rows = int(np.count_nonzero(outcomes.speakers[held] == speaker.name))
+            held_parts.append(base + held)
             summaries.append(summary)
             lengths_by_dataset[rules.dataset] = outcomes.lengths[chosen]
             mapped_parts.append(mapped)
@@ -264,6 +281,9 @@ def _build(
         histogram = drawer.submit(save_length_histogram, lengths_by_dataset, staging / HISTOGRAM_FILE)
         with_embedding = any(plan.rules.embedding_column is not None for plan in plans)
         _write_in_order(mapped_parts, order, staging / SEQUENCES_FILE, with_embedding)
+        held_all = np.concatenate(held_parts)
+        if len(held_all):
+            _write_in_order(mapped_parts, held_all, staging / VALIDATION_FILE, with_embedding)
         histogram.result()
     del mapped_parts
     shutil.rmtree(work)

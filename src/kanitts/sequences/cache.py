@@ -28,6 +28,9 @@ PROCESSING_VERSION = 4
 SEQUENCES_FILE = "sequences.arrow"
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "lengths.png"
+# The held-out rows (validation_fraction / validation_rows), when any dataset holds some out.
+VALIDATION_FILE = "validation.arrow"
+_VALIDATION_KEYS = ("validation_fraction", "validation_rows")
 
 
 def cache_key(
@@ -38,7 +41,11 @@ def cache_key(
         "processing_version": PROCESSING_VERSION,
         "datasets": [
             {
-                **entry.model_dump(exclude={"codebook_columns", *entry.column_renames()}),
+                # a validation key left unset keeps the key of the caches built before it existed
+                **entry.model_dump(exclude={
+                    "codebook_columns", *entry.column_renames(),
+                    *(k for k in _VALIDATION_KEYS if getattr(entry, k) is None),
+                }),
                 "layer_columns": entry.layer_columns(model_cfg.codec_layers),
                 "source_fingerprint": getattr(source, "_fingerprint", None),
                 "rows": len(source),
@@ -65,6 +72,13 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def is_complete(folder: Path) -> bool:
     return (folder / SUMMARY_FILE).is_file() and (folder / SEQUENCES_FILE).is_file()
+
+
+def load_validation(report: TrainingDataReport) -> datasets.Dataset | None:
+    """The held-out rows of the sequences `report` describes, or None when nothing is held out."""
+    if not report.validation_rows or report.cache_path is None:
+        return None
+    return datasets.Dataset.from_file(str(Path(report.cache_path) / VALIDATION_FILE))
 
 
 def load_cached(folder: Path) -> tuple[datasets.Dataset, TrainingDataReport]:

@@ -105,6 +105,8 @@ class GroupSummary:
     audio_hours: float = 0.0
     tokens: int = 0
     lengths: LengthStats = field(default_factory=LengthStats)
+    # of the kept rows, those held out for validation (never trained on)
+    validation_rows: int = 0
 
     @classmethod
     def of(
@@ -156,6 +158,10 @@ class TrainingDataReport:
     @property
     def rows(self) -> int:
         return sum(d.rows_kept for d in self.datasets)
+
+    @property
+    def validation_rows(self) -> int:
+        return sum(d.validation_rows for d in self.datasets)
 
     @property
     def tokens(self) -> int:
@@ -220,6 +226,12 @@ class TrainingDataReport:
                 )
             if d.frames_removed_as_repeats:
                 lines.append(f"{d.name}: {d.frames_removed_as_repeats:,} repeated frame(s) removed (dedup_frames)")
+            if d.validation_rows:
+                per_speaker = ", ".join(f"{s.name or '(none)'} {s.validation_rows:,}" for s in d.speakers)
+                lines.append(
+                    f"held out of {d.name} for validation (never trained on): {d.validation_rows:,} of the kept "
+                    f"row(s) ({per_speaker})"
+                )
             lines.extend(f"note: {d.name}: {n}" for n in d.notes)
         if self.audio_hours:
             lines.append(f"{self.tokens_per_audio_second:.1f} training tokens per audio second (text and audio)")

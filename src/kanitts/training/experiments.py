@@ -12,7 +12,10 @@ experiment), made safe to leave running:
 - **resume**: intermediate checkpoints go to the run folder (:mod:`kanitts.training.run_folder`);
   a re-run continues from the newest complete one, provided the experiment, base model and
   data are unchanged;
-- GPU memory is released between experiments.
+- GPU memory is released between experiments;
+- **held-out rows** (dataset_config.yaml's validation split) are the eval_dataset of every
+  experiment: the validation loss and per-codebook audio metrics at every ``eval_steps`` go
+  into metrics.json, and ``load_best_model_at_end`` / early stopping work as in transformers.
 
 Read top to bottom: :func:`run_experiments` (the whole job), then :class:`TrainingRun` (one
 experiment: lock, arguments, model, trainer, save), then the helpers they use.
@@ -62,6 +65,8 @@ class ExperimentResult:
     status: Status
     seconds: float = 0.0
     final_loss: float | None = None
+    # the saved model's validation loss (the best one's under load_best_model_at_end)
+    eval_loss: float | None = None
     path: Path | None = None
     error: str | None = None
     resumed_from: str | None = None
@@ -75,33 +80,34 @@ def run_experiments(
     force: bool = False,
     checkpoints_dir: Path | str | None = None,
     train_dataset: Any = None,
+    eval_dataset: Any = None,
     callbacks: Sequence[Any] = (),
 ) -> list[ExperimentResult]:
     """Runs the selected experiments one after another; never lets one failure stop the rest.
 
-    ``configs`` needs experiments and model (and dataset unless ``train_dataset`` is given).
+    ``configs`` needs experiments and model (and dataset unless ``train_dataset`` is given;
+    then ``eval_dataset`` holds the held-out rows, if any).
     ``checkpoints_dir`` defaults to eval_config's ``paths.checkpoints_dir``, else ./checkpoints.
     A Ctrl-C saves a resumable checkpoint, marks the interrupted experiment and the ones after
     it, and returns (see :func:`kanitts.recipes.train.exit_code`).
     """
-    from transformers import AutoTokenizer
-
     from kanitts.files import check_output_folder
-    from kanitts.training.model_loading import check_base_model
 
     experiments_cfg = configs.experiments
     if experiments_cfg is None or configs.model is None:
         raise UserError("training needs experiments.yaml and model_config.yaml")
     selected = select_experiments(experiments_cfg, only)
-    if checkpoints_dir is None:
-        checkpoints_dir = configs.eval.paths.checkpoints_dir if configs.eval is not None else "checkpoints"
-    checkpoints_dir = Path(checkpoints_dir)
+    checkpoints_dir = default_checkpoints_dir(configs, checkpoints_dir)
     if is_main_process():
         remove_leftovers(checkpoints_dir)  # a merged model a kill left half-written is a gigabyte
 
     results: list[ExperimentResult] = []
     pending = []
     for experiment in selected:
+        if experiment.sweep is not None:
+            say(f"{experiment.model_id}: has a sweep ({experiment.sweep.method}): `kanitts sweep` trains it, skipping")
+            results.append(ExperimentResult(experiment.model_id, "skipped", notes=["sweep: run `kanitts sweep`"]))
+            continue
         final = checkpoints_dir / experiment.model_id
         if final.is_dir() and not force:
             say(f"{experiment.model_id}: already trained ({final}), skipping (--force trains it again)")
@@ -112,28 +118,7 @@ def run_experiments(
         return results
     check_output_folder(checkpoints_dir, "checkpoints folder")
 
-    base_model = experiments_cfg.base_model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"experiments.yaml: base_model {base_model!r}: its tokenizer could not be loaded: {exc}"
-        ) from exc
-    check_base_model(base_model, TokenLayout.from_config(configs.model))
-    if train_dataset is None:
-        train_dataset, fingerprint = _build_dataset(configs, tokenizer)
-    else:
-        fingerprint = getattr(train_dataset, "_fingerprint", None) or "unknown"
-    run = TrainingRun(
-        base_model=base_model,
-        project_name=experiments_cfg.project_name,
-        tokenizer=tokenizer,
-        layout=TokenLayout.from_config(configs.model),
-        dataset=train_dataset,
-        dataset_fingerprint=fingerprint,
-        checkpoints_dir=checkpoints_dir,
-        callbacks=callbacks,
-    )
+    run = training_run(configs, checkpoints_dir, train_dataset, eval_dataset, callbacks)
     for position, experiment in enumerate(pending):
         say(f"\n=== {experiment.model_id} ({position + 1}/{len(pending)}) ===")
         start = time.perf_counter()
@@ -155,22 +140,66 @@ def run_experiments(
     return results
 
 
-def _build_dataset(configs: ConfigSet, tokenizer) -> tuple[Any, str]:
-    """The training sequences and their fingerprint, built once for every experiment.
+def default_checkpoints_dir(configs: ConfigSet, checkpoints_dir: Path | str | None) -> Path:
+    """``checkpoints_dir``, else eval_config's ``paths.checkpoints_dir``, else ./checkpoints."""
+    if checkpoints_dir is None:
+        checkpoints_dir = configs.eval.paths.checkpoints_dir if configs.eval is not None else "checkpoints"
+    return Path(checkpoints_dir)
+
+
+def training_run(
+    configs: ConfigSet,
+    checkpoints_dir: Path,
+    train_dataset: Any = None,
+    eval_dataset: Any = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainingRun:
+    """What every experiment shares: the base model's tokenizer, checked, and the data, built once."""
+    from transformers import AutoTokenizer
+
+    from kanitts.training.model_loading import check_base_model
+
+    base_model = configs.experiments.base_model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"experiments.yaml: base_model {base_model!r}: its tokenizer could not be loaded: {exc}"
+        ) from exc
+    check_base_model(base_model, TokenLayout.from_config(configs.model))
+    if train_dataset is None:
+        train_dataset, eval_dataset, fingerprint = _build_dataset(configs, tokenizer)
+    else:
+        fingerprint = getattr(train_dataset, "_fingerprint", None) or "unknown"
+    return TrainingRun(
+        base_model=base_model,
+        project_name=configs.experiments.project_name,
+        tokenizer=tokenizer,
+        layout=TokenLayout.from_config(configs.model),
+        dataset=train_dataset,
+        dataset_fingerprint=fingerprint,
+        checkpoints_dir=checkpoints_dir,
+        callbacks=callbacks,
+        eval_dataset=eval_dataset,
+    )
+
+
+def _build_dataset(configs: ConfigSet, tokenizer) -> tuple[Any, Any, str]:
+    """The training sequences, the held-out ones (or None) and their fingerprint, built once.
 
     Under ``accelerate launch`` the main process builds (or loads the cache) first, the other
     processes then read its cache.
     """
     from accelerate import PartialState
 
-    from kanitts.sequences import build_training_dataset
+    from kanitts.sequences import build_training_dataset, load_validation
 
     if configs.dataset is None:
         raise UserError("training needs dataset_config.yaml (or a prepared training dataset)")
     with PartialState().main_process_first():
         dataset, report = build_training_dataset(configs.dataset, configs.model, tokenizer)
     say(report.format())
-    return dataset, report.fingerprint
+    return dataset, load_validation(report), report.fingerprint
 
 
 @dataclass
@@ -185,8 +214,11 @@ class TrainingRun:
     dataset_fingerprint: str
     checkpoints_dir: Path
     callbacks: Sequence[Any] = ()
+    eval_dataset: Any = None
 
-    def train(self, experiment: Experiment, force: bool = False) -> ExperimentResult:
+    def train(
+        self, experiment: Experiment, force: bool = False, callbacks: Sequence[Any] = ()
+    ) -> ExperimentResult:
         """Train, merge and save one experiment under its lock (callers catch its exceptions).
 
         A run of the same experiment in another process is refused (UserError naming it). The
@@ -215,11 +247,13 @@ class TrainingRun:
             if final.is_dir() and not force:
                 say(f"{experiment.model_id}: trained meanwhile by another run ({final}), skipping")
                 return ExperimentResult(experiment.model_id, "skipped", path=final)
-            return self._train_locked(experiment, force, [takeover] if takeover else [])
+            return self._train_locked(experiment, force, [takeover] if takeover else [], callbacks)
         finally:
             lock.release()
 
-    def _train_locked(self, experiment: Experiment, force: bool, notes: list[str]) -> ExperimentResult:
+    def _train_locked(
+        self, experiment: Experiment, force: bool, notes: list[str], callbacks: Sequence[Any]
+    ) -> ExperimentResult:
         from accelerate import PartialState
 
         from kanitts.training.tracking import resolve_tracking
@@ -234,7 +268,9 @@ class TrainingRun:
         tracking = resolve_tracking(experiment.trainer_args.get("report_to"), self.project_name)
         notes += tracking.notes
         with tracking.applied():  # the trackers read it while training; gone afterwards
-            return self._train_tracked(experiment, run_dir, resume_from, tracking.report_to, notes, start)
+            return self._train_tracked(
+                experiment, run_dir, resume_from, tracking.report_to, notes, start, callbacks
+            )
 
     def _train_tracked(
         self,
@@ -244,6 +280,7 @@ class TrainingRun:
         report_to: list[str],
         notes: list[str],
         start: float,
+        extra_callbacks: Sequence[Any] = (),
     ) -> ExperimentResult:
         import torch
         from transformers.trainer_utils import enable_full_determinism, set_seed
@@ -255,7 +292,10 @@ class TrainingRun:
         from kanitts.training.trainer import ExperimentTrainer, GracefulInterrupt
 
         options = experiment.training
-        args, dtype, arg_notes = training_arguments(experiment, run_dir, report_to, self.project_name)
+        has_validation = self.eval_dataset is not None and len(self.eval_dataset) > 0
+        args, dtype, arg_notes = training_arguments(
+            experiment, run_dir, report_to, self.project_name, has_validation=has_validation
+        )
         notes += arg_notes
         compute = torch.float16 if args.fp16 else dtype  # fp16 trains fp32 weights under fp16 autocast
         attention, attention_notes = choose_attention(options.attn_implementation, compute)
@@ -315,16 +355,23 @@ class TrainingRun:
             say(f"  note: {note}")
         model = wrap_with_lora(model, lora_args)
         interrupt = GracefulInterrupt()
+        callbacks = [*self.callbacks, *extra_callbacks, interrupt]
+        if options.early_stopping_patience is not None:
+            from transformers import EarlyStoppingCallback
+
+            callbacks.append(EarlyStoppingCallback(options.early_stopping_patience, options.early_stopping_threshold))
         trainer = ExperimentTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
+            eval_dataset=self.eval_dataset if has_validation else None,
             data_collator=collator,
-            callbacks=[*self.callbacks, interrupt],
+            callbacks=callbacks,
             max_tokens_per_batch=options.max_tokens_per_batch if options.packing else None,
             chunked_loss=options.chunked_loss,
             speaker_conditioning=conditioning,
             lr_ratios={"alpha_weight": options.alpha_lr_ratio} if kanitts2 is not None else None,
+            layout=self.layout,
         )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -347,8 +394,10 @@ class TrainingRun:
 
         memory, memory_kind = peak_memory()
         losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+        validation = validation_metrics(trainer, args) if has_validation else {}
         metrics = {
             "loss_history": losses,
+            **validation,
             "final_loss": losses[-1]["loss"] if losses else mean_loss,
             "mean_train_loss": mean_loss,
             "global_step": global_step,
@@ -377,6 +426,7 @@ class TrainingRun:
             "done",
             time.perf_counter() - start,
             final_loss=metrics["final_loss"],
+            eval_loss=(validation.get("eval") or {}).get("eval_loss"),
             path=final,
             resumed_from=resumed,
             notes=notes,
@@ -471,6 +521,39 @@ def _with_speaker_means(dataset):
               for name in dataset["speaker"]]
     feature = dataset.features["speaker_embedding"]
     return dataset.remove_columns("speaker_embedding").add_column("speaker_embedding", values, feature=feature)
+
+
+def validation_metrics(trainer: Any, args: Any) -> dict[str, Any]:
+    """metrics.json's validation part: the curve, every evaluation, the best and the saved model's.
+
+    ``eval`` holds the metrics of the model that is saved: the best evaluation's under
+    ``load_best_model_at_end``, else the last step's (evaluated once more when the last
+    evaluation came before it). ``best_eval`` is the best evaluation by
+    ``metric_for_best_model`` (eval_loss unless set), whichever model is saved.
+    """
+    state = trainer.state
+    if not any(e.get("step") == state.global_step and "eval_loss" in e for e in state.log_history) and (
+        not args.load_best_model_at_end
+    ):
+        trainer.evaluate()  # logged at the last step like the others
+    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    evaluations = [
+        {k: v for k, v in e.items() if k == "step" or (k.startswith("eval_") and k not in timing)}
+        for e in state.log_history if "eval_loss" in e
+    ]
+    metric = args.metric_for_best_model or "eval_loss"
+    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+    greater = bool(args.greater_is_better) if args.greater_is_better is not None else metric.endswith("accuracy")
+    scored = [e for e in evaluations if metric in e]
+    best = (max if greater else min)(scored, key=lambda e: e[metric]) if scored else None
+    saved = best if args.load_best_model_at_end and best is not None else evaluations[-1] if evaluations else None
+    return {
+        "eval_loss_history": [{"step": e["step"], "loss": e["eval_loss"]} for e in evaluations],
+        "eval_history": evaluations,
+        "best_eval": {"metric": metric, "value": best[metric], "step": best["step"]} if best else None,
+        "eval": saved,
+        "stopped_early": bool(state.global_step < state.max_steps),
+    }
 
 
 def select_experiments(config: ExperimentsConfig, only: Sequence[str] | None) -> list[Experiment]:

@@ -187,14 +187,24 @@ def model_loss(
     it), asked for logits at no position; the decoder's output is taken from a hook on the body.
     ``unwrapped`` is ``model`` without distributed wrappers, where the body and head are found.
     """
+    hidden_states, head = final_hidden_states(model, inputs, unwrapped)
+    return causal_lm_loss(hidden_states, inputs["labels"], head, num_items_in_batch, chunk_tokens)
+
+
+def final_hidden_states(
+    model: nn.Module, inputs: dict, unwrapped: nn.Module | None = None
+) -> tuple[torch.Tensor, nn.Module]:
+    """The decoder body's output for ``inputs`` (labels aside) and the LM head, no logits computed.
+
+    The forward goes through ``model`` itself, asked for logits at no position; the body's output
+    is taken from a hook. ``unwrapped`` is ``model`` without distributed wrappers.
+    """
     decoder, head = decoder_and_head(unwrapped if unwrapped is not None else model)
-    labels = inputs["labels"]
     forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    no_positions = torch.empty(0, dtype=torch.long, device=labels.device)
+    no_positions = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
     with captured_output(decoder) as outputs:
         model(**forward_inputs, logits_to_keep=no_positions)
     if len(outputs) != 1:
         raise RuntimeError(f"the decoder body ran {len(outputs)} times in one forward; expected once")
     output = outputs[0]
-    hidden_states = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-    return causal_lm_loss(hidden_states, labels, head, num_items_in_batch, chunk_tokens)
+    return (output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]), head

@@ -7,6 +7,8 @@ On top of transformers' Trainer:
 - the tokens actually trained on are counted (padding excluded), for tokens/s;
 - the loss is computed chunk by chunk from the decoder's hidden states
   (:mod:`kanitts.training.loss`, ``chunked_loss``), so no (tokens x vocab) logits are held;
+- evaluation on the held-out rows adds the audio tokens' loss and accuracy, overall and per
+  codebook, to ``eval_loss`` (:mod:`kanitts.training.validation`), batch by batch;
 - the first Ctrl-C finishes the current optimizer step, saves a checkpoint and stops, so the
   next run resumes there; a second Ctrl-C stops at once;
 - with a :class:`~kanitts.conditioning.SpeakerConditioning`, each batch's ``speaker_embeddings``
@@ -15,6 +17,7 @@ On top of transformers' Trainer:
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Any
@@ -23,13 +26,16 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
+from kanitts.tokens import TokenLayout
 from kanitts.training.batching import PackedBatchSampler
 from kanitts.training.loss import model_loss
+from kanitts.training.validation import batch_scores, score_metrics
 
 
 class ExperimentTrainer(Trainer):
-    """Trainer with packed batching (when ``max_tokens_per_batch`` is set), a token counter and,
-    with ``chunked_loss``, the loss computed without materialising the logits."""
+    """Trainer with packed batching (when ``max_tokens_per_batch`` is set), a token counter,
+    with ``chunked_loss`` the loss computed without materialising the logits, and with a
+    ``layout`` the per-codebook validation metrics."""
 
     def __init__(
         self,
@@ -39,11 +45,14 @@ class ExperimentTrainer(Trainer):
         loss_chunk_tokens: int | None = None,
         speaker_conditioning: Any = None,
         lr_ratios: dict[str, float] | None = None,
+        layout: TokenLayout | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.lr_ratios = dict(lr_ratios or {})
         self.speaker_conditioning = speaker_conditioning
+        self.layout = layout
+        self._eval_sums: torch.Tensor | None = None
         self.max_tokens_per_batch = max_tokens_per_batch
         self.chunked_loss = chunked_loss
         self.loss_chunk_tokens = loss_chunk_tokens
@@ -131,6 +140,31 @@ class ExperimentTrainer(Trainer):
             processes = self.accelerator.num_processes // self.get_tp_size()
             loss = loss * (processes if self.args.n_gpu <= 1 else self.args.n_gpu)
         return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The batch's loss, its per-codebook sums kept for :meth:`evaluation_loop`; no logits."""
+        if self.layout is None or not prediction_loss_only or "labels" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        embeddings = inputs.pop("speaker_embeddings", None)
+        conditioned = (self.speaker_conditioning.conditioned(embeddings) if self.speaker_conditioning is not None
+                       else contextlib.nullcontext())
+        with torch.no_grad(), self.compute_loss_context_manager(), conditioned:
+            loss, sums = batch_scores(
+                model, inputs, self.layout, self.loss_chunk_tokens, unwrapped=self.accelerator.unwrap_model(model)
+            )
+        self._eval_sums = sums if self._eval_sums is None else self._eval_sums + sums
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._eval_sums = None
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._eval_sums is not None:
+            sums = self.accelerator.reduce(self._eval_sums, reduction="sum")
+            output.metrics.update(score_metrics(sums, metric_key_prefix))
+            self._eval_sums = None
+        return output
 
     def total_tokens_trained(self) -> int:
         """Tokens trained on by all processes together."""

@@ -37,6 +37,10 @@ class DatasetEntry(Strict):
     speaker_emb: Text | None = Field(None, min_length=1)
     max_len: PositiveInt | None = None
     categorical_filter: CategoricalFilter | None = None
+    # Added here: rows held out of training for the validation loss, drawn per speaker (seeded by
+    # `seed`); a fraction of each speaker's rows or a row count shared out over the speakers.
+    validation_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    validation_rows: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _one_prefix(self) -> DatasetEntry:
@@ -56,6 +60,8 @@ class DatasetEntry(Strict):
         twice = [k for k in self.codebook_columns if k in _NANO_KEYS and getattr(self, k) is not None]
         if twice:
             raise ValueError(f"codebook_columns renames {', '.join(twice)}, which is also set as its own key")
+        if self.validation_fraction is not None and self.validation_rows is not None:
+            raise ValueError("validation_fraction and validation_rows are both set: give one of them")
         return self
 
     @property

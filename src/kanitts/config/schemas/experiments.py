@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
 from kanitts.config.schemas.base import Strict, Text
+from kanitts.config.schemas.sweep import Sweep
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -73,6 +74,10 @@ class TrainingOptions(Strict):
     # RoPE scales as a multiple of learning_rate (KaniTTS-2's alpha_lr_ratio; no weight decay).
     speaker_embedding: Literal["clip", "speaker_mean"] = "clip"
     alpha_lr_ratio: PositiveFloat = 1.0
+    # Stop after this many evaluations without `metric_for_best_model` improving by more than
+    # the threshold (transformers' EarlyStoppingCallback); needs held-out rows.
+    early_stopping_patience: PositiveInt | None = None
+    early_stopping_threshold: float = Field(0.0, ge=0.0)
 
 
 class Experiment(Strict):
@@ -80,6 +85,8 @@ class Experiment(Strict):
     lora_args: LoraArgs = LoraArgs()
     trainer_args: dict[Text, Any] = {}
     training: TrainingOptions = TrainingOptions()
+    # Added here: turns this experiment into a grid or an Optuna study (`kanitts sweep`).
+    sweep: Sweep | None = None
 
     @property
     def model_id(self) -> str:
