@@ -7,6 +7,7 @@ each part lives:
 - ``yaml_loading``: reading one file (YAML 1.2 numbers, keys given twice, encodings, line/column)
 - ``formatting``: validation errors as ``<file>: <key path>: <problem>`` with did-you-mean
 - ``library_checks``: experiments.yaml against the installed transformers, peft and LFM2
+- ``sweep_checks``: an experiment's ``sweep:`` section (search spaces against the libraries' fields)
 - ``cross_checks``: what needs more than one file
 - ``loading``: :func:`load_config`, :func:`load_configs` and :class:`ConfigSet`
 
@@ -33,6 +34,7 @@ from kanitts.config.schemas.experiments import (
     LoraArgs,
     TrainingOptions,
 )
+from kanitts.config.schemas.sweep import Sweep, point_model_id
 from kanitts.config.schemas.inference import (
     TORCH_DTYPE_NAMES,
     GenerationSection,
@@ -78,6 +80,7 @@ __all__ = [
     "ServerSection",
     "SpeakerSimilarity",
     "SpecialTokens",
+    "Sweep",
     "TokenizerSection",
     "TorchDtypeName",
     "TrainingOptions",
@@ -87,6 +90,7 @@ __all__ = [
     "load_configs",
     "lora_config_field_names",
     "parse_config",
+    "point_model_id",
     "read_yaml",
     "suggest",
     "token_space_problems",

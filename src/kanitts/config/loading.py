@@ -25,6 +25,7 @@ from kanitts.config.schemas.evaluation import EvalConfig
 from kanitts.config.schemas.experiments import ExperimentsConfig
 from kanitts.config.schemas.inference import InferenceConfig
 from kanitts.config.schemas.model import ModelConfig, token_space_problems
+from kanitts.config.sweep_checks import check_sweeps
 from kanitts.config.yaml_loading import read_yaml
 from kanitts.errors import ConfigError
 
@@ -44,6 +45,8 @@ def parse_config(kind: str, data: Any, filename: str) -> BaseModel:
     if kind == "experiments":
         data, library_problems = check_experiments(data)
         problems.extend(f"{filename}: {p}" for p in library_problems)
+        data, sweep_problems = check_sweeps(data)
+        problems.extend(f"{filename}: {p}" for p in sweep_problems)
     try:
         parsed = schema.model_validate(data)
     except ValidationError as exc:

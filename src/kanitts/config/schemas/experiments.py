@@ -92,6 +92,17 @@ class Experiment(Strict):
     def model_id(self) -> str:
         return self.base.model_id
 
+    def with_parameters(self, params: dict[str, Any], model_id: str) -> Experiment:
+        """This experiment with a sweep's values set (``section.key`` -> value), named
+        ``model_id``, without its sweep: one trial, trained like any experiment."""
+        data = self.model_dump(exclude={"sweep"})
+        data["base"]["model_id"] = model_id
+        data["base"]["run_name"] = model_id if self.base.run_name is None else f"{self.base.run_name}-{model_id}"
+        for key, value in params.items():
+            section, name = key.split(".", 1)
+            data[section][name] = value
+        return Experiment.model_validate(data)
+
 
 class ExperimentsConfig(Strict):
     base_model: Text

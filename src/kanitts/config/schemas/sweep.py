@@ -8,9 +8,10 @@ holds the result.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 
 from kanitts.config.schemas.base import Strict, Text
 
@@ -21,14 +22,14 @@ SWEEP_SECTIONS = ("lora_args", "trainer_args", "training")
 class Sweep(Strict):
     method: Literal["grid", "optuna"]
     # "section.key" -> a list of values (grid), or {low, high[, log][, step]} / {choices} (optuna)
-    parameters: dict[Text, Any] = Field(min_length=1)
+    parameters: dict[Text, Any]
     # Optuna: how many trials the study should hold in the end (finished or pruned); a grid runs every point.
     n_trials: PositiveInt = 10
     # An eval metric of the trained model, best over its evaluations (eval_loss: the lowest).
     objective: Text = "eval_loss"
     direction: Literal["minimize", "maximize"] | None = None  # default: maximize an accuracy, else minimize
     sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "none"] = "median"
+    pruner: Literal["median", "none"] | None = None  # default: median for optuna, none for a grid
     # Trials finished before the median pruner prunes anyone, and evaluations of a trial before it may be pruned.
     pruner_startup_trials: NonNegativeInt = 2
     pruner_warmup_evaluations: NonNegativeInt = 1
@@ -41,7 +42,51 @@ class Sweep(Strict):
     heartbeat_seconds: PositiveInt = 60
 
     @property
+    def resolved_pruner(self) -> str:
+        return self.pruner or ("median" if self.method == "optuna" else "none")
+
+    @property
     def resolved_direction(self) -> str:
         if self.direction is not None:
             return self.direction
         return "maximize" if self.objective.endswith("accuracy") else "minimize"
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of a grid's values, the first key varying slowest (file order)."""
+        points: list[dict[str, Any]] = [{}]
+        for key, values in self.parameters.items():
+            points = [{**point, key: value} for point in points for value in values]
+        return points
+
+    def study_label(self, model_id: str) -> str:
+        return self.study_name or model_id
+
+
+# How a trial's model_id names a varied key: short names for the keys swept most often.
+_SHORT_NAMES = {
+    "learning_rate": "lr",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "num_train_epochs": "ep",
+    "per_device_train_batch_size": "bs",
+    "gradient_accumulation_steps": "ga",
+    "weight_decay": "wd",
+    "warmup_steps": "warmup",
+    "max_steps": "steps",
+    "lr_scheduler_type": "sched",
+    "max_tokens_per_batch": "tokens",
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def point_model_id(model_id: str, params: dict[str, Any]) -> str:
+    """A readable model_id for one combination: `alice` + {lora_args.r: 16, lr: 5e-5} -> `alice-r16-lr5e-05`."""
+    parts = [model_id]
+    for key, value in params.items():
+        name = _SHORT_NAMES.get(key.rsplit(".", 1)[-1], key.rsplit(".", 1)[-1])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            text = "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value).lower()
+            parts.append(f"{name}-{text}")
+        else:
+            parts.append(f"{name}{value:g}" if isinstance(value, float) else f"{name}{value}")
+    return _UNSAFE.sub("_", "-".join(parts))[:200]
