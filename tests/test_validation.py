@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from sweep_project import build_base, experiment, write_project
 
 from kanitts.config import load_configs
 from kanitts.errors import UserError
 from kanitts.sequences import build_training_dataset, load_validation
 from kanitts.sequences.validation import split_validation
 from kanitts.training.experiments import METRICS_FILE, run_experiments
-
-from sweep_project import build_base, experiment, write_project
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +56,8 @@ def test_the_data_step_caches_held_out_rows_beside_the_training_ones(project):
     # the cache gives back the same split
     from transformers import AutoTokenizer
 
-    _, cached = build_training_dataset(configs.dataset, configs.model, AutoTokenizer.from_pretrained(str(configs.experiments.base_model)))
+    tokenizer = AutoTokenizer.from_pretrained(str(configs.experiments.base_model))
+    _, cached = build_training_dataset(configs.dataset, configs.model, tokenizer)
     assert cached.from_cache and load_validation(cached)["input_ids"] == held["input_ids"]
 
 

@@ -167,6 +167,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train.run(args.config_dir, only=only, force=args.force, checkpoints_dir=args.checkpoints_dir)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from kanitts.recipes import sweep
+
+    if args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials: expected a number of trials of 1 or more, got {args.trials}")
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+    return sweep.run(args.config_dir, only=only, n_trials=args.trials, checkpoints_dir=args.checkpoints_dir)
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from kanitts.recipes import data
 
@@ -262,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoints-dir", type=Path, help="where checkpoints go (default: eval_config paths.checkpoints_dir)"
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run (or resume) the grid / Optuna studies of experiments.yaml's sweep: sections; trials table, report",
+    )
+    _add_config_dir(p)
+    p.add_argument("--trials", type=int, metavar="N", help="trials each study should hold (default: its n_trials)")
+    p.add_argument("--only", metavar="IDS", help="comma-separated model_ids of experiments with a sweep (default: all)")
+    p.add_argument(
+        "--checkpoints-dir", type=Path, help="where checkpoints go (default: eval_config paths.checkpoints_dir)"
+    )
+    p.set_defaults(func=_cmd_sweep)
 
     return parser
 

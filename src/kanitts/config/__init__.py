@@ -34,7 +34,6 @@ from kanitts.config.schemas.experiments import (
     LoraArgs,
     TrainingOptions,
 )
-from kanitts.config.schemas.sweep import Sweep, point_model_id
 from kanitts.config.schemas.inference import (
     TORCH_DTYPE_NAMES,
     GenerationSection,
@@ -50,6 +49,7 @@ from kanitts.config.schemas.model import (
     token_space_problems,
 )
 from kanitts.config.schemas.server import ServerSection
+from kanitts.config.schemas.sweep import Sweep, point_model_id
 from kanitts.config.yaml_loading import ConfigLoader, read_yaml
 
 __all__ = [

@@ -45,7 +45,8 @@ def summary_table(results: Sequence[ExperimentResult]):
     """
     from rich.table import Table
 
-    colours = {"done": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow", "not run": "dim"}
+    colours = {"done": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow", "not run": "dim",
+               "pruned": "yellow"}
     table = Table(title="Training summary")
     for column in ("experiment", "status", "time", "final loss", "eval loss", "path"):
         table.add_column(column)

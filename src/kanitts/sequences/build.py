@@ -53,7 +53,6 @@ from kanitts.sequences.cache import (
 from kanitts.sequences.columns import column_problems, rename_problems
 from kanitts.sequences.sources import load_source
 from kanitts.sequences.steps import RowRules, apply_max_len, embedding_column, rows_matching, sequences_for_batch
-from kanitts.sequences.validation import split_validation
 from kanitts.sequences.summary import (
     BAD_DATA,
     DatasetSummary,
@@ -64,6 +63,7 @@ from kanitts.sequences.summary import (
     import_plotting,
     save_length_histogram,
 )
+from kanitts.sequences.validation import split_validation
 from kanitts.tokens import TokenLayout
 
 # Below this many rows per process, starting worker processes costs more than it saves.

@@ -26,7 +26,8 @@ def split_validation(
 
     `fraction` takes that share of every speaker's rows (at least one of a speaker with two or
     more); `rows` shares that many out over the speakers in proportion to their rows (largest
-    remainders first, one at least from each speaker that can spare one when there are enough). Neither: nothing is held out.
+    remainders first, one at least from each speaker that can spare one when there are enough).
+    Neither: nothing is held out.
     """
     if fraction is None and rows is None:
         return kept, kept[:0]

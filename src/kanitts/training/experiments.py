@@ -55,7 +55,7 @@ from kanitts.training.tracking import finish_active_runs
 EXPERIMENT_FILE = "experiment.yaml"
 METRICS_FILE = "metrics.json"
 
-Status = Literal["done", "skipped", "failed", "interrupted", "not run"]
+Status = Literal["done", "skipped", "failed", "interrupted", "not run", "pruned"]
 
 @dataclass
 class ExperimentResult:
@@ -387,6 +387,16 @@ class TrainingRun:
             runtime = float(result.metrics.get("train_runtime", 0.0))
         tokens = trainer.total_tokens_trained()
         resumed = resume_from.name if resume_from else None
+        discarded = [cb for cb in extra_callbacks if getattr(cb, "discard_run", False)]
+        if discarded:
+            # a callback stopped this run for good (a sweep's pruner): nothing worth saving or resuming
+            trainer.accelerator.wait_for_everyone()
+            if trainer.is_world_process_zero():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            return ExperimentResult(
+                experiment.model_id, "pruned", time.perf_counter() - start, resumed_from=resumed,
+                notes=[*notes, *(str(cb.discard_run) for cb in discarded)],
+            )
         if interrupt.interrupted:
             return ExperimentResult(
                 experiment.model_id, "interrupted", time.perf_counter() - start, resumed_from=resumed, notes=notes

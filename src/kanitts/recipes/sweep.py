@@ -1,0 +1,54 @@
+"""`kanitts sweep`: run the studies of experiments.yaml's `sweep:` sections, then report them.
+
+The trials table (values, objective, state, time), the best settings and where the report
+folder is are printed for every study; the exit code is 0 when the studies ran (pruned and
+failed trials are a study's business), 130 when interrupted, like `kanitts train`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from kanitts.config import CONFIG_FILES, load_configs
+from kanitts.sweeps import run_sweeps, write_report
+from kanitts.sweeps.report import trials_table
+from kanitts.sweeps.study import open_study
+from kanitts.training.experiments import is_main_process, say
+
+
+def run(
+    config_dir: Path | str,
+    *,
+    only: Sequence[str] | None = None,
+    n_trials: int | None = None,
+    checkpoints_dir: Path | str | None = None,
+) -> int:
+    """Run (or resume) every sweep, or those of the experiments in ``only``; ``n_trials``
+    replaces each study's target number of trials."""
+    kinds = ("dataset", "experiments", "model")
+    if (Path(config_dir) / CONFIG_FILES["eval"]).is_file():  # only for its checkpoints_dir
+        kinds += ("eval",)
+    configs = load_configs(config_dir, kinds=kinds)
+    for warning in configs.warnings:
+        say(f"warning: {warning}")
+    outcomes = run_sweeps(configs, only=only, n_trials=n_trials, checkpoints_dir=checkpoints_dir)
+    if is_main_process():
+        from rich.console import Console
+
+        console = Console()
+        experiments = {e.sweep.study_label(e.model_id): e for e in configs.experiments.experiments if e.sweep}
+        for outcome in outcomes:
+            sweep = experiments[outcome.name].sweep
+            report = write_report(open_study(sweep, outcome.name, outcome.storage), sweep.objective, outcome.report_dir)
+            console.print(trials_table(report))
+            if report.best:
+                settings = ", ".join(f"{k}={v}" for k, v in report.best["params"].items())
+                say(f"best: trial {report.best['trial']} ({report.best['model_id']}): "
+                    f"{sweep.objective} {report.best[sweep.objective]:.4f} with {settings}")
+            say(f"report: {report.folder / 'index.html'}; study: {outcome.storage} "
+                f"(optuna-dashboard {outcome.storage} shows it live)")
+    if any(o.interrupted for o in outcomes):
+        say("Interrupted: run the same command again to resume the study.")
+        return 130
+    return 0
