@@ -1,0 +1,204 @@
+"""Sweeps: grid expansion and names, config errors, Optuna with pruning, top-k checkpoints,
+kill -9 and resume, two processes on one study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sweep_project import build_base, experiment, write_project
+
+from kanitts.config import Sweep, load_configs, parse_config, point_model_id
+from kanitts.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_base(tmp_path_factory.mktemp("sweep_base"))
+
+
+def test_a_grid_expands_into_every_combination_with_readable_names():
+    sweep = Sweep.model_validate({"method": "grid", "parameters": {
+        "lora_args.r": [8, 16, 32], "trainer_args.learning_rate": [2e-5, 5e-5]}})
+    names = [point_model_id("alice", point) for point in sweep.grid_points()]
+    assert names == ["alice-r8-lr2e-05", "alice-r8-lr5e-05", "alice-r16-lr2e-05", "alice-r16-lr5e-05",
+                     "alice-r32-lr2e-05", "alice-r32-lr5e-05"]
+    assert point_model_id("bob", {"training.loss_on": "audio", "lora_args.target_modules": ["q_proj", "v_proj"]}) == (
+        "bob-loss_on-audio-target_modules-q_proj_v_proj")
+
+
+def _problems(sweep, extra=None):
+    data = {"base_model": "m", "experiments": [{"base": {"model_id": "alice"}, "sweep": sweep},
+                                               *(extra or [])]}
+    with pytest.raises(ConfigError) as caught:
+        parse_config("experiments", data, "config/experiments.yaml")
+    return caught.value.problems
+
+
+def test_sweep_mistakes_are_reported_with_file_and_key_path():
+    where = "config/experiments.yaml: experiments[0].sweep"
+    assert _problems({"method": "grid", "parameters": {}}) == [
+        f"{where}.parameters: empty: name at least one key to vary (e.g. lora_args.r: [8, 16])"]
+    problems = _problems({"method": "optuna", "n_trial": 3, "parameters": {
+        "trainer_args.learnig_rate": {"low": 1e-5, "high": 1e-3},
+        "lora_args.r": {"low": 32, "high": 8},
+        "lora_args.lora_dropout": {"lo": 0.0, "high": 0.2},
+        "trainer_args.warmup_steps": {"choices": []},
+        "trainer_args.lr_scheduler_type": ["cosin"],
+        "base.model_id": ["x"],
+    }})
+    assert f"{where}.parameters.trainer_args.learnig_rate: not a TrainingArguments field of the installed " \
+           "transformers (did you mean 'learning_rate'?)" in problems
+    assert f"{where}.parameters.lora_args.r: low (32) must be below high (8)" in problems
+    assert any(p.startswith(f"{where}.parameters.lora_args.lora_dropout.lo: unknown key in a search space "
+                            "(did you mean 'low'?)") for p in problems)
+    assert f"{where}.parameters.trainer_args.warmup_steps.choices: empty: give at least one value" in problems
+    assert any(p.startswith(f"{where}.parameters.trainer_args.lr_scheduler_type[0]: expected one of: linear")
+               and p.endswith("(did you mean 'cosine'?)") for p in problems)
+    assert any(p.startswith(f"{where}.parameters.base.model_id: not a key a sweep can vary") for p in problems)
+    assert f"{where}.n_trial: unknown key (did you mean 'n_trials'?)" in problems
+    assert _problems({"method": "grid", "parameters": {"lora_args.r": [0, 4]}}) == [
+        f"{where}.parameters.lora_args.r[0]: input should be greater than 0, got 0"]
+    assert _problems({"method": "grid", "parameters": {"lora_args.r": [4]}},
+                     [{"base": {"model_id": "alice-r4"}}]) == [
+        f"{where}: its grid trial 'alice-r4' has the model_id of experiments[1]"]
+
+
+def _sweep_project(root, base, sweep, steps=3, **trainer):
+    return write_project(root, base, [experiment("alice", steps=steps, sweep=sweep, trainer=trainer or None),
+                                      experiment("plain", steps=1)])
+
+
+def _study(root, name="alice"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'sweeps' / name}.db")
+
+
+def test_a_grid_sweep_trains_every_point_keeps_the_best_and_reports(base, tmp_path, monkeypatch, capsys):
+    from kanitts.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config_dir = _sweep_project(tmp_path, base, {"method": "grid", "keep_top_k": 1,
+                                                 "parameters": {"trainer_args.learning_rate": [1e-6, 3e-2]}})
+    assert main(["sweep", "--config-dir", str(config_dir)]) == 0
+    out = capsys.readouterr().out
+    study = _study(tmp_path)
+    trials = sorted(study.trials, key=lambda t: t.params["trainer_args.learning_rate"])
+    assert [t.user_attrs["model_id"] for t in trials] == ["alice-lr1e-06", "alice-lr0.03"]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    # the faster learning rate wins; the other checkpoint is deleted once it is worse
+    assert study.best_trial.user_attrs["model_id"] == "alice-lr0.03"
+    assert (tmp_path / "ck" / "alice-lr0.03" / "model.safetensors").is_file()
+    assert not (tmp_path / "ck" / "alice-lr1e-06").exists()
+    assert f"deleted {tmp_path / 'ck' / 'alice-lr1e-06'} (trial" in out and "not among the best 1" in out
+    assert "best: trial" in out and "trainer_args.learning_rate=0.03" in out
+    report = tmp_path / "sweeps" / "alice"
+    html = (report / "index.html").read_text()
+    assert "alice-lr0.03" in html and "history.png" in html and (report / "history.png").is_file()
+    assert json.loads((report / "best.json").read_text())["model_id"] == "alice-lr0.03"
+    # `kanitts train` leaves the sweep to `kanitts sweep` and trains the rest
+    assert main(["train", "--config-dir", str(config_dir)]) == 0
+    assert "alice: has a sweep (grid)" in capsys.readouterr().out and (tmp_path / "ck" / "plain").is_dir()
+
+
+def test_an_optuna_study_prunes_hopeless_trials(base, tmp_path, monkeypatch):
+    from kanitts.recipes import sweep as sweep_recipe
+
+    monkeypatch.chdir(tmp_path)
+    config_dir = _sweep_project(tmp_path, base, {
+        # seeded: 0.03 twice, then 1e-6, which learns nothing in its first step and is pruned there
+        "method": "optuna", "sampler": "random", "n_trials": 3, "seed": 6, "pruner_startup_trials": 1,
+        "pruner_warmup_evaluations": 0, "parameters": {"trainer_args.learning_rate": {"choices": [3e-2, 1e-6]}}},
+        steps=4)
+    assert sweep_recipe.run(config_dir) == 0
+    study = _study(tmp_path)
+    states = {t.user_attrs["model_id"]: (t.state.name, t.params["trainer_args.learning_rate"]) for t in study.trials}
+    assert states == {"alice-t000": ("COMPLETE", 3e-2), "alice-t001": ("COMPLETE", 3e-2),
+                      "alice-t002": ("PRUNED", 1e-6)}
+    pruned = ["alice-t002"]
+    for model_id in pruned:  # stopped after one evaluation, nothing saved or left to resume
+        trial = next(t for t in study.trials if t.user_attrs["model_id"] == model_id)
+        assert list(trial.intermediate_values) == [1]
+        assert not (tmp_path / "ck" / model_id).exists() and not (tmp_path / "ck" / ".runs" / model_id).exists()
+    assert study.best_trial.params["trainer_args.learning_rate"] == 3e-2
+
+
+# A sweep process for the kill and two-process test: with STALL_AT set, the second trial stops
+# at that step (its checkpoint of the step before saved) and waits to be killed.
+WORKER = """
+import os, sys, time
+from pathlib import Path
+from transformers import TrainerCallback
+from kanitts.config import load_configs
+from kanitts.sweeps import run_sweeps
+
+class Stall(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.output_dir.endswith("-t001") and state.global_step == int(os.environ["STALL_AT"]):
+            Path("stalled").write_text(args.output_dir)
+            time.sleep(300)
+
+configs = load_configs(sys.argv[1], kinds=("dataset", "experiments", "model", "eval"))
+run_sweeps(configs, callbacks=[Stall()] if os.environ.get("STALL_AT") else [])
+"""
+
+
+def _worker(root: Path, config_dir: Path, **env) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}", **env}
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(config_dir)], cwd=root, env=environment,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for(condition, what: str, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_killed_sweep_resumes_and_two_processes_share_the_study(base, tmp_path, monkeypatch):
+    from kanitts.sweeps import run_sweeps
+
+    monkeypatch.chdir(tmp_path)
+    config_dir = _sweep_project(tmp_path, base, {
+        "method": "optuna", "n_trials": 4, "pruner": "none",
+        "parameters": {"trainer_args.learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}}},
+        steps=4, save_steps=1)
+    first = _worker(tmp_path, config_dir, STALL_AT="3")
+    _wait_for(lambda: (tmp_path / "stalled").exists(), "the second trial to stall")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    study = _study(tmp_path)
+    before = {t.number: (t.state.name, t.value) for t in study.trials}
+    assert before[0][0] == "COMPLETE" and before[1] == ("RUNNING", None)
+    assert (tmp_path / "ck" / ".runs" / "alice-t001" / "checkpoint-2" / "trainer_state.json").is_file()
+
+    # two processes resume the study together: another one, and this one
+    second = _worker(tmp_path, config_dir)
+    _wait_for(lambda: any(t.user_attrs.get("pid") == second.pid for t in _study(tmp_path).trials),
+              "the other process to start a trial")
+    run_sweeps(load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval")))
+    assert second.wait(timeout=120) == 0
+
+    trials = _study(tmp_path).trials
+    assert trials[0].value == before[0][1]  # the finished trial is kept as it was
+    assert trials[1].state.name == "FAIL"  # the killed one, retried under its model_id
+    finished = [t for t in trials if t.state.name == "COMPLETE"]
+    model_ids = [t.user_attrs["model_id"] for t in finished]
+    assert len(finished) == 4 and len(set(model_ids)) == 4 and "alice-t001" in model_ids
+    retry = next(t for t in finished if t.user_attrs["model_id"] == "alice-t001")
+    assert retry.params == trials[1].params and retry.system_attrs["retry_history"] == [1]
+    metrics = json.loads((tmp_path / "ck" / "alice-t001" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == "checkpoint-2" and metrics["global_step"] == 4
+    assert {t.user_attrs["pid"] for t in finished[1:]} >= {second.pid, os.getpid()}
+    assert yaml.safe_load((tmp_path / "ck" / "alice-t001" / "experiment.yaml").read_text())["model_id"] == "alice-t001"
