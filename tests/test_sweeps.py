@@ -56,8 +56,8 @@ def test_sweep_mistakes_are_reported_with_file_and_key_path():
         "trainer_args.lr_scheduler_type": ["cosin"],
         "base.model_id": ["x"],
     }})
-    assert f"{where}.parameters.trainer_args.learnig_rate: not a TrainingArguments field of the installed " \
-           "transformers (did you mean 'learning_rate'?)" in problems
+    assert (f"{where}.parameters.trainer_args.learnig_rate: not a TrainingArguments field of the installed "
+            "transformers (did you mean 'learning_rate'?)") in problems
     assert f"{where}.parameters.lora_args.r: low (32) must be below high (8)" in problems
     assert any(p.startswith(f"{where}.parameters.lora_args.lora_dropout.lo: unknown key in a search space "
                             "(did you mean 'low'?)") for p in problems)
