@@ -11,15 +11,15 @@ YELLOW := \033[1;33m
 NC := \033[0m
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock login prepare data train eval report synthesize serve test-config upload-model \
-        test lint demo bench clean clean-all
+.PHONY: help setup lock login prepare data train sweep eval report synthesize serve test-config upload-model \
+        test lint demo sweep-demo bench clean clean-all
 
 help: ## show this list
 	@printf "$(CYAN)kanitts$(NC): fine-tune, evaluate and publish LLM-based TTS models\n\n"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  $(YELLOW)make %-13s$(NC) %s\n", $$1, $$2}'
 	@printf "\nVariables: VENV=$(VENV) and NEWEST=1 (setup), CONFIG_DIR=$(CONFIG_DIR) (every pipeline target),\n"
-	@printf "           MODEL_ID, REPO, PRIVATE=1 (upload-model),\n"
+	@printf "           MODEL_ID, REPO, PRIVATE=1 (upload-model), TRIALS (sweep, sweep-demo),\n"
 	@printf "           INPUT, OUTPUT, SPEAKER, TRANSCRIBE_ONLY=1, PREPARE_ARGS (prepare), TEXT, MODEL, OUT (synthesize),\n"
 	@printf "           HOST, PORT (serve), YES=1 (clean-all)\n"
 
@@ -49,6 +49,9 @@ data: $(PY) ## build (and cache) the training sequences from dataset_config.yaml
 
 train: $(PY) ## run every experiment in experiments.yaml (skips finished ones; FORCE=1 redoes them)
 	@$(KANITTS) train --config-dir $(CONFIG_DIR) $(if $(FORCE),--force) $(if $(ONLY),--only $(ONLY))
+
+sweep: $(PY) ## run (or resume) the grid / Optuna studies of experiments.yaml's sweep: sections [TRIALS=N]
+	@$(KANITTS) sweep --config-dir $(CONFIG_DIR) $(if $(TRIALS),--trials $(TRIALS)) $(if $(ONLY),--only $(ONLY))
 
 eval: $(PY) ## base model + every checkpoint speak the eval set; metrics, dataset, HTML report
 	@$(KANITTS) eval --config-dir $(CONFIG_DIR) $(if $(FORCE),--force)
@@ -85,6 +88,9 @@ lint: $(PY) ## ruff check (rules in pyproject.toml) and lint-imports (the import
 demo: $(PY) ## offline end to end: espeak clips -> prepare -> train 2 experiments -> eval -> report (CODEC=kanade: on Kanade)
 	@bash examples/run_demo.sh
 
+sweep-demo: $(PY) ## the demo's 6-trial Optuna study (offline, CPU); kill it and run again: it resumes
+	@TRIALS="$(TRIALS)" bash examples/run_sweep_demo.sh
+
 bench: $(PY) ## run the benchmarks (ratios against baselines measured in the same run)
 	@for b in benchmarks/bench_*.py; do printf "\n$(CYAN)== $$b$(NC)\n"; $(PY) $$b || exit 1; done
 
@@ -95,7 +101,7 @@ clean: ## remove caches (Python, pytest, processed-data cache)
 
 clean-all: clean ## also remove checkpoints, audio samples, reports and the venvs (asks first; YES=1 skips)
 	@if [ "$(YES)" != 1 ]; then \
-	  read -r -p "Delete checkpoints/, audio_samples/, report/, $(VENV)/ and .venv-newest/? [y/N] " ans; \
+	  read -r -p "Delete checkpoints/, audio_samples/, report/, sweeps/, $(VENV)/ and .venv-newest/? [y/N] " ans; \
 	  case "$$ans" in y|Y|yes) ;; *) echo "nothing deleted"; exit 1;; esac; fi
-	@rm -rf checkpoints audio_samples report $(VENV) .venv-newest examples/work
-	@printf "$(GREEN)removed checkpoints, audio samples, reports, $(VENV) and .venv-newest$(NC)\n"
+	@rm -rf checkpoints audio_samples report sweeps $(VENV) .venv-newest examples/work
+	@printf "$(GREEN)removed checkpoints, audio samples, reports, sweeps, $(VENV) and .venv-newest$(NC)\n"
