@@ -73,6 +73,17 @@ def test_sweep_mistakes_are_reported_with_file_and_key_path():
         f"{where}: its grid trial 'alice-r4' has the model_id of experiments[1]"]
 
 
+def test_a_sweep_without_held_out_rows_is_a_config_error(base, tmp_path):
+    sweep = {"method": "grid", "parameters": {"lora_args.r": [4, 8]}}
+    config_dir = write_project(tmp_path, base, [experiment("alice", sweep=sweep)], validation={})
+    with pytest.raises(ConfigError) as caught:
+        load_configs(config_dir, kinds=("dataset", "experiments", "model"))
+    assert caught.value.problems == [
+        f"{config_dir / 'experiments.yaml'}: experiments[0].sweep: trials are scored on held-out rows, and no "
+        f"dataset of {config_dir / 'dataset_config.yaml'} holds any out: set validation_fraction or "
+        "validation_rows on one"]
+
+
 def _sweep_project(root, base, sweep, steps=3, **trainer):
     return write_project(root, base, [experiment("alice", steps=steps, sweep=sweep, trainer=trainer or None),
                                       experiment("plain", steps=1)])

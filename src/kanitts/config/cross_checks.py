@@ -29,6 +29,16 @@ def cross_file_problems(configs: ConfigSet) -> list[str]:
                 f"audio frame, which takes {needed} tokens (start_of_ai, start_of_speech and the "
                 f"{configs.model.codec.num_codebooks} codes of {d / CONFIG_FILES['model']}'s codec)"
             )
+    if configs.experiments is not None and configs.dataset is not None and not any(
+        e.validation_fraction or e.validation_rows for e in configs.dataset.hf_datasets
+    ):
+        for i, exp in enumerate(configs.experiments.experiments):
+            if exp.sweep is not None:
+                problems.append(
+                    f"{d / CONFIG_FILES['experiments']}: experiments[{i}].sweep: trials are scored on held-out "
+                    f"rows, and no dataset of {d / CONFIG_FILES['dataset']} holds any out: set "
+                    "validation_fraction or validation_rows on one"
+                )
     return problems
 
 

@@ -7,6 +7,7 @@ failed trials are a study's business), 130 when interrupted, like `kanitts train
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def run(
     if is_main_process():
         from rich.console import Console
 
-        console = Console()
+        # piped or logged, the table keeps its columns instead of folding to 80 characters
+        console = Console() if sys.stdout.isatty() else Console(width=160)
         experiments = {e.sweep.study_label(e.model_id): e for e in configs.experiments.experiments if e.sweep}
         for outcome in outcomes:
             sweep = experiments[outcome.name].sweep
