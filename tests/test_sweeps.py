@@ -4,10 +4,9 @@ kill -9 and resume, two processes on one study."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from sweep_project import build_base, experiment, write_project
 
 from kanitts.config import Sweep, load_configs, parse_config, point_model_id
 from kanitts.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +76,9 @@ def test_a_sweep_without_held_out_rows_is_a_config_error(base, tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_configs(config_dir, kinds=("dataset", "experiments", "model"))
     assert caught.value.problems == [
-        f"{config_dir / 'experiments.yaml'}: experiments[0].sweep: trials are scored on held-out rows, and no "
-        f"dataset of {config_dir / 'dataset_config.yaml'} holds any out: set validation_fraction or "
-        "validation_rows on one"]
+        (f"{config_dir / 'experiments.yaml'}: experiments[0].sweep: trials are scored on held-out rows, and no "
+         f"dataset of {config_dir / 'dataset_config.yaml'} holds any out: set validation_fraction or "
+         "validation_rows on one")]
 
 
 def _sweep_project(root, base, sweep, steps=3, **trainer):
@@ -144,30 +141,37 @@ def test_an_optuna_study_prunes_hopeless_trials(base, tmp_path, monkeypatch):
     assert study.best_trial.params["trainer_args.learning_rate"] == 3e-2
 
 
-# A sweep process for the kill and two-process test: with STALL_AT set, the second trial stops
-# at that step (its checkpoint of the step before saved) and waits to be killed.
-WORKER = """
-import os, sys, time
-from pathlib import Path
-from transformers import TrainerCallback
-from kanitts.config import load_configs
-from kanitts.sweeps import run_sweeps
+class Stall:
+    """Stops the second trial at ``step`` (its checkpoint of the step before saved), to be killed there."""
 
-class Stall(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def __getattr__(self, name):  # the TrainerCallback events this test does not need
+        return lambda *args, **kwargs: None
+
     def on_step_end(self, args, state, control, **kwargs):
-        if args.output_dir.endswith("-t001") and state.global_step == int(os.environ["STALL_AT"]):
+        if args.output_dir.endswith("-t001") and state.global_step == self.step:
             Path("stalled").write_text(args.output_dir)
             time.sleep(300)
 
-configs = load_configs(sys.argv[1], kinds=("dataset", "experiments", "model", "eval"))
-run_sweeps(configs, callbacks=[Stall()] if os.environ.get("STALL_AT") else [])
-"""
+
+def _sweep_process(config_dir: Path, stall_at: int | None, wait_for: str | None) -> None:
+    from kanitts.sweeps import run_sweeps
+
+    while wait_for and not Path(wait_for).exists():
+        time.sleep(0.05)
+    run_sweeps(load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval")),
+               callbacks=[Stall(stall_at)] if stall_at else [])
 
 
-def _worker(root: Path, config_dir: Path, **env) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}", **env}
-    return subprocess.Popen([sys.executable, "-c", WORKER, str(config_dir)], cwd=root, env=environment,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _worker(config_dir: Path, stall_at: int | None = None, wait_for: str | None = None):
+    """Another process running the sweep: forked from this one, so it starts without imports
+    (one intra-op thread, see conftest.py, so nothing of OpenMP is forked half-way)."""
+    process = multiprocessing.get_context("fork").Process(target=_sweep_process,
+                                                          args=(config_dir, stall_at, wait_for))
+    process.start()
+    return process
 
 
 def _wait_for(condition, what: str, seconds: float = 120):
@@ -182,34 +186,36 @@ def test_a_killed_sweep_resumes_and_two_processes_share_the_study(base, tmp_path
 
     monkeypatch.chdir(tmp_path)
     config_dir = _sweep_project(tmp_path, base, {
-        "method": "optuna", "n_trials": 4, "pruner": "none",
+        "method": "optuna", "n_trials": 3, "pruner": "none",
         "parameters": {"trainer_args.learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}}},
-        steps=4, save_steps=1)
-    first = _worker(tmp_path, config_dir, STALL_AT="3")
+        steps=3, save_steps=1)
+    first = _worker(config_dir, stall_at=2)
     _wait_for(lambda: (tmp_path / "stalled").exists(), "the second trial to stall")
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    os.kill(first.pid, signal.SIGKILL)
+    first.join()
+    assert first.exitcode == -signal.SIGKILL
     study = _study(tmp_path)
     before = {t.number: (t.state.name, t.value) for t in study.trials}
     assert before[0][0] == "COMPLETE" and before[1] == ("RUNNING", None)
-    assert (tmp_path / "ck" / ".runs" / "alice-t001" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert (tmp_path / "ck" / ".runs" / "alice-t001" / "checkpoint-1" / "trainer_state.json").is_file()
 
     # two processes resume the study together: another one, and this one
-    second = _worker(tmp_path, config_dir)
+    second = _worker(config_dir)
     _wait_for(lambda: any(t.user_attrs.get("pid") == second.pid for t in _study(tmp_path).trials),
               "the other process to start a trial")
     run_sweeps(load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval")))
-    assert second.wait(timeout=120) == 0
+    second.join(timeout=120)
+    assert second.exitcode == 0
 
     trials = _study(tmp_path).trials
     assert trials[0].value == before[0][1]  # the finished trial is kept as it was
     assert trials[1].state.name == "FAIL"  # the killed one, retried under its model_id
     finished = [t for t in trials if t.state.name == "COMPLETE"]
     model_ids = [t.user_attrs["model_id"] for t in finished]
-    assert len(finished) == 4 and len(set(model_ids)) == 4 and "alice-t001" in model_ids
+    assert len(finished) == 3 and len(set(model_ids)) == 3 and "alice-t001" in model_ids
     retry = next(t for t in finished if t.user_attrs["model_id"] == "alice-t001")
     assert retry.params == trials[1].params and retry.system_attrs["retry_history"] == [1]
     metrics = json.loads((tmp_path / "ck" / "alice-t001" / "metrics.json").read_text())
-    assert metrics["resumed_from"] == "checkpoint-2" and metrics["global_step"] == 4
+    assert metrics["resumed_from"] == "checkpoint-1" and metrics["global_step"] == 3
     assert {t.user_attrs["pid"] for t in finished[1:]} >= {second.pid, os.getpid()}
     assert yaml.safe_load((tmp_path / "ck" / "alice-t001" / "experiment.yaml").read_text())["model_id"] == "alice-t001"
