@@ -10,6 +10,7 @@ from sweep_project import build_base, experiment, write_project
 
 from kanitts.config import load_configs
 from kanitts.errors import UserError
+from kanitts.evaluation.results import loss_history
 from kanitts.sequences import build_training_dataset, load_validation
 from kanitts.sequences.validation import split_validation
 from kanitts.training.experiments import METRICS_FILE, run_experiments
@@ -77,6 +78,9 @@ def test_every_experiment_reports_validation_loss_and_codebook_metrics(project, 
             assert key in metrics["eval"], key
         assert 0 <= metrics["eval"]["eval_audio_accuracy"] <= 1
         assert metrics["best_eval"]["metric"] == "eval_loss"
+        # eval_results.json carries the curve beside the training one
+        assert loss_history(tmp_path / result.model_id, "eval_loss_history") == [
+            {"step": float(p["step"]), "loss": pytest.approx(p["loss"])} for p in metrics["eval_loss_history"]]
         assert metrics["best_eval"]["value"] == min(p["loss"] for p in metrics["eval_loss_history"])
 
 
