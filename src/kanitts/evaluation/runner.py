@@ -162,6 +162,8 @@ def eval_targets(configs: ConfigSet) -> tuple[list[EvalTarget], dict[str, str]]:
     targets = [EvalTarget(BASE_ID, experiments.base_model, {"base_model": experiments.base_model})]
     missing = {}
     for experiment in experiments.experiments:
+        if experiment.sweep is not None:  # its trials are a study's (sweeps/<name>/best.json), not one checkpoint
+            continue
         folder = checkpoints / experiment.model_id
         if not (folder / "config.json").is_file():
             missing[experiment.model_id] = (
