@@ -4,9 +4,10 @@ kill -9 and resume, two processes on one study."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from sweep_project import build_base, experiment, write_project
 
 from kanitts.config import Sweep, load_configs, parse_config, point_model_id
 from kanitts.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -141,37 +144,34 @@ def test_an_optuna_study_prunes_hopeless_trials(base, tmp_path, monkeypatch):
     assert study.best_trial.params["trainer_args.learning_rate"] == 3e-2
 
 
-class Stall:
-    """Stops the second trial at ``step`` (its checkpoint of the step before saved), to be killed there."""
+# A sweep process for the kill and two-process test: with STALL_AT set, the second trial stops
+# at that step (its checkpoint of the step before saved) and waits to be killed; with WAIT_FOR
+# set, it imports everything first and starts its sweep once that file exists. Separate
+# processes, not forks of this one: the suite's threads make a fork hang now and then.
+WORKER = """
+import os, sys, time
+from pathlib import Path
+from transformers import TrainerCallback
+from kanitts.config import load_configs
+from kanitts.sweeps import run_sweeps
 
-    def __init__(self, step: int):
-        self.step = step
-
-    def __getattr__(self, name):  # the TrainerCallback events this test does not need
-        return lambda *args, **kwargs: None
-
+class Stall(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
-        if args.output_dir.endswith("-t001") and state.global_step == self.step:
+        if args.output_dir.endswith("-t001") and state.global_step == int(os.environ["STALL_AT"]):
             Path("stalled").write_text(args.output_dir)
             time.sleep(300)
 
-
-def _sweep_process(config_dir: Path, stall_at: int | None, wait_for: str | None) -> None:
-    from kanitts.sweeps import run_sweeps
-
-    while wait_for and not Path(wait_for).exists():
-        time.sleep(0.05)
-    run_sweeps(load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval")),
-               callbacks=[Stall(stall_at)] if stall_at else [])
+while os.environ.get("WAIT_FOR") and not Path(os.environ["WAIT_FOR"]).exists():
+    time.sleep(0.05)
+configs = load_configs(sys.argv[1], kinds=("dataset", "experiments", "model", "eval"))
+run_sweeps(configs, callbacks=[Stall()] if os.environ.get("STALL_AT") else [])
+"""
 
 
-def _worker(config_dir: Path, stall_at: int | None = None, wait_for: str | None = None):
-    """Another process running the sweep: forked from this one, so it starts without imports
-    (one intra-op thread, see conftest.py, so nothing of OpenMP is forked half-way)."""
-    process = multiprocessing.get_context("fork").Process(target=_sweep_process,
-                                                          args=(config_dir, stall_at, wait_for))
-    process.start()
-    return process
+def _worker(root: Path, config_dir: Path, **env: str) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}", **env}
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(config_dir)], cwd=root, env=environment,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _wait_for(condition, what: str, seconds: float = 120):
@@ -182,30 +182,38 @@ def _wait_for(condition, what: str, seconds: float = 120):
 
 
 def test_a_killed_sweep_resumes_and_two_processes_share_the_study(base, tmp_path, monkeypatch):
-    from kanitts.sweeps import run_sweeps
-
     monkeypatch.chdir(tmp_path)
     config_dir = _sweep_project(tmp_path, base, {
         "method": "optuna", "n_trials": 3, "pruner": "none",
         "parameters": {"trainer_args.learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}}},
         steps=3, save_steps=1)
-    first = _worker(config_dir, stall_at=2)
-    _wait_for(lambda: (tmp_path / "stalled").exists(), "the second trial to stall")
-    os.kill(first.pid, signal.SIGKILL)
-    first.join()
-    assert first.exitcode == -signal.SIGKILL
+    first = _worker(tmp_path, config_dir, STALL_AT="2")
+    second = _worker(tmp_path, config_dir, WAIT_FOR="go")  # imports meanwhile
+    try:
+        _wait_for(lambda: (tmp_path / "stalled").exists(), "the second trial to stall")
+        first.send_signal(signal.SIGKILL)
+        assert first.wait() == -signal.SIGKILL
+        _check_killed_and_resume(tmp_path, config_dir, second)
+    finally:
+        for process in (first, second):
+            process.kill()
+            process.wait()
+
+
+def _check_killed_and_resume(tmp_path: Path, config_dir: Path, second: subprocess.Popen) -> None:
+    from kanitts.sweeps import run_sweeps
+
     study = _study(tmp_path)
     before = {t.number: (t.state.name, t.value) for t in study.trials}
     assert before[0][0] == "COMPLETE" and before[1] == ("RUNNING", None)
     assert (tmp_path / "ck" / ".runs" / "alice-t001" / "checkpoint-1" / "trainer_state.json").is_file()
 
     # two processes resume the study together: another one, and this one
-    second = _worker(config_dir)
+    (tmp_path / "go").touch()
     _wait_for(lambda: any(t.user_attrs.get("pid") == second.pid for t in _study(tmp_path).trials),
               "the other process to start a trial")
     run_sweeps(load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval")))
-    second.join(timeout=120)
-    assert second.exitcode == 0
+    assert second.wait(timeout=120) == 0
 
     trials = _study(tmp_path).trials
     assert trials[0].value == before[0][1]  # the finished trial is kept as it was
