@@ -168,21 +168,33 @@ run_sweeps(configs, callbacks=[Stall()] if os.environ.get("STALL_AT") else [])
 """
 
 
+# Plain processes, this one included: no launcher variables (a DDP test earlier in the suite may
+# leave some behind, and the sweep would wait for a process group).
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
+                      "MASTER_ADDR", "MASTER_PORT")
+
+
 def _worker(root: Path, config_dir: Path, **env: str) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}", **env}
+    environment = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    environment.update(PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}", **env)
+    log = (root / f"worker-{len(list(root.glob('worker-*.log')))}.log").open("w")
     return subprocess.Popen([sys.executable, "-c", WORKER, str(config_dir)], cwd=root, env=environment,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait_for(condition, what: str, seconds: float = 120):
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"{p.name}: ...{p.read_text()[-3000:]}" for p in sorted(Path().glob("worker-*.log")))
+            pytest.fail(f"timed out waiting for {what}; the workers said:\n{logs}")
         time.sleep(0.1)
 
 
 def test_a_killed_sweep_resumes_and_two_processes_share_the_study(base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     config_dir = _sweep_project(tmp_path, base, {
         "method": "optuna", "n_trials": 3, "pruner": "none",
         "parameters": {"trainer_args.learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}}},
