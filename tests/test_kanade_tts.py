@@ -335,3 +335,14 @@ def test_the_kanade_demo_configs_run_end_to_end(kanade_project, tmp_path):
     checkpoint = tmp_path / "work" / "checkpoints" / only
     assert (checkpoint / "speaker_projection.safetensors").is_file()
     assert len(list((tmp_path / "work" / "audio_samples" / only).glob("*.wav"))) == 3
+    # each sentence in its speaker's voice, said per row in the results
+    import csv
+    import json
+
+    samples = tmp_path / "work" / "audio_samples"
+    rows = json.loads((samples / "eval_results.json").read_text())["rows"]
+    voices = {r["sentence_id"]: r["voice"] for r in rows}
+    assert voices == {"alice_fox": "speaker alice's mean embedding", "bob_fox": "speaker bob's mean embedding",
+                      "alice_new": "speaker alice's mean embedding"}
+    with open(samples / "eval_results.csv", newline="") as f:
+        assert {r["sentence_id"]: r["voice"] for r in csv.DictReader(f)} == voices

@@ -293,7 +293,8 @@ class KaniTTS:
     ) -> list[SynthesisResult]:
         """Turn generated token streams into audio; a broken stream gives what it can, never raises.
 
-        ``voice`` ((dim,) embedding) is what a codec with global embeddings decodes with.
+        ``voice`` ((dim,) embedding, or (texts, dim): one per stream) is what a codec with global
+        embeddings decodes with.
         """
         # Generation pads finished sequences after end_of_speech; ids_to_frames stops at the first
         # end_of_speech, so that padding is never read as audio.
@@ -333,15 +334,19 @@ class KaniTTS:
         batch = torch.zeros((len(todo), self.layout.num_codebooks, int(lengths.max())), dtype=torch.long)
         for row, i in enumerate(todo):
             batch[row, :, : codes[i].shape[1]] = torch.from_numpy(codes[i])
-        extra = {} if voice is None else {"global_embeddings": torch.as_tensor(voice).float().expand(len(todo), -1)}
+        rows = None
+        if voice is not None:
+            voice = torch.as_tensor(voice).float()
+            rows = voice[todo] if voice.ndim == 2 else voice.expand(len(todo), -1)
+        extra = {} if rows is None else {"global_embeddings": rows}
         try:
             waves, sample_lengths = self.codec.decode(batch, lengths, **extra)
         except (RuntimeError, ValueError) as exc:
             if len(todo) == 1:
                 out[todo[0]] = (empty, f"codec decoding failed: {exc}")
                 return out
-            for i in todo:
-                out[i] = self._decode_frames([codes[i]], voice)[0]
+            for row, i in enumerate(todo):
+                out[i] = self._decode_frames([codes[i]], None if rows is None else rows[row])[0]
             return out
         waves = waves.float().to("cpu").numpy()
         for row, i in enumerate(todo):
@@ -357,12 +362,14 @@ class KaniTTS:
         batch_size: int | None = None,
         progress: bool = False,
         voice: Any = None,
+        voices: Sequence[Any] | None = None,
         **generate_kwargs: Any,
     ) -> list[SynthesisResult]:
         """Speak each text (``"speaker: "`` is prepended when ``speaker`` is given).
 
         ``voice`` is a reference clip (audio file or waveform) or an embedding to speak in, for
-        a codec with global embeddings (Kanade): see :meth:`voice_embedding`.
+        a codec with global embeddings (Kanade): see :meth:`voice_embedding`; ``voices`` gives
+        one per text instead (each row of a batch conditioned and decoded with its own).
         Returns one result per text, or ``num_return_sequences`` per text, text-major.
         """
         import torch
@@ -375,15 +382,26 @@ class KaniTTS:
             if problem:
                 where = f"text {index + 1} of {len(texts)}" if len(texts) > 1 else "the text"
                 raise UserError(f"{where} ({text!r}): {problem}")
-        embedding, voice_problem, source = None, None, ""
+        if voices is not None and len(voices) != len(texts):
+            raise ValueError(f"voices: {len(voices)} voices for {len(texts)} texts")
+        embeddings, sources, voice_problems = None, [""] * len(texts), [None] * len(texts)
         if self.takes_voice:
-            embedding, source = self.voice_embedding(voice, speaker)
-            if embedding is None:
-                # a decoder voice of zeros still decodes: said in every result, never silently
-                dim = getattr(self.codec, "embedding_dim", None) or self.conditioning.embedding_dim
-                embedding, voice_problem = torch.zeros(int(dim)), source
-        elif voice is not None:
-            self.voice_embedding(voice, speaker)  # the error for a codec without embeddings
+            given = [voice] if voices is None else list(voices)
+            embeddings, sources, voice_problems = [], [], []
+            for v in given:
+                embedding, source = self.voice_embedding(v, speaker)
+                problem = None
+                if embedding is None:
+                    # a decoder voice of zeros still decodes: said in every result, never silently
+                    dim = getattr(self.codec, "embedding_dim", None) or self.conditioning.embedding_dim
+                    embedding, problem = torch.zeros(int(dim)), source
+                embeddings.append(embedding)
+                sources.append(source)
+                voice_problems.append(problem)
+            if voices is None:  # one voice for every text, embedded once
+                embeddings, sources, voice_problems = (x * len(texts) for x in (embeddings, sources, voice_problems))
+        elif voice is not None or voices is not None:
+            self.voice_embedding(voice if voices is None else voices[0], speaker)  # the error: no embeddings
         batch_size = batch_size or self.generation.batch_size
         copies = generate_kwargs.get("num_return_sequences", self.generation.num_return_sequences)
         results: list[SynthesisResult] = []
@@ -391,14 +409,18 @@ class KaniTTS:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start: start + batch_size])
             spoken = [self.layout.text_prompt(t, speaker) for t in chunk]
-            slots = None if self.conditioning is None else embedding[None].expand(len(chunk), -1)
+            chunk_voices = None if embeddings is None else torch.stack(embeddings[start: start + batch_size])
+            slots = None if self.conditioning is None else chunk_voices
             generated = self.generate_ids([self.prompt_ids(t, speaker) for t in chunk], slots, **generate_kwargs)
-            decoder_voice = embedding if hasattr(self.codec, "embed") else None
+            decoder_voice = None
+            if hasattr(self.codec, "embed"):  # one voice per generated stream (copies are text-major)
+                decoder_voice = chunk_voices.repeat_interleave(copies, dim=0)
             chunk_results = self.decode_ids([t for t in spoken for _ in range(copies)], generated, decoder_voice)
-            for result in chunk_results:
-                result.voice = "a zero embedding" if voice_problem else source
-                if voice_problem:
-                    result.problems.append(voice_problem + "; decoded with a zero embedding")
+            for index, result in enumerate(chunk_results):
+                text = start + index // copies
+                result.voice = "a zero embedding" if voice_problems[text] else sources[text]
+                if voice_problems[text]:
+                    result.problems.append(voice_problems[text] + "; decoded with a zero embedding")
             results.extend(chunk_results)
             bar.update(len(chunk))
         bar.close()

@@ -206,6 +206,8 @@ def _signature(target: EvalTarget, sentence: EvalSentence, configs: ConfigSet) -
         "codec": configs.model.codec.model_dump(),
         "seed": SEED,
     }
+    if configs.model.codec.kind != "nanocodec":  # a codec with voices: each sentence in its speaker's
+        payload["voice"] = "the speaker's mean embedding"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -369,11 +371,18 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
-    """Yield (item, results, error) per sentence; a failing batch is retried one sentence at a time."""
+    """Yield (item, results, error) per sentence; a failing batch is retried one sentence at a time.
+
+    A model that takes a voice (Kanade, a speaker-conditioned model) speaks each sentence in its
+    speaker's voice: the speaker's mean embedding from training (all clips' mean for a sentence
+    without a speaker, or one the model was not trained on); each result's ``voice`` says which.
+    """
     # "Alice: hi" is read as the model was trained: "alice: hi" (speaker ids are lower-cased).
     texts = [TokenLayout.text_prompt(s.spoken_text, s.speaker) for s, _ in batch]
+    found = [tts.voice_embedding(speaker=s.speaker) for s, _ in batch] if tts.takes_voice else None
+    voices = None if found is None else [embedding for embedding, _ in found]
     try:
-        results = tts.synthesize(texts, batch_size=len(batch))
+        results = tts.synthesize(texts, batch_size=len(batch), voices=voices)
     except (RuntimeError, ValueError) as exc:
         if len(batch) == 1:
             yield batch[0], [], f"{type(exc).__name__}: {exc}"
@@ -383,7 +392,11 @@ def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
         return
     takes = len(results) // len(batch)
     for i, item in enumerate(batch):
-        yield item, results[i * takes: (i + 1) * takes], None
+        mine = results[i * takes: (i + 1) * takes]
+        if found is not None and found[i][0] is not None:
+            for result in mine:  # where the embedding came from, not "the given embedding"
+                result.voice = found[i][1]
+        yield item, mine, None
 
 
 def _speaker_similarity(configs: ConfigSet, device: str):
