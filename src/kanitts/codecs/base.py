@@ -150,16 +150,17 @@ class Codec(abc.ABC):
     #: decode; None decodes the whole prefix every time (exact, cost growing with the length).
     stream_context_frames: int | None = None
 
-    def decode_tail(self, codes: torch.Tensor, start: int) -> torch.Tensor:
+    def decode_tail(self, codes: torch.Tensor, start: int, **decode_kwargs: Any) -> torch.Tensor:
         """The samples of frames ``start:`` of one utterance's ``codes`` ``(num_codebooks, F)``.
 
         Streaming decodes each new chunk of frames as it is generated: joined, the tails equal
         ``decode(codes)`` up to what the left context of :attr:`stream_context_frames` leaves out
         (docs/serving.md gives the measured difference). Returns a 1-D float tensor.
+        ``decode_kwargs`` go to :meth:`decode` (Kanade: the row's ``global_embeddings``).
         """
         context = self.stream_context_frames
         begin = 0 if context is None else max(0, start - context)
-        audio, _ = self.decode(codes[None, :, begin:])
+        audio, _ = self.decode(codes[None, :, begin:], **decode_kwargs)
         return audio[0, (start - begin) * self.samples_per_frame:]
 
     # --- loading ----------------------------------------------------------------------------

@@ -30,12 +30,13 @@ def run(*, models: list[str], config_dir: Path, host: str | None = None, port: i
         raise UserError(
             f"kanitts serve needs {exc.name}: pip install 'kanitts[serve]' (make setup installs it)"
         ) from None
-    from kanitts.serving.server import Server, api_key_for
+    from kanitts.serving.server import Server, api_key_for, voice_clip_paths
 
     configs = load_configs(config_dir, kinds=("model", "inference"))
     server_cfg = configs.inference.server
     host = host or server_cfg.host
     api_key = api_key_for(server_cfg, host)  # before loading: refusing takes no minutes
+    voice_clips = voice_clip_paths(server_cfg, config_dir)
     if not models:
         raise UserError("name a model to serve: kanitts serve --model checkpoints/<model_id>")
     loaded = {
@@ -43,7 +44,8 @@ def run(*, models: list[str], config_dir: Path, host: str | None = None, port: i
                                       device=device)
         for name, where in model_ids(models).items()
     }
-    server = Server(loaded, server_cfg, configs.inference.generation, host=host, port=port, api_key=api_key)
+    server = Server(loaded, server_cfg, configs.inference.generation, host=host, port=port, api_key=api_key,
+                    voice_clips=voice_clips)
     print(f"serving {', '.join(loaded)} on http://{host}:{server_cfg.port if port is None else port} "
           f"(page at /, OpenAI API at /v1{', API key required' if api_key else ''})", flush=True)
     server.run()

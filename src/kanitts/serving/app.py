@@ -3,7 +3,9 @@
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, so OpenAI clients
 raise their usual exceptions (``BadRequestError``, ``AuthenticationError``, ``RateLimitError``...).
 Nothing in a request names a file or loads a model: ``model`` picks one of the models the server
-was started with, ``voice`` is a speaker prefix checked against a pattern (or the configured list).
+was started with, ``voice`` is a speaker prefix checked against a pattern (or the configured list);
+for a codec with voice embeddings (Kanade) it is one of the model's named voices (training
+speakers, ``server.voices``, the clips of ``server.voice_clips`` embedded at startup).
 """
 
 from __future__ import annotations
@@ -171,7 +173,9 @@ def create_app(engines: dict[str, Engine], config: ServerSection, generation: Ge
     def _model_entry(name: str, engine: Engine) -> dict[str, Any]:
         return {
             "id": name, "object": "model", "created": created, "owned_by": "kanitts",
-            "sample_rate": config.sample_rate or engine.sample_rate, "voices": list(config.voices),
+            "sample_rate": config.sample_rate or engine.sample_rate,
+            "voices": list(engine.voices) if engine.voices else list(config.voices),
+            "voice_sources": {name: voice.source for name, voice in engine.voices.items()},
             "default_voice": config.default_voice,
             "response_formats": list(formats), "max_input_chars": config.max_input_chars,
             "sampling": {"temperature": generation.temperature if generation.do_sample else 0.0,
@@ -242,11 +246,21 @@ def create_app(engines: dict[str, Engine], config: ServerSection, generation: Ge
         )
         pieces = split_text(req.input, config.max_piece_chars)
         silence = round(config.piece_silence_ms * engine.sample_rate / 1000)
-        return Job(pieces, _voice(req.voice), sampling, config.request_timeout_s, silence, loop), fmt
+        speaker, embedding = _voice(req.voice, engine)
+        return Job(pieces, speaker, sampling, config.request_timeout_s, silence, loop, embedding), fmt
 
-    def _voice(voice: str | None) -> str | None:
+    def _voice(voice: str | None, engine: Engine) -> tuple[str | None, Any]:
+        """The speaker prefix and the voice embedding (None: the model's default) of a request."""
         if voice is None or voice == "" or voice == "default":
-            return config.default_voice
+            voice = config.default_voice
+        if engine.voices and voice is not None:
+            if voice not in engine.voices:
+                raise ApiError(400, f"voice {voice!r} is not one of {', '.join(engine.voices)}",
+                               param="voice", code="invalid_value")
+            found = engine.voices[voice]
+            return found.prefix, found.embedding
+        if voice is None or voice == config.default_voice:
+            return voice, None
         if config.voices:
             if voice not in config.voices:
                 raise ApiError(400, f"voice {voice!r} is not one of {', '.join(config.voices)}",
@@ -254,7 +268,7 @@ def create_app(engines: dict[str, Engine], config: ServerSection, generation: Ge
         elif not VOICE_PATTERN.match(voice):
             raise ApiError(400, f"voice {voice!r} is not a speaker name (letters, digits, _ . -, at most 64)",
                            param="voice", code="invalid_value")
-        return voice
+        return voice, None
 
     return _with_page(app, engines, config, api_key)
 

@@ -5,6 +5,10 @@ asyncio queue. One worker thread per model takes the rows waiting (one row per p
 first served) as soon as it is free: it waits ``batch_wait_ms`` for more to arrive, then generates
 up to ``max_batch_size`` rows together. A job's audio leaves in piece order: the first piece
 streams as it is generated, later ones (generated alongside) follow, with a short silence between.
+
+With a codec that has a voice embedding (Kanade) every job carries its voice's embedding, and
+rows of different voices share a batch: the speaker slot of a conditioned model is filled with
+each row's own embedding, and each row's audio is decoded with it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from kanitts.config import ServerSection
 from kanitts.inference import KaniTTS
@@ -61,6 +69,34 @@ class EngineStats:
     generated_tokens: list[int] = field(default_factory=list)  # per finished row
 
 
+@dataclass(frozen=True)
+class Voice:
+    """A voice a request may name: its speaker prefix, its embedding, and where that came from."""
+
+    prefix: str | None
+    embedding: Any
+    source: str
+
+
+def model_voices(tts: KaniTTS, config: ServerSection, clips: Mapping[str, Path]) -> dict[str, Voice]:
+    """The named voices of a model whose codec has a voice embedding (none for another codec).
+
+    A clip of ``server.voice_clips`` is embedded here, once; a training speaker (and a name of
+    ``server.voices``) speaks with its prefix and its mean embedding, as ``synthesize --speaker``.
+    """
+    if not hasattr(tts.codec, "embed"):
+        return {}
+    voices: dict[str, Voice] = {}
+    speakers = [key.split(":", 1)[1] for key in tts.voices if key.startswith("speaker:")]
+    for name in [*speakers, *config.voices]:
+        embedding, source = tts.voice_embedding(speaker=name)
+        voices[name] = Voice(name, embedding, source)
+    for name, path in clips.items():  # a configured clip wins over a speaker of the same name
+        embedding, _ = tts.voice_embedding(path)
+        voices[name] = Voice(None, embedding, f"the voice of the clip {Path(path).name}")
+    return voices
+
+
 class Job:
     """One request: its pieces, settings and deadline, and the queue its audio arrives on."""
 
@@ -72,8 +108,11 @@ class Job:
         timeout_s: float,
         silence_samples: int,
         loop: asyncio.AbstractEventLoop,
+        embedding: Any = None,
     ):
         self.pieces, self.speaker, self.sampling = pieces, speaker, sampling
+        #: the voice embedding (Kanade); None: the model's default voice for ``speaker``
+        self.embedding = embedding
         self.seed = sampling.seed if sampling.seed is not None else secrets.randbits(62)
         self.submitted = time.monotonic()
         self.deadline = self.submitted + timeout_s
@@ -148,8 +187,11 @@ class Job:
 class Engine:
     """One model, its waiting rows and the worker thread that generates them in batches."""
 
-    def __init__(self, tts: KaniTTS, config: ServerSection, model_id: str):
+    def __init__(self, tts: KaniTTS, config: ServerSection, model_id: str,
+                 voice_clips: Mapping[str, Path] | None = None):
         self.tts, self.config, self.model_id = tts, config, model_id
+        #: the voices a request may name, for a codec with voice embeddings (empty: speaker prefixes)
+        self.voices = model_voices(tts, config, voice_clips or {})
         self.stats = EngineStats()
         self._rows: deque[tuple[Job, int]] = deque()
         self._waiting_jobs = 0
@@ -247,6 +289,7 @@ class Engine:
 
         tts = self.tts
         prompts = [tts.prompt_ids(job.pieces[piece], job.speaker) for job, piece in batch]
+        voices = self._row_voices(batch)
         width = max(len(p) for p in prompts)
         budgets = [job.sampling.max_new_tokens for job, _ in batch]
         sampler = RowSampler(
@@ -274,11 +317,24 @@ class Engine:
                 timed_out=ended_early and not job.cancelled.is_set(), problems=problems,
             ))
 
-        streamer = FrameStreamer(tts.layout, tts.codec, stopper, self.config.stream_chunk_frames, on_audio, on_done)
+        decoder_voices = voices if hasattr(tts.codec, "embed") else None
+        streamer = FrameStreamer(tts.layout, tts.codec, stopper, self.config.stream_chunk_frames, on_audio, on_done,
+                                 voices=decoder_voices)
         self.stats.batch_rows.append(len(batch))
+        slots = None
+        if tts.conditioning is not None and voices is not None:
+            zeros = torch.zeros(tts.conditioning.embedding_dim)
+            slots = torch.stack([zeros if v is None else torch.as_tensor(v, dtype=torch.float32) for v in voices])
         tts.generate_ids(
-            prompts, max_new_tokens=max(budgets), do_sample=False, temperature=None, top_p=None,
+            prompts, slots, max_new_tokens=max(budgets), do_sample=False, temperature=None, top_p=None,
             repetition_penalty=1.0, num_return_sequences=1, logits_processor=[sampler],
             stopping_criteria=StoppingCriteriaList([stopper]), streamer=streamer,
         )
         streamer.end()
+
+    def _row_voices(self, batch: list[tuple[Job, int]]) -> list[Any] | None:
+        """Each row's voice embedding (None for a row without one), or None for a model without voices."""
+        if not self.tts.takes_voice:
+            return None
+        return [job.embedding if job.embedding is not None else self.tts.voice_embedding(speaker=job.speaker)[0]
+                for job, _ in batch]

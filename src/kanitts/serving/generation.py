@@ -116,8 +116,11 @@ class FrameStreamer(BaseStreamer):
         chunk_frames: int,
         on_audio: Callable[[int, np.ndarray], None],
         on_done: Callable[[int, DecodedFrames, int, str | None], None],
+        voices: Sequence[torch.Tensor | None] | None = None,
     ):
         self.layout, self.codec, self.stopper = layout, codec, stopper
+        #: each row's voice (a (dim,) global embedding) for a codec that decodes with one
+        self.voices = list(voices) if voices is not None else [None] * len(stopper.budgets)
         self.chunk_tokens = chunk_frames * layout.num_codebooks
         self.on_audio, self.on_done = on_audio, on_done
         rows = len(stopper.budgets)
@@ -151,7 +154,9 @@ class FrameStreamer(BaseStreamer):
         if frames.num_frames <= self.sent[row]:
             return None
         try:
-            audio = self.codec.decode_tail(torch.from_numpy(frames.codes), self.sent[row])
+            voice = self.voices[row]
+            extra = {} if voice is None else {"global_embeddings": voice[None]}
+            audio = self.codec.decode_tail(torch.from_numpy(frames.codes), self.sent[row], **extra)
         except (RuntimeError, ValueError) as exc:
             return f"codec decoding failed: {exc}"
         self.sent[row] = frames.num_frames

@@ -6,9 +6,10 @@ import ipaddress
 import os
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 from kanitts.config import GenerationSection, ServerSection
-from kanitts.errors import UserError
+from kanitts.errors import ConfigError, UserError
 from kanitts.inference import KaniTTS
 from kanitts.serving.engine import Engine
 
@@ -36,18 +37,42 @@ def api_key_for(config: ServerSection, host: str, environ: Mapping[str, str] = o
     return key
 
 
+def voice_clip_paths(config: ServerSection, config_dir: Path | str) -> dict[str, Path]:
+    """``server.voice_clips`` as files (relative to the config folder), each checked to be readable
+    audio, so a wrong path stops the start before any model loads."""
+    import soundfile as sf
+
+    folder = Path(config_dir)
+    problems, paths = [], {}
+    for name, given in config.voice_clips.items():
+        path = Path(given) if Path(given).is_absolute() else folder / given
+        where = f"{folder / 'inference_config.yaml'}: server.voice_clips.{name}"
+        if not path.is_file():
+            problems.append(f"{where}: {path}: no such file")
+            continue
+        try:
+            sf.info(str(path))
+        except (OSError, RuntimeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            problems.append(f"{where}: {path}: cannot read it as audio ({exc})")
+            continue
+        paths[name] = path
+    if problems:
+        raise ConfigError(problems)
+    return paths
+
+
 class Server:
     """Engines for the loaded models, the application, and a uvicorn server for them."""
 
     def __init__(self, models: Mapping[str, KaniTTS], config: ServerSection, generation: GenerationSection,
                  host: str | None = None, port: int | None = None, api_key: str | None = None,
-                 log_level: str = "info"):
+                 log_level: str = "info", voice_clips: Mapping[str, Path] | None = None):
         import uvicorn
 
         from kanitts.serving.app import create_app
 
         self.host = host or config.host
-        self.engines = {name: Engine(tts, config, name).start() for name, tts in models.items()}
+        self.engines = {name: Engine(tts, config, name, voice_clips).start() for name, tts in models.items()}
         self.app = create_app(self.engines, config, generation, api_key=api_key)
         self.uvicorn = uvicorn.Server(uvicorn.Config(
             self.app, host=self.host, port=config.port if port is None else port, log_level=log_level,

@@ -40,6 +40,10 @@ class ServerSection(Strict):
     stream_chunk_frames: PositiveInt = 4
     # Voices (speaker prefixes) a request may ask for; empty: any name of letters, digits, _ . -
     voices: list[Text] = []
+    # Voices cloned from reference clips, for models whose codec has a voice embedding (Kanade):
+    # name -> audio file (relative to this file's folder), embedded once at startup; a request's
+    # `voice: <name>` speaks in it. A request never names a file.
+    voice_clips: dict[Text, Text] = {}
     # The voice used when a request names none, or names `default`; null: no speaker prefix.
     default_voice: Text | None = None
     response_format: Text = "wav"
@@ -50,6 +54,14 @@ class ServerSection(Strict):
     @field_validator("voices")
     @classmethod
     def _voices_are_names(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not VOICE_PATTERN.match(v)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a voice name (letters, digits, _ . -, at most 64)")
+        return value
+
+    @field_validator("voice_clips")
+    @classmethod
+    def _clip_names(cls, value: dict[str, str]) -> dict[str, str]:
         bad = [v for v in value if not VOICE_PATTERN.match(v)]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a voice name (letters, digits, _ . -, at most 64)")
