@@ -82,13 +82,14 @@ def model_voices(tts: KaniTTS, config: ServerSection, clips: Mapping[str, Path])
     """The named voices of a model whose codec has a voice embedding (none for another codec).
 
     A clip of ``server.voice_clips`` is embedded here, once; a training speaker (and a name of
-    ``server.voices``) speaks with its prefix and its mean embedding, as ``synthesize --speaker``.
+    ``server.voices`` or ``server.default_voice``) speaks with its prefix and its mean embedding,
+    as ``synthesize --speaker``.
     """
     if not hasattr(tts.codec, "embed"):
         return {}
     voices: dict[str, Voice] = {}
     speakers = [key.split(":", 1)[1] for key in tts.voices if key.startswith("speaker:")]
-    for name in [*speakers, *config.voices]:
+    for name in [*speakers, *config.voices, *([config.default_voice] if config.default_voice else [])]:
         embedding, source = tts.voice_embedding(speaker=name)
         voices[name] = Voice(name, embedding, source)
     for name, path in clips.items():  # a configured clip wins over a speaker of the same name

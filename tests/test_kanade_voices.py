@@ -1,4 +1,4 @@
-"""`kanitts serve` with a Kanade model: a request's `voice` picks the voice embedding, per row.
+"""Kanade voices per row: `kanitts serve` (a request's `voice`) and eval (each sentence's speaker).
 
 The model is the tiny Kanade project's base LFM2 with a random speaker projection and random
 speaker means saved beside it (a speaker-conditioned checkpoint without the training).
@@ -146,3 +146,30 @@ def test_voice_clips_config_errors(kanade_project, tmp_path):
         "good": tmp_path / "alice.wav"}
     with pytest.raises(ValueError, match="'a/b' is not a voice name"):
         _config(voice_clips={"a/b": "alice.wav"})
+
+
+def test_eval_speaks_each_sentence_in_its_speakers_voice(kanade_tts, monkeypatch):
+    from kanitts.config import EvalSentence
+    from kanitts.evaluation.runner import _generate
+
+    tts = kanade_tts
+    slots, decoded = [], []
+    conditioned = tts.conditioning.conditioned
+    monkeypatch.setattr(tts.conditioning, "conditioned", lambda e: (slots.append(e.clone()), conditioned(e))[1])
+    decode = tts.codec.decode
+
+    def spy_decode(codes, lengths=None, global_embeddings=None):
+        decoded.append(global_embeddings.clone())
+        return decode(codes, lengths, global_embeddings)
+
+    monkeypatch.setattr(tts.codec, "decode", spy_decode)
+    batch = [(EvalSentence("a", "alice: Hi there."), "s1"), (EvalSentence("b", "Bob: Hello."), "s2"),
+             (EvalSentence("c", "Nobody knows."), "s3")]
+    out = list(_generate(tts, batch))
+    assert [voice for _, _, voice, _ in out] == [
+        "speaker alice's mean embedding", "speaker bob's mean embedding", "the mean embedding of the training clips"]
+    assert all(error is None and results[0].ok for _, results, _, error in out)
+    want = torch.stack([tts.voices["speaker:alice"], tts.voices["speaker:bob"], tts.voices["mean"]])
+    [batch_slots] = slots
+    torch.testing.assert_close(batch_slots, want)
+    torch.testing.assert_close(decoded[0], want)
