@@ -173,3 +173,16 @@ def test_eval_speaks_each_sentence_in_its_speakers_voice(kanade_tts, monkeypatch
     [batch_slots] = slots
     torch.testing.assert_close(batch_slots, want)
     torch.testing.assert_close(decoded[0], want)
+
+
+def test_serve_stops_on_a_missing_clip_before_loading(tiny_tts, tmp_path, capsys):
+    import yaml
+
+    from kanitts.cli import main
+
+    (tmp_path / "model_config.yaml").write_text(yaml.safe_dump(tiny_tts[1].model_dump()))
+    (tmp_path / "inference_config.yaml").write_text(yaml.safe_dump({"server": {"voice_clips": {"narrator": "n.wav"}}}))
+    assert main(["serve", "--model", str(tmp_path / "no_model"), "--config-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    where = f"{tmp_path / 'inference_config.yaml'}: server.voice_clips.narrator"
+    assert f"{where}: {tmp_path / 'n.wav'}: no such file" in err
