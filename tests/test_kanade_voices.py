@@ -166,9 +166,9 @@ def test_eval_speaks_each_sentence_in_its_speakers_voice(kanade_tts, monkeypatch
     batch = [(EvalSentence("a", "alice: Hi there."), "s1"), (EvalSentence("b", "Bob: Hello."), "s2"),
              (EvalSentence("c", "Nobody knows."), "s3")]
     out = list(_generate(tts, batch))
-    assert [voice for _, _, voice, _ in out] == [
+    assert [results[0].voice for _, results, _ in out] == [
         "speaker alice's mean embedding", "speaker bob's mean embedding", "the mean embedding of the training clips"]
-    assert all(error is None and results[0].ok for _, results, _, error in out)
+    assert all(error is None and results[0].ok for _, results, error in out)
     want = torch.stack([tts.voices["speaker:alice"], tts.voices["speaker:bob"], tts.voices["mean"]])
     [batch_slots] = slots
     torch.testing.assert_close(batch_slots, want)

@@ -417,10 +417,10 @@ class KaniTTS:
                 decoder_voice = chunk_voices.repeat_interleave(copies, dim=0)
             chunk_results = self.decode_ids([t for t in spoken for _ in range(copies)], generated, decoder_voice)
             for index, result in enumerate(chunk_results):
-                text = start + index // copies
-                result.voice = "a zero embedding" if voice_problems[text] else sources[text]
-                if voice_problems[text]:
-                    result.problems.append(voice_problems[text] + "; decoded with a zero embedding")
+                which = start + index // copies  # the text this stream speaks
+                result.voice = "a zero embedding" if voice_problems[which] else sources[which]
+                if voice_problems[which]:
+                    result.problems.append(voice_problems[which] + "; decoded with a zero embedding")
             results.extend(chunk_results)
             bar.update(len(chunk))
         bar.close()
