@@ -200,6 +200,10 @@ class KaniTTS:
         KaniTTS-2 speaker embedder."""
         import torch
 
+        if not isinstance(voice, (str, Path)):  # an embedding passes through: no embedder to load
+            tensor = torch.as_tensor(voice, dtype=torch.float32)
+            if tensor.ndim == 1 and tensor.numel() == self.conditioning.embedding_dim:
+                return tensor, "the given embedding"
         if isinstance(self.speaker_embedder, str):
             from kanitts.models.speaker_embedder import KaniSpeakerEmbedder
 
@@ -217,9 +221,6 @@ class KaniTTS:
             except (AudioDecodeError, OSError, ValueError, RuntimeError) as exc:  # the file is the user's to fix
                 raise UserError(f"voice clip {voice}: cannot read it as audio ({exc})") from None
             return torch.from_numpy(embedder.embed(samples, rate)), f"the voice of {voice}"
-        tensor = torch.as_tensor(voice, dtype=torch.float32)
-        if tensor.ndim == 1 and tensor.numel() == self.conditioning.embedding_dim:
-            return tensor, "the given embedding"
         return torch.from_numpy(embedder.embed(tensor.numpy(), self.codec.sample_rate)), "the given clip"
 
     def generate_ids(
