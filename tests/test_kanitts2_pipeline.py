@@ -88,6 +88,7 @@ def k2_checkpoints(k2_project, k2_sequences, tmp_path_factory):
     results = run_experiments(configs, checkpoints_dir=tmp_path_factory.mktemp("k2_ckpt"),
                               train_dataset=k2_sequences[0])
     assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
+    k2_project.experiments = experiments  # what eval reads the model ids and the base model from
     return {r.model_id: r for r in results}
 
 
@@ -200,6 +201,33 @@ def test_synthesize_voice_clones_through_the_embedder(k2_project, k2_checkpoints
     assert main(["synthesize", "Hello.", "--model", str(folder), "--config-dir", str(config), "-o", str(out),
                  "--voice", str(tmp_path / "missing.wav")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_eval_speaks_every_sentence_in_its_speakers_voice_and_records_it(k2_project, k2_checkpoints, tmp_path):
+    from kanitts.config import ConfigSet, EvalConfig, EvalSetConfig, InferenceConfig
+    from kanitts.evaluation.runner import run_eval
+
+    configs = ConfigSet(
+        config_dir=k2_project.root, experiments=k2_project.experiments, model=k2_project.model_cfg,
+        inference=InferenceConfig.model_validate({
+            "model": {"torch_dtype": "float32", "device_map": "cpu"},
+            "generation": {"max_new_tokens": 10, "constrained_decoding": True, "batch_size": 2}}),
+        eval=EvalConfig.model_validate({"paths": {
+            "audio_output_dir": str(tmp_path / "audio"), "report_dir": str(tmp_path / "report"),
+            "checkpoints_dir": str(k2_checkpoints["packed"].path.parent)}}),
+        eval_set=EvalSetConfig.model_validate({"eval_set": [
+            {"a": "alice: Hello there."}, {"b": "bob: The quick brown fox."}, {"c": "Nobody in particular."}]}),
+    )
+    summary = run_eval(configs)
+    assert not summary.failures, summary.failures
+    voices = {(r["experiment_id"], r["sentence_id"]): r["voice"] for r in summary.rows}
+    assert {model for model, _ in voices} == {"base", "padded", "packed"}
+    for model in ("padded", "packed"):  # the trained checkpoints hold the speakers' mean embeddings
+        assert voices[(model, "a")] == "speaker alice's mean embedding"
+        assert voices[(model, "b")] == "speaker bob's mean embedding"
+        assert voices[(model, "c")] == "the mean embedding of the training clips"
+    saved = json.loads(summary.results_json.read_text())
+    assert [r["voice"] for r in saved["rows"]] == [r["voice"] for r in summary.rows]
 
 
 def test_a_model_config_that_disagrees_with_the_checkpoint_is_refused(k2_project, k2_checkpoints):
