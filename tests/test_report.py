@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import struct
-import tempfile
 import time
 import wave
 from pathlib import Path
@@ -18,8 +17,8 @@ from kanitts.evaluation.html_report import DATA_ELEMENT_ID, build_report, differ
 from kanitts.evaluation.metrics import METRIC_LABELS
 from kanitts.evaluation.ranking import Sample, rank_models
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+from conftest import headless_chromium
+
 NASTY = "</script><!-- & \u2028"  # closes the data element and opens a comment if not escaped
 N_MODELS = 20
 
@@ -245,26 +244,8 @@ def test_a_sample_without_audio_has_no_player(report, tmp_path):
 
 @pytest.fixture(scope="module")
 def driver():
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="kanitts-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1280,900", "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium("--window-size=1280,900") as chrome:
         yield chrome
-    finally:
-        chrome.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def click(driver, element) -> None:

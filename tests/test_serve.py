@@ -10,8 +10,6 @@ import asyncio
 import base64
 import io
 import json
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,6 +27,8 @@ from kanitts.serving.engine import Done, Engine, Job
 from kanitts.serving.generation import FrameStreamer, RowStopper, Sampling
 from kanitts.serving.server import Server, api_key_for
 from kanitts.serving.text import split_text
+
+from conftest import headless_chromium
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
@@ -361,29 +361,11 @@ def test_the_server_section_is_validated_with_its_key_path(tmp_path):
 
 # --- the page -----------------------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-
 @pytest.mark.browser
 def test_the_page_plays_while_streaming_in_headless_chromium(server):
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    profile = tempfile.mkdtemp(prefix="kanitts-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with headless_chromium() as driver:
         driver.get(server.url + "/")
         deadline = time.time() + 30
         while time.time() < deadline and not driver.find_elements(By.CSS_SELECTOR, "#model option"):
@@ -407,6 +389,3 @@ def test_the_page_plays_while_streaming_in_headless_chromium(server):
         assert link.is_displayed() and link.get_attribute("href").startswith("blob:")
         severe = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert severe == [], severe
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
