@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kanitts.config import CONFIG_FILES, load_configs
+from kanitts.recipes.train import load_training_configs
 from kanitts.sweeps import run_sweeps, write_report
 from kanitts.sweeps.report import trials_table
 from kanitts.sweeps.study import open_study
@@ -27,12 +27,7 @@ def run(
 ) -> int:
     """Run (or resume) every sweep, or those of the experiments in ``only``; ``n_trials``
     replaces each study's target number of trials."""
-    kinds = ("dataset", "experiments", "model")
-    if (Path(config_dir) / CONFIG_FILES["eval"]).is_file():  # only for its checkpoints_dir
-        kinds += ("eval",)
-    configs = load_configs(config_dir, kinds=kinds)
-    for warning in configs.warnings:
-        say(f"warning: {warning}")
+    configs = load_training_configs(config_dir)
     outcomes = run_sweeps(configs, only=only, n_trials=n_trials, checkpoints_dir=checkpoints_dir)
     if is_main_process():
         from rich.console import Console

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kanitts.config import CONFIG_FILES, load_configs
+from kanitts.config import CONFIG_FILES, ConfigSet, load_configs
 from kanitts.training.experiments import ExperimentResult, is_main_process, run_experiments, say
 
 
@@ -23,12 +23,7 @@ def run(
     """
     from rich.console import Console
 
-    kinds = ("dataset", "experiments", "model")
-    if (Path(config_dir) / CONFIG_FILES["eval"]).is_file():  # only for its checkpoints_dir
-        kinds += ("eval",)
-    configs = load_configs(config_dir, kinds=kinds)
-    for warning in configs.warnings:
-        say(f"warning: {warning}")
+    configs = load_training_configs(config_dir)
     results = run_experiments(configs, only=only, force=force, checkpoints_dir=checkpoints_dir)
     if is_main_process():
         Console().print(summary_table(results))
@@ -68,3 +63,15 @@ def exit_code(results: Sequence[ExperimentResult]) -> int:
     if any(r.status == "interrupted" for r in results):
         return 130
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def load_training_configs(config_dir: Path | str) -> ConfigSet:
+    """The configs training reads (eval_config.yaml too when present, for its checkpoints_dir),
+    with their warnings said once."""
+    kinds = ("dataset", "experiments", "model")
+    if (Path(config_dir) / CONFIG_FILES["eval"]).is_file():
+        kinds += ("eval",)
+    configs = load_configs(config_dir, kinds=kinds)
+    for warning in configs.warnings:
+        say(f"warning: {warning}")
+    return configs
