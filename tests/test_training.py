@@ -131,6 +131,10 @@ def test_two_experiments_train_save_and_are_skipped_on_rerun(base, dataset, tmp_
 
     again = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)
     assert [r.status for r in again] == ["skipped", "skipped"]
+    # the re-run's summary still shows each model's recorded loss
+    assert [r.final_loss for r in again] == [pytest.approx(r.final_loss) for r in results]
+    (tmp_path / "packed" / METRICS_FILE).write_text("{cut off")
+    assert run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset)[0].final_loss is None
     only = run_experiments(configs, checkpoints_dir=tmp_path, train_dataset=dataset, only=["packed"], force=True)
     assert [(r.model_id, r.status) for r in only] == [("packed", "done")]
 

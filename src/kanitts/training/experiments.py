@@ -111,7 +111,7 @@ def run_experiments(
         final = checkpoints_dir / experiment.model_id
         if final.is_dir() and not force:
             say(f"{experiment.model_id}: already trained ({final}), skipping (--force trains it again)")
-            results.append(ExperimentResult(experiment.model_id, "skipped", path=final))
+            results.append(already_trained(experiment.model_id, final))
         else:
             pending.append(experiment)
     if not pending:
@@ -246,7 +246,7 @@ class TrainingRun:
             final = self.checkpoints_dir / experiment.model_id
             if final.is_dir() and not force:
                 say(f"{experiment.model_id}: trained meanwhile by another run ({final}), skipping")
-                return ExperimentResult(experiment.model_id, "skipped", path=final)
+                return already_trained(experiment.model_id, final)
             return self._train_locked(experiment, force, [takeover] if takeover else [], callbacks)
         finally:
             lock.release()
@@ -531,6 +531,24 @@ def _with_speaker_means(dataset):
               for name in dataset["speaker"]]
     feature = dataset.features["speaker_embedding"]
     return dataset.remove_columns("speaker_embedding").add_column("speaker_embedding", values, feature=feature)
+
+
+def already_trained(model_id: str, final: Path) -> ExperimentResult:
+    """A skipped experiment with the losses its metrics.json recorded, so the summary of a
+    re-run still compares every model (a checkpoint without a readable metrics.json shows none)."""
+    try:
+        metrics = json.loads((final / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        metrics = {}
+    if not isinstance(metrics, dict):
+        metrics = {}
+    saved = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else {}
+
+    def number(value: Any) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    return ExperimentResult(model_id, "skipped", final_loss=number(metrics.get("final_loss")),
+                            eval_loss=number(saved.get("eval_loss")), path=final)
 
 
 def validation_metrics(trainer: Any, args: Any) -> dict[str, Any]:
