@@ -432,21 +432,27 @@
   var loaded = [];
 
   function mergeFiles(files) {
+    // Files are read in parallel but applied in the order they were chosen, so the merged table's
+    // columns and the error list do not depend on which read finished first.
     var errors = document.getElementById("merge-errors");
     errors.replaceChildren();
     Promise.all(files.map(function (file) {
       return file.text().then(function (text) {
         var data;
-        try { data = JSON.parse(text); } catch (e) { throw new Error(file.name + ": not JSON (" + e.message + ")"); }
+        try { data = JSON.parse(text); } catch (e) { return { error: file.name + ": not JSON (" + e.message + ")" }; }
         if (!data || data.format !== FORMAT || !Array.isArray(data.ratings) || !Array.isArray(data.picks)) {
-          throw new Error(file.name + ": not a ratings file exported by this report");
+          return { error: file.name + ": not a ratings file exported by this report" };
         }
-        return data;
-      }).then(function (data) {
-        loaded = loaded.filter(function (d) { return d.listener !== data.listener; });
-        loaded.push(data);
-      }, function (e) { errors.append(el("li", { text: e.message })); });
-    })).then(renderMerged);
+        return { data: data };
+      }, function (e) { return { error: file.name + ": " + e.message }; });
+    })).then(function (results) {
+      results.forEach(function (result) {
+        if (result.error) { errors.append(el("li", { text: result.error })); return; }
+        loaded = loaded.filter(function (d) { return d.listener !== result.data.listener; });
+        loaded.push(result.data);
+      });
+      renderMerged();
+    });
   }
 
   function renderMerged() {
