@@ -19,6 +19,8 @@ into ``kanitts prepare`` without changing it.
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +47,19 @@ def mono_batch(waveforms: torch.Tensor, lengths: torch.Tensor | None) -> tuple[t
     if lengths.shape != (batch,) or bool((lengths < 0).any()) or bool((lengths > total).any()):
         raise ValueError(f"lengths must be {batch} values in [0, {total}], got {lengths.tolist()}")
     return waveforms, lengths
+
+
+def weights_fingerprint(config: dict[str, Any], module: torch.nn.Module) -> str:
+    """16 hex digits of a hash over ``config`` and every tensor of ``module``'s state dict.
+
+    Dataset caches and eval score caches are keyed by it, so two codecs with the same
+    architecture but other weights never share tokens or scores.
+    """
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class Codec(abc.ABC):

@@ -23,14 +23,12 @@ decode: preparing a dataset never needs it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kanitts.codecs.base import Codec, mono_batch
+from kanitts.codecs.base import Codec, mono_batch, weights_fingerprint
 from kanitts.codecs.registry import codec_entry
 from kanitts.errors import UserError
 from kanitts.runtime import canonical_dtype, resolve_device
@@ -136,11 +134,7 @@ class KanadeCodec(Codec):
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(self.model.to_config_dict(), sort_keys=True, default=str).encode())
-            for key, tensor in self.model.state_dict().items():
-                h.update(key.encode())
-                h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = weights_fingerprint(self.model.to_config_dict(), self.model)
         return self._fingerprint
 
     @property

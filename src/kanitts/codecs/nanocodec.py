@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from kanitts.atomic import atomic_file
-from kanitts.codecs.base import Codec, mono_batch
+from kanitts.codecs.base import Codec, mono_batch, weights_fingerprint
 from kanitts.codecs.registry import codec_entry
 from kanitts.errors import UserError
 from kanitts.files import is_hub_id
@@ -274,11 +273,7 @@ class NanoCodec(Codec):
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
-            for key, tensor in self.model.state_dict().items():
-                h.update(key.encode())
-                h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = weights_fingerprint(self.config, self.model)
         return self._fingerprint
 
     @property
