@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from kanitts.config import load_configs
 from kanitts.errors import UserError
 from kanitts.evaluation.results import loss_history
 from kanitts.sequences import build_training_dataset, load_validation
+from kanitts.sequences.cache import VALIDATION_SOURCES_FILE, load_validation_sources
 from kanitts.sequences.validation import split_validation
 from kanitts.training.experiments import METRICS_FILE, run_experiments
 
@@ -60,6 +63,25 @@ def test_the_data_step_caches_held_out_rows_beside_the_training_ones(project):
     tokenizer = AutoTokenizer.from_pretrained(str(configs.experiments.base_model))
     _, cached = build_training_dataset(configs.dataset, configs.model, tokenizer)
     assert cached.from_cache and load_validation(cached)["input_ids"] == held["input_ids"]
+
+
+def test_held_out_rows_record_where_they_came_from_and_an_older_cache_is_rebuilt(project, tmp_path):
+    from transformers import AutoTokenizer
+
+    configs, _, held, report = project
+    sources = load_validation_sources(report)
+    assert [s.speaker for s in sources] == held["speaker"]
+    tokenizer = AutoTokenizer.from_pretrained(str(configs.experiments.base_model))
+    for row, ids in zip(sources, held["input_ids"], strict=True):  # each entry is the row beside it
+        assert row.text == f"{row.speaker} says sentence {row.row if row.speaker == 'alice' else row.row - 12}."
+        assert row.text in tokenizer.decode(ids) and row.source is None and row.dataset_index == 0
+    # A cache written before the sources were recorded is rebuilt in place (same key, same rows).
+    old = tmp_path / "cache"
+    shutil.copytree(report.cache_path, old / Path(report.cache_path).name)
+    (old / Path(report.cache_path).name / VALIDATION_SOURCES_FILE).unlink()
+    _, again = build_training_dataset(configs.dataset, configs.model, tokenizer, cache_dir=old)
+    assert not again.from_cache and again.fingerprint == report.fingerprint
+    assert load_validation_sources(again) == sources
 
 
 def test_every_experiment_reports_validation_loss_and_codebook_metrics(project, tmp_path):

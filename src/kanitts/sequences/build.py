@@ -46,9 +46,12 @@ from kanitts.sequences.cache import (
     SEQUENCES_FILE,
     SUMMARY_FILE,
     VALIDATION_FILE,
+    VALIDATION_SOURCES_FILE,
+    HeldOutRow,
     cache_key,
     is_complete,
     load_cached,
+    write_validation_sources,
 )
 from kanitts.sequences.columns import column_problems, rename_problems
 from kanitts.sequences.sources import load_source
@@ -240,6 +243,7 @@ def _build(
         plans.append(_Plan(index, entry, source, rules, matching, processes))
 
     mapped_parts, chosen_parts, held_parts, summaries = [], [], [], []
+    held_sources: list[HeldOutRow] = []
     lengths_by_dataset: dict[str, np.ndarray] = {}
     base = 0
     with ThreadPoolExecutor(max_workers=1) as drawer:
@@ -266,6 +270,7 @@ def _build(
             for speaker in summary.speakers:
                 speaker.validation_rows = int(np.count_nonzero(outcomes.speakers[held] == speaker.name))
             held_parts.append(base + held)
+            held_sources += _held_out_sources(plan, rules.dataset, outcomes, held)
             summaries.append(summary)
             lengths_by_dataset[rules.dataset] = outcomes.lengths[chosen]
             mapped_parts.append(mapped)
@@ -284,6 +289,7 @@ def _build(
         held_all = np.concatenate(held_parts)
         if len(held_all):
             _write_in_order(mapped_parts, held_all, staging / VALIDATION_FILE, with_embedding)
+            write_validation_sources(staging / VALIDATION_SOURCES_FILE, held_sources)
         histogram.result()
     del mapped_parts
     shutil.rmtree(work)
@@ -322,6 +328,26 @@ def _run_batches(
     ).with_format(None)
     filtered_out = np.zeros(0, dtype=np.int64) if passes is None else np.flatnonzero(~passes)
     return mapped, RowOutcomes.of(mapped.data, matching, filtered_out)
+
+
+def _held_out_sources(plan: _Plan, name: str, outcomes: RowOutcomes, held: np.ndarray) -> list[HeldOutRow]:
+    """Where each held-out row of one dataset came from, in the order validation.arrow holds them.
+
+    The sequences keep only token ids; eval needs the row's text and its ``source`` clip (the
+    recording ``kanitts prepare`` encoded) to use held-out rows as the speakers' references.
+    """
+    if not len(held):
+        return []
+    rows = outcomes.rows[held]
+    columns = [plan.entry.text_col_name, *(["source"] if "source" in plan.source.column_names else [])]
+    picked = plan.source.select_columns(columns).select(rows.tolist()).to_dict()
+    sources = picked.get("source", [None] * len(rows))
+    return [
+        HeldOutRow(dataset=name, dataset_index=plan.index, row=int(row), speaker=str(speaker), text=text,
+                   source=None if source is None else str(source))
+        for row, speaker, text, source in zip(rows, outcomes.speakers[held], picked[plan.entry.text_col_name],
+                                              sources, strict=True)
+    ]
 
 
 def _estimated_bytes(entry: DatasetEntry, source: datasets.Dataset, matching: np.ndarray, layout: TokenLayout) -> int:

@@ -4,8 +4,13 @@ The next run with the same inputs loads the sequences in seconds instead of buil
 key covers the dataset configs and source fingerprints, the codebook columns, the token layout,
 the tokenizer, the seed and PROCESSING_VERSION, and nothing else (not `num_proc`, not the cache
 path), so two machines or two process counts share one cache. A folder holds sequences.arrow,
-summary.json and lengths.png; it is written under a temporary name and renamed, so a crash never
-leaves a cache that looks complete.
+summary.json and lengths.png, and with a validation split validation.arrow and
+validation_sources.json (where each held-out row came from); it is written under a temporary
+name and renamed, so a crash never leaves a cache that looks complete.
+
+A folder built before validation_sources.json existed has validation.arrow without it: it is
+not complete, and is rebuilt under the same key (the rows, and so the fingerprint that
+checkpoints record, are the same), so eval can always say which recordings were never trained on.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,10 @@ SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "lengths.png"
 # The held-out rows (validation_fraction / validation_rows), when any dataset holds some out.
 VALIDATION_FILE = "validation.arrow"
+# Where each held-out row came from (its dataset, source row, speaker, text and `source` clip),
+# in validation.arrow's order: eval takes the speakers' reference recordings from them.
+VALIDATION_SOURCES_FILE = "validation_sources.json"
+VALIDATION_SOURCES_VERSION = 1
 _VALIDATION_KEYS = ("validation_fraction", "validation_rows")
 
 
@@ -71,7 +81,39 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def is_complete(folder: Path) -> bool:
+    """Every file is there; held-out rows without their sources (an older cache) are not complete."""
+    if (folder / VALIDATION_FILE).is_file() and not (folder / VALIDATION_SOURCES_FILE).is_file():
+        return False
     return (folder / SUMMARY_FILE).is_file() and (folder / SEQUENCES_FILE).is_file()
+
+
+@dataclass(frozen=True)
+class HeldOutRow:
+    """One row held out of training: which dataset entry and source row, whose, what it says.
+
+    ``source`` is the row's ``source`` column (the clip ``kanitts prepare`` read, relative to its
+    input folder or manifest), None when the dataset has none.
+    """
+
+    dataset: str  # the dataset's name in the report
+    dataset_index: int  # its entry in dataset_config.yaml's hf_datasets
+    row: int  # the row of the source dataset as loaded
+    speaker: str
+    text: str | None
+    source: str | None
+
+
+def write_validation_sources(path: Path, rows: list[HeldOutRow]) -> None:
+    payload = {"version": VALIDATION_SOURCES_VERSION, "rows": [dataclasses.asdict(r) for r in rows]}
+    path.write_text(json.dumps(payload), encoding="utf-8")
+
+
+def load_validation_sources(report: TrainingDataReport) -> list[HeldOutRow] | None:
+    """Where each held-out row came from (in validation.arrow's order); None when nothing is held out."""
+    if not report.validation_rows or report.cache_path is None:
+        return None
+    data = json.loads((Path(report.cache_path) / VALIDATION_SOURCES_FILE).read_text(encoding="utf-8"))
+    return [HeldOutRow(**row) for row in data["rows"]]
 
 
 def load_validation(report: TrainingDataReport) -> datasets.Dataset | None:
