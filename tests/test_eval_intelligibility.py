@@ -25,7 +25,9 @@ def test_without_intelligibility_wer_cer_and_transcript_are_not_measured(project
                                 for r in summary.rows)
     results = json.loads(summary.results_json.read_text(), parse_constant=pytest.fail)  # no NaN
     assert results["intelligibility"] is None
-    assert results["speaker_similarity"] == {"embedder": "proxy (MFCC statistics)", "note": None}
+    assert results["speaker_similarity"] == {"embedder": "proxy (MFCC statistics)", "note": None,
+                                             "references": {"alice": {"origin": "configured", "clips": 2}},
+                                             "reference_notes": []}
     # Three models, truncation and speaker similarity measured: a ranking, also in the summary.
     ranking = results["ranking"]
     assert {m["model"] for m in ranking["models"]} == {"base", "exp-a", "exp-b"}

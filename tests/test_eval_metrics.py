@@ -110,8 +110,9 @@ def test_references_and_their_codec_round_trips_follow_the_contract(project_copy
     summary = run_eval(eval_configs(project_copy))
     results = json.loads(summary.results_json.read_text(), parse_constant=pytest.fail)
     refs = results["references"]
-    keys = {"kind", "speaker", "audio", "sample_rate", "text", "transcript", *METRIC_LABELS}
+    keys = {"kind", "speaker", "origin", "source", "audio", "sample_rate", "text", "transcript", *METRIC_LABELS}
     assert [set(r) for r in refs] == [keys] * 4
+    assert {(r["origin"], r["source"]) for r in refs} == {("configured", None)}
     assert [(r["kind"], r["speaker"], r["audio"]) for r in refs] == [
         ("recording", "alice", "references/alice/alice_0.wav"),
         ("codec", "alice", "references/alice/alice_0.codec.wav"),
@@ -133,6 +134,7 @@ def test_references_and_their_codec_round_trips_follow_the_contract(project_copy
         "not_measured": True}
     assert "real speaker" in summary.ranking_text and "not ranked" in summary.ranking_text
     assert "real speaker (ceiling, not ranked): 2 clips" in summary.describe()
+    assert "references: alice: 2 configured" in summary.describe()
 
 
 def test_scores_are_cached_per_audio_content_so_a_new_experiment_costs_only_its_samples(

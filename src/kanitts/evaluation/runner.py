@@ -37,11 +37,13 @@ from kanitts.asr import Transcriber
 from kanitts.audio import load_audio, resample, to_mono, write_wav
 from kanitts.codecs import Codec, load_codec
 from kanitts.config import ConfigSet, EvalSentence
+from kanitts.config import SpeakerSimilarity as SimilaritySettings
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import METRIC_LABELS
 from kanitts.evaluation.naturalness import LABEL as NATURALNESS_LABEL
 from kanitts.evaluation.naturalness import folder_signature, load_naturalness
 from kanitts.evaluation.ranking import DEFAULT_METRICS, Sample, format_ranking, rank_models
+from kanitts.evaluation.references import HOW_TO_GET_REFERENCES, References, collect_references
 from kanitts.evaluation.results import (
     REFERENCE_LABELS,
     REFERENCES_DIR,
@@ -107,6 +109,9 @@ class EvalSummary:
     seconds: float = 0.0
     ranking_text: str = ""
     references: list[dict[str, Any]] = field(default_factory=list)
+    # Where each speaker's references come from ("alice: 2 configured; ..."), and what is missing.
+    reference_origins: str = ""
+    reference_notes: list[str] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
@@ -125,6 +130,9 @@ class EvalSummary:
             if mine:
                 lines.append(f"  {label} (ceiling, not ranked): {len(mine)} clips, "
                              f"mean {sum(r['duration_sec'] for r in mine) / len(mine):.2f} s" + _means(mine))
+        if self.reference_origins:
+            lines.append(f"  references: {self.reference_origins}")
+        lines += [f"  note: {note}" for note in self.reference_notes]
         return lines
 
     def describe(self) -> str:
@@ -283,7 +291,8 @@ def run_eval(
     outputs = _Outputs(audio_dir, takes)
     device = resolve_device(device or configs.inference.model.device_map)
     # Every scoring model loads once, before generating: a wrong model id costs nothing.
-    similarity = _speaker_similarity(configs, device)
+    found = collect_references(configs)
+    similarity = _speaker_similarity(configs, device, found)
     transcriber = _transcriber(configs, device)
     naturalness, mos_note = load_naturalness(eval_cfg.naturalness, device)
     language = eval_cfg.intelligibility.language if eval_cfg.intelligibility else None
@@ -344,11 +353,16 @@ def run_eval(
     bar.close()
 
     rows = _rows(targets, sentences, sidecars, outputs, scorers)
-    references = _references(configs, audio_dir, scorers, get_codec, failures)
+    references = _references(configs, audio_dir, scorers, get_codec, failures, found)
     del transcriber, naturalness, scorers, codec
     release_memory()
     measures = {
-        "speaker_similarity": ({"embedder": similarity.label, "note": similarity.note} if similarity else None),
+        "speaker_similarity": {
+            "embedder": similarity.label if similarity else None,
+            "note": similarity.note if similarity else f"not measured: no reference recordings; {HOW_TO_GET_REFERENCES}",
+            "references": found.origins(),
+            "reference_notes": found.notes,
+        },
         "intelligibility": (eval_cfg.intelligibility.model_dump() if eval_cfg.intelligibility else None),
         "naturalness": {
             "model": eval_cfg.naturalness.model if eval_cfg.naturalness else None,
@@ -361,6 +375,7 @@ def run_eval(
                              measures, ranking, references)
     summary.ranking_text = ranking_text
     summary.references = references
+    summary.reference_origins, summary.reference_notes = found.describe(), found.notes
     summary.generated, summary.reused = generated, reused
     summary.seconds = time.perf_counter() - started
     return summary
@@ -399,15 +414,16 @@ def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
         yield item, mine, None
 
 
-def _speaker_similarity(configs: ConfigSet, device: str):
-    settings = configs.eval.speaker_similarity
-    if settings is None or not settings.references:
+def _speaker_similarity(configs: ConfigSet, device: str, references: References):
+    """The embedder and the speakers' reference vectors; None when no speaker has references."""
+    paths = references.paths()
+    if not paths:
         return None
-    embedder = load_embedder(settings.embedder)
+    embedder = load_embedder((configs.eval.speaker_similarity or SimilaritySettings()).embedder)
     move = getattr(embedder, "to", None)  # a neural embedder runs on the eval device, references too
     if move is not None:
         move(device)
-    return SpeakerSimilarity(embedder, settings.references)
+    return SpeakerSimilarity(embedder, paths)
 
 
 def _transcriber(configs: ConfigSet, device) -> Transcriber | None:
@@ -510,7 +526,7 @@ def _codec_round_trip(copy: Path, audio: np.ndarray, rate: int, source_digest: s
 
 
 def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers, get_codec: Callable[[], Codec],
-                failures: list[str]) -> list[dict[str, Any]]:
+                failures: list[str], found: References) -> list[dict[str, Any]]:
     """The speakers' reference recordings, and their codec round trips, scored like the samples.
 
     A copy of each recording (mono, as scored) and its round trip go under
@@ -519,16 +535,21 @@ def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers, get_codec
     with its transcript when a metadata.csv gives it. They are the ceiling the models are
     measured against: what the real voice and the codec alone score. A round trip that fails
     (the codec does not load, say) is listed in ``failures``; the recordings are still scored.
+    Each entry says where the recording comes from (``origin``: configured, or held out of
+    training and taken automatically, with the dataset row as ``source``).
     """
-    settings = configs.eval.speaker_similarity
-    if settings is None or not settings.references:
+    if not found.clips:
         return []
-    texts = _reference_texts([Path(p).resolve() for paths in settings.references.values() for p in paths])
+    texts = _reference_texts([clip.path.resolve() for clip in found.clips])
+    by_speaker: dict[str, list] = {}
+    for clip in found.clips:
+        by_speaker.setdefault(clip.speaker, []).append(clip)
     entries, clips = [], []
-    for speaker, paths in settings.references.items():
+    for speaker, mine in by_speaker.items():
         folder = audio_dir / REFERENCES_DIR / slugify(speaker)
         stems: set[str] = set()
-        for index, path in enumerate(paths):
+        for index, reference in enumerate(mine):
+            path = reference.path
             samples, rate = load_audio(path)
             audio = to_mono(samples)
             stem = slugify(Path(path).stem)
@@ -537,7 +558,7 @@ def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers, get_codec
             stems.add(stem.lower())
             copy = write_wav(folder / f"{stem}.wav", audio, rate)
             raw = copy.read_bytes()
-            text = texts.get(Path(path).resolve())
+            text = reference.text or texts.get(Path(path).resolve())
             made = [("recording", copy)]
             try:
                 made.append(("codec", _codec_round_trip(copy, audio, rate, digest(raw), configs, get_codec)))
@@ -547,15 +568,17 @@ def _references(configs: ConfigSet, audio_dir: Path, scorers: Scorers, get_codec
                 data = wav.read_bytes()
                 heard, heard_rate = (audio, rate) if wav == copy else load_audio(data)
                 clips.append(Clip(to_mono(heard), heard_rate, digest(data), text, speaker, leave_out=index))
-                entries.append((kind, speaker, wav, heard_rate, text))
+                entries.append((kind, reference, wav, heard_rate, text))
     scores = scorers.score(clips)
     scorers.cache.save()
     metric_keys = list(METRIC_LABELS)
     rows = []
-    for (kind, speaker, wav, rate, text), score in zip(entries, scores, strict=True):
+    for (kind, reference, wav, rate, text), score in zip(entries, scores, strict=True):
         rows.append({
             "kind": kind,
-            "speaker": speaker,
+            "speaker": reference.speaker,
+            "origin": reference.origin,
+            "source": reference.source,
             "audio": wav.relative_to(audio_dir).as_posix(),
             "sample_rate": rate,
             "text": text,

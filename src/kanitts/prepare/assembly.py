@@ -179,6 +179,21 @@ def result_from_summary(output: Path) -> PrepareResult:
     )
 
 
+def source_root(output: Path | str) -> Path | None:
+    """The folder a prepared dataset's ``source`` column is relative to, or None where none is.
+
+    ``source`` names each clip as its input named it: relative to the folder of ``metadata.csv``
+    (a folder input) or of the manifest, absolute when it lies outside; a Hub input names rows
+    (``train[3]``), not files. The input's location is in ``kanitts_prepare.json``; a dataset
+    without one (not written by ``kanitts prepare``) gives None.
+    """
+    summary = read_json(Path(output) / SUMMARY_NAME) or {}
+    found = (summary.get("manifest") or {}).get("input") or {}
+    if found.get("kind") not in ("folder", "manifest") or not found.get("location"):
+        return None
+    return Path(found["location"]).parent
+
+
 def write_rejected(path: Path, rejected: list[dict]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

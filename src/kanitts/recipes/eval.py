@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kanitts.config import ConfigSet, load_configs
-from kanitts.errors import UserError
+from kanitts.config import CONFIG_FILES, ConfigSet, load_config, load_configs
+from kanitts.errors import ConfigError, UserError
 from kanitts.evaluation.results import RANKING_CSV
 from kanitts.evaluation.runner import EvalSummary, run_eval
 from kanitts.hub import upload_eval_dataset
@@ -50,9 +50,27 @@ def evaluate(
     return summary
 
 
+def load_eval_configs(config_dir: Path | str) -> ConfigSet:
+    """What eval needs, and dataset_config.yaml when there is one: its held-out rows give the
+    speakers without configured references theirs. A dataset_config.yaml that does not validate
+    is a warning (nothing else of eval needs it), not an error."""
+    config_dir = Path(config_dir)
+    configs = load_configs(config_dir, kinds=KINDS)
+    path = config_dir / CONFIG_FILES["dataset"]
+    if path.is_file():
+        try:
+            configs.dataset = load_config("dataset", config_dir)
+        except ConfigError as exc:
+            configs.warnings += [f"{p} (so no speaker references are taken from its held-out rows)"
+                                 for p in exc.problems]
+        else:
+            configs.warnings += [f"{path}: {note}" for note in configs.dataset.notes]
+    return configs
+
+
 def run(*, config_dir: Path, force: bool = False, only: list[str] | None = None, device: str | None = None,
         report: bool = True) -> int:
-    configs = load_configs(config_dir, kinds=KINDS)
+    configs = load_eval_configs(config_dir)
     for line in configs.warnings:
         print(f"warning: {line}")
     summary = evaluate(configs, force=force, only=only, device=device, report=report)

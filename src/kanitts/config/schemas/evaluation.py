@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import PositiveInt, PrivateAttr, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, PositiveInt, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
 from kanitts.config.schemas.base import Strict, Text
 
@@ -61,9 +61,15 @@ class EvalProcessing(Strict):
 
 
 class SpeakerSimilarity(Strict):
-    """Reference recordings per speaker prefix, for the speaker-similarity metric."""
+    """Reference recordings per speaker prefix, for the speaker-similarity metric.
+
+    A speaker of eval_set.yaml without ``references`` gets up to ``auto_references`` recordings
+    of its rows that dataset_config.yaml's validation split holds out of training (never trained
+    on); 0 turns that off. Configured references win, per speaker.
+    """
 
     references: dict[Text, list[Text]] = {}
+    auto_references: Annotated[int, Field(ge=0, strict=True)] = 5  # strict: `true` or "3" is no count
     # A name from kanitts.evaluation.speaker: `mfcc-stats` (a proxy that works offline with no
     # weights, so the demo and CI run), `wavlm-xvector[:<folder or Hub id>]` (a real
     # speaker-verification x-vector; recommended), `auto` (that one when it is cached, else the
