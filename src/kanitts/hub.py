@@ -248,7 +248,30 @@ def _ranking_section(model_id: str, ranking: dict[str, Any] | None) -> str:
     )
 
 
-def _eval_section(model_id: str, eval_rows: list[dict[str, Any]], ranking: dict[str, Any] | None = None) -> str:
+# Where eval_results.json's reference recordings came from, by their ``origin`` (results written
+# before eval took references automatically have none: they were all configured).
+_REFERENCE_ORIGINS = {
+    "configured": "configured in eval_config.yaml",
+    "held-out": "held out of the training data and taken automatically (never trained on)",
+}
+
+
+def _references_line(references: list[dict[str, Any]] | None) -> str:
+    """"Speaker similarity references: alice: 2 recordings held out of ...; bob: 1 configured ..."."""
+    counts: dict[tuple[str, str], int] = {}
+    for ref in references or []:
+        if ref.get("kind") == "recording":
+            key = (str(ref.get("speaker")), ref.get("origin") or "configured")
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return ""
+    parts = [f"{speaker}: {n} recording(s) {_REFERENCE_ORIGINS.get(origin, origin)}"
+             for (speaker, origin), n in counts.items()]
+    return "Speaker similarity references: " + "; ".join(parts) + "."
+
+
+def _eval_section(model_id: str, eval_rows: list[dict[str, Any]], ranking: dict[str, Any] | None = None,
+                  references: list[dict[str, Any]] | None = None) -> str:
     rows = [r for r in eval_rows if r.get("experiment_id") == model_id]
     if not rows:
         return "Not evaluated yet (run `make eval`)."
@@ -266,10 +289,12 @@ def _eval_section(model_id: str, eval_rows: list[dict[str, Any]], ranking: dict[
         )
     truncated = sum(bool(r["truncated"]) for r in rows)
     ranked = _ranking_section(model_id, ranking)
+    sources = _references_line(references)
     return (
         f"{len(rows)} eval samples, {truncated} truncated. Metrics are computed by `kanitts eval` "
         "(speaker similarity: cosine to the training speaker's reference recordings; WER/CER: of an ASR "
-        "transcript against the sentence; MOS: a predicted mean opinion score).\n\n" + "\n".join(lines)
+        "transcript against the sentence; MOS: a predicted mean opinion score)."
+        + (f" {sources}" if sources else "") + "\n\n" + "\n".join(lines)
         + (f"\n\n{ranked}" if ranked else "")
     )
 
@@ -290,11 +315,13 @@ def build_model_card(
     eval_rows: list[dict[str, Any]] | None = None,
     codec: CodecSection | None = None,
     ranking: dict[str, Any] | None = None,
+    references: list[dict[str, Any]] | None = None,
 ) -> str:
     """README.md for a checkpoint: Hub metadata, training settings, final loss, eval, usage, license.
 
     ``codec`` (model_config.yaml's) says which audio tokens the model writes; default NanoCodec.
-    ``ranking`` (eval_results.json's) adds where the model stands among the evaluated ones.
+    ``ranking`` (eval_results.json's) adds where the model stands among the evaluated ones, and
+    ``references`` (its reference recordings) which of them were configured or held out of training.
     """
     codec = codec or CodecSection()
     folder = Path(folder)
@@ -361,7 +388,7 @@ def build_model_card(
         sections.append("### Data and batching\n\n" + _table(sorted(body["training"].items())))
     if metrics.get("dataset_fingerprint"):
         sections.append(f"Training data fingerprint: `{metrics['dataset_fingerprint']}`.")
-    sections.append("## Evaluation\n\n" + _eval_section(model_id, eval_rows or [], ranking))
+    sections.append("## Evaluation\n\n" + _eval_section(model_id, eval_rows or [], ranking, references))
     sections.append(f"## License\n\n{LICENSE.capitalize()}; the base model's license also applies.")
     return "\n\n".join(sections) + "\n"
 
@@ -375,13 +402,14 @@ def upload_model(
     token: str | None = None,
     codec: CodecSection | None = None,
     ranking: dict[str, Any] | None = None,
+    references: list[dict[str, Any]] | None = None,
 ) -> str:
     """Publish a complete checkpoint folder with its generated model card as README.md."""
     folder = Path(folder)
     problems = checkpoint_problems(folder)
     if problems:
         raise UserError(f"refusing to upload the incomplete checkpoint {folder}: " + "; ".join(problems))
-    card = build_model_card(folder, repo_id, dataset_ids, eval_rows, codec, ranking)
+    card = build_model_card(folder, repo_id, dataset_ids, eval_rows, codec, ranking, references)
     files: dict[str, Path | bytes] = {
         p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
     }

@@ -154,6 +154,9 @@ def _reference(ref: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": ref["kind"],
         "speaker": ref.get("speaker"),
+        # configured, or held out of training and taken automatically (older results: unknown)
+        "origin": ref.get("origin"),
+        "source": ref.get("source"),
         "audio": "audio/" + ref["audio"],
         "text": ref.get("text"),
         "transcript": ref.get("transcript"),

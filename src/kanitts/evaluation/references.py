@@ -76,7 +76,8 @@ class References:
 
     def describe(self) -> str:
         """``alice: 2 held out of training (automatic); bob: 2 configured``."""
-        return "; ".join(f"{speaker}: {o['clips']} {ORIGIN_LABELS[o['origin']]}" for speaker, o in self.origins().items())
+        return "; ".join(f"{speaker}: {o['clips']} {ORIGIN_LABELS[o['origin']]}"
+                         for speaker, o in self.origins().items())
 
 
 def collect_references(configs: ConfigSet) -> References:

@@ -359,7 +359,8 @@ def run_eval(
     measures = {
         "speaker_similarity": {
             "embedder": similarity.label if similarity else None,
-            "note": similarity.note if similarity else f"not measured: no reference recordings; {HOW_TO_GET_REFERENCES}",
+            "note": (similarity.note if similarity
+                     else f"not measured: no reference recordings; {HOW_TO_GET_REFERENCES}"),
             "references": found.origins(),
             "reference_notes": found.notes,
         },

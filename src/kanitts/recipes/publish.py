@@ -46,6 +46,7 @@ def run(*, config_dir: Path, model_id: str, repo: str, private: bool = False) ->
         eval_rows=evaluated.get("rows", []),
         codec=model_cfg.codec if model_cfg else None,
         ranking=evaluated.get("ranking"),
+        references=evaluated.get("references"),
     )
     print(f"uploaded {model_id} to {url}")
     return 0

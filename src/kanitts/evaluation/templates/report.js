@@ -599,9 +599,12 @@
       target.replaceChildren(el("p", { text: "No recordings of the real speaker in these results (not measured)." }));
       return;
     }
-    var headers = ["kind", "speaker", "listen", "text"].concat(metricHeaders(), ["heard"]);
+    var headers = ["kind", "speaker", "from", "listen", "text"].concat(metricHeaders(), ["heard"]);
+    var origins = { "configured": "configured", "held-out": "held out of training (automatic)" };
     var body = DATA.references.map(function (r) {
+      var origin = origins[r.origin] || "-";
       return [{ text: r.kind === "codec" ? "real speaker (codec)" : "real speaker" }, { text: fmt(r.speaker) },
+        { text: origin, title: r.source || undefined },
         { node: el("audio", { controls: true, preload: "metadata", src: r.audio }), value: r.audio }, { text: fmt(r.text) }]
         .concat(metricCells(r.values), [{ text: fmt(r.transcript) }]);
     });
