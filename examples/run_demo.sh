@@ -5,7 +5,8 @@
 #   3. kanitts check-config, kanitts data: the training sequences and their summary
 #   4. kanitts train: two LoRA experiments (padded batches; exact packing with loss on audio)
 #   5. kanitts eval: base + both checkpoints speak the eval set -> WAVs, WER/CER, speaker similarity,
-#      MOS (tiny random scoring models), the references' ceiling, a ranking, HTML report
+#      MOS (tiny random scoring models), the real speaker's ceiling (recordings of the rows held out
+#      of training, taken automatically), a ranking, HTML report
 # Everything lands in examples/work/ (delete it to start over).
 #
 #   DEVICE=cuda DTYPE=bf16 make demo    on a GPU in bf16: prepare and eval on DEVICE (default: prepare
