@@ -513,6 +513,7 @@ def test_report_of_a_real_eval_run_plays_in_chromium(report, driver):
         assert len(anchors) == sum(len(s["anchors"]) for s in data["sentences"])
         clips = audio_states(driver, "#references-body audio")
         assert len(clips) == len(data["references"])
+        assert "configured" in references.text  # where each clip comes from (the project configures them)
         assert all(state["error"] is None for state in anchors + clips)
     else:
         assert references.text.startswith("No recordings of the real speaker")
