@@ -11,7 +11,7 @@ import yaml
 
 from kanitts.audio import load_audio, write_wav
 from kanitts.errors import ConfigError
-from kanitts.evaluation.html_report import report_data
+from kanitts.evaluation.html_report import build_report, report_data
 from kanitts.evaluation.references import HOW_TO_GET_REFERENCES
 from kanitts.evaluation.runner import run_eval
 from kanitts.hub import build_model_card
@@ -102,6 +102,8 @@ def test_speakers_without_references_get_recordings_of_their_held_out_rows(here)
     assert ("references: alice: 2 held out of training (automatic); bob: 2 held out of training (automatic)"
             in summary.describe())
     assert {r["origin"] for r in report_data(results, "t")["references"]} == {"held-out"}
+    page = build_report(summary.results_json, here / "report").read_text()
+    assert "Speaker similarity references: alice: 2 held out of training (automatic); bob: 2" in page
     card = build_model_card(here / "ckpt" / "exp-a", "me/exp-a", eval_rows=results["rows"],
                             references=results["references"])
     assert ("Speaker similarity references: alice: 2 recording(s) held out of the training data and taken "

@@ -28,6 +28,7 @@ from kanitts.atomic import write_atomically
 from kanitts.config import EvalSentence
 from kanitts.errors import UserError
 from kanitts.evaluation.metrics import METRIC_LABELS
+from kanitts.evaluation.references import ORIGIN_LABELS
 from kanitts.evaluation.results import REFERENCE_LABELS, RESULTS_JSON, read_results
 from kanitts.redact import redact_secrets
 
@@ -228,6 +229,13 @@ def _summary(results: dict[str, Any]) -> str:
         f"Sampling: {_e(sampling)}.</p>"
     ]
     lines += [f"<p class='failed'>{_e(m['experiment_id'])}: not evaluated: {_e(m['error'])}</p>" for m in unloaded]
+    similarity = results.get("speaker_similarity") or {}  # older results have less, or nothing
+    origins = similarity.get("references") or {}
+    if origins:
+        described = "; ".join(f"{speaker}: {o.get('clips')} {ORIGIN_LABELS.get(o.get('origin'), o.get('origin'))}"
+                              for speaker, o in origins.items())
+        lines.append(f"<p>Speaker similarity references: {_e(described)}.</p>")
+    lines += [f"<p>Note: {_e(note)}</p>" for note in similarity.get("reference_notes") or []]
     return "\n".join(lines)
 
 

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kanitts.config import ConfigSet
 from kanitts.config import SpeakerSimilarity as SimilaritySettings
 from kanitts.errors import UserError
-from kanitts.sequences.cache import HeldOutRow
+
+if TYPE_CHECKING:  # the sequences import `datasets` (a second): only a run that reads held-out rows pays
+    from kanitts.sequences.cache import HeldOutRow
 
 CONFIGURED = "configured"
 HELD_OUT = "held-out"
