@@ -17,7 +17,7 @@ from kanitts.evaluation.runner import run_eval
 from kanitts.hub import build_model_card
 from kanitts.recipes.eval import load_eval_configs
 from kanitts.sequences import build_training_dataset
-from kanitts.sequences.cache import load_validation_sources
+from kanitts.sequences.cache import VALIDATION_SOURCES_FILE, load_validation_sources
 
 from eval_project import SR, build_project, voice
 
@@ -155,6 +155,19 @@ def test_a_held_out_row_whose_recording_is_gone_is_skipped_and_named(here):
         for path in alice:
             if (aside / path.name).exists():
                 (aside / path.name).rename(path)
+
+
+def test_a_damaged_sources_file_costs_the_references_only(here):
+    [sources] = (here / "cache").glob(f"*/{VALIDATION_SOURCES_FILE}")
+    kept = sources.read_bytes()
+    sources.write_text('{"version": 1, "rows": [{"dataset"')
+    try:
+        summary = run_eval(load_eval_configs("config"), only=["base"])
+    finally:
+        sources.write_bytes(kept)
+    assert summary.rows and json.loads(summary.results_json.read_text())["references"] == []
+    assert f"the held-out rows' sources in {sources.parent} do not read (JSONDecodeError" in summary.describe()
+    assert "`kanitts data --rebuild` writes them again" in summary.describe()
 
 
 def test_without_references_or_held_out_rows_the_note_says_how_to_get_them(project_copy):

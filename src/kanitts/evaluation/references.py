@@ -135,7 +135,11 @@ def held_out_rows(configs: ConfigSet) -> tuple[list[HeldOutRow] | None, str]:
         _, report = build_training_dataset(dataset_cfg, configs.model, tokenizer)
     except UserError as exc:
         return None, f"the held-out rows could not be read: {exc}"
-    return load_validation_sources(report) or [], ""
+    try:
+        return load_validation_sources(report) or [], ""
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged cache file: only references lost
+        return None, (f"the held-out rows' sources in {report.cache_path} do not read ({type(exc).__name__}: "
+                      f"{exc}); `kanitts data --rebuild` writes them again")
 
 
 def _held_out_recordings(configs: ConfigSet, speaker: str, rows: list[HeldOutRow],
