@@ -192,3 +192,23 @@ def test_scored_transcripts_carry_a_confidence(transcriber, tiny_whisper):
     assert [t.text for t in scored[1:]] == plain
     assert [transcriber.transcribe_scored([clip])[0] for clip in clips] == scored[1:]
 
+
+
+def test_scored_transcripts_time_their_words_where_the_model_can(transcriber, tmp_path):
+    """Word times come from Whisper's alignment heads (the tiny model's are noise: only their
+    shape is checked); a model without alignment heads gives none, and nothing else changes."""
+    from kanitts.asr import Transcriber
+    from kanitts.tiny import build_tiny_whisper
+
+    clips = _clips()
+    timed = transcriber.transcribe_scored(clips, words=True)
+    assert transcriber.word_timestamps
+    plain = transcriber.transcribe_scored(clips)
+    assert [(t.text, t.confidence) for t in timed] == [(t.text, t.confidence) for t in plain]
+    for t in timed:
+        assert t.words is not None and " ".join(w.text for w in t.words) == " ".join(t.text.split())
+        assert all(0 <= w.start <= w.end for w in t.words)
+        assert all(a.end == b.start for a, b in zip(t.words, t.words[1:]))  # no gaps between words
+    untimed = Transcriber(build_tiny_whisper(tmp_path, alignment_heads=False), device="cpu", batch_size=3)
+    assert not untimed.word_timestamps
+    assert all(t.words is None for t in untimed.transcribe_scored(clips[:2], words=True))

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import soundfile as sf
 
 from kanitts.errors import UserError
 from kanitts.prepare.options import PrepareOptions
-from kanitts.prepare.segmenting import Segment, cut_points, segment
+from kanitts.prepare.segmenting import Segment, cut_points, refine, segment
 
 ESPEAK = shutil.which("espeak-ng")
 needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
@@ -166,6 +167,120 @@ def test_speech_longer_than_the_longest_clip_without_a_pause_is_counted():
     cut = segment([(1.0, 20.0)], 21.0, min_duration=2.0, max_duration=12.0, target_duration=7.0, padding=0.2,
                   split_pause=1.5)
     assert cut.segments == [] and cut.long_seconds == pytest.approx(19.0)
+
+
+# --- refining the cuts with the ASR's word times ---------------------------------------------
+
+BOUNDS = dict(padding=0.2, min_duration=1.5, max_duration=6.0)
+
+
+def test_a_clip_is_trimmed_to_its_words_with_padding_inside_the_vad_cut():
+    clip = Segment(10.0, 14.0)
+    done = refine(clip, [(0.0, 0.9), (0.9, 1.4), (1.4, 3.1)], **BOUNDS)  # Whisper: the first word from 0
+    assert done.trimmed and not done.word_cut and done.note is None
+    assert done.segment == Segment(10.0, pytest.approx(13.3))
+    done = refine(clip, [(0.5, 1.4), (1.4, 3.9)], **BOUNDS)  # padding never reaches outside the VAD clip
+    assert done.segment == Segment(pytest.approx(10.3), 14.0)
+    assert refine(clip, [(0.1, 3.85)], **BOUNDS) == refine(clip, [(0.1, 3.85)], **BOUNDS)
+    assert not refine(clip, [(0.0, 3.85)], **BOUNDS).trimmed  # already padded: the VAD cut stays
+
+
+def test_a_last_word_running_into_the_cut_is_a_word_cut():
+    done = refine(Segment(0.0, 4.0), [(0.0, 2.0), (2.0, 3.98)], **BOUNDS)
+    assert done.word_cut and not done.trimmed and done.segment == Segment(0.0, 4.0)
+    assert refine(Segment(0.0, 4.0), [(0.0, 4.05)], **BOUNDS).word_cut  # rounding past the end: clamped
+
+
+@pytest.mark.parametrize("words, note", [
+    ([(0.0, 1.0), (1.0, 9.98)], "word times past the clip's end (9.98 s of 4.00 s)"),
+    ([(0.0, 1.0), (2.0, 1.5)], "word times out of order (2.00-1.50 s)"),
+    ([(1.0, 2.0), (0.5, 3.0)], "word times out of order"),
+    ([(-0.5, 2.0)], "word times out of order (-0.50-2.00 s)"),
+    ([(0.0, float("nan"))], "word times out of order"),
+    ([(0.0, 0.4)], "trimmed to its words it would last 0.60 s, outside 1.5-6 s"),
+    ([], "no word times"),
+])
+def test_word_times_that_cannot_be_right_keep_the_vad_cut_and_say_why(words, note):
+    done = refine(Segment(2.0, 6.0), words, **BOUNDS)
+    assert done.segment == Segment(2.0, 6.0) and not done.trimmed and not done.word_cut
+    assert done.note.startswith(note)
+
+
+def _trimmed_words(monkeypatch):
+    """The tiny Whisper's word times are noise; give every other clip words from 0 to 1 s before
+    its end (a trim of 0.8 s with 0.2 s of padding) and leave the rest as the model says."""
+    from kanitts.asr import Transcriber, Word
+
+    real = Transcriber.transcribe_scored
+    calls = []
+
+    def transcribe_scored(self, clips, *, words=False):
+        calls.append(words)
+        out = real(self, clips, words=words)
+        return [replace(t, words=(Word("one", 0.0, len(a) / rate - 1.0),)) if k % 2 == 0 else t
+                for k, ((a, rate), t) in enumerate(zip(clips, out))]
+
+    monkeypatch.setattr(Transcriber, "transcribe_scored", transcribe_scored)
+    return calls
+
+
+@needs_espeak
+def test_word_times_trim_the_clips_and_unusable_ones_keep_the_vad_cut(recordings, speech, whisper, tiny_codec,
+                                                                         tmp_path, monkeypatch):
+    from kanitts.prepare.pipeline import prepare_dataset
+
+    source, _ = recordings
+    inp = tmp_path / "long"
+    inp.mkdir()
+    shutil.copy(source / "clean.wav", inp)
+    calls = _trimmed_words(monkeypatch)
+    result = prepare_dataset(_options(inp, tmp_path / "alice", whisper, transcribe_only=True),
+                             tiny_codec)
+    assert calls and all(calls)  # word times asked for in every batch
+    found = speech["clean.wav"]
+    vad = segment(found.regions, found.duration, min_duration=1.5, max_duration=6.0, target_duration=3.75,
+                  padding=0.15, split_pause=1.5).segments
+    clips = json.loads((tmp_path / "alice.clips" / "segments" / "clean.json").read_text())["clips"]
+    assert len(clips) == len(vad) >= 4
+    for k, (clip, cut) in enumerate(zip(clips, vad)):
+        wav = sf.info(tmp_path / "alice.clips" / "wavs" / f"{clip['id']}.wav")
+        assert wav.duration == pytest.approx(clip["end"] - clip["start"], abs=2e-3)
+        assert 1.5 <= wav.duration <= 6.0  # never outside the bounds
+        assert cut.start - 1e-3 <= clip["start"] and clip["end"] <= cut.end + 1e-3  # inside the VAD clip
+        if k % 2 == 0 and cut.duration - 0.85 >= 1.5:  # trimmed to 0.15 s after the constructed last word
+            assert clip["cut"] == "words" and clip["end"] == pytest.approx(cut.end - 0.85, abs=2e-3)
+        elif k % 2 == 1:  # the random model's word times: past the clip's end, or else plausible
+            assert clip["cut"] == "vad" or clip["cut"].startswith("vad: word times")
+    trimmed = sum(c["cut"] == "words" for c in clips)
+    implausible = sum(c["cut"].startswith("vad: ") for c in clips)
+    assert trimmed >= 1 and implausible >= 1  # the random model's word times fall past its clips
+    assert "cuts: " + f"{trimmed} clip(s) trimmed to their first and last word" in result.summary()
+    if implausible:
+        assert f"{implausible} kept at the VAD cut (their word times could not be right)" in result.summary()
+
+
+@needs_espeak
+@pytest.mark.parametrize("how", ["model without alignment heads", "refine_cuts off"])
+def test_without_word_times_the_vad_cuts_are_kept_and_the_summary_says_so(recordings, whisper, tiny_codec,
+                                                                           tmp_path, how):
+    from kanitts.prepare.pipeline import prepare_dataset
+    from kanitts.tiny import build_tiny_whisper
+
+    source, _ = recordings
+    inp = tmp_path / "long"
+    inp.mkdir()
+    shutil.copy(source / "clean.wav", inp)
+    if how == "refine_cuts off":
+        options = _options(inp, tmp_path / "alice", whisper, transcribe_only=True, refine_cuts=False)
+    else:
+        untimed = build_tiny_whisper(tmp_path / "whisper", chunk_seconds=8, alignment_heads=False)
+        options = _options(inp, tmp_path / "alice", untimed, transcribe_only=True)
+    summary = prepare_dataset(options, tiny_codec).summary()
+    assert "cuts: 1 recording(s) kept the VAD cuts (the ASR model gives no word times, or refine_cuts is off)" \
+        in summary
+    assert "trimmed to their first and last word" not in summary
+    record = json.loads((tmp_path / "alice.clips" / "segments" / "clean.json").read_text())
+    assert record["word_times"] is False and {c["cut"] for c in record["clips"]} == {"vad"}
 
 
 # --- options and config -----------------------------------------------------------------------

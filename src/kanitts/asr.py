@@ -84,6 +84,19 @@ class Transcript:
 
     text: str
     confidence: float | None
+    #: the transcript's words with their times, where asked for and the model gives them
+    words: tuple[Word, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word of a transcript and when it is spoken: seconds from the start of its clip, as
+    Whisper's cross-attention alignment (dynamic time warping) places its tokens. Each word ends
+    where the next begins (the alignment has no gaps), and the first begins at 0."""
+
+    text: str
+    start: float
+    end: float
 
 
 class Transcriber:
@@ -133,6 +146,15 @@ class Transcriber:
         self.language = language
         self._generate_kwargs = self._language_kwargs(language)
 
+    @property
+    def word_timestamps(self) -> bool:
+        """Whether :meth:`transcribe_scored` can time words: Whisper models whose generation
+        config names the cross-attention heads that follow the audio (``alignment_heads``, which
+        the OpenAI checkpoints carry); not CTC models nor Whisper models without them."""
+        model = self.pipe.model
+        scored = bool(getattr(model.config, "is_encoder_decoder", False))
+        return scored and bool(getattr(model.generation_config, "alignment_heads", None))
+
     def _language_kwargs(self, language: str | None) -> dict[str, str]:
         """``language`` for generate where the model is multilingual Whisper, else nothing."""
         generation = getattr(self.pipe.model, "generation_config", None)
@@ -159,8 +181,10 @@ class Transcriber:
             texts[index] = str(output["text"]).strip()
         return texts
 
-    def transcribe_scored(self, clips: Sequence[tuple[np.ndarray, int]]) -> list[Transcript]:
-        """Like :meth:`transcribe`, with each transcript's :class:`Transcript` confidence.
+    def transcribe_scored(self, clips: Sequence[tuple[np.ndarray, int]], *, words: bool = False) -> list[Transcript]:
+        """Like :meth:`transcribe`, with each transcript's :class:`Transcript` confidence, and its
+        :class:`Word` times with ``words=True`` where :attr:`word_timestamps` says the model has
+        them (else ``words`` stays ``None``).
 
         Sequence-to-sequence models (Whisper) are run through ``generate`` here rather than the
         pipeline, which returns no scores; clips of more than the model's window (30 s for
@@ -179,11 +203,12 @@ class Transcriber:
                 results[i] = Transcript(text, None)
         for first in range(0, len(direct), self.batch_size):
             batch = direct[first : first + self.batch_size]
-            for i, transcript in zip(batch, self._generate_scored([waves[i] for i in batch]), strict=True):
+            timed = words and self.word_timestamps
+            for i, transcript in zip(batch, self._generate_scored([waves[i] for i in batch], timed), strict=True):
                 results[i] = transcript
         return results
 
-    def _generate_scored(self, waves: list[np.ndarray]) -> list[Transcript]:
+    def _generate_scored(self, waves: list[np.ndarray], timed: bool = False) -> list[Transcript]:
         import torch
 
         model, tokenizer = self.pipe.model, self.pipe.tokenizer
@@ -196,14 +221,17 @@ class Transcriber:
                 input_features=inputs, attention_mask=features.attention_mask.to(model.device),
                 num_beams=PIPELINE_BEAMS, **self._length_kwargs(),
                 return_dict_in_generate=True, output_scores=True, **self._generate_kwargs,
+                **({"return_token_timestamps": True} if timed else {}),
             )
-            if getattr(out, "sequences_scores", None) is not None:
+            # a ModelOutput, or a plain dict when token timestamps are asked for
+            if out.get("sequences_scores") is not None:
                 # beam search: the beam's log-probability divided by its generated length
-                confidences = out.sequences_scores.float().cpu().tolist()
+                confidences = out["sequences_scores"].float().cpu().tolist()
             else:
-                steps = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+                steps = model.compute_transition_scores(out["sequences"], out["scores"], normalize_logits=True)
                 confidences = None
-        generated = out.sequences.cpu().tolist()
+        generated = out["sequences"].cpu().tolist()
+        times = out["token_timestamps"].float().cpu().tolist() if timed else None
         end = model.generation_config.eos_token_id
         ends = {end} if isinstance(end, int) else set(end or [])
         skip = self._control_ids()
@@ -216,8 +244,30 @@ class Transcriber:
                 tail = ids[-steps.shape[1]:]
                 length = next((k + 1 for k, token in enumerate(tail) if token in ends), len(tail))
                 confidence = float(steps[row, :length].float().mean()) if length else None
-            results.append(Transcript(tokenizer.decode(text_ids, skip_special_tokens=True).strip(), confidence))
+            text = tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+            timed_words = None
+            if times is not None:
+                timed_words = self._words(ids, times[row], skip | ends)
+            results.append(Transcript(text, confidence, timed_words))
         return results
+
+    def _words(self, ids: list[int], times: list[float], control: set[int]) -> tuple[Word, ...]:
+        """Tokens -> words with times. Token ``k`` is spoken from ``times[k - 1]`` to ``times[k]``
+        (how the transformers ASR pipeline reads Whisper's token timestamps); a token whose text
+        begins with a space begins a word, so scripts without spaces make one word per run."""
+        tokenizer = self.pipe.tokenizer
+        groups: list[tuple[list[int], float, float]] = []
+        for k, token in enumerate(ids):
+            if token in control:
+                continue
+            start, end = (times[k - 1] if k else 0.0), times[k]
+            if not groups or tokenizer.decode([token]).startswith(" "):
+                groups.append(([token], start, end))
+            else:
+                tokens, first, _ = groups[-1]
+                groups[-1] = ([*tokens, token], first, end)
+        words = ((tokenizer.decode(tokens, skip_special_tokens=True).strip(), a, b) for tokens, a, b in groups)
+        return tuple(Word(text, float(a), float(b)) for text, a, b in words if text)
 
     def _length_kwargs(self) -> dict[str, int]:
         """The pipeline's token limit unless the model's generation config sets its own."""

@@ -113,6 +113,7 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     flag(g, "asr_model")
     flag(g, "asr_language")
     flag(g, "asr_batch_size", type=int)
+    flag(g, "refine_cuts", action=argparse.BooleanOptionalAction)
     flag(g, "transcribe_only")
     g = p.add_argument_group("run")
     flag(g, "batch_seconds", type=float)

@@ -273,7 +273,7 @@ _WHISPER_SPECIALS = [
 
 
 def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, str] | None = None,
-                       chunk_seconds: int = 1) -> Path:
+                       chunk_seconds: int = 1, alignment_heads: bool = True) -> Path:
     """A random two-language Whisper with its processor, as a Hub Whisper snapshot is laid out.
 
     The text vocabulary is the 256 byte-level symbols without merges, so any string tokenizes;
@@ -281,6 +281,8 @@ def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, s
     ``spelling`` is written as the tokenizer's ``normalizer.json`` (the English spelling map).
     ``chunk_seconds`` is the longest clip it hears in one window (real Whisper: 30 s); a longer
     one takes Whisper's long-form path, which a random model cannot follow.
+    ``alignment_heads``: the generation config names the cross-attention heads that time words
+    (as OpenAI's checkpoints do); without them the model gives no word timestamps.
     """
     import json
 
@@ -323,6 +325,8 @@ def build_tiny_whisper(out_dir: Path | str, seed: int = 0, spelling: dict[str, s
         no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True, forced_decoder_ids=None,
         begin_suppress_tokens=[vocab["Ġ"], end], max_length=12,
     )
+    if alignment_heads:
+        settings["alignment_heads"] = [[0, 0], [0, 1]]
     for key, value in settings.items():  # setattr: GenerationConfig.update ignores the Whisper-only keys
         setattr(generation, key, value)
     model.save_pretrained(str(out_dir))

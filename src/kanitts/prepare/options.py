@@ -63,6 +63,7 @@ class Segmentation:
     asr_language: str | None = "en"
     asr_batch_size: int = 8
     min_asr_confidence: float = -1.0
+    refine_cuts: bool = True
 
     @property
     def target(self) -> float:
@@ -180,6 +181,12 @@ class PrepareOptions:
         "clips whose transcript's mean token log-probability is below this are flagged "
         f"(default: {_SEG.min_asr_confidence:g})",
     )
+    refine_cuts: bool | None = _opt(
+        None,
+        "move each clip's edges to its first and last word where the ASR model times words (Whisper "
+        "with alignment heads), and flag clips whose last word runs into the cut; --no-refine-cuts keeps "
+        f"the VAD cuts (default: {'on' if _SEG.refine_cuts else 'off'})",
+    )
     transcribe_only: bool = _opt(
         False, "cut and transcribe long recordings into <output>.clips/ (with an editable metadata.csv) and stop"
     )
@@ -252,6 +259,7 @@ SEGMENTATION_FIELDS = {
     "asr_language": "asr_language",
     "asr_batch_size": "asr_batch_size",
     "min_asr_confidence": "min_asr_confidence",
+    "refine_cuts": "refine_cuts",
 }
 
 

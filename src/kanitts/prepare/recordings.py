@@ -39,7 +39,7 @@ from kanitts.errors import UserError
 from kanitts.prepare.cleaning import text_rate_warnings
 from kanitts.prepare.distributed import Ranks
 from kanitts.prepare.options import PrepareOptions, Segmentation
-from kanitts.prepare.segmenting import segment
+from kanitts.prepare.segmenting import Segment, refine, segment
 from kanitts.prepare.shards import read_json, write_json
 from kanitts.prepare.sources.base import AUDIO_EXTENSIONS
 from kanitts.prepare.sources.files import METADATA_NAME
@@ -98,6 +98,11 @@ class RecordingsReport:
     short: float = 0.0
     long: float = 0.0
     unreadable: list[str] = field(default_factory=list)  # "file: why"
+    # cut refinement with the ASR's word times (refine_cuts): files cut without word times,
+    # clips trimmed to their words, clips whose word times were unusable (VAD cut kept)
+    untimed_files: int = 0
+    trimmed: int = 0
+    implausible: int = 0
     resumed: int = 0
     complete: bool = True
     reused: bool = False  # the folder was finished by an earlier run
@@ -114,6 +119,16 @@ class RecordingsReport:
             f"{self.flagged_seconds * h:.3f} h in {self.flagged} flagged clip(s)"
             + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(self.flags_by_kind.items()))})" if self.flagged else ""),
         ]
+        timed = self.files - self.untimed_files - len(self.unreadable)
+        if timed > 0:
+            lines.append(
+                f"cuts: {self.trimmed} clip(s) trimmed to their first and last word"
+                + (f", {self.implausible} kept at the VAD cut (their word times could not be right)"
+                   if self.implausible else "")
+            )
+        if self.untimed_files:
+            lines.append(f"cuts: {self.untimed_files} recording(s) kept the VAD cuts (the ASR model gives no word "
+                         "times, or refine_cuts is off)")
         lines += [f"unreadable recording: {entry}" for entry in self.unreadable]
         if self.resumed:
             lines.append(f"{self.resumed} recording(s) reused from an interrupted run")
@@ -205,8 +220,12 @@ def _report(folder: Path, records: list[dict]) -> RecordingsReport:
         report.speech += record["speech"]
         report.short += record["short"]
         report.long += record["long"]
+        if not record.get("word_times"):
+            report.untimed_files += 1
         for clip in record["clips"]:
             report.clips += 1
+            report.trimmed += clip.get("cut") == "words"
+            report.implausible += clip.get("cut", "").startswith("vad: ")
             seconds = clip["end"] - clip["start"]
             if clip["flags"]:
                 report.flagged += 1
@@ -265,7 +284,8 @@ def _cut_and_transcribe(
             else:
                 speech, cut = scanned
                 record.update(duration=speech.duration, speech=cut.speech_seconds, short=cut.short_seconds,
-                              long=cut.long_seconds, sample_rate=speech.sample_rate)
+                              long=cut.long_seconds, sample_rate=speech.sample_rate,
+                              word_times=seg.refine_cuts and transcriber.word_timestamps)
                 try:
                     record["clips"] = _transcribe_clips(
                         files[k], stems[k], cut.segments, folder, transcriber, options, seg
@@ -282,9 +302,13 @@ def _cut_and_transcribe(
 
 def _transcribe_clips(path: Path, stem: str, segments: list, folder: Path, transcriber: Any,
                       options: PrepareOptions, seg: Segmentation) -> list[dict[str, Any]]:
-    """Read, write and transcribe the clips of one recording, one ASR batch at a time."""
+    """Read, transcribe and write the clips of one recording, one ASR batch at a time; with
+    word times, each clip is trimmed to its words (:func:`~kanitts.prepare.segmenting.refine`)
+    before it is written. A clip's ``cut`` says how its edges were found: ``words``, ``vad``, or
+    ``vad: <why the word times were not used>``."""
     import soundfile as sf
 
+    timed = seg.refine_cuts and transcriber.word_timestamps
     clips: list[dict[str, Any]] = []
     try:
         handle = sf.SoundFile(str(path))
@@ -299,13 +323,39 @@ def _transcribe_clips(path: Path, stem: str, segments: list, folder: Path, trans
                 handle.seek(int(round(s.start * rate)))
                 frames = int(round(s.end * rate)) - int(round(s.start * rate))
                 audio.append(to_mono(handle.read(frames, dtype="float32", always_2d=True)))
-            transcripts = transcriber.transcribe_scored([(a, rate) for a in audio])
+            transcripts = transcriber.transcribe_scored([(a, rate) for a in audio], words=timed)
             for n, (s, a, t) in enumerate(zip(batch, audio, transcripts, strict=True), start=first):
                 clip_id = f"{stem}_{n:05d}"
+                flags, how = [], "vad"
+                if timed and t.words is not None:
+                    s, a, how, cut_word = _refined(s, a, rate, t, seg)
+                    if cut_word:
+                        flags.append(f"word cut: the last word runs into the end of the clip at {s.end:.2f} s")
                 write_wav(folder / "wavs" / f"{clip_id}.wav", a, rate)
+                flags += _flags(t, len(a) / rate, options, seg)
                 clips.append({"id": clip_id, "start": round(s.start, 3), "end": round(s.end, 3), "text": t.text,
-                              "confidence": t.confidence, "flags": "; ".join(_flags(t, len(a) / rate, options, seg))})
+                              "confidence": t.confidence, "cut": how, "flags": "; ".join(flags)})
+    for clip, after in zip(clips, clips[1:]):  # the rest of a cut word begins the next clip
+        if clip["flags"].startswith("word cut: the last") and after["start"] - clip["end"] <= 2 * seg.padding + 1e-3:
+            note = f"word cut: begins with the end of a word cut at {clip['end']:.2f} s"
+            after["flags"] = "; ".join(f for f in (note, after["flags"]) if f)
     return clips
+
+
+def _refined(s: Segment, audio: Any, rate: int, transcript: Any, seg: Segmentation):
+    """The clip ``s`` (its ``audio``) with its edges moved to its words, how its edges were found,
+    and whether its last word runs into the cut."""
+    if not transcript.words:
+        return s, audio, "vad", False  # no words heard: nothing to trim to
+    done = refine(s, [(w.start, w.end) for w in transcript.words], padding=seg.padding,
+                  min_duration=seg.min_duration, max_duration=seg.max_duration)
+    if done.note is not None:
+        return s, audio, f"vad: {done.note}", False
+    if not done.trimmed:
+        return s, audio, "vad", done.word_cut
+    origin = int(round(s.start * rate))
+    first, last = int(round(done.segment.start * rate)) - origin, int(round(done.segment.end * rate)) - origin
+    return done.segment, audio[max(0, first) : min(len(audio), last)], "words", False
 
 
 def _flags(transcript: Any, duration: float, options: PrepareOptions, seg: Segmentation) -> list[str]:

@@ -12,14 +12,25 @@ away. A pause of ``split_pause`` or more always ends a clip (long silences are n
 material). Cuts are only ever inside pauses: a region longer than ``max_duration`` was already
 split by the VAD at its longest inner silence. Each clip keeps ``padding`` seconds of the
 surrounding silence on both sides, at most half the pause, so neighbours never overlap.
+
+Where the ASR times its words, :func:`refine` then moves each clip's edges to its first and last
+word (padding kept), inside the VAD clip, and tells a clip whose last word runs into the cut.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: how many seconds of pause one second away from the target length is worth
 DISTANCE_COST = 0.1
+#: a last word ending this close to the end of its clip is still being spoken at the cut (two
+#: frames of Whisper's 20 ms alignment grid)
+WORD_CUT_EDGE = 0.04
+#: word times this far past the end of their clip are the alignment's rounding, clamped; further
+#: out they are wrong
+TIMESTAMP_SLACK = 0.1
 
 
 @dataclass(frozen=True)
@@ -103,3 +114,59 @@ def segment(
 def cut_points(segments: list[Segment]) -> list[float]:
     """Where one clip ends and the next begins: the middle of the pause between them."""
     return [(a.end + b.start) / 2 for a, b in zip(segments, segments[1:])]
+
+
+@dataclass(frozen=True)
+class Refined:
+    """A clip after checking its edges against its transcript's word times.
+
+    ``trimmed``: the edges moved to the words (``segment`` is the new clip); ``word_cut``: the
+    last word is still being spoken where the clip ends (the cut is inside a word), a reason to
+    flag the clip; ``note``: why the VAD cut was kept although word times were there.
+    """
+
+    segment: Segment
+    trimmed: bool = False
+    word_cut: bool = False
+    note: str | None = None
+
+
+def refine(
+    segment: Segment,
+    words: Sequence[tuple[float, float]],
+    *,
+    padding: float,
+    min_duration: float,
+    max_duration: float,
+) -> Refined:
+    """Move a VAD clip's edges to its words: ``padding`` seconds before the first word's start
+    and after the last word's end, never outside the VAD clip (so neighbours never overlap).
+
+    ``words`` are (start, end) seconds from the clip's start, in order. Hand-written: the rule
+    is this project's. Times that cannot be right (not finite, backwards, past the clip's end)
+    or a result outside ``min_duration``..``max_duration`` keep the VAD cut, with a ``note``. A
+    last word that runs to the clip's end is reported as ``word_cut`` and the cut kept: Whisper's
+    word times leave no gaps between words, so there is no silence to move the cut into.
+    """
+    duration = segment.duration
+    if not words:
+        return Refined(segment, note="no word times")
+    spans = [(float(a), float(b)) for a, b in words]
+    for a, b in spans:
+        if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < a:
+            return Refined(segment, note=f"word times out of order ({a:.2f}-{b:.2f} s)")
+    if any(later[0] < earlier[0] for earlier, later in zip(spans, spans[1:])):
+        return Refined(segment, note="word times out of order")
+    first, last = spans[0][0], max(b for _, b in spans)
+    if last > duration + TIMESTAMP_SLACK:
+        return Refined(segment, note=f"word times past the clip's end ({last:.2f} s of {duration:.2f} s)")
+    last = min(last, duration)
+    if duration - last < WORD_CUT_EDGE:
+        return Refined(segment, word_cut=True)
+    start = segment.start + max(0.0, first - padding)
+    end = segment.start + min(duration, last + padding)
+    if not min_duration <= end - start <= max_duration:
+        return Refined(segment, note=f"trimmed to its words it would last {end - start:.2f} s, outside "
+                                     f"{min_duration:g}-{max_duration:g} s")
+    trimmed = start - segment.start > 1e-3 or segment.end - end > 1e-3
+    return Refined(Segment(start, end) if trimmed else segment, trimmed=trimmed)

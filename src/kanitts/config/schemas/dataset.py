@@ -97,6 +97,7 @@ class PrepareSection(Strict):
     asr_language: Text | None = None
     asr_batch_size: PositiveInt | None = None
     min_asr_confidence: float | None = Field(None, le=0)
+    refine_cuts: bool | None = None
 
 
 class DatasetConfig(Strict):
