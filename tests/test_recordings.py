@@ -310,14 +310,24 @@ def test_the_prepare_section_of_dataset_config_fills_what_flags_leave_open(tmp_p
 
     shutil.copy(Path(__file__).resolve().parents[1] / "config" / "dataset_config.yaml", tmp_path)
     config = tmp_path / "dataset_config.yaml"
-    config.write_text(config.read_text() + "prepare:\n  segment_min_duration: 3\n  asr_language: fr\n")
+    config.write_text(config.read_text() + "prepare:\n  segment_min_duration: 3\n  asr_language: fr\n"
+                      "  refine_cuts: false\n")
     options = PrepareOptions(input=str(_one_recording(tmp_path / "in")), output="out", asr_language="de")
     filled = segmentation_defaults(options, tmp_path).segmentation()
     assert (filled.min_duration, filled.max_duration, filled.asr_language) == (3.0, 12.0, "de")  # 12: max_duration_sec
+    assert filled.refine_cuts is False and PrepareOptions(input="in", output="out").segmentation().refine_cuts
 
     config.write_text(config.read_text() + "  min_confidence: -2\n")
     with pytest.raises(UserError, match=r"dataset_config.yaml.*prepare.min_confidence"):
         segmentation_defaults(options, tmp_path)
+
+
+@pytest.mark.parametrize("flags, refine", [([], None), (["--refine-cuts"], True), (["--no-refine-cuts"], False)])
+def test_refine_cuts_is_a_flag_left_to_the_config_when_not_given(flags, refine):
+    from kanitts.cli import build_parser
+
+    args = build_parser().parse_args(["prepare", "in", "out", *flags])
+    assert args.refine_cuts is refine
 
 
 def test_transcribe_only_needs_a_folder_of_recordings(tmp_path, tiny_codec):

@@ -2,13 +2,16 @@
 
 A folder of audio files and no ``metadata.csv`` takes this path before encoding: every file is
 scanned for speech (:mod:`kanitts.vad`), cut at pauses (:mod:`.segmenting`), and the clips are
-transcribed (:class:`kanitts.asr.Transcriber`, batched) into ``<output>.clips/``:
+transcribed (:class:`kanitts.asr.Transcriber`, batched), and trimmed to their words where the
+ASR times them (``refine_cuts``, :func:`~kanitts.prepare.segmenting.refine`), into
+``<output>.clips/``:
 
 - ``wavs/<file>_<n>.wav``: the clips, mono 16-bit at the file's own rate, read from the file by
   seeking (a recording is never decoded whole);
 - ``metadata.csv``: ``id|text||confidence|flags`` per clip, LJSpeech style (the third,
   normalised-text column is left empty so the second is used). A clip with flags (ASR confidence
-  below ``min_asr_confidence``, too many or too few characters per second, no text) is left out
+  below ``min_asr_confidence``, too many or too few characters per second, no text, a word cut
+  by the clip's end) is left out
   when the folder is encoded; after checking a transcript, clear its flags to keep it, or delete
   the line to drop the clip;
 - ``segments/<file>.json``: one per finished recording (its clips, what was left out and a
