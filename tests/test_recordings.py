@@ -283,6 +283,90 @@ def test_without_word_times_the_vad_cuts_are_kept_and_the_summary_says_so(record
     assert record["word_times"] is False and {c["cut"] for c in record["clips"]} == {"vad"}
 
 
+# --- the next recordings scanned ahead -----------------------------------------------------------
+
+
+def test_scans_ahead_come_back_in_order_and_at_most_ahead_of_the_consumer():
+    from kanitts.prepare.recordings import scan_ahead
+
+    submitted = []
+
+    def work(item, stop):
+        submitted.append(item)
+        return item * 10
+
+    seen = []
+    for item, result in scan_ahead(work, iter(range(6)), ahead=2):
+        assert max(submitted) <= item + 2  # never more than two ahead
+        seen.append((item, result))
+    assert seen == [(k, 10 * k) for k in range(6)]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_an_error_in_the_consumer_stops_the_scan_ahead_and_propagates(error):
+    import threading
+    from contextlib import closing
+
+    from kanitts.prepare.recordings import scan_ahead
+
+    started, second_running, stopped = [], threading.Event(), []
+
+    def work(item, stop):
+        started.append(item)
+        if item == 1:
+            second_running.set()
+            stopped.append(stop.wait(timeout=60))  # a long scan, given up when told to stop
+        return item
+
+    with pytest.raises(type(error)), closing(scan_ahead(work, range(5), ahead=2)) as scans:
+        for _ in scans:
+            second_running.wait(timeout=60)
+            raise error
+    assert stopped == [True]  # item 1 was told to stop (it did not run to its end)
+    assert started == [0, 1]  # item 2, queued, was cancelled; 3 and 4 never submitted
+
+
+def test_a_vad_scan_stops_at_the_next_block_once_told(tmp_path):
+    import threading
+
+    from kanitts.vad import ScanStopped, VoiceActivity
+
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros(3 * SR, np.float32), SR)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ScanStopped, match=r"long\.wav"):
+        VoiceActivity(block_seconds=1.0).speech(path, stop)
+
+
+@needs_espeak
+def test_an_error_while_transcribing_names_the_recording_and_keeps_the_ones_before(recordings, whisper, tiny_codec,
+                                                                                    tmp_path, monkeypatch):
+    from kanitts.prepare import recordings as cutting
+    from kanitts.prepare.pipeline import prepare_dataset
+
+    source, _ = recordings
+    inp = tmp_path / "long"
+    shutil.copytree(source, inp)
+    real = cutting._transcribe_clips
+
+    def failing(path, *args):
+        if path.name == "noisy.wav":
+            raise RuntimeError("CUDA out of memory")
+        return real(path, *args)
+
+    monkeypatch.setattr(cutting, "_transcribe_clips", failing)
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as raised:
+        prepare_dataset(_options(inp, tmp_path / "alice", whisper, transcribe_only=True), tiny_codec)
+    assert f"while transcribing the recording {inp / 'noisy.wav'}" in raised.value.__notes__[0]
+    state = tmp_path / "alice.clips" / "segments"
+    assert (state / "clean.json").is_file() and not (state / "noisy.json").exists()
+
+    monkeypatch.setattr(cutting, "_transcribe_clips", real)
+    summary = prepare_dataset(_options(inp, tmp_path / "alice", whisper, transcribe_only=True), tiny_codec).summary()
+    assert "1 recording(s) reused from an interrupted run" in summary and "recordings: 2 file(s)" in summary
+
+
 # --- options and config -----------------------------------------------------------------------
 
 

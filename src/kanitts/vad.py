@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Event
 
 import numpy as np
 
@@ -40,6 +41,10 @@ def _load_model():
     finally:
         torch.set_num_threads(threads)
     return load_silero_vad()
+
+
+class ScanStopped(Exception):
+    """A scan given up because its ``stop`` event was set (the run is ending)."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,12 @@ class VoiceActivity:
         self.block_seconds = block_seconds
         self.model = _load_model()
 
-    def probabilities(self, path: str | Path) -> tuple[np.ndarray, float, int]:
+    def probabilities(self, path: str | Path, stop: Event | None = None) -> tuple[np.ndarray, float, int]:
         """Speech probability per 32 ms window of ``path``, its duration and its own sample rate.
 
-        Raises :class:`~kanitts.audio.AudioDecodeError` for a file libsndfile cannot read.
+        Raises :class:`~kanitts.audio.AudioDecodeError` for a file libsndfile cannot read, and
+        :class:`ScanStopped` at the next block once ``stop`` is set (a scan running ahead in a
+        thread then ends within a block instead of finishing an hour-long file).
         """
         import soundfile as sf
         import soxr
@@ -103,6 +110,8 @@ class VoiceActivity:
                 pending = np.zeros(0, dtype=np.float32)
                 block = max(WINDOW, int(self.block_seconds * rate))
                 for chunk in handle.blocks(blocksize=block, dtype="float32", always_2d=True):
+                    if stop is not None and stop.is_set():
+                        raise ScanStopped(str(path))
                     frames += len(chunk)
                     pending = self._feed(pending, stream.resample_chunk(to_mono(chunk)), probs)
                 tail = np.concatenate([pending, stream.resample_chunk(np.zeros(0, np.float32), last=True)])
@@ -143,7 +152,8 @@ class VoiceActivity:
         )
         return [(s["start"] / SAMPLE_RATE, min(duration, s["end"] / SAMPLE_RATE)) for s in found]
 
-    def speech(self, path: str | Path) -> Speech:
-        """The speech regions of a file, scanned in blocks (constant memory)."""
-        probs, duration, rate = self.probabilities(path)
+    def speech(self, path: str | Path, stop: Event | None = None) -> Speech:
+        """The speech regions of a file, scanned in blocks (constant memory); ``stop``: as for
+        :meth:`probabilities`."""
+        probs, duration, rate = self.probabilities(path, stop)
         return Speech(self.regions(probs, duration), duration, rate)

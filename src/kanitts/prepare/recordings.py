@@ -22,7 +22,8 @@ ASR times them (``refine_cuts``, :func:`~kanitts.prepare.segmenting.refine`), in
 
 Under a launcher every rank cuts the recordings ``k % world_size == rank`` and rank 0 writes
 ``metadata.csv`` once all are there. The VAD of the next recording runs in a thread while the
-current one is transcribed.
+current one is transcribed (:func:`scan_ahead`); an error or Ctrl-C stops that scan within a
+block, and the recordings finished before it stay finished.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from threading import Event
+from typing import Any, TypeVar
 
 from kanitts.atomic import atomic_file
 from kanitts.audio import AudioDecodeError, to_mono, write_wav
@@ -51,6 +55,12 @@ CLIPS_SUFFIX = ".clips"
 STATE_DIR = "segments"
 DONE_NAME = "kanitts_segments.json"
 FORMAT_VERSION = 1
+#: recordings scanned (VAD) ahead of the one being transcribed: one keeps the ASR fed when the
+#: VAD is the faster part, and bounds what is held (a file's regions and cuts, not its audio)
+SCAN_AHEAD = 1
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def needs_segmenting(options: PrepareOptions) -> bool:
@@ -263,9 +273,9 @@ def _cut_and_transcribe(
     vad = VoiceActivity(threshold=seg.vad_threshold, max_speech=longest)
     bar = _progress(len(todo), options.progress, rank)
 
-    def scan(k: int):
+    def scan(k: int, stop: Event):
         try:
-            speech = vad.speech(files[k])
+            speech = vad.speech(files[k], stop)
         except (AudioDecodeError, OSError) as exc:
             return exc
         return speech, segment(
@@ -273,12 +283,9 @@ def _cut_and_transcribe(
             target_duration=seg.target, padding=seg.padding, split_pause=seg.split_pause,
         )
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kanitts-vad") as pool:
-        ahead = pool.submit(scan, todo[0])
-        for pos, k in enumerate(todo):
-            scanned = ahead.result()
-            if pos + 1 < len(todo):
-                ahead = pool.submit(scan, todo[pos + 1])  # the next file's VAD while this one is transcribed
+    # the next recordings' VAD while this one is transcribed
+    with closing(scan_ahead(scan, todo, ahead=SCAN_AHEAD)) as scans:
+        for k, scanned in scans:
             relative = files[k].relative_to(root).as_posix()
             record: dict[str, Any] = {"file": relative, "fingerprint": fingerprints[k]}
             if isinstance(scanned, Exception):
@@ -296,11 +303,43 @@ def _cut_and_transcribe(
                 except (AudioDecodeError, OSError) as exc:
                     record = {"file": relative, "fingerprint": fingerprints[k], "problem": str(exc)}
                     print(f"warning: {files[k]}: unreadable ({exc}); left out", file=sys.stderr)
+                except Exception as exc:  # not the file's fault (out of memory, a bug): name it, stop
+                    exc.add_note(f"while transcribing the recording {files[k]}; the recordings finished "
+                                 f"before it are kept in {folder / STATE_DIR} and the next run goes on from it")
+                    raise
             write_json(folder / STATE_DIR / f"{stems[k]}.json", record)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
+
+
+def scan_ahead(work: Callable[[T, Event], R], items: Iterable[T], *, ahead: int) -> Iterator[tuple[T, R]]:
+    """``(item, work(item, stop))`` in the order of ``items``, computed by one background thread
+    at most ``ahead`` items in front of the consumer.
+
+    Hand-written because ``Executor.map`` submits every item at once (hours of recordings
+    scanned into memory ahead of a slow ASR) and, on an error or Ctrl-C, lets the running item
+    finish. Here closing the generator (use :func:`contextlib.closing`; the consumer's
+    exception, ``KeyboardInterrupt`` included, then propagates unchanged) sets ``stop``, which
+    ``work`` checks to give up early, cancels the items not started and waits for the thread.
+    One thread, so ``work`` may use one model that is not thread-safe (the VAD is recurrent).
+    """
+    stop = Event()
+    pending: deque[tuple[T, Future]] = deque()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kanitts-vad")
+    try:
+        for item in items:
+            pending.append((item, pool.submit(work, item, stop)))
+            if len(pending) > ahead:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _transcribe_clips(path: Path, stem: str, segments: list, folder: Path, transcriber: Any,
