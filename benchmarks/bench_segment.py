@@ -18,6 +18,12 @@ ASR is timed separately: the clips of the streamed run through
 tests' tiny random Whisper, built here: a plumbing cost, not a model's speed; pass a Whisper
 checkpoint to measure one).
 
+The overlap is timed last: ``--overlap-files`` recordings (the first ``--overlap-seconds`` of
+the one above, copied) cut and transcribed by
+``kanitts prepare``'s own path (:func:`kanitts.prepare.recordings.prepare_recordings`, models
+loaded included), once with the next file's VAD running while the current one is transcribed
+(``SCAN_AHEAD = 1``, what ``prepare`` does) and once one step after the other (``0``).
+
     python benchmarks/bench_segment.py                  # ~1 minute on 2 idle CPU cores
     python benchmarks/bench_segment.py --minutes 30 --device cuda --asr openai/whisper-large-v3-turbo
 
@@ -115,6 +121,37 @@ def precision(cuts: list[float], joins: list[float]) -> float:
     return float(np.mean([np.min(np.abs(joins_arr - c)) <= 0.2 for c in cuts])) if cuts else 0.0
 
 
+def overlap(path: Path, tmp: Path, model: str, device: str, files: int, seconds_each: float) -> None:
+    """Cut + transcribe ``files`` copies of the start of ``path`` with the VAD scanned ahead and without."""
+    import soundfile as sf
+
+    from kanitts.prepare import recordings as cutting
+    from kanitts.prepare.distributed import Ranks
+    from kanitts.prepare.options import PrepareOptions
+
+    folder = tmp / "recordings"
+    folder.mkdir()
+    audio, rate = sf.read(str(path), dtype="float32", frames=int(seconds_each * SR))
+    for k in range(files):
+        sf.write(folder / f"part{k}.wav", audio, rate, subtype="PCM_16")
+    seconds = {}
+    for ahead in (1, 0):
+        out = tmp / f"out-ahead{ahead}"
+        options = PrepareOptions(input=str(folder), output=str(out), asr_model=model, asr_batch_size=8,
+                                 min_asr_confidence=-100.0, min_chars_per_second=0.0, max_chars_per_second=1e4,
+                                 segment_min_duration=CUT["min_duration"], segment_max_duration=CUT["max_duration"],
+                                 progress=False)
+        cutting.SCAN_AHEAD = ahead
+        t0 = time.perf_counter()
+        report = cutting.prepare_recordings(options, out, Ranks(0, 1), device)
+        seconds[ahead] = time.perf_counter() - t0
+        audio = report.audio
+    cutting.SCAN_AHEAD = 1
+    print(f"overlap ({files} files, cut + transcribe): VAD of the next file ahead "
+          f"{audio / seconds[1]:.1f} h of audio per hour ({seconds[1]:.1f} s), one after the other "
+          f"{audio / seconds[0]:.1f} ({seconds[0]:.1f} s): {seconds[0] / seconds[1]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="length of the recording (default 3)")
@@ -123,6 +160,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="device of the ASR (the VAD runs on the CPU)")
     parser.add_argument("--asr", default="tiny", help="ASR model: 'tiny' (random, built here), a Hub id or a folder")
     parser.add_argument("--asr-clips", type=int, default=16, help="clips to transcribe (default 16)")
+    parser.add_argument("--overlap-files", type=int, default=3,
+                        help="recordings for the VAD/ASR overlap timing (default 3; 0 skips it)")
+    parser.add_argument("--overlap-seconds", type=float, default=40.0,
+                        help="length of each of those recordings (default 40)")
     args = parser.parse_args()
 
     import torch
@@ -188,6 +229,8 @@ def main() -> None:
         seconds = sum(len(c) / SR for c, _ in clips)
         print(f"asr ({args.asr} on {args.device}): {seconds / dt:.1f} h of audio per hour "
               f"({len(clips)} clips, {dt:.2f} s)")
+        if args.overlap_files > 0:
+            overlap(path, Path(tmp), model, args.device, args.overlap_files, args.overlap_seconds)
     print(f"ratio: {best['whole'] / best['streamed']:.3f}")
 
 
