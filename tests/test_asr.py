@@ -201,8 +201,10 @@ def test_scored_transcripts_time_their_words_where_the_model_can(transcriber, tm
     from kanitts.tiny import build_tiny_whisper
 
     clips = _clips()
+    attention = transcriber.pipe.model.config._attn_implementation
     timed = transcriber.transcribe_scored(clips, words=True)
     assert transcriber.word_timestamps
+    assert transcriber.pipe.model.config._attn_implementation == attention  # generate's switch to eager undone
     plain = transcriber.transcribe_scored(clips)
     assert [(t.text, t.confidence) for t in timed] == [(t.text, t.confidence) for t in plain]
     for t in timed:

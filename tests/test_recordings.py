@@ -256,13 +256,15 @@ def test_word_times_trim_the_clips_and_unusable_ones_keep_the_vad_cut(recordings
     assert trimmed >= 1 and implausible >= 1  # the random model's word times fall past its clips
     assert "cuts: " + f"{trimmed} clip(s) trimmed to their first and last word" in result.summary()
     if implausible:
-        assert f"{implausible} kept at the VAD cut (their word times could not be right)" in result.summary()
+        said = (f"{implausible} kept at the VAD cut (word times unusable: the reason is the clip's \"cut\" in "
+                f"{tmp_path / 'alice.clips' / 'segments'}/<file>.json)")
+        assert said in result.summary()
 
 
 @needs_espeak
 @pytest.mark.parametrize("how", ["model without alignment heads", "refine_cuts off"])
 def test_without_word_times_the_vad_cuts_are_kept_and_the_summary_says_so(recordings, whisper, tiny_codec,
-                                                                           tmp_path, how):
+                                                                           tmp_path, how, capsys):
     from kanitts.prepare.pipeline import prepare_dataset
     from kanitts.tiny import build_tiny_whisper
 
@@ -279,6 +281,8 @@ def test_without_word_times_the_vad_cuts_are_kept_and_the_summary_says_so(record
     assert "cuts: 1 recording(s) kept the VAD cuts (the ASR model gives no word times, or refine_cuts is off)" \
         in summary
     assert "trimmed to their first and last word" not in summary
+    said = "gives no word times (no alignment_heads in its generation config, or not Whisper)"
+    assert (said in capsys.readouterr().err) is (how == "model without alignment heads")
     record = json.loads((tmp_path / "alice.clips" / "segments" / "clean.json").read_text())
     assert record["word_times"] is False and {c["cut"] for c in record["clips"]} == {"vad"}
 

@@ -217,12 +217,23 @@ class Transcriber:
         )
         inputs = features.input_features.to(model.device, dtype=model.dtype)
         with torch.inference_mode():
-            out = model.generate(
-                input_features=inputs, attention_mask=features.attention_mask.to(model.device),
-                num_beams=PIPELINE_BEAMS, **self._length_kwargs(),
-                return_dict_in_generate=True, output_scores=True, **self._generate_kwargs,
-                **({"return_token_timestamps": True} if timed else {}),
-            )
+            # Timing words needs the decoder's cross-attention weights, which generate asks every
+            # layer for: run the encoder here without them, or generate keeps each encoder
+            # layer's self-attention too (large-v3: 32 x 20 heads x 1500 x 1500 per clip, ~3 GB).
+            source = {"encoder_outputs": model.get_encoder()(inputs)} if timed else {"input_features": inputs}
+            # generate switches the model to eager attention for the weights and leaves it so;
+            # put the fused kernel back for the encoder and for untimed calls
+            config = getattr(model, "model", model).config
+            attention = config._attn_implementation
+            try:
+                out = model.generate(
+                    **source, attention_mask=features.attention_mask.to(model.device),
+                    num_beams=PIPELINE_BEAMS, **self._length_kwargs(),
+                    return_dict_in_generate=True, output_scores=True, **self._generate_kwargs,
+                    **({"return_token_timestamps": True} if timed else {}),
+                )
+            finally:
+                config._attn_implementation = attention
             # a ModelOutput, or a plain dict when token timestamps are asked for
             if out.get("sequences_scores") is not None:
                 # beam search: the beam's log-probability divided by its generated length

@@ -136,8 +136,8 @@ class RecordingsReport:
         if timed > 0:
             lines.append(
                 f"cuts: {self.trimmed} clip(s) trimmed to their first and last word"
-                + (f", {self.implausible} kept at the VAD cut (their word times could not be right)"
-                   if self.implausible else "")
+                + (f", {self.implausible} kept at the VAD cut (word times unusable: the reason is the clip's "
+                   f"\"cut\" in {self.folder / STATE_DIR}/<file>.json)" if self.implausible else "")
             )
         if self.untimed_files:
             lines.append(f"cuts: {self.untimed_files} recording(s) kept the VAD cuts (the ASR model gives no word "
@@ -271,6 +271,9 @@ def _cut_and_transcribe(
     # the VAD may split a region anywhere; leave room for the padding on both sides
     longest = max(seg.min_duration, seg.max_duration - 2 * seg.padding)
     vad = VoiceActivity(threshold=seg.vad_threshold, max_speech=longest)
+    if seg.refine_cuts and not transcriber.word_timestamps and rank == 0:
+        print(f"note: the ASR model {seg.asr_model} gives no word times (no alignment_heads in its generation "
+              "config, or not Whisper); the clips keep the VAD cuts", file=sys.stderr)
     bar = _progress(len(todo), options.progress, rank)
 
     def scan(k: int, stop: Event):
