@@ -115,7 +115,7 @@ class RecordingsReport:
     # clips trimmed to their words, clips whose word times were unusable (VAD cut kept)
     untimed_files: int = 0
     trimmed: int = 0
-    implausible: int = 0
+    unusable: int = 0
     resumed: int = 0
     complete: bool = True
     reused: bool = False  # the folder was finished by an earlier run
@@ -136,8 +136,8 @@ class RecordingsReport:
         if timed > 0:
             lines.append(
                 f"cuts: {self.trimmed} clip(s) trimmed to their first and last word"
-                + (f", {self.implausible} kept at the VAD cut (word times unusable: the reason is the clip's "
-                   f"\"cut\" in {self.folder / STATE_DIR}/<file>.json)" if self.implausible else "")
+                + (f", {self.unusable} kept at the VAD cut (word times unusable: the reason is the clip's "
+                   f"\"cut\" in {self.folder / STATE_DIR}/<file>.json)" if self.unusable else "")
             )
         if self.untimed_files:
             lines.append(f"cuts: {self.untimed_files} recording(s) kept the VAD cuts (the ASR model gives no word "
@@ -238,7 +238,7 @@ def _report(folder: Path, records: list[dict]) -> RecordingsReport:
         for clip in record["clips"]:
             report.clips += 1
             report.trimmed += clip.get("cut") == "words"
-            report.implausible += clip.get("cut", "").startswith("vad: ")
+            report.unusable += clip.get("cut", "").startswith("vad: ")
             seconds = clip["end"] - clip["start"]
             if clip["flags"]:
                 report.flagged += 1
@@ -375,7 +375,8 @@ def _transcribe_clips(path: Path, stem: str, segments: list, folder: Path, trans
                 if timed and t.words is not None:
                     s, a, how, cut_word = _refined(s, a, rate, t, seg)
                     if cut_word:
-                        flags.append(f"word cut: the last word runs into the end of the clip at {s.end:.2f} s")
+                        flags.append(f"word cut: the last word runs past the clip's end ({s.end:.2f} s into the "
+                                     "recording)")
                 write_wav(folder / "wavs" / f"{clip_id}.wav", a, rate)
                 flags += _flags(t, len(a) / rate, options, seg)
                 clips.append({"id": clip_id, "start": round(s.start, 3), "end": round(s.end, 3), "text": t.text,
