@@ -185,10 +185,23 @@ def test_a_clip_is_trimmed_to_its_words_with_padding_inside_the_vad_cut():
     assert not refine(clip, [(0.0, 3.85)], **BOUNDS).trimmed  # already padded: the VAD cut stays
 
 
-def test_a_last_word_running_into_the_cut_is_a_word_cut():
-    done = refine(Segment(0.0, 4.0), [(0.0, 2.0), (2.0, 3.98)], **BOUNDS)
-    assert done.word_cut and not done.trimmed and done.segment == Segment(0.0, 4.0)
+def test_a_last_word_running_into_the_cut_is_a_word_cut_unless_the_vad_found_a_clear_pause():
+    words = [(0.0, 2.0), (2.0, 3.98)]
+    for short in (Segment(0.0, 4.0), Segment(0.0, 4.0, silence_after=0.05), Segment(0.0, 4.0, silence_after=0.0)):
+        done = refine(short, words, **BOUNDS)  # unknown, a short pause, speech the VAD split
+        assert done.word_cut and not done.trimmed and done.note is None and done.segment == short
     assert refine(Segment(0.0, 4.0), [(0.0, 4.05)], **BOUNDS).word_cut  # rounding past the end: clamped
+    clear = refine(Segment(0.0, 4.0, silence_after=0.2), words, **BOUNDS)  # a pause of 0.4 s or more
+    assert not clear.word_cut
+    assert clear.note == "the last word runs to the clip's end, across the pause the VAD found there"
+    unpadded = refine(Segment(0.0, 4.0, silence_after=0.0), words, **{**BOUNDS, "padding": 0.0})
+    assert not unpadded.word_cut and unpadded.note is None  # without padding every clip ends on its last word
+
+
+def test_the_cuts_carry_the_silence_the_vad_kept_after_the_speech():
+    cut = segment([(0.0, 2.5), (2.6, 4.0), (5.0, 7.5)], 7.6, min_duration=1.5, max_duration=12.0,
+                  target_duration=3.0, padding=0.2, split_pause=0.9)
+    assert [s.silence_after for s in cut.segments] == [pytest.approx(0.2), pytest.approx(0.1)]
 
 
 @pytest.mark.parametrize("words, note", [

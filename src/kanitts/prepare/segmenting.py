@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: how many seconds of pause one second away from the target length is worth
 DISTANCE_COST = 0.1
@@ -35,10 +35,15 @@ TIMESTAMP_SLACK = 0.1
 
 @dataclass(frozen=True)
 class Segment:
-    """One clip of a recording, in seconds of that recording (padding included)."""
+    """One clip of a recording, in seconds of that recording (padding included).
+
+    ``silence_after``: how much of the pause after its last speech the clip keeps, as the VAD
+    saw it (less than the padding where the pause was short, 0 where the VAD split speech);
+    ``None`` where unknown."""
 
     start: float
     end: float
+    silence_after: float | None = field(default=None, compare=False)
 
     @property
     def duration(self) -> float:
@@ -106,7 +111,7 @@ def segment(
                 result.short_seconds += stretch
             i = last + 1
             continue
-        result.segments.append(Segment(start, regions[best][1] + pad_after(best)))
+        result.segments.append(Segment(start, regions[best][1] + pad_after(best), pad_after(best)))
         i = best + 1
     return result
 
@@ -121,8 +126,9 @@ class Refined:
     """A clip after checking its edges against its transcript's word times.
 
     ``trimmed``: the edges moved to the words (``segment`` is the new clip); ``word_cut``: the
-    last word is still being spoken where the clip ends (the cut is inside a word), a reason to
-    flag the clip; ``note``: why the VAD cut was kept although word times were there.
+    last word is still being spoken where the clip ends and the VAD found no clear pause there
+    (the cut is inside a word), a reason to flag the clip; ``note``: why the VAD cut was kept
+    although word times were there.
     """
 
     segment: Segment
@@ -145,8 +151,10 @@ def refine(
     ``words`` are (start, end) seconds from the clip's start, in order. Hand-written: the rule
     is this project's. Times that cannot be right (not finite, backwards, past the clip's end)
     or a result outside ``min_duration``..``max_duration`` keep the VAD cut, with a ``note``. A
-    last word that runs to the clip's end is reported as ``word_cut`` and the cut kept: Whisper's
-    word times leave no gaps between words, so there is no silence to move the cut into.
+    last word that runs to the clip's end is ``word_cut`` where the VAD kept less than
+    ``padding`` of silence after the speech (a short pause, or speech it split), and the cut is
+    kept: Whisper's word times leave no gaps between words, so there is no silence to move the
+    cut into. Across a clear pause the VAD is believed and the word times are not.
     """
     duration = segment.duration
     if not words:
@@ -161,7 +169,9 @@ def refine(
     if last > duration + TIMESTAMP_SLACK:
         return Refined(segment, note=f"word times past the clip's end ({last:.2f} s of {duration:.2f} s)")
     last = min(last, duration)
-    if duration - last < WORD_CUT_EDGE:
+    if padding > 0 and duration - last < WORD_CUT_EDGE:  # (without padding every last word ends there)
+        if segment.silence_after is not None and segment.silence_after >= padding - 1e-9:
+            return Refined(segment, note="the last word runs to the clip's end, across the pause the VAD found there")
         return Refined(segment, word_cut=True)
     start = segment.start + max(0.0, first - padding)
     end = segment.start + min(duration, last + padding)
