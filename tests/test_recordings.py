@@ -219,6 +219,36 @@ def test_word_times_that_cannot_be_right_keep_the_vad_cut_and_say_why(words, not
     assert done.note.startswith(note)
 
 
+def test_clips_are_written_as_refined_and_a_word_cut_flags_both_sides(tmp_path):
+    """The recording step on constructed word times (no models): a word cut at the end of the
+    first clip flags it and the clip after it, the second is trimmed, the third's times are noise."""
+    from kanitts.asr import Transcript, Word
+    from kanitts.prepare.recordings import _transcribe_clips
+
+    path = tmp_path / "long.wav"
+    sf.write(path, 0.1 * np.random.default_rng(0).standard_normal(10 * SR).astype(np.float32), SR)
+    by_length = {3.0: (Word("cut", 0.0, 3.0),), 2.5: (Word("one", 0.0, 1.0), Word("two", 1.0, 2.0)),
+             2.9: (Word("noise", 0.0, 7.5),)}
+
+    class Timed:
+        word_timestamps = True
+
+        def transcribe_scored(self, clips, *, words):
+            return [Transcript("some words", -0.1, by_length[round(len(a) / rate, 1)]) for a, rate in clips]
+
+    options = PrepareOptions(input=str(tmp_path), output=str(tmp_path / "out"), min_chars_per_second=0.0,
+                             segment_min_duration=1.5, segment_max_duration=6.0, segment_padding=0.2)
+    segments = [Segment(0.0, 3.0, silence_after=0.05), Segment(3.0, 5.5, silence_after=0.2),
+                Segment(6.5, 9.4, silence_after=0.2)]
+    clips = _transcribe_clips(path, "long", segments, tmp_path, Timed(), options, options.segmentation())
+    assert [c["cut"] for c in clips] == ["vad", "words", "vad: word times past the clip's end (7.50 s of 2.90 s)"]
+    assert clips[0]["flags"] == "word cut: the last word runs past the clip's end (3.00 s into the recording)"
+    assert clips[1]["flags"] == "word cut: begins with the end of a word cut at 3.00 s"
+    assert (clips[1]["start"], clips[1]["end"]) == (3.0, 5.2) and clips[2]["flags"] == ""
+    durations = [sf.info(tmp_path / "wavs" / f"long_{n:05d}.wav").duration for n in range(3)]
+    assert durations == [pytest.approx(3.0), pytest.approx(2.2), pytest.approx(2.9)]
+
+
 def _trimmed_words(monkeypatch):
     """The tiny Whisper's word times are noise; give every other clip words from 0 to 1 s before
     its end (a trim of 0.8 s with 0.2 s of padding) and leave the rest as the model says."""
