@@ -350,6 +350,27 @@ def test_serve_refuses_an_open_address_without_a_key_before_loading(tmp_path, ca
     assert "set an API key first (export KANITTS_API_KEY=" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_port_it_cannot_listen_on_before_loading(tmp_path, capsys):
+    import socket
+
+    from kanitts.cli import main
+
+    config_dir = str(Path(__file__).resolve().parents[1] / "config")
+    serve = ["serve", "--model", str(tmp_path / "missing"), "--config-dir", config_dir]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([*serve, "--port", str(port)]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use (is another server running there?)" in err
+    assert main([*serve, "--port", "70000"]) == 1
+    assert "port 70000 is not a port: give one from 0 to 65535 (--host / --port" in capsys.readouterr().err
+    # the model (missing here) is only looked at once the address is known to work
+    assert main([*serve, "--port", "0"]) == 1
+    assert "model folder not found" in capsys.readouterr().err
+
+
 def test_the_server_section_is_validated_with_its_key_path(tmp_path):
     (tmp_path / "inference_config.yaml").write_text("server:\n  port: 70000\n  voices: [alice, ../x]\n  hots: a\n")
     with pytest.raises(ConfigError) as info:

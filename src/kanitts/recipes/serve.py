@@ -30,12 +30,13 @@ def run(*, models: list[str], config_dir: Path, host: str | None = None, port: i
         raise UserError(
             f"kanitts serve needs {exc.name}: pip install 'kanitts[serve]' (make setup installs it)"
         ) from None
-    from kanitts.serving.server import Server, api_key_for, voice_clip_paths
+    from kanitts.serving.server import Server, api_key_for, check_address, voice_clip_paths
 
     configs = load_configs(config_dir, kinds=("model", "inference"))
     server_cfg = configs.inference.server
     host = host or server_cfg.host
     api_key = api_key_for(server_cfg, host)  # before loading: refusing takes no minutes
+    check_address(host, server_cfg.port if port is None else port)
     voice_clips = voice_clip_paths(server_cfg, config_dir)
     if not models:
         raise UserError("name a model to serve: kanitts serve --model checkpoints/<model_id>")

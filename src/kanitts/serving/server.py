@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +37,26 @@ def api_key_for(config: ServerSection, host: str, environ: Mapping[str, str] = o
     if key is not None and len(key) < 16:
         raise UserError(f"the API key in {config.api_key_env} has {len(key)} characters; use at least 16")
     return key
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuses, before any model loads, a port out of range or an address uvicorn could not
+    listen on (a port another server holds, a host name that is not this machine's): uvicorn
+    finds out only after the models have loaded, and says so with a traceback or a log line."""
+    where = "(--host / --port, or server.host / server.port in inference_config.yaml)"
+    if not 0 <= port <= 65535:
+        raise UserError(f"port {port} is not a port: give one from 0 to 65535 {where}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"cannot listen on {host!r}: {exc} {where}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            busy = " (is another server running there?)" if exc.errno == errno.EADDRINUSE else ""
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}{busy} {where}") from None
 
 
 def voice_clip_paths(config: ServerSection, config_dir: Path | str) -> dict[str, Path]:
