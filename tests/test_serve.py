@@ -372,12 +372,16 @@ def test_serve_refuses_a_port_it_cannot_listen_on_before_loading(tmp_path, capsy
 
 
 def test_the_server_section_is_validated_with_its_key_path(tmp_path):
-    (tmp_path / "inference_config.yaml").write_text("server:\n  port: 70000\n  voices: [alice, ../x]\n  hots: a\n")
+    (tmp_path / "inference_config.yaml").write_text(
+        "server:\n  port: 70000\n  voices: [alice, ../x]\n  hots: a\n  voice_clips: {../y: a.wav}\n"
+        "  default_voice: a b\n")
     with pytest.raises(ConfigError) as info:
         load_config("inference", tmp_path)
     text = "\n".join(info.value.problems)
     for where in ("server.port", "server.voices", "server.hots"):
         assert where in text, text
+    for where, name in (("voice_clips", "../y"), ("default_voice", "a b")):
+        assert f"server.{where}: {name!r} is not a voice name (letters, digits, _ . -, at most 64)" in text, text
 
 
 # --- the page -----------------------------------------------------------------------------------

@@ -51,18 +51,11 @@ class ServerSection(Strict):
     # pcm rate, for clients that play raw pcm at 24 kHz without reading X-Sample-Rate.
     sample_rate: int | None = Field(None, ge=8000, le=192000)
 
-    @field_validator("voices")
+    @field_validator("voices", "voice_clips", "default_voice")
     @classmethod
-    def _voices_are_names(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if not VOICE_PATTERN.match(v)]
-        if bad:
-            raise ValueError(f"{bad[0]!r} is not a voice name (letters, digits, _ . -, at most 64)")
-        return value
-
-    @field_validator("voice_clips")
-    @classmethod
-    def _clip_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [v for v in value if not VOICE_PATTERN.match(v)]
+    def _voices_are_names(cls, value):
+        names = [value] if isinstance(value, str) else list(value or ())  # a mapping: its keys
+        bad = [v for v in names if not VOICE_PATTERN.match(v)]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a voice name (letters, digits, _ . -, at most 64)")
         return value
