@@ -66,6 +66,18 @@ def test_sweep_mistakes_are_reported_with_file_and_key_path():
                and p.endswith("(did you mean 'cosine'?)") for p in problems)
     assert any(p.startswith(f"{where}.parameters.base.model_id: not a key a sweep can vary") for p in problems)
     assert f"{where}.n_trial: unknown key (did you mean 'n_trials'?)" in problems
+    # caught before any trial trains: an objective no evaluation logs, a bound that is no number,
+    # a key the runner sets itself
+    problems = _problems({"method": "optuna", "objective": "eval_los", "parameters": {
+        "trainer_args.learning_rate": {"low": float("nan"), "high": 1e-3},
+        "trainer_args.output_dir": ["a", "b"]}})
+    assert problems == [
+        (f"{where}.objective: 'eval_los' is not a metric the validation pass logs: eval_loss, eval_audio_loss, "
+         "eval_audio_accuracy, eval_codebook<k>_loss or eval_codebook<k>_accuracy (did you mean 'eval_loss'?)"),
+        f"{where}.parameters.trainer_args.learning_rate.low: expected a finite number, got nan",
+        (f"{where}.parameters.trainer_args.output_dir: set by the runner, not by a sweep (every trial writes to "
+         "checkpoints/.runs/<its model_id>)"),
+    ]
     assert _problems({"method": "grid", "parameters": {"lora_args.r": [0, 4]}}) == [
         f"{where}.parameters.lora_args.r[0]: input should be greater than 0, got 0"]
     assert _problems({"method": "grid", "parameters": {"lora_args.r": [4]}},
@@ -73,15 +85,18 @@ def test_sweep_mistakes_are_reported_with_file_and_key_path():
         f"{where}: its grid trial 'alice-r4' has the model_id of experiments[1]"]
 
 
-def test_a_sweep_without_held_out_rows_is_a_config_error(base, tmp_path):
-    sweep = {"method": "grid", "parameters": {"lora_args.r": [4, 8]}}
+def test_a_sweep_without_held_out_rows_or_with_a_codebook_too_many_is_a_config_error(base, tmp_path):
+    sweep = {"method": "grid", "objective": "eval_codebook5_accuracy", "parameters": {"lora_args.r": [4, 8]}}
     config_dir = write_project(tmp_path, base, [experiment("alice", sweep=sweep)], validation={})
     with pytest.raises(ConfigError) as caught:
         load_configs(config_dir, kinds=("dataset", "experiments", "model"))
     assert caught.value.problems == [
         (f"{config_dir / 'experiments.yaml'}: experiments[0].sweep: trials are scored on held-out rows, and no "
          f"dataset of {config_dir / 'dataset_config.yaml'} holds any out: set validation_fraction or "
-         "validation_rows on one")]
+         "validation_rows on one"),
+        (f"{config_dir / 'experiments.yaml'}: experiments[0].sweep.objective: eval_codebook5_accuracy names "
+         f"codebook 5, and the codec of {config_dir / 'model_config.yaml'} has 4"),
+    ]
 
 
 def _sweep_project(root, base, sweep, steps=3, **trainer):

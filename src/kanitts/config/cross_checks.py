@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from kanitts.config.library_checks import translate_trainer_args
 from kanitts.config.schemas import CONFIG_FILES
+from kanitts.config.sweep_checks import OBJECTIVE_PATTERN
 
 if TYPE_CHECKING:
     from kanitts.config.loading import ConfigSet
@@ -38,6 +39,16 @@ def cross_file_problems(configs: ConfigSet) -> list[str]:
                     f"{d / CONFIG_FILES['experiments']}: experiments[{i}].sweep: trials are scored on held-out "
                     f"rows, and no dataset of {d / CONFIG_FILES['dataset']} holds any out: set "
                     "validation_fraction or validation_rows on one"
+                )
+    if configs.experiments is not None and configs.model is not None:
+        codebooks = configs.model.codec.num_codebooks
+        for i, exp in enumerate(configs.experiments.experiments):
+            match = OBJECTIVE_PATTERN.fullmatch(exp.sweep.objective) if exp.sweep is not None else None
+            if match and match.group(3) and int(match.group(3)) > codebooks:
+                problems.append(
+                    f"{d / CONFIG_FILES['experiments']}: experiments[{i}].sweep.objective: {exp.sweep.objective} "
+                    f"names codebook {match.group(3)}, and the codec of {d / CONFIG_FILES['model']} has "
+                    f"{codebooks}"
                 )
     return problems
 

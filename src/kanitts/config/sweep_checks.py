@@ -11,6 +11,7 @@ itself would be, so a trial never fails on a value check-config could have caugh
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -26,7 +27,18 @@ from kanitts.config.schemas.sweep import SWEEP_SECTIONS, point_model_id
 
 _RANGE_KEYS = ("low", "high", "log", "step")
 _SPACE_KEYS = (*_RANGE_KEYS, "choices")
-_OBJECTIVE_EXAMPLES = "eval_loss, eval_audio_loss, eval_audio_accuracy, eval_codebook1_loss"
+# What the validation pass logs (kanitts.training.validation), the objectives a trial can be scored on.
+OBJECTIVE_PATTERN = re.compile(r"eval_(loss|audio_(loss|accuracy)|codebook([1-9][0-9]*)_(loss|accuracy))")
+_OBJECTIVES = ["eval_loss", "eval_audio_loss", "eval_audio_accuracy",
+               *(f"eval_codebook{k}_{m}" for k in range(1, 9) for m in ("loss", "accuracy"))]
+# TrainingArguments the runner sets for every run (kanitts.training.arguments): a sweep's value
+# for one of them would be dropped without a word.
+RUNNER_SET_ARGS = {
+    "output_dir": "every trial writes to checkpoints/.runs/<its model_id>",
+    "run_name": "every trial's run is named after its model_id",
+    "report_to": "the tracker is chosen once for the whole sweep",
+    "remove_unused_columns": "the collator needs every column",
+}
 
 
 def check_sweeps(raw: Any) -> tuple[Any, list[str]]:
@@ -70,10 +82,12 @@ def check_sweep(where: str, sweep: dict[str, Any], model_id: Any) -> tuple[dict[
     method = sweep.get("method")
     parameters = sweep.get("parameters")
     objective = sweep.get("objective")
-    if isinstance(objective, str) and not objective.startswith("eval_"):
+    if isinstance(objective, str) and not OBJECTIVE_PATTERN.fullmatch(objective):
+        # caught here, not after a whole trial has trained without the metric to score it on
         problems.append(
-            f"{where}.objective: {objective!r} is not an eval metric: name one the validation pass logs "
-            f"({_OBJECTIVE_EXAMPLES}, ...)"
+            f"{where}.objective: {objective!r} is not a metric the validation pass logs: eval_loss, "
+            f"eval_audio_loss, eval_audio_accuracy, eval_codebook<k>_loss or eval_codebook<k>_accuracy"
+            f"{suggest(objective, _OBJECTIVES)}"
         )
     if not isinstance(parameters, dict):
         return sweep, problems, []  # the schema reports a missing or misshapen mapping
@@ -115,6 +129,8 @@ def _field_problem(key: str) -> str:
             f"not a key a sweep can vary: write it as section.field, the section one of "
             f"{', '.join(SWEEP_SECTIONS)}{suggest(section, list(SWEEP_SECTIONS)) if name else ''}"
         )
+    if section == "trainer_args" and name in RUNNER_SET_ARGS:
+        return f"set by the runner, not by a sweep ({RUNNER_SET_ARGS[name]})"
     fields = _section_fields(section)
     if name not in fields:
         library = {"trainer_args": "a TrainingArguments field of the installed transformers",
@@ -184,8 +200,8 @@ def _check_space(key: str, here: str, space: Any) -> tuple[Any, list[str]]:
     out = dict(space)
     for bound in ("low", "high"):
         value = space[bound]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{here}.{bound}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"{here}.{bound}: expected a finite number, got {value!r}")
             continue
         out[bound], problem = _check_value(key, value)
         if problem:
