@@ -74,6 +74,36 @@ def build_model(folder: Path, shape: str) -> ModelConfig:
     return cfg
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every generation benchmark shares (bench_serve.py too): shape, device, dtype, threads."""
+    parser.add_argument("--shape", choices=["small", "lfm2-350m"], default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is steadier on a machine shared with other work)")
+
+
+def build_models(folder: Path, args: argparse.Namespace) -> tuple[Path, Path, ModelConfig]:
+    """(model folder, codec folder, model config) of the random model of ``args.shape`` and the
+    tiny NanoCodec, under ``folder``; applies ``args.threads``."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir, codec_dir = folder / "model", folder / "codec"
+    model_cfg = build_model(model_dir, args.shape)
+    build_tiny_nanocodec(codec_dir)
+    return model_dir, codec_dir, model_cfg
+
+
+def describe(tts: KaniTTS, args: argparse.Namespace) -> str:
+    import torch
+
+    params = sum(p.numel() for p in tts.model.parameters()) / 1e6
+    return (f"model: {args.shape} LFM2, {params:.1f} M parameters, {args.device}, {args.dtype}, "
+            f"torch threads {torch.get_num_threads()}")
+
+
 def run(tts: KaniTTS, batch_size: int, seed: int) -> tuple[float, float, int]:
     """(wall seconds, audio seconds, truncated-or-empty count) for speaking every sentence."""
     import torch
@@ -91,25 +121,14 @@ def run(tts: KaniTTS, batch_size: int, seed: int) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=["small", "lfm2-350m"], default="small")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=122, help="2 markers + 4 tokens per frame")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 is steadier on a machine shared with other work)")
     args = parser.parse_args()
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, codec_dir = Path(tmp) / "model", Path(tmp) / "codec"
-        model_cfg = build_model(model_dir, args.shape)
-        build_tiny_nanocodec(codec_dir)
+        model_dir, codec_dir, model_cfg = build_models(Path(tmp), args)
         inference_cfg = InferenceConfig.model_validate({
             "model": {"torch_dtype": args.dtype},
             "generation": {"max_new_tokens": args.max_new_tokens, "constrained_decoding": True,
@@ -117,9 +136,7 @@ def main() -> None:
         })
         tts = KaniTTS.from_pretrained(model_dir, codec=codec_dir, model_cfg=model_cfg,
                                       inference_cfg=inference_cfg, device=args.device)
-        params = sum(p.numel() for p in tts.model.parameters()) / 1e6
-        print(f"model: {args.shape} LFM2, {params:.1f} M parameters, {args.device}, {args.dtype}, "
-              f"torch threads {torch.get_num_threads()}")
+        print(describe(tts, args))
         print(f"{len(SENTENCES)} prompts, max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}")
         tts.synthesize(SENTENCES[:2], batch_size=2, max_new_tokens=10)  # warm-up
 

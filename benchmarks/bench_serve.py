@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import numpy as np
-from bench_generate import SENTENCES, build_model
+from bench_generate import SENTENCES, add_model_arguments, build_models, describe
 
 from kanitts.config import InferenceConfig
 from kanitts.inference import KaniTTS
 from kanitts.serving.server import Server
-from kanitts.tiny import TINY_NANOCODEC_CONFIG, build_tiny_nanocodec
+from kanitts.tiny import TINY_NANOCODEC_CONFIG
 
 
 def load(server: Server, clients: int, seconds: float, max_new_tokens: int) -> dict:
@@ -127,26 +127,17 @@ def stream_tolerance(codec_kind: str, device: str, chunk: int, frames: int = 48)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=["small", "lfm2-350m"], default="small")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_model_arguments(parser)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=15.0,
                         help="load time per run (then the requests under way end)")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=66, help="2 markers + 4 tokens per frame: 16 frames")
     parser.add_argument("--codec", choices=["tiny", "full"], default="tiny", help="codec of the tolerance line")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, codec_dir = Path(tmp) / "model", Path(tmp) / "codec"
-        model_cfg = build_model(model_dir, args.shape)
-        build_tiny_nanocodec(codec_dir)
+        model_dir, codec_dir, model_cfg = build_models(Path(tmp), args)
         figures = {}
         for name, batch in (("one at a time", 1), (f"batched (max {args.max_batch_size})", args.max_batch_size)):
             cfg = InferenceConfig.model_validate({
@@ -157,9 +148,7 @@ def main() -> None:
             tts = KaniTTS.from_pretrained(model_dir, codec=codec_dir, model_cfg=model_cfg, inference_cfg=cfg,
                                           device=args.device)
             if not figures:
-                params = sum(p.numel() for p in tts.model.parameters()) / 1e6
-                print(f"model: {args.shape} LFM2, {params:.1f} M parameters, {args.device}, {args.dtype}, "
-                      f"torch threads {torch.get_num_threads()}")
+                print(describe(tts, args))
                 print(f"{args.clients} clients for {args.seconds:g} s per run, max_new_tokens {args.max_new_tokens}, "
                       "streaming pcm on 127.0.0.1")
             with Server({"bench": tts}, cfg.server, cfg.generation, log_level="warning") as server:
