@@ -159,6 +159,10 @@ def test_the_openai_client_raises_its_own_errors(client, server):
     too_big = httpx.post(server.url + "/v1/audio/speech", content=b"{" + b" " * 5000 + b"}",
                          headers={"content-type": "application/json"})
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    # sent in chunks, without a Content-Length: refused once the limit is passed on arrival
+    chunked = httpx.post(server.url + "/v1/audio/speech", content=iter([b"{" + b" " * 1000] * 5 + [b"}"]),
+                         headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
     assert httpx.post(server.url + "/v1/audio/speech", content=b"{not json").json()["error"]["message"].startswith(
         "the request body is not JSON")
     assert httpx.get(server.url + "/v1/nothing").json()["error"]["message"] == "Not Found"
