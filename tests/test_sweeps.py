@@ -130,7 +130,9 @@ def test_a_grid_sweep_trains_every_point_keeps_the_best_and_reports(base, tmp_pa
     assert "best: trial" in out and "trainer_args.learning_rate=0.03" in out
     report = tmp_path / "sweeps" / "alice"
     html = (report / "index.html").read_text()
-    assert "alice-lr0.03" in html and "history.png" in html and (report / "history.png").is_file()
+    assert "alice-lr0.03" in html
+    for plot in ("history.png", "intermediate.png", "importance.png"):  # optimisation history, importance
+        assert f"src='{plot}'" in html and (report / plot).stat().st_size > 1000, plot
     assert json.loads((report / "best.json").read_text())["model_id"] == "alice-lr0.03"
     # `kanitts train` leaves the sweep to `kanitts sweep` and trains the rest
     assert main(["train", "--config-dir", str(config_dir)]) == 0
