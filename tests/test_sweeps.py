@@ -4,6 +4,7 @@ kill -9 and resume, two processes on one study."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sweep_project import build_base, experiment, write_project
+from transformers import TrainerCallback
 
 from kanitts.config import Sweep, load_configs, parse_config, point_model_id
 from kanitts.errors import ConfigError
@@ -256,3 +258,50 @@ def _check_killed_and_resume(tmp_path: Path, config_dir: Path, second: subproces
     assert metrics["resumed_from"] == "checkpoint-1" and metrics["global_step"] == 3
     assert {t.user_attrs["pid"] for t in finished[1:]} >= {second.pid, os.getpid()}
     assert yaml.safe_load((tmp_path / "ck" / "alice-t001" / "experiment.yaml").read_text())["model_id"] == "alice-t001"
+
+
+class _Interrupt(TrainerCallback):
+    """Ctrl-C during the first run of the first trial, once its first step is saved."""
+
+    def __init__(self):
+        self.sent = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.sent and state.global_step == 1:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_a_ctrl_c_keeps_the_trial_to_resume_without_a_traceback(base, tmp_path, monkeypatch):
+    from kanitts.sweeps import run_sweeps
+
+    monkeypatch.chdir(tmp_path)
+    sweep = {"method": "grid", "parameters": {"trainer_args.learning_rate": [1e-3]}}
+    config_dir = _sweep_project(tmp_path, base, sweep, steps=2, save_steps=1)
+    configs = load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval"))
+    optuna_log, records = logging.getLogger("optuna"), _Records()
+    optuna_log.addHandler(records)
+    try:
+        [outcome] = run_sweeps(configs, callbacks=[_Interrupt()])
+    finally:
+        optuna_log.removeHandler(records)
+    assert outcome.interrupted
+    assert "trial 0 (alice-lr0.001) interrupted: the next run resumes it" in outcome.messages
+    assert [r.getMessage() for r in records.records if r.exc_info or "failed" in r.getMessage()] == []
+    assert [t.state.name for t in _study(tmp_path).trials] == ["FAIL", "WAITING"]
+
+    [outcome] = run_sweeps(configs)
+    trials = _study(tmp_path).trials
+    assert not outcome.interrupted and [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["model_id"] == "alice-lr0.001"
+    metrics = json.loads((tmp_path / "ck" / "alice-lr0.001" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == "checkpoint-1" and metrics["global_step"] == 2

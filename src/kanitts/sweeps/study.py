@@ -23,6 +23,7 @@ model_id, and each stops once the study holds ``n_trials`` finished, pruned or r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -199,6 +200,20 @@ def objective_value(metrics: dict[str, Any], objective: str, direction: str) -> 
     return max(values) if direction == "maximize" else min(values)
 
 
+class _ReportedFailures(logging.Filter):
+    """Drops Optuna's "Trial N failed" warnings, traceback included, for the trials whose failure
+    the sweep reports itself: a mistake in the configs (a UserError, said in one line) and a
+    Ctrl-C (a trial to resume, not a failure). A bug keeps Optuna's traceback."""
+
+    def __init__(self):
+        super().__init__()
+        self.trials: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {number} failed") for number in self.trials)
+
+
 class SweepStudy:
     """One experiment's study: its trials, trained by ``run``."""
 
@@ -215,6 +230,7 @@ class SweepStudy:
         self.interrupted = False
         self.failures_in_a_row = 0
         self.messages: list[str] = []
+        self.reported = _ReportedFailures()
 
     def optimize(self) -> SweepOutcome:
         import optuna
@@ -228,6 +244,8 @@ class SweepStudy:
             self._say(f"sweep {self.name}: the study holds {done} of {self.n_trials} trials: nothing to run")
         else:
             self._say(f"sweep {self.name}: {done} of {self.n_trials} trials so far; study in {self.url}")
+            optuna_log = logging.getLogger("optuna.study._optimize")
+            optuna_log.addFilter(self.reported)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 try:
@@ -236,6 +254,8 @@ class SweepStudy:
                 except KeyboardInterrupt:
                     self.interrupted = True
                     self._retry_own_failed(study)
+                finally:
+                    optuna_log.removeFilter(self.reported)
         return SweepOutcome(self.name, self.url, self.report_dir, self.interrupted, self.messages)
 
     def _enough(self, study, trial) -> None:
@@ -287,8 +307,13 @@ class SweepStudy:
             result = self.run.train(self.experiment.with_parameters(params, model_id), callbacks=[pruning])
             if result.status == "failed":
                 raise RuntimeError(result.error)
+        except KeyboardInterrupt:
+            self.reported.trials.add(trial.number)
+            raise
         except Exception as exc:
             trial.set_user_attr("error", str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc))
+            if isinstance(exc, UserError):
+                self.reported.trials.add(trial.number)
             raise
         finally:
             finish_active_runs()
@@ -299,6 +324,7 @@ class SweepStudy:
             raise optuna.TrialPruned(pruning.discard_run)
         if result.status == "interrupted":
             self.interrupted = True
+            self.reported.trials.add(trial.number)
             trial.study.stop()
             raise KeyboardInterrupt
         metrics = json.loads((result.path / METRICS_FILE).read_text())
