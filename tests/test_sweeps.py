@@ -1,5 +1,5 @@
 """Sweeps: grid expansion and names, config errors, Optuna with pruning, top-k checkpoints,
-kill -9 and resume, two processes on one study."""
+kill -9 and resume, two processes on one study, Ctrl-C and resume."""
 
 from __future__ import annotations
 
