@@ -215,6 +215,9 @@ def test_a_long_text_is_one_batch_of_pieces_joined_with_silence(server):
     response = _speech(server, input=text, response_format="pcm", stream_format="sse", seed=3, max_new_tokens=22)
     events = _sse_events(response.text)
     assert events[-1]["type"] == "speech.audio.done" and events[-1]["pieces"] == 4
+    prompts = sum(len(server.engines["tiny"].tts.prompt_ids(piece)) for piece in pieces)
+    usage = events[-1]["usage"]
+    assert usage["input_tokens"] == prompts and usage["total_tokens"] == prompts + usage["output_tokens"]
     audio = np.frombuffer(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]), "<i2")
     silence = round(0.1 * RATE)
     assert len(audio) == events[-1]["frames"] * SPF + 3 * silence

@@ -393,7 +393,8 @@ def _sse_delta(data: bytes) -> bytes:
 
 
 def _sse_done(done: Done, pieces: int) -> bytes:
-    usage = {"input_tokens": 0, "output_tokens": done.generated_tokens, "total_tokens": done.generated_tokens}
+    usage = {"input_tokens": done.prompt_tokens, "output_tokens": done.generated_tokens,
+             "total_tokens": done.prompt_tokens + done.generated_tokens}
     event = {"type": "speech.audio.done", "usage": usage, "pieces": pieces, "frames": done.frames,
              "problems": done.problems}
     return f"data: {json.dumps(event)}\n\n".encode()

@@ -53,6 +53,7 @@ class Done:
     """The last item of a job's audio queue."""
 
     frames: int = 0
+    prompt_tokens: int = 0
     generated_tokens: int = 0
     timed_out: bool = False
     cancelled: bool = False
@@ -172,6 +173,7 @@ class Job:
             parts = [d for d in self._done if d is not None]
             self._emit(Done(
                 frames=sum(d.frames for d in parts),
+                prompt_tokens=sum(d.prompt_tokens for d in parts),
                 generated_tokens=sum(d.generated_tokens for d in parts),
                 timed_out=any(d.timed_out for d in parts),
                 cancelled=self.cancelled.is_set(),
@@ -314,7 +316,7 @@ class Engine:
             if ended_early:
                 problems = []  # a stop we asked for is not the model's fault
             job.piece_done(piece, Done(
-                frames=frames.num_frames, generated_tokens=generated,
+                frames=frames.num_frames, prompt_tokens=len(prompts[row]), generated_tokens=generated,
                 timed_out=ended_early and not job.cancelled.is_set(), problems=problems,
             ))
 
