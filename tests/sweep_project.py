@@ -12,13 +12,14 @@ import yaml
 CODEBOOK_SIZE = 32  # keeps the vocabulary (and so every step) small
 
 
-def build_base(folder: Path):
-    """(folder, ModelConfig) of a tiny hybrid LFM2 and its tokenizer."""
+def build_base(folder: Path, codebook_size: int = CODEBOOK_SIZE, codec_weights: str | None = None):
+    """(folder, ModelConfig) of a tiny hybrid LFM2 and its tokenizer (for a model that speaks
+    with the tiny NanoCodec at ``codec_weights``: its 4032 codes)."""
     from kanitts.tiny import build_lfm2, build_tokenizer, tiny_model_config
     from kanitts.tokens import TokenLayout
 
     tokenizer = build_tokenizer(folder)
-    cfg = tiny_model_config(len(tokenizer), codebook_size=CODEBOOK_SIZE)
+    cfg = tiny_model_config(len(tokenizer), codebook_size=codebook_size, weights=codec_weights)
     layout = TokenLayout.from_config(cfg)
     build_lfm2(folder, vocab_size=layout.vocab_size, hidden_size=32, intermediate_size=64, tokenizer=tokenizer)
     return folder, cfg

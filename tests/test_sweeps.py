@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from sweep_project import build_base, experiment, write_project
@@ -74,12 +75,17 @@ def test_sweep_mistakes_are_reported_with_file_and_key_path():
         "trainer_args.learning_rate": {"low": float("nan"), "high": 1e-3},
         "trainer_args.output_dir": ["a", "b"]}})
     assert problems == [
-        (f"{where}.objective: 'eval_los' is not a metric the validation pass logs: eval_loss, eval_audio_loss, "
-         "eval_audio_accuracy, eval_codebook<k>_loss or eval_codebook<k>_accuracy (did you mean 'eval_loss'?)"),
+        (f"{where}.objective: 'eval_los' is not a metric the validation pass logs (eval_loss, eval_audio_loss, "
+         "eval_audio_accuracy, eval_codebook<k>_loss, eval_codebook<k>_accuracy) nor a score of the eval set "
+         "(wer, cer, speaker_similarity, mos) (did you mean 'eval_loss'?)"),
         f"{where}.parameters.trainer_args.learning_rate.low: expected a finite number, got nan",
         (f"{where}.parameters.trainer_args.output_dir: set by the runner, not by a sweep (every trial writes to "
          "checkpoints/.runs/<its model_id>)"),
     ]
+    assert _problems({"method": "optuna", "objective": "speaker_similarity", "pruner": "median",
+                      "parameters": {"lora_args.r": [4, 8]}}) == [
+        (f"{where}.pruner: the median pruner compares the validation loss, which falls as a trial gets better, "
+         "and speaker_similarity is maximized: it would stop the best trials; set pruner: none")]
     assert _problems({"method": "grid", "parameters": {"lora_args.r": [0, 4]}}) == [
         f"{where}.parameters.lora_args.r[0]: input should be greater than 0, got 0"]
     assert _problems({"method": "grid", "parameters": {"lora_args.r": [4]}},
@@ -87,17 +93,22 @@ def test_sweep_mistakes_are_reported_with_file_and_key_path():
         f"{where}: its grid trial 'alice-r4' has the model_id of experiments[1]"]
 
 
-def test_a_sweep_without_held_out_rows_or_with_a_codebook_too_many_is_a_config_error(base, tmp_path):
-    sweep = {"method": "grid", "objective": "eval_codebook5_accuracy", "parameters": {"lora_args.r": [4, 8]}}
-    config_dir = write_project(tmp_path, base, [experiment("alice", sweep=sweep)], validation={})
+def test_a_sweep_objective_the_other_configs_cannot_measure_is_a_config_error(base, tmp_path):
+    sweeps = [{"method": "grid", "objective": "eval_codebook5_accuracy", "parameters": {"lora_args.r": [4, 8]}},
+              {"method": "grid", "objective": "wer", "parameters": {"lora_args.r": [4, 8]}}]
+    config_dir = write_project(tmp_path, base, [experiment(name, sweep=sweep) for name, sweep in zip("ab", sweeps)],
+                               validation={})
     with pytest.raises(ConfigError) as caught:
-        load_configs(config_dir, kinds=("dataset", "experiments", "model"))
+        load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval"))
+    experiments = config_dir / "experiments.yaml"
     assert caught.value.problems == [
-        (f"{config_dir / 'experiments.yaml'}: experiments[0].sweep: trials are scored on held-out rows, and no "
-         f"dataset of {config_dir / 'dataset_config.yaml'} holds any out: set validation_fraction or "
-         "validation_rows on one"),
-        (f"{config_dir / 'experiments.yaml'}: experiments[0].sweep.objective: eval_codebook5_accuracy names "
-         f"codebook 5, and the codec of {config_dir / 'model_config.yaml'} has 4"),
+        *(f"{experiments}: experiments[{i}].sweep: trials are scored on held-out rows, and no dataset of "
+          f"{config_dir / 'dataset_config.yaml'} holds any out: set validation_fraction or validation_rows on one"
+          for i in (0, 1)),
+        (f"{experiments}: experiments[1].sweep.objective: wer is scored with {config_dir / 'eval_config.yaml'}'s "
+         "intelligibility, which is not set (see docs/evaluation.md)"),
+        (f"{experiments}: experiments[0].sweep.objective: eval_codebook5_accuracy names codebook 5, and the codec "
+         f"of {config_dir / 'model_config.yaml'} has 4"),
     ]
 
 
@@ -305,3 +316,38 @@ def test_a_ctrl_c_keeps_the_trial_to_resume_without_a_traceback(base, tmp_path, 
     assert trials[1].user_attrs["model_id"] == "alice-lr0.001"
     metrics = json.loads((tmp_path / "ck" / "alice-lr0.001" / "metrics.json").read_text())
     assert metrics["resumed_from"] == "checkpoint-1" and metrics["global_step"] == 2
+
+
+def test_an_eval_set_objective_scores_each_trained_trial_as_kanitts_eval_does(tiny_codec_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    from kanitts.audio import write_wav
+    from kanitts.recipes import sweep as sweep_recipe
+    from kanitts.sweeps.scoring import SCORES_FILE, EvalSetScorer
+
+    monkeypatch.chdir(tmp_path)
+    base = build_base(tmp_path / "base", codebook_size=4032, codec_weights=str(tiny_codec_dir))
+    sweep = {"method": "grid", "objective": "speaker_similarity",
+             "parameters": {"trainer_args.learning_rate": [3e-2]}}
+    config_dir = write_project(tmp_path, base, [experiment("alice", steps=1, sweep=sweep)])
+    tone = np.sin(np.linspace(0, 2000 * np.pi, 22050)).astype(np.float32) * 0.3
+    write_wav(tmp_path / "alice.wav", tone, 22050)
+    eval_config = yaml.safe_load((config_dir / "eval_config.yaml").read_text())
+    eval_config["speaker_similarity"] = {"references": {"alice": [str(tmp_path / "alice.wav")]}}
+    (config_dir / "eval_config.yaml").write_text(yaml.safe_dump(eval_config))
+    (config_dir / "eval_set.yaml").write_text(yaml.safe_dump({"eval_set": [{"one": "alice: Hello there."},
+                                                                            {"two": "alice: Good day."}]}))
+    (config_dir / "inference_config.yaml").write_text(yaml.safe_dump({
+        "model": {"torch_dtype": "float32"},
+        "generation": {"max_new_tokens": 26, "constrained_decoding": True, "batch_size": 2}}))
+    assert sweep_recipe.run(config_dir) == 0
+    study = _study(tmp_path)
+    assert study.direction.name == "MAXIMIZE" and [t.state.name for t in study.trials] == ["COMPLETE"]
+    assert "alice-lr0.03: speaker_similarity " in capsys.readouterr().out
+    report = tmp_path / "sweeps" / "alice"
+    assert (report / SCORES_FILE).is_file() and "the mean over the eval set" in (report / "index.html").read_text()
+    # the value is the trained model's, reproducibly: scoring the kept checkpoint again gives it
+    configs = load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval", "eval_set", "inference"))
+    best = study.best_trial
+    again, samples = EvalSetScorer(configs)(Path(best.user_attrs["checkpoint"]), "speaker_similarity",
+                                            tmp_path / "rescore")
+    assert samples == 2 and again == pytest.approx(best.value) and -1 <= best.value <= 1

@@ -40,6 +40,20 @@ def cross_file_problems(configs: ConfigSet) -> list[str]:
                     f"rows, and no dataset of {d / CONFIG_FILES['dataset']} holds any out: set "
                     "validation_fraction or validation_rows on one"
                 )
+    if configs.experiments is not None and configs.eval is not None:
+        # what scores an eval-set objective (kanitts.sweeps.scoring), as `kanitts eval` would
+        needs = {"wer": ("intelligibility", configs.eval.intelligibility),
+                 "cer": ("intelligibility", configs.eval.intelligibility),
+                 "speaker_similarity": ("speaker_similarity.references",
+                                        configs.eval.speaker_similarity and configs.eval.speaker_similarity.references),
+                 "mos": ("naturalness", configs.eval.naturalness)}
+        for i, exp in enumerate(configs.experiments.experiments):
+            if exp.sweep is not None and exp.sweep.objective in needs and not needs[exp.sweep.objective][1]:
+                key = needs[exp.sweep.objective][0]
+                problems.append(
+                    f"{d / CONFIG_FILES['experiments']}: experiments[{i}].sweep.objective: {exp.sweep.objective} "
+                    f"is scored with {d / CONFIG_FILES['eval']}'s {key}, which is not set (see docs/evaluation.md)"
+                )
     if configs.experiments is not None and configs.model is not None:
         codebooks = configs.model.codec.num_codebooks
         for i, exp in enumerate(configs.experiments.experiments):

@@ -23,13 +23,13 @@ from kanitts.config.library_checks import (
     training_argument_types,
 )
 from kanitts.config.schemas.experiments import LoraArgs, TrainingOptions
-from kanitts.config.schemas.sweep import SWEEP_SECTIONS, point_model_id
+from kanitts.config.schemas.sweep import EVAL_SET_OBJECTIVES, SWEEP_SECTIONS, point_model_id
 
 _RANGE_KEYS = ("low", "high", "log", "step")
 _SPACE_KEYS = (*_RANGE_KEYS, "choices")
 # What the validation pass logs (kanitts.training.validation), the objectives a trial can be scored on.
 OBJECTIVE_PATTERN = re.compile(r"eval_(loss|audio_(loss|accuracy)|codebook([1-9][0-9]*)_(loss|accuracy))")
-_OBJECTIVES = ["eval_loss", "eval_audio_loss", "eval_audio_accuracy",
+_OBJECTIVES = ["eval_loss", "eval_audio_loss", "eval_audio_accuracy", *EVAL_SET_OBJECTIVES,
                *(f"eval_codebook{k}_{m}" for k in range(1, 9) for m in ("loss", "accuracy"))]
 # TrainingArguments the runner sets for every run (kanitts.training.arguments): a sweep's value
 # for one of them would be dropped without a word.
@@ -82,13 +82,21 @@ def check_sweep(where: str, sweep: dict[str, Any], model_id: Any) -> tuple[dict[
     method = sweep.get("method")
     parameters = sweep.get("parameters")
     objective = sweep.get("objective")
-    if isinstance(objective, str) and not OBJECTIVE_PATTERN.fullmatch(objective):
+    if isinstance(objective, str) and not OBJECTIVE_PATTERN.fullmatch(objective) and (
+            objective not in EVAL_SET_OBJECTIVES):
         # caught here, not after a whole trial has trained without the metric to score it on
         problems.append(
-            f"{where}.objective: {objective!r} is not a metric the validation pass logs: eval_loss, "
-            f"eval_audio_loss, eval_audio_accuracy, eval_codebook<k>_loss or eval_codebook<k>_accuracy"
-            f"{suggest(objective, _OBJECTIVES)}"
+            f"{where}.objective: {objective!r} is not a metric the validation pass logs (eval_loss, "
+            f"eval_audio_loss, eval_audio_accuracy, eval_codebook<k>_loss, eval_codebook<k>_accuracy) nor "
+            f"a score of the eval set ({', '.join(EVAL_SET_OBJECTIVES)}){suggest(objective, _OBJECTIVES)}"
         )
+    elif objective in EVAL_SET_OBJECTIVES and sweep.get("pruner") == "median":
+        direction = sweep.get("direction") or EVAL_SET_OBJECTIVES[objective]
+        if direction == "maximize":
+            problems.append(
+                f"{where}.pruner: the median pruner compares the validation loss, which falls as a trial "
+                f"gets better, and {objective} is maximized: it would stop the best trials; set pruner: none"
+            )
     if not isinstance(parameters, dict):
         return sweep, problems, []  # the schema reports a missing or misshapen mapping
     if not parameters:

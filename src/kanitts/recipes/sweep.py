@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kanitts.config import load_configs
 from kanitts.recipes.train import load_training_configs
 from kanitts.sweeps import run_sweeps, write_report
 from kanitts.sweeps.report import trials_table
@@ -28,6 +29,13 @@ def run(
     """Run (or resume) every sweep, or those of the experiments in ``only``; ``n_trials``
     replaces each study's target number of trials."""
     configs = load_training_configs(config_dir)
+    if any(e.sweep is not None and e.sweep.scores_eval_set for e in configs.experiments.experiments):
+        # an eval-set objective: the trials speak the eval set as `kanitts eval` has them speak it
+        said = set(configs.warnings)
+        configs = load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval", "eval_set", "inference"))
+        for warning in configs.warnings:
+            if warning not in said:
+                say(f"warning: {warning}")
     outcomes = run_sweeps(configs, only=only, n_trials=n_trials, checkpoints_dir=checkpoints_dir)
     if is_main_process():
         from rich.console import Console

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kanitts.atomic import atomic_file
+from kanitts.config.schemas.sweep import EVAL_SET_OBJECTIVES
 from kanitts.sweeps.checkpoints import CHECKPOINT_ATTR
 
 TRIALS_FILE = "trials.csv"
@@ -154,8 +155,8 @@ tr.pruned {{ color: #996; }} tr.fail {{ color: #b00; }} tr.running, tr.waiting {
 img {{ max-width: 100%; }}
 </style></head><body>
 <h1>Sweep {e(report.name)}</h1>
-<p>Objective: {e(report.direction)} {e(report.objective)} (best over each trial's evaluations on the
-held-out rows). {len(report.rows)} trial(s); the study's database opens in
+<p>Objective: {e(report.direction)} {e(report.objective)} ({e(_objective_note(report.objective))}).
+{len(report.rows)} trial(s); the study's database opens in
 <code>optuna-dashboard</code> as it is.</p>
 <h2>Best settings</h2>{best}
 <h2>Trials</h2>
@@ -164,6 +165,12 @@ held-out rows). {len(report.rows)} trial(s); the study's database opens in
 <h2>Plots</h2>{images}<ul>{notes}</ul>
 </body></html>
 """
+
+
+def _objective_note(objective: str) -> str:
+    if objective in EVAL_SET_OBJECTIVES:
+        return "the mean over the eval set spoken by each trained trial, scored as kanitts eval scores"
+    return "best over each trial's evaluations on the held-out rows"
 
 
 def trials_table(report: SweepReport):

@@ -4,7 +4,9 @@ Each trial is the experiment with the trial's values set (:meth:`Experiment.with
 trained by the same :class:`~kanitts.training.experiments.TrainingRun` as `kanitts train`
 (locks, run folders, atomic checkpoints), and scored on the held-out rows: the objective is
 the best value of an eval metric over the trial's evaluations (``eval_loss`` by default, the
-lowest). The median pruner sees every evaluation and stops hopeless trials early.
+lowest), or, for an eval-set objective (``wer``, ``cer``, ``speaker_similarity``, ``mos``), the
+mean score of the trained model speaking the eval set (:mod:`kanitts.sweeps.scoring`). The
+median pruner sees the validation metric at every evaluation and stops hopeless trials early.
 
 What survives a kill -9: the study lives in its database (``sweeps/<name>.db``, SQLite
 through Optuna's RDB storage, or any RDB URL), each trial under a model_id of its own
@@ -31,7 +33,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kanitts.atomic import pid_is_running
 from kanitts.config import ConfigSet, Experiment, Sweep, point_model_id
@@ -48,6 +50,9 @@ from kanitts.training.experiments import (
     training_run,
 )
 from kanitts.training.tracking import finish_active_runs
+
+if TYPE_CHECKING:
+    from kanitts.sweeps.scoring import EvalSetScorer
 
 SWEEPS_FOLDER = "sweeps"
 # A trial retried after its process died is retried at most this often (then it stays failed).
@@ -217,10 +222,12 @@ class _ReportedFailures(logging.Filter):
 class SweepStudy:
     """One experiment's study: its trials, trained by ``run``."""
 
-    def __init__(self, experiment: Experiment, run: TrainingRun, n_trials: int | None):
+    def __init__(self, experiment: Experiment, run: TrainingRun, n_trials: int | None,
+                 scorer: EvalSetScorer | None = None):
         self.experiment = experiment
         self.sweep: Sweep = experiment.sweep
         self.run = run
+        self.scorer = scorer  # for an eval-set objective
         self.name = self.sweep.study_label(experiment.model_id)
         if self.sweep.method == "grid":
             self.n_trials = len(self.sweep.grid_points()) if n_trials is None else n_trials
@@ -301,7 +308,7 @@ class SweepStudy:
         trial.set_user_attr("pid", os.getpid())
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         self._say(f"\n=== {self.name}: trial {trial.number} ({model_id}): {shown} ===")
-        pruning = TrialPruning(trial, self.sweep.objective, self.sweep.pruner_warmup_evaluations)
+        pruning = TrialPruning(trial, self.sweep.pruning_metric, self.sweep.pruner_warmup_evaluations)
         start = time.perf_counter()
         try:
             result = self.run.train(self.experiment.with_parameters(params, model_id), callbacks=[pruning])
@@ -311,9 +318,7 @@ class SweepStudy:
             self.reported.trials.add(trial.number)
             raise
         except Exception as exc:
-            trial.set_user_attr("error", str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc))
-            if isinstance(exc, UserError):
-                self.reported.trials.add(trial.number)
+            self._failed(trial, exc)
             raise
         finally:
             finish_active_runs()
@@ -327,11 +332,26 @@ class SweepStudy:
             self.reported.trials.add(trial.number)
             trial.study.stop()
             raise KeyboardInterrupt
-        metrics = json.loads((result.path / METRICS_FILE).read_text())
         trial.set_user_attr(CHECKPOINT_ATTR, str(result.path))
+        if self.sweep.scores_eval_set:
+            try:
+                value, samples = self.scorer(result.path, self.sweep.objective, self.report_dir)
+            except Exception as exc:
+                self._failed(trial, exc)
+                raise
+            finally:
+                release_memory()
+            self._say(f"{model_id}: {self.sweep.objective} {value:.4f} (mean over {samples} eval-set sample(s))")
+            return value
+        metrics = json.loads((result.path / METRICS_FILE).read_text())
         value = objective_value(metrics, self.sweep.objective, self.sweep.resolved_direction)
         self._say(f"{model_id}: {self.sweep.objective} {value:.4f}")
         return value
+
+    def _failed(self, trial, exc: Exception) -> None:
+        trial.set_user_attr("error", str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc))
+        if isinstance(exc, UserError):
+            self.reported.trials.add(trial.number)
 
     def _say(self, message: str) -> None:
         self.messages.append(message.strip())
@@ -362,9 +382,17 @@ def run_sweeps(
             "a sweep scores its trials on held-out rows, and no dataset holds any out: set "
             "validation_fraction or validation_rows on a dataset in dataset_config.yaml"
         )
+    scorer = None
+    if any(e.sweep.scores_eval_set for e in experiments):
+        if configs.eval_set is None or configs.inference is None or configs.eval is None:
+            raise UserError("an eval-set objective (wer, cer, speaker_similarity, mos) needs eval_config.yaml, "
+                            "eval_set.yaml and inference_config.yaml loaded with the training configs")
+        from kanitts.sweeps.scoring import EvalSetScorer  # the evaluation stack, only when scored on it
+
+        scorer = EvalSetScorer(configs)
     outcomes = []
     for experiment in experiments:
-        outcome = SweepStudy(experiment, run, n_trials).optimize()
+        outcome = SweepStudy(experiment, run, n_trials, scorer if experiment.sweep.scores_eval_set else None).optimize()
         outcomes.append(outcome)
         if outcome.interrupted:
             break

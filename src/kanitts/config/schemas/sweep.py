@@ -17,6 +17,9 @@ from kanitts.config.schemas.base import Strict, Text
 
 # The sections of an experiment whose keys a sweep may vary.
 SWEEP_SECTIONS = ("lora_args", "trainer_args", "training")
+# Objectives scored on the trained model speaking the eval set (eval_set.yaml), as `kanitts eval`
+# scores each sample, the mean over the samples; and the direction that is better.
+EVAL_SET_OBJECTIVES = {"wer": "minimize", "cer": "minimize", "speaker_similarity": "maximize", "mos": "maximize"}
 
 
 class Sweep(Strict):
@@ -25,11 +28,14 @@ class Sweep(Strict):
     parameters: dict[Text, Any]
     # Optuna: how many trials the study should hold in the end (finished or pruned); a grid runs every point.
     n_trials: PositiveInt = 10
-    # An eval metric of the trained model, best over its evaluations (eval_loss: the lowest).
+    # A metric of the validation pass, best over the trial's evaluations (eval_loss: the lowest), or
+    # one of EVAL_SET_OBJECTIVES: the trained model speaks the eval set and is scored as `kanitts eval` does.
     objective: Text = "eval_loss"
-    direction: Literal["minimize", "maximize"] | None = None  # default: maximize an accuracy, else minimize
+    direction: Literal["minimize", "maximize"] | None = None  # default: maximize an accuracy or a similarity
     sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "none"] | None = None  # default: median for optuna, none for a grid
+    # default: median for optuna (fed the validation loss), none for a grid and for an eval-set
+    # objective that is maximized (a falling loss would look like a worse trial)
+    pruner: Literal["median", "none"] | None = None
     # Trials finished before the median pruner prunes anyone, and evaluations of a trial before it may be pruned.
     pruner_startup_trials: NonNegativeInt = 2
     pruner_warmup_evaluations: NonNegativeInt = 1
@@ -42,13 +48,28 @@ class Sweep(Strict):
     heartbeat_seconds: PositiveInt = 60
 
     @property
+    def scores_eval_set(self) -> bool:
+        return self.objective in EVAL_SET_OBJECTIVES
+
+    @property
+    def pruning_metric(self) -> str:
+        """The metric of the validation pass the pruner compares at each evaluation."""
+        return "eval_loss" if self.scores_eval_set else self.objective
+
+    @property
     def resolved_pruner(self) -> str:
-        return self.pruner or ("median" if self.method == "optuna" else "none")
+        if self.pruner is not None:
+            return self.pruner
+        if self.method != "optuna" or (self.scores_eval_set and self.resolved_direction == "maximize"):
+            return "none"
+        return "median"
 
     @property
     def resolved_direction(self) -> str:
         if self.direction is not None:
             return self.direction
+        if self.objective in EVAL_SET_OBJECTIVES:
+            return EVAL_SET_OBJECTIVES[self.objective]
         return "maximize" if self.objective.endswith("accuracy") else "minimize"
 
     def grid_points(self) -> list[dict[str, Any]]:
