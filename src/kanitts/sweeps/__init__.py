@@ -5,6 +5,7 @@
   shared by several processes), each trial trained as an experiment and scored on the
   held-out rows, hopeless ones pruned;
 - :mod:`~kanitts.sweeps.pruning`: the Trainer callback that reports each evaluation to the trial;
+- :mod:`~kanitts.sweeps.scoring`: an eval-set objective (WER, similarity, MOS) of a trained trial;
 - :mod:`~kanitts.sweeps.checkpoints`: only the best ``keep_top_k`` trials keep their checkpoints;
 - :mod:`~kanitts.sweeps.report`: the trials table, the best settings and the plots.
 
