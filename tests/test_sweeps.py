@@ -351,3 +351,18 @@ def test_an_eval_set_objective_scores_each_trained_trial_as_kanitts_eval_does(ti
     again, samples = EvalSetScorer(configs)(Path(best.user_attrs["checkpoint"]), "speaker_similarity",
                                             tmp_path / "rescore")
     assert samples == 2 and again == pytest.approx(best.value) and -1 <= best.value <= 1
+
+
+def test_a_study_resumed_with_other_experiment_settings_says_what_changed(tmp_path):
+    from kanitts.config import Experiment
+    from kanitts.sweeps.study import open_study, settings_changes
+
+    sweep = {"method": "grid", "parameters": {"trainer_args.learning_rate": [1e-3, 1e-2]}}
+    first = Experiment.model_validate(experiment("alice", sweep=sweep))
+    study = open_study(first.sweep, "alice", f"sqlite:///{tmp_path / 'alice.db'}")
+    assert settings_changes(study, first) == []  # recorded
+    varied = {"learning_rate": 5.0, "max_steps": 8}  # the swept key is the study's to vary
+    later = Experiment.model_validate({**experiment("alice", sweep=sweep, trainer=varied), "base": {
+        "model_id": "alice", "desc": "a new description changes nothing"}})
+    assert settings_changes(study, later) == ["trainer_args.max_steps: 3 -> 8"]
+    assert settings_changes(study, first) == []

@@ -182,6 +182,30 @@ def recover_dead_trials(study) -> list[str]:
     return notes
 
 
+SETTINGS_ATTR = "experiment_settings"
+
+
+def settings_changes(study, experiment: Experiment) -> list[str]:
+    """What the experiment changed since the study's first run, one ``key: old -> new`` each.
+
+    The first run records the experiment's settings (all but its sweep, its description and
+    the keys the sweep varies) on the study. A later run with other settings still adds its trials to the same study, but the
+    earlier trials were trained with the old ones, so their scores are no fair comparison:
+    worth a warning, not a refusal (a longer ``max_steps`` may be meant to extend the study).
+    """
+    current = {f"{section}.{key}": value
+               for section, values in experiment.model_dump(mode="json", exclude={"sweep"}).items()
+               for key, value in values.items() if (section, key) != ("base", "desc")}
+    for varied in [*(experiment.sweep.parameters if experiment.sweep else ())]:
+        current.pop(varied, None)
+    recorded = study.user_attrs.get(SETTINGS_ATTR)
+    if recorded is None:
+        study.set_user_attr(SETTINGS_ATTR, current)
+        return []
+    return [f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}"
+            for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+
+
 def _counted(study) -> int:
     """Trials that count towards n_trials: finished, pruned, or running in some process now."""
     from optuna.trial import TrialState
@@ -246,6 +270,13 @@ class SweepStudy:
         study = open_study(self.sweep, self.name, self.url)
         for note in recover_dead_trials(study):
             self._say(note)
+        changes = settings_changes(study, self.experiment)
+        if changes:
+            self._say(
+                f"warning: sweep {self.name}: the experiment changed since the study's first trials "
+                f"({'; '.join(changes)}): those were trained with the old settings and are compared with the "
+                "new ones; give the sweep another study_name to start a fresh study"
+            )
         done = _counted(study)
         if done >= self.n_trials:
             self._say(f"sweep {self.name}: the study holds {done} of {self.n_trials} trials: nothing to run")
