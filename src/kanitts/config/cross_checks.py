@@ -41,11 +41,10 @@ def cross_file_problems(configs: ConfigSet) -> list[str]:
                     "validation_fraction or validation_rows on one"
                 )
     if configs.experiments is not None and configs.eval is not None:
-        # what scores an eval-set objective (kanitts.sweeps.scoring), as `kanitts eval` would
+        # the model that scores an eval-set objective (kanitts.sweeps.scoring), as `kanitts eval`
+        # would (speaker similarity needs only references, which may come from the held-out rows)
         needs = {"wer": ("intelligibility", configs.eval.intelligibility),
                  "cer": ("intelligibility", configs.eval.intelligibility),
-                 "speaker_similarity": ("speaker_similarity.references",
-                                        configs.eval.speaker_similarity and configs.eval.speaker_similarity.references),
                  "mos": ("naturalness", configs.eval.naturalness)}
         for i, exp in enumerate(configs.experiments.experiments):
             if exp.sweep is not None and exp.sweep.objective in needs and not needs[exp.sweep.objective][1]:
