@@ -189,15 +189,16 @@ def settings_changes(study, experiment: Experiment) -> list[str]:
     """What the experiment changed since the study's first run, one ``key: old -> new`` each.
 
     The first run records the experiment's settings (all but its sweep, its description and
-    the keys the sweep varies) on the study. A later run with other settings still adds its trials to the same study, but the
-    earlier trials were trained with the old ones, so their scores are no fair comparison:
-    worth a warning, not a refusal (a longer ``max_steps`` may be meant to extend the study).
+    the keys the sweep varies) on the study. A later run with other settings still adds its
+    trials to the same study, but the earlier trials were trained with the old ones, so their
+    scores are no fair comparison: worth a warning, not a refusal (a longer ``max_steps`` may be
+    meant to extend the study).
     """
+    varied = set(experiment.sweep.parameters) if experiment.sweep else set()
     current = {f"{section}.{key}": value
                for section, values in experiment.model_dump(mode="json", exclude={"sweep"}).items()
-               for key, value in values.items() if (section, key) != ("base", "desc")}
-    for varied in [*(experiment.sweep.parameters if experiment.sweep else ())]:
-        current.pop(varied, None)
+               for key, value in values.items()
+               if (section, key) != ("base", "desc") and f"{section}.{key}" not in varied}
     recorded = study.user_attrs.get(SETTINGS_ATTR)
     if recorded is None:
         study.set_user_attr(SETTINGS_ATTR, current)
