@@ -368,6 +368,9 @@ class SweepStudy:
         if self.sweep.scores_eval_set:
             try:
                 value, samples = self.scorer(result.path, self.sweep.objective, self.report_dir)
+            except KeyboardInterrupt:  # retried by the next run: its training is done, the scoring is redone
+                self.reported.trials.add(trial.number)
+                raise
             except Exception as exc:
                 self._failed(trial, exc)
                 raise
