@@ -150,7 +150,7 @@ def test_voice_clips_config_errors(kanade_project, tmp_path):
 
 def test_eval_speaks_each_sentence_in_its_speakers_voice(kanade_tts, monkeypatch):
     from kanitts.config import EvalSentence
-    from kanitts.evaluation.runner import _generate
+    from kanitts.evaluation.runner import speak_sentences
 
     tts = kanade_tts
     slots, decoded = [], []
@@ -165,7 +165,7 @@ def test_eval_speaks_each_sentence_in_its_speakers_voice(kanade_tts, monkeypatch
     monkeypatch.setattr(tts.codec, "decode", spy_decode)
     batch = [(EvalSentence("a", "alice: Hi there."), "s1"), (EvalSentence("b", "Bob: Hello."), "s2"),
              (EvalSentence("c", "Nobody knows."), "s3")]
-    out = list(_generate(tts, batch))
+    out = list(speak_sentences(tts, batch))
     assert [results[0].voice for _, results, _ in out] == [
         "speaker alice's mean embedding", "speaker bob's mean embedding", "the mean embedding of the training clips"]
     assert all(error is None and results[0].ok for _, results, error in out)

@@ -292,8 +292,8 @@ def run_eval(
     device = resolve_device(device or configs.inference.model.device_map)
     # Every scoring model loads once, before generating: a wrong model id costs nothing.
     found = collect_references(configs)
-    similarity = _speaker_similarity(configs, device, found)
-    transcriber = _transcriber(configs, device)
+    similarity = load_similarity(configs, device, found)
+    transcriber = load_transcriber(configs, device)
     naturalness, mos_note = load_naturalness(eval_cfg.naturalness, device)
     language = eval_cfg.intelligibility.language if eval_cfg.intelligibility else None
     scorers = Scorers(ScoreCache(audio_dir / SCORE_CACHE), similarity=similarity, transcriber=transcriber,
@@ -338,8 +338,8 @@ def run_eval(
                 bar.update(len(todo))
                 continue
             torch.manual_seed(SEED)
-            for batch in _chunks(todo, configs.inference.generation.batch_size):
-                for (sentence, signature), results, error in _generate(tts, batch):
+            for batch in in_batches(todo, configs.inference.generation.batch_size):
+                for (sentence, signature), results, error in speak_sentences(tts, batch):
                     bar.update(1)
                     if error:
                         failures.append(f"{target.experiment_id} / {sentence.sentence_id}: generation failed: {error}")
@@ -382,11 +382,11 @@ def run_eval(
     return summary
 
 
-def _chunks(items: list, size: int) -> list[list]:
+def in_batches(items: list, size: int) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 
 
-def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
+def speak_sentences(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
     """Yield (item, results, error) per sentence; a failing batch is retried one sentence at a time.
 
     A model that takes a voice (Kanade, a speaker-conditioned model) speaks each sentence in its
@@ -404,7 +404,7 @@ def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
             yield batch[0], [], f"{type(exc).__name__}: {exc}"
             return
         for item in batch:
-            yield from _generate(tts, [item])
+            yield from speak_sentences(tts, [item])
         return
     takes = len(results) // len(batch)
     for i, item in enumerate(batch):
@@ -415,7 +415,7 @@ def _generate(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
         yield item, mine, None
 
 
-def _speaker_similarity(configs: ConfigSet, device: str, references: References):
+def load_similarity(configs: ConfigSet, device: str, references: References):
     """The embedder and the speakers' reference vectors; None when no speaker has references."""
     paths = references.paths()
     if not paths:
@@ -427,7 +427,7 @@ def _speaker_similarity(configs: ConfigSet, device: str, references: References)
     return SpeakerSimilarity(embedder, paths)
 
 
-def _transcriber(configs: ConfigSet, device) -> Transcriber | None:
+def load_transcriber(configs: ConfigSet, device) -> Transcriber | None:
     """The ASR model of ``intelligibility:``, loaded once per run; None when not configured."""
     settings = configs.eval.intelligibility
     if settings is None:
