@@ -1,0 +1,116 @@
+"""Which speaker embedding each training and held-out sequence gets (training.speaker_embedding).
+
+``speaker_mean`` gives every clip its speaker's mean embedding, for a Kanade-conditioned plain
+LFM2 as for a KaniTTS-2 model, and the held-out rows the same training means (the validation
+loss then measures the voices the model trains and speaks with). On a model that reads no
+embedding the option is an error, never silently ignored. The trainer is stubbed: what matters
+is the data it is handed, so no step is taken.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kanitts.training.experiments import with_speaker_means
+
+
+def _sequences(rows):
+    from datasets import Dataset, Features, List, Value
+
+    features = Features({"input_ids": List(Value("int32")), "speaker": Value("string"),
+                         "speaker_embedding": List(Value("float32"))})
+    return Dataset.from_dict({
+        "input_ids": [[1, 2]] * len(rows), "speaker": [s for s, _ in rows],
+        "speaker_embedding": [e for _, e in rows],
+    }, features=features)
+
+
+def test_held_out_rows_take_the_training_means():
+    train = _sequences([("alice", [1.0, 0.0]), ("alice", [3.0, 0.0]), ("bob", [0.0, 2.0]), ("", [0.0, 6.0])])
+    held = _sequences([("alice", [9.0, 9.0]), ("bob", [7.0, 7.0]), ("carol", [5.0, 5.0])])
+    trained, validated = with_speaker_means(train, held)
+    np.testing.assert_allclose(trained["speaker_embedding"], [[2, 0], [2, 0], [0, 2], [1, 2]])
+    # alice and bob: their training means; carol (never trained on) and speakerless: all clips' mean
+    np.testing.assert_allclose(validated["speaker_embedding"], [[2, 0], [0, 2], [1, 2]])
+    assert trained.features == train.features and validated.features == held.features
+    assert with_speaker_means(train)[1] is None
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture
+def handed(monkeypatch):
+    """What the (stubbed) trainer is given: train and eval datasets; it stops the run there."""
+    import kanitts.training.trainer as trainer_module
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            raise _Stop("stopped before training")
+
+    monkeypatch.setattr(trainer_module, "ExperimentTrainer", Recorder)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def kanade_rows(kanade_project, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from kanitts.config import DatasetConfig
+    from kanitts.sequences import build_training_dataset
+
+    cfg = DatasetConfig.model_validate({
+        "hf_datasets": [{"reponame": str(kanade_project.data)}], "dedup_frames": False,
+        "cache_dir": str(tmp_path_factory.mktemp("policy_cache")),
+    })
+    tokenizer = AutoTokenizer.from_pretrained(str(kanade_project.base))
+    sequences, _ = build_training_dataset(cfg, kanade_project.model_cfg, tokenizer, num_proc=1)
+    return sequences.select(range(4)), sequences.select(range(4, len(sequences)))
+
+
+def _run(kanade_project, rows, training, tmp_path):
+    from kanitts.config import ConfigSet, ExperimentsConfig
+    from kanitts.training.experiments import run_experiments
+
+    experiments = ExperimentsConfig.model_validate({
+        "base_model": str(kanade_project.base),
+        "experiments": [{"base": {"model_id": "m"}, "lora_args": {"r": 2},
+                         "trainer_args": {"max_steps": 1, "report_to": "none", "use_cpu": True},
+                         "training": training}],
+    })
+    configs = ConfigSet(config_dir=tmp_path, experiments=experiments, model=kanade_project.model_cfg)
+    [result] = run_experiments(configs, checkpoints_dir=tmp_path / "ckpt", train_dataset=rows[0],
+                               eval_dataset=rows[1])
+    return result
+
+
+def test_conditioned_kanade_training_and_validation_use_speaker_means(kanade_project, kanade_rows, handed, tmp_path,
+                                                                      capsys):
+    from kanitts.conditioning import MEAN_KEY, speaker_means
+
+    result = _run(kanade_project, kanade_rows,
+                  {"speaker_conditioning": "embedding", "speaker_embedding": "speaker_mean", "alpha_lr_ratio": 2.0},
+                  tmp_path)
+    assert result.status == "failed" and "stopped before training" in result.error
+    means = speaker_means(kanade_rows[0])
+    for name, dataset in (("train", handed["train_dataset"]), ("eval", handed["eval_dataset"])):
+        for row in dataset:
+            expected = means.get(f"speaker:{row['speaker']}", means[MEAN_KEY])
+            np.testing.assert_allclose(row["speaker_embedding"], expected.numpy(), rtol=1e-6, err_msg=name)
+    # the held-out clips' own embeddings differ from those means: the policy did change them
+    assert not np.allclose(kanade_rows[1]["speaker_embedding"], handed["eval_dataset"]["speaker_embedding"])
+    assert "note: training.alpha_lr_ratio 2.0 has no effect: the base model has no learnable RoPE" in (
+        capsys.readouterr().out)
+
+
+def test_speaker_mean_without_a_conditioned_model_is_an_error(kanade_project, kanade_rows, handed, tmp_path):
+    result = _run(kanade_project, kanade_rows, {"speaker_embedding": "speaker_mean"}, tmp_path)
+    assert result.status == "failed"
+    assert "experiment 'm': training.speaker_embedding: speaker_mean" in result.error
+    assert "training.speaker_conditioning: embedding" in result.error
+    assert handed == {}  # refused before any trainer existed
