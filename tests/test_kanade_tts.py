@@ -283,6 +283,21 @@ def test_cli_voice_and_its_errors(conditioned_checkpoint, kanade_project, tiny_t
     assert main([*args, "--voice", str(kanade_project.clips / "bob_0.wav")]) == 0
     data, sr = sf.read(str(out))
     assert sr == 24000 and len(data) == 6 * 1920  # 8 tokens = 2 markers + 6 one-token frames
+    said = capsys.readouterr()
+    assert f"voice: the voice of {kanade_project.clips / 'bob_0.wav'}" in said.out and "note:" not in said.err
+    # a speaker the model never trained on is said, and the voice it fell back to is shown
+    assert main([*args, "--speaker", "carol"]) == 0
+    said = capsys.readouterr()
+    assert ("warning: speaker 'carol' is not one of the model's training speakers (alice, bob): spoke in the "
+            "mean embedding of the training clips") in said.err
+    assert "voice: the mean embedding of the training clips ('carol' is not one" in said.out
+    assert main([*args, "--speaker", "Alice"]) == 0
+    said = capsys.readouterr()
+    assert "voice: speaker alice's mean embedding" in said.out and "warning: speaker" not in said.err
+    # a model without the slot: the voice reaches the decoder only, and the user is told
+    assert main(["synthesize", "Hello.", "--model", str(kanade_project.base), "--config-dir", str(kanade),
+                 "-o", str(out), "--voice", str(kanade_project.clips / "bob_0.wav")]) == 0
+    assert "sets the voice of the codec's decoder only" in capsys.readouterr().err
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....WAVEfmt nonsense")
     assert main([*args, "--voice", str(broken)]) == 1
