@@ -84,7 +84,12 @@ def k2_checkpoints(k2_project, k2_sequences, tmp_path_factory):
              "training": {"packing": True, "max_tokens_per_batch": 4096}},
         ],
     })
-    configs = ConfigSet(config_dir=k2_project.root, experiments=experiments, model=k2_project.model_cfg)
+    from kanitts.config import DatasetConfig
+
+    dataset_cfg = DatasetConfig.model_validate(
+        {"hf_datasets": [{"reponame": str(k2_project.data), "language_tag": "EN"}]})
+    configs = ConfigSet(config_dir=k2_project.root, experiments=experiments, model=k2_project.model_cfg,
+                        dataset=dataset_cfg)
     results = run_experiments(configs, checkpoints_dir=tmp_path_factory.mktemp("k2_ckpt"),
                               train_dataset=k2_sequences[0])
     assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
@@ -121,6 +126,9 @@ def test_trained_checkpoints_reload_complete_in_the_upstream_layout(k2_project, 
         folder = result.path
         config = json.loads((folder / "config.json").read_text())
         assert config["use_learnable_rope"] is True and config["speaker_emb_dim"] == DIM
+        # what kani-tts-2 lists as the model's language tags (lower-cased, as in the prompts)
+        assert config["language_settings"] == {"status": "available_language_tags", "language_tags_list": ["en"]}
+        assert "speaker_settings" not in config  # no speaker prefixes trained
         files = sorted(p.name for p in folder.glob("*.safetensors"))
         assert files == ["model.safetensors", "speaker_embeddings.safetensors"]
         weights = load_file(str(folder / "model.safetensors"))

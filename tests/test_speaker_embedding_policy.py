@@ -114,3 +114,29 @@ def test_speaker_mean_without_a_conditioned_model_is_an_error(kanade_project, ka
     assert "experiment 'm': training.speaker_embedding: speaker_mean" in result.error
     assert "training.speaker_conditioning: embedding" in result.error
     assert handed == {}  # refused before any trainer existed
+
+
+def test_config_json_lists_the_prompt_prefixes_for_the_upstream_packages():
+    from types import SimpleNamespace
+
+    from kanitts.config import DatasetConfig
+    from kanitts.training.experiments import prompt_prefixes, upstream_prompt_settings
+
+    cfg = DatasetConfig.model_validate({"hf_datasets": [
+        {"reponame": "a", "speaker_id": "Alice"}, {"reponame": "b", "speaker_id": "bob"},
+        {"reponame": "c", "language_tag": "ES"}]})
+    prefixes = prompt_prefixes(cfg)
+    assert prefixes == {"language_tags": ["es"], "speakers": ["alice", "bob"]}
+    # a KaniTTS-2 base model's own tags are kept beside the trained ones
+    config = SimpleNamespace(language_settings={"status": "available_language_tags", "language_tags_list": ["en"]})
+    upstream_prompt_settings(config, prefixes, kanitts2=True)
+    assert config.language_settings == {"status": "available_language_tags", "language_tags_list": ["en", "es"]}
+    assert config.speaker_settings == {"status": "multispeaker", "speaker_list": ["alice", "bob"]}
+    # a KaniTTS v1 model with one prefix: kani-tts's single-speaker status, no language keys
+    v1 = SimpleNamespace()
+    upstream_prompt_settings(v1, prompt_prefixes(DatasetConfig.model_validate(
+        {"hf_datasets": [{"reponame": "a", "speaker_id": "alice"}]})), kanitts2=False)
+    assert vars(v1) == {"speaker_settings": {"status": "singlspeaker", "speaker_list": ["alice"]}}
+    untagged = SimpleNamespace()
+    upstream_prompt_settings(untagged, prompt_prefixes(None), kanitts2=True)
+    assert vars(untagged) == {"language_settings": {"status": "no_language_tags", "language_tags_list": []}}

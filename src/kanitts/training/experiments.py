@@ -181,7 +181,36 @@ def training_run(
         checkpoints_dir=checkpoints_dir,
         callbacks=callbacks,
         eval_dataset=eval_dataset,
+        prompt_prefixes=prompt_prefixes(configs.dataset),
     )
+
+
+def prompt_prefixes(dataset_cfg: Any) -> dict[str, list[str]]:
+    """The prompt prefixes the datasets train, lower-cased as the prompts have them: the
+    language tags (KaniTTS-2) and the speaker ids (KaniTTS v1 prefixes)."""
+    entries = dataset_cfg.hf_datasets if dataset_cfg is not None else []
+    return {
+        "language_tags": sorted({e.language_tag.lower() for e in entries if e.language_tag}),
+        "speakers": sorted({e.speaker_id.lower() for e in entries if e.speaker_id}),
+    }
+
+
+def upstream_prompt_settings(config: Any, prefixes: dict[str, list[str]], kanitts2: bool) -> None:
+    """Set the config.json keys the upstream ``kani-tts`` packages read to list a model's
+    prompt prefixes (kanitts-reference §2.6): ``language_settings`` (kani-tts-2) for a KaniTTS-2
+    model or language-tagged data, ``speaker_settings`` (kani-tts) for speaker-prefixed data.
+    Tags a base model already lists are kept."""
+    tags = prefixes.get("language_tags") or []
+    if kanitts2 or tags:
+        before = getattr(config, "language_settings", None)
+        listed = before.get("language_tags_list") if isinstance(before, dict) else None
+        tags = sorted({*tags, *(t for t in listed or [] if isinstance(t, str))})
+        config.language_settings = {"status": "available_language_tags" if tags else "no_language_tags",
+                                    "language_tags_list": tags}
+    speakers = prefixes.get("speakers") or []
+    if speakers:
+        config.speaker_settings = {"status": "multispeaker" if len(speakers) > 1 else "singlspeaker",
+                                   "speaker_list": speakers}
 
 
 def _build_dataset(configs: ConfigSet, tokenizer) -> tuple[Any, Any, str]:
@@ -215,6 +244,7 @@ class TrainingRun:
     checkpoints_dir: Path
     callbacks: Sequence[Any] = ()
     eval_dataset: Any = None
+    prompt_prefixes: dict[str, list[str]] = field(default_factory=dict)
 
     def train(
         self, experiment: Experiment, force: bool = False, callbacks: Sequence[Any] = ()
@@ -513,6 +543,7 @@ class TrainingRun:
         if conditioning is not None and getattr(merged, "kanitts2", None) is None:
             conditioning.save(merged, folder)  # a KaniTTS-2 checkpoint holds its projection itself
         save_speaker_means(speaker_means(self.dataset), folder)
+        upstream_prompt_settings(merged.config, self.prompt_prefixes, getattr(merged, "kanitts2", None) is not None)
         merged.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         record = {
