@@ -1,4 +1,6 @@
-"""Which speaker embedding each training and held-out sequence gets (training.speaker_embedding).
+"""Speaker-conditioning options: which embedding each training and held-out sequence gets
+(training.speaker_embedding), the prompt prefixes config.json lists for the upstream packages,
+and a KaniTTS-2 model over Kanade tokens.
 
 ``speaker_mean`` gives every clip its speaker's mean embedding, for a Kanade-conditioned plain
 LFM2 as for a KaniTTS-2 model, and the held-out rows the same training means (the validation
@@ -8,6 +10,8 @@ is the data it is handed, so no step is taken.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -117,8 +121,6 @@ def test_speaker_mean_without_a_conditioned_model_is_an_error(kanade_project, ka
 
 
 def test_config_json_lists_the_prompt_prefixes_for_the_upstream_packages():
-    from types import SimpleNamespace
-
     from kanitts.config import DatasetConfig
     from kanitts.training.experiments import prompt_prefixes, upstream_prompt_settings
 
@@ -140,3 +142,18 @@ def test_config_json_lists_the_prompt_prefixes_for_the_upstream_packages():
     untagged = SimpleNamespace()
     upstream_prompt_settings(untagged, prompt_prefixes(None), kanitts2=True)
     assert vars(untagged) == {"language_settings": {"status": "no_language_tags", "language_tags_list": []}}
+
+
+def test_a_released_kanitts2_with_kanade_tokens_is_refused_with_the_way_out():
+    from kanitts.models.kanitts2 import KaniTTS2Settings, layout_problems
+    from kanitts.tiny import tiny_model_config
+    from kanitts.tokens import TokenLayout
+
+    layout = TokenLayout.from_config(tiny_model_config(384, kind="kanade"))
+    config = SimpleNamespace(audio_tokens_start=layout.audio_tokens_start, speaker_slot_id=layout.speaker_slot)
+    [problem] = layout_problems(KaniTTS2Settings.from_config(config), layout, "experiments.yaml: base_model 'k2'")
+    assert problem.startswith("experiments.yaml: base_model 'k2': config.json tokens_per_frame is 4, but a frame "
+                              "of the codec has 1 tokens")
+    assert "use them with codec.kind: nanocodec" in problem and "tokens_per_frame: 1" in problem
+    config.tokens_per_frame = 1
+    assert layout_problems(KaniTTS2Settings.from_config(config), layout, "here") == []
