@@ -157,3 +157,16 @@ def test_a_released_kanitts2_with_kanade_tokens_is_refused_with_the_way_out():
     assert "use them with codec.kind: nanocodec" in problem and "tokens_per_frame: 1" in problem
     config.tokens_per_frame = 1
     assert layout_problems(KaniTTS2Settings.from_config(config), layout, "here") == []
+
+
+def test_prepare_refuses_a_speaker_embedder_for_kanade_data(kanade_project, tmp_path, capsys):
+    from kanitts.cli import main
+
+    out = tmp_path / "data"
+    code = main(["prepare", str(kanade_project.clips / "manifest.csv"), "--output", str(out), "--codec", "kanade",
+                 "--codec-model", str(kanade_project.codec_dir), "--speaker-embedder", str(tmp_path / "embedder"),
+                 "--config-dir", str(tmp_path)])
+    assert code == 1 and not out.exists()  # refused before anything is encoded
+    err = capsys.readouterr().err
+    assert f"--speaker-embedder {tmp_path / 'embedder'}: the kanade codec writes its own global" in err
+    assert "(global_embedding)" in err and "drop --speaker-embedder" in err
