@@ -170,3 +170,26 @@ def test_prepare_refuses_a_speaker_embedder_for_kanade_data(kanade_project, tmp_
     err = capsys.readouterr().err
     assert f"--speaker-embedder {tmp_path / 'embedder'}: the kanade codec writes its own global" in err
     assert "(global_embedding)" in err and "drop --speaker-embedder" in err
+
+
+def test_data_refuses_a_codec_rate_other_than_the_one_the_data_was_prepared_with(kanade_project, tmp_path):
+    from transformers import AutoTokenizer
+
+    from kanitts.config import DatasetConfig, ModelConfig
+    from kanitts.errors import UserError
+    from kanitts.prepare.shards import SUMMARY_NAME
+    from kanitts.sequences import build_training_dataset
+    from kanitts.sequences.columns import PREPARE_RECORD
+
+    assert PREPARE_RECORD == SUMMARY_NAME
+    dump = kanade_project.model_cfg.model_dump()
+    dump["codec"]["fps"] = 25.0  # a 25 Hz Kanade model named, the data encoded at 12.5 Hz
+    cfg = DatasetConfig.model_validate({"hf_datasets": [{"reponame": str(kanade_project.data)}],
+                                        "cache_dir": str(tmp_path / "cache")})
+    tokenizer = AutoTokenizer.from_pretrained(str(kanade_project.base))
+    with pytest.raises(UserError) as caught:
+        build_training_dataset(cfg, ModelConfig.model_validate(dump), tokenizer, num_proc=1)
+    assert str(caught.value) == (
+        f"dataset {kanade_project.data}: codec.fps is 25, the data's codec makes 12.5 frames per second "
+        f"({kanade_project.data / PREPARE_RECORD}); set model_config.yaml codec to the codec it was prepared with")
+    assert not (tmp_path / "cache").exists()  # refused before any row was processed
