@@ -262,3 +262,38 @@ def test_model_card_of_a_kanitts2_checkpoint(k2_checkpoints):
     card = build_model_card(folder, "me/k2", eval_rows=rows)
     assert "- kanitts-2" in card and "--voice ref.wav" in card and "kani-tts-2" in card
     assert "| voice |" in card and "speaker alice's mean embedding" in card
+
+
+def test_the_kanitts2_demo_configs_run_end_to_end(k2_project, tmp_path, capsys):
+    """examples/config-kanitts2 as shipped (`make demo KANITTS2=1`), pointed at the tiny
+    project: data, one step of the packed experiment, synthesize --voice."""
+    import shutil
+
+    from kanitts.cli import main
+
+    from conftest import REPO_ROOT
+
+    config = tmp_path / "config"
+    shutil.copytree(REPO_ROOT / "examples" / "config-kanitts2", config)
+    work = "examples/work-kanitts2"
+    replacements = {
+        f"{work}/data/alice": str(k2_project.data), f"{work}/data/bob": str(k2_project.data),
+        f"{work}/base_model": str(k2_project.base), f"{work}/codec": str(k2_project.codec_dir),
+        f"{work}/embedder": str(k2_project.embedder), "max_steps: 6": "max_steps: 1", work: str(tmp_path / "work"),
+    }
+    for path in config.glob("*.yaml"):
+        text = path.read_text()
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        path.write_text(text)
+    only = "k2-clip-packed"
+    assert main(["data", "--config-dir", str(config)]) == 0
+    assert main(["train", "--config-dir", str(config), "--only", only]) == 0
+    checkpoint = tmp_path / "work" / "checkpoints" / only
+    config_json = json.loads((checkpoint / "config.json").read_text())
+    assert config_json["speaker_settings"] == {"status": "multispeaker", "speaker_list": ["alice", "bob"]}
+    capsys.readouterr()
+    out = tmp_path / "cloned.wav"
+    assert main(["synthesize", "A voice from one reference clip.", "--model", str(checkpoint), "--voice",
+                 str(k2_project.clips / "bob_1.wav"), "--config-dir", str(config), "-o", str(out)]) == 0
+    assert out.is_file() and f"voice: the voice of {k2_project.clips / 'bob_1.wav'}" in capsys.readouterr().out
