@@ -297,3 +297,23 @@ def test_the_kanitts2_demo_configs_run_end_to_end(k2_project, tmp_path, capsys):
     assert main(["synthesize", "A voice from one reference clip.", "--model", str(checkpoint), "--voice",
                  str(k2_project.clips / "bob_1.wav"), "--config-dir", str(config), "-o", str(out)]) == 0
     assert out.is_file() and f"voice: the voice of {k2_project.clips / 'bob_1.wav'}" in capsys.readouterr().out
+
+
+def test_a_voice_from_another_embedder_is_refused_by_name(k2_project, k2_checkpoints, tmp_path):
+    """An embedder whose vectors are not the size the model's projection reads: a message, not
+    a matrix-shape traceback from inside generation."""
+    from kanitts.config import InferenceConfig, ModelConfig
+    from kanitts.inference import KaniTTS
+    from kanitts.tiny import build_tiny_speaker_embedder
+
+    dump = k2_project.model_cfg.model_dump()
+    dump["speaker_embedder"] = {"weights": str(build_tiny_speaker_embedder(tmp_path / "emb8", embd_size=8))}
+    tts = KaniTTS.from_pretrained(k2_checkpoints["packed"].path, model_cfg=ModelConfig.model_validate(dump),
+                                  inference_cfg=InferenceConfig(), device="cpu")
+    clip = k2_project.clips / "bob_1.wav"
+    with pytest.raises(UserError, match=rf"the voice of {clip}: 8 values, but the model's speaker projection "
+                                        rf"reads {DIM} \(config.json speaker_emb_dim"):
+        tts.synthesize(["Hello."], voice=clip)
+    # a waveform given in Python goes through the same embedder, and the same check
+    with pytest.raises(UserError, match=rf"the given clip: 8 values, but the model's speaker projection reads {DIM}"):
+        tts.voice_embedding(torch.zeros(16000))

@@ -168,8 +168,20 @@ class KaniTTS:
 
         ``voice`` is a reference clip (a path to an audio file, or a waveform at the codec's
         sample rate) or an embedding; else the ``speaker``'s mean embedding from training, else
-        the mean over all training clips.
+        the mean over all training clips. An embedding of another size than the model's speaker
+        projection reads (another embedder than the one it was trained with) is a UserError.
         """
+        embedding, source = self._find_voice(voice, speaker)
+        wanted = None if self.conditioning is None else self.conditioning.embedding_dim
+        if embedding is not None and wanted is not None and embedding.numel() != wanted:
+            raise UserError(
+                f"{source}: {embedding.numel()} values, but the model's speaker projection reads {wanted} "
+                "(config.json speaker_emb_dim, or the size of its training data's embeddings); embed the voice "
+                "with the embedder the model was trained with (model_config.yaml speaker_embedder, or its codec)"
+            )
+        return embedding, source
+
+    def _find_voice(self, voice: Any, speaker: str | None):
         import torch
 
         if voice is not None:
