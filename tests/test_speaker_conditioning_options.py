@@ -193,3 +193,21 @@ def test_data_refuses_a_codec_rate_other_than_the_one_the_data_was_prepared_with
         f"dataset {kanade_project.data}: codec.fps is 25, the data's codec makes 12.5 frames per second "
         f"({kanade_project.data / PREPARE_RECORD}); set model_config.yaml codec to the codec it was prepared with")
     assert not (tmp_path / "cache").exists()  # refused before any row was processed
+
+
+def test_frame_dedup_on_one_codebook_data_is_warned_about(tmp_path):
+    import shutil
+
+    from kanitts.config import load_configs
+
+    from conftest import REPO_ROOT
+
+    shipped = REPO_ROOT / "examples" / "config-kanade"
+    assert not [w for w in load_configs(shipped, kinds=("dataset", "model")).warnings if "dedup_frames" in w]
+    for name in ("dataset_config.yaml", "model_config.yaml"):
+        shutil.copy(shipped / name, tmp_path / name)
+    dataset = tmp_path / "dataset_config.yaml"
+    dataset.write_text(dataset.read_text().replace("dedup_frames: false", ""))
+    [warning] = [w for w in load_configs(tmp_path, kinds=("dataset", "model")).warnings if "dedup_frames" in w]
+    assert warning.startswith(f"{dataset}: dedup_frames: true (the default) drops every token equal to the one")
+    assert "kanade codec a repeat is a held sound" in warning and "set dedup_frames: false" in warning
