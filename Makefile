@@ -85,7 +85,7 @@ test: $(PY) ## run the test suite (offline, CPU, tiny models)
 lint: $(PY) ## ruff check (rules in pyproject.toml) and lint-imports (the import contracts)
 	@$(VENV)/bin/ruff check . && PYTHONPATH=src $(VENV)/bin/lint-imports
 
-demo: $(PY) ## offline end to end: espeak clips -> prepare -> train 2 experiments -> eval -> report (CODEC=kanade: on Kanade)
+demo: $(PY) ## offline end to end: espeak clips -> prepare -> train 2 experiments -> eval -> report (CODEC=kanade: on Kanade; KANITTS2=1: a KaniTTS-2 model)
 	@bash examples/run_demo.sh
 
 sweep-demo: $(PY) ## the demo's 6-trial Optuna study (offline, CPU); kill it and run again: it resumes

@@ -11,6 +11,7 @@ layouts as with real models) in minutes on a laptop CPU.
     python examples/build_demo_assets.py --work examples/work
     python examples/build_demo_assets.py --work examples/work --scoring-models-only
     python examples/build_demo_assets.py --work examples/work-kanade --codec kanade
+    python examples/build_demo_assets.py --work examples/work-kanitts2 --model kanitts2
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from kanitts.tiny import (
     build_tiny_kanade,
+    build_tiny_kanitts2,
     build_tiny_mos,
     build_tiny_nanocodec,
+    build_tiny_speaker_embedder,
     build_tiny_tts,
     build_tiny_wavlm_xvector,
     build_tiny_whisper,
@@ -82,7 +85,11 @@ def main() -> None:
     parser.add_argument("--scoring-models-only", action="store_true",
                         help="build only the tiny ASR, speaker and MOS models (a demo folder made before they existed)")
     parser.add_argument("--codec", choices=["nanocodec", "kanade"], default="nanocodec")
+    parser.add_argument("--model", choices=["kanitts", "kanitts2"], default="kanitts",
+                        help="kanitts2: a KaniTTS-2-shaped base model and its speaker embedder (NanoCodec)")
     args = parser.parse_args()
+    if args.model == "kanitts2" and args.codec != "nanocodec":
+        parser.error("--model kanitts2 goes with the NanoCodec codec (as the released KaniTTS-2 models)")
     work: Path = args.work
     if args.scoring_models_only:
         build_scoring_models(work / "scoring")
@@ -91,8 +98,13 @@ def main() -> None:
     print(f"recordings: {work / 'recordings'} ({len(VOICES)} speakers x {len(SENTENCES)} sentences)")
     # The base model's vocabulary is NanoCodec's layout (as a KaniTTS model's): Kanade's 12,800
     # audio ids fit inside it, as they fit inside a real KaniTTS model's 80,538.
-    cfg = build_tiny_tts(work / "base_model")
-    print(f"base model: {work / 'base_model'} (text vocabulary {cfg.tokenizer.vocab_size})")
+    if args.model == "kanitts2":
+        cfg = build_tiny_kanitts2(work / "base_model")
+        build_tiny_speaker_embedder(work / "embedder")
+        print(f"embedder:   {work / 'embedder'} (16-value speaker embeddings)")
+    else:
+        cfg = build_tiny_tts(work / "base_model")
+    print(f"base model: {work / 'base_model'} ({args.model}, text vocabulary {cfg.tokenizer.vocab_size})")
     if args.codec == "kanade":
         build_tiny_kanade(work / "codec")
     else:

@@ -16,6 +16,10 @@
 #   CODEC=kanade make demo              the same on a tiny Kanade codec (one token per 80 ms, a global
 #                                       embedding per clip): examples/config-kanade, examples/work-kanade,
 #                                       one prefix-trained and one speaker-conditioned experiment
+#   KANITTS2=1 make demo                the same on a tiny KaniTTS-2-shaped base model and speaker embedder
+#                                       (embeddings at prepare, frame positions, RoPE scales):
+#                                       examples/config-kanitts2, examples/work-kanitts2, then a
+#                                       synthesize --voice with a reference clip
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,10 +27,19 @@ KANITTS=${KANITTS:-.venv/bin/kanitts}
 DEVICE=${DEVICE:-}
 DTYPE=${DTYPE:-fp32}
 CODEC=${CODEC:-nanocodec}
+KANITTS2=${KANITTS2:-}
+MODEL=kanitts
 case "$CODEC" in
   nanocodec) WORK=examples/work; CONFIG=examples/config ;;
   kanade) WORK=examples/work-kanade; CONFIG=examples/config-kanade ;;
   *) echo "CODEC must be nanocodec or kanade, not $CODEC" >&2; exit 2;;
+esac
+case "$KANITTS2" in
+  ""|0) ;;
+  1)
+    [ "$CODEC" = nanocodec ] || { echo "KANITTS2=1 goes with CODEC=nanocodec" >&2; exit 2; }
+    MODEL=kanitts2; WORK=examples/work-kanitts2; CONFIG=examples/config-kanitts2 ;;
+  *) echo "KANITTS2 must be 1 or unset, not $KANITTS2" >&2; exit 2;;
 esac
 SOURCE_CONFIG=$CONFIG
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
@@ -59,7 +72,7 @@ step "1/5 demo assets (voices, tiny base model, tiny $CODEC codec)"
 if [ -f "$WORK/codec/model.safetensors" ] && [ -f "$WORK/base_model/model.safetensors" ]; then
   echo "reusing $WORK (delete it to rebuild)"
 else
-  "$PY" examples/build_demo_assets.py --work "$WORK" --codec "$CODEC"
+  "$PY" examples/build_demo_assets.py --work "$WORK" --codec "$CODEC" --model "$MODEL"
 fi
 if [ ! -f "$WORK/scoring/mos/model.safetensors" ]; then
   "$PY" examples/build_demo_assets.py --work "$WORK" --scoring-models-only
@@ -85,5 +98,12 @@ step "4/5 kanitts train: two LoRA experiments"
 
 step "5/5 kanitts eval: listen in the report"
 "$KANITTS" eval --config-dir "$CONFIG" ${DEVICE:+--device "$DEVICE"}
+
+if [ "$MODEL" = kanitts2 ]; then
+  step "voice cloning: kanitts synthesize --voice (a reference clip the embedder reads)"
+  "$KANITTS" synthesize "A voice from one reference clip." --model "$WORK/checkpoints/k2-clip-packed" \
+    --voice "$WORK/recordings/bob/wavs/bob_003.wav" --config-dir "$CONFIG" -o "$WORK/cloned.wav" \
+    ${DEVICE:+--device "$DEVICE"}
+fi
 
 printf '\nDone. Open %s/report/index.html in a browser.\n' "$WORK"

@@ -283,6 +283,21 @@ def test_cli_voice_and_its_errors(conditioned_checkpoint, kanade_project, tiny_t
     assert main([*args, "--voice", str(kanade_project.clips / "bob_0.wav")]) == 0
     data, sr = sf.read(str(out))
     assert sr == 24000 and len(data) == 6 * 1920  # 8 tokens = 2 markers + 6 one-token frames
+    said = capsys.readouterr()
+    assert f"voice: the voice of {kanade_project.clips / 'bob_0.wav'}" in said.out and "note:" not in said.err
+    # a speaker the model never trained on is said, and the voice it fell back to is shown
+    assert main([*args, "--speaker", "carol"]) == 0
+    said = capsys.readouterr()
+    assert ("warning: speaker 'carol' is not one of the model's training speakers (alice, bob): spoke in the "
+            "mean embedding of the training clips") in said.err
+    assert "voice: the mean embedding of the training clips ('carol' is not one" in said.out
+    assert main([*args, "--speaker", "Alice"]) == 0
+    said = capsys.readouterr()
+    assert "voice: speaker alice's mean embedding" in said.out and "warning: speaker" not in said.err
+    # a model without the slot: the voice reaches the decoder only, and the user is told
+    assert main(["synthesize", "Hello.", "--model", str(kanade_project.base), "--config-dir", str(kanade),
+                 "-o", str(out), "--voice", str(kanade_project.clips / "bob_0.wav")]) == 0
+    assert "sets the voice of the codec's decoder only" in capsys.readouterr().err
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....WAVEfmt nonsense")
     assert main([*args, "--voice", str(broken)]) == 1
@@ -346,3 +361,36 @@ def test_the_kanade_demo_configs_run_end_to_end(kanade_project, tmp_path):
                       "alice_new": "speaker alice's mean embedding"}
     with open(samples / "eval_results.csv", newline="") as f:
         assert {r["sentence_id"]: r["voice"] for r in csv.DictReader(f)} == voices
+
+
+def test_model_card_of_a_kanade_checkpoint_loads_as_it_says(conditioned_checkpoint, kanade_project, tmp_path,
+                                                             monkeypatch):
+    """The card names the codec's model_config.yaml (the default would load NanoCodec), says how
+    --voice and --speaker pick the voice, and its Python usage loads the model as written."""
+    import re
+
+    import yaml
+
+    from kanitts.hub import build_model_card
+
+    result = conditioned_checkpoint[0]
+    codec = kanade_project.model_cfg.codec
+    card = build_model_card(result.path, "me/cond", codec=codec)
+    block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", card, re.S).group(1))
+    assert block == {"codec": {"kind": "kanade", "weights": codec.weights,
+                               "audio_tokens_start": codec.audio_tokens_start}}
+    assert 'kanitts synthesize "Hello, this is my new voice." --model me/cond --config-dir config' in card
+    assert "--voice ref.wav -o out.wav` speaks in the voice of `ref.wav`" in card
+    assert "and to the model's speaker slot" in card and "Training speakers" in card and "alice, bob" in card
+    # the Python usage, up to loading, with the checkpoint folder for the Hub id
+    python = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    loading = python.split("result = ")[0].replace('"me/cond"', repr(str(result.path)))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "model_config.yaml").write_text(yaml.safe_dump(kanade_project.model_cfg.model_dump()))
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(loading, scope)
+    assert scope["tts"].codec.kind == "kanade" and scope["tts"].conditioning is not None
+    # a NanoCodec model's card stays as it was: no config block, no voice cloning
+    plain = build_model_card(result.path, "me/cond")
+    assert "```yaml" not in plain and "--config-dir" not in plain and "Voice cloning" not in plain

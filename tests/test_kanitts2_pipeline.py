@@ -84,7 +84,12 @@ def k2_checkpoints(k2_project, k2_sequences, tmp_path_factory):
              "training": {"packing": True, "max_tokens_per_batch": 4096}},
         ],
     })
-    configs = ConfigSet(config_dir=k2_project.root, experiments=experiments, model=k2_project.model_cfg)
+    from kanitts.config import DatasetConfig
+
+    dataset_cfg = DatasetConfig.model_validate(
+        {"hf_datasets": [{"reponame": str(k2_project.data), "language_tag": "EN"}]})
+    configs = ConfigSet(config_dir=k2_project.root, experiments=experiments, model=k2_project.model_cfg,
+                        dataset=dataset_cfg)
     results = run_experiments(configs, checkpoints_dir=tmp_path_factory.mktemp("k2_ckpt"),
                               train_dataset=k2_sequences[0])
     assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
@@ -121,6 +126,9 @@ def test_trained_checkpoints_reload_complete_in_the_upstream_layout(k2_project, 
         folder = result.path
         config = json.loads((folder / "config.json").read_text())
         assert config["use_learnable_rope"] is True and config["speaker_emb_dim"] == DIM
+        # what kani-tts-2 lists as the model's language tags (lower-cased, as in the prompts)
+        assert config["language_settings"] == {"status": "available_language_tags", "language_tags_list": ["en"]}
+        assert "speaker_settings" not in config  # no speaker prefixes trained
         files = sorted(p.name for p in folder.glob("*.safetensors"))
         assert files == ["model.safetensors", "speaker_embeddings.safetensors"]
         weights = load_file(str(folder / "model.safetensors"))
@@ -254,3 +262,58 @@ def test_model_card_of_a_kanitts2_checkpoint(k2_checkpoints):
     card = build_model_card(folder, "me/k2", eval_rows=rows)
     assert "- kanitts-2" in card and "--voice ref.wav" in card and "kani-tts-2" in card
     assert "| voice |" in card and "speaker alice's mean embedding" in card
+
+
+def test_the_kanitts2_demo_configs_run_end_to_end(k2_project, tmp_path, capsys):
+    """examples/config-kanitts2 as shipped (`make demo KANITTS2=1`), pointed at the tiny
+    project: data, one step of the packed experiment, synthesize --voice."""
+    import shutil
+
+    from kanitts.cli import main
+
+    from conftest import REPO_ROOT
+
+    config = tmp_path / "config"
+    shutil.copytree(REPO_ROOT / "examples" / "config-kanitts2", config)
+    work = "examples/work-kanitts2"
+    replacements = {
+        f"{work}/data/alice": str(k2_project.data), f"{work}/data/bob": str(k2_project.data),
+        f"{work}/base_model": str(k2_project.base), f"{work}/codec": str(k2_project.codec_dir),
+        f"{work}/embedder": str(k2_project.embedder), "max_steps: 6": "max_steps: 1", work: str(tmp_path / "work"),
+    }
+    for path in config.glob("*.yaml"):
+        text = path.read_text()
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        path.write_text(text)
+    only = "k2-clip-packed"
+    assert main(["data", "--config-dir", str(config)]) == 0
+    assert main(["train", "--config-dir", str(config), "--only", only]) == 0
+    checkpoint = tmp_path / "work" / "checkpoints" / only
+    config_json = json.loads((checkpoint / "config.json").read_text())
+    assert config_json["speaker_settings"] == {"status": "multispeaker", "speaker_list": ["alice", "bob"]}
+    capsys.readouterr()
+    out = tmp_path / "cloned.wav"
+    assert main(["synthesize", "A voice from one reference clip.", "--model", str(checkpoint), "--voice",
+                 str(k2_project.clips / "bob_1.wav"), "--config-dir", str(config), "-o", str(out)]) == 0
+    assert out.is_file() and f"voice: the voice of {k2_project.clips / 'bob_1.wav'}" in capsys.readouterr().out
+
+
+def test_a_voice_from_another_embedder_is_refused_by_name(k2_project, k2_checkpoints, tmp_path):
+    """An embedder whose vectors are not the size the model's projection reads: a message, not
+    a matrix-shape traceback from inside generation."""
+    from kanitts.config import InferenceConfig, ModelConfig
+    from kanitts.inference import KaniTTS
+    from kanitts.tiny import build_tiny_speaker_embedder
+
+    dump = k2_project.model_cfg.model_dump()
+    dump["speaker_embedder"] = {"weights": str(build_tiny_speaker_embedder(tmp_path / "emb8", embd_size=8))}
+    tts = KaniTTS.from_pretrained(k2_checkpoints["packed"].path, model_cfg=ModelConfig.model_validate(dump),
+                                  inference_cfg=InferenceConfig(), device="cpu")
+    clip = k2_project.clips / "bob_1.wav"
+    with pytest.raises(UserError, match=rf"the voice of {clip}: 8 values, but the model's speaker projection "
+                                        rf"reads {DIM} \(config.json speaker_emb_dim"):
+        tts.synthesize(["Hello."], voice=clip)
+    # a waveform given in Python goes through the same embedder, and the same check
+    with pytest.raises(UserError, match=rf"the given clip: 8 values, but the model's speaker projection reads {DIM}"):
+        tts.voice_embedding(torch.zeros(16000))

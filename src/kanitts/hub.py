@@ -308,6 +308,28 @@ def _is_kanitts2(folder: Path) -> bool:
         return False
 
 
+def _voice_usage(folder: Path, repo_id: str, codec: CodecSection, kanitts2: bool, config_args: str) -> str:
+    """How to choose the voice: a reference clip (a codec with a voice embedding, Kanade, or the
+    model's speaker slot) and the training speakers' mean voices the checkpoint carries."""
+    from kanitts.codecs import codec_class
+    from kanitts.conditioning import PROJECTION_FILE, SPEAKERS_FILE, load_speaker_means
+
+    text = ""
+    if not kanitts2 and hasattr(codec_class(codec.kind), "embed"):
+        slot = (folder / PROJECTION_FILE).is_file()
+        text += ("\n\nVoice cloning: `kanitts synthesize \"Hello.\" --model "
+                 f"{repo_id}{config_args} --voice ref.wav -o out.wav` speaks in the voice of `ref.wav`: its "
+                 f"{codec.kind} global embedding goes to the decoder"
+                 + (" and to the model's speaker slot (trained with speaker conditioning)." if slot else
+                    "; the model itself was trained without speaker conditioning."))
+    speakers = sorted(k.removeprefix("speaker:") for k in load_speaker_means(folder) if k.startswith("speaker:")) \
+        if (folder / SPEAKERS_FILE).is_file() else []
+    if speakers:
+        text += ("\n\nTraining speakers (`--speaker NAME` without `--voice` speaks in that speaker's mean "
+                 f"voice): {', '.join(speakers)}.")
+    return text
+
+
 def build_model_card(
     folder: Path | str,
     repo_id: str,
@@ -353,19 +375,30 @@ def build_model_card(
             training_facts.append((label, f"{metrics[key]:.1f}"))
     speakers = sorted({s for r in (eval_rows or []) if (s := EvalSentence("", r["sentence"]).speaker)})
     example = f"{speakers[0]}: Hello, this is my new voice." if speakers else "Hello, this is my new voice."
+    # a codec other than the default one is named in model_config.yaml, or the model loads with NanoCodec's
+    custom_codec = codec.model_dump() != CodecSection().model_dump()
+    config_args = " --config-dir config" if custom_codec else ""
+    load_args = ', model_cfg=load_configs("config", kinds=("model",)).model' if custom_codec else ""
 
     sections = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---",
         f"# {model_id}",
         (f"A KaniTTS text-to-speech model fine-tuned from `{base_model}` with LoRA (merged into the weights) "
-         f"using kanitts. It writes {codec.kind} tokens ({codec.num_codebooks} codebooks x {codec.codebook_size} "
+         f"using kanitts. It writes {codec.kind} tokens ({codec.num_codebooks} codebook(s) x {codec.codebook_size} "
          f"codes, {codec.fps:g} frames/s) that the codec (`{codec.weights}`) turns into "
          f"{codec.sample_rate / 1000:g} kHz audio.")
         + (f"\n\n{base['desc']}" if base.get("desc") else ""),
-        ("## Usage\n\n```bash\npip install kanitts\n"
-         f"kanitts synthesize \"{example}\" --model {repo_id} -o out.wav\n```\n\n```python\n"
-         "from kanitts.audio import write_wav\nfrom kanitts.inference import KaniTTS\n\n"
-         f"tts = KaniTTS.from_pretrained(\"{repo_id}\")\n"
+        ("## Usage\n\n"
+         + ("The model speaks through the codec it was trained with: put it in `config/model_config.yaml`:\n\n"
+            "```yaml\n" + yaml.safe_dump({"codec": {"kind": codec.kind, "weights": codec.weights,
+                                                    "audio_tokens_start": codec.audio_tokens_start}},
+                                          sort_keys=False) + "```\n\n" if custom_codec else "")
+         + "```bash\npip install kanitts\n"
+         f"kanitts synthesize \"{example}\" --model {repo_id}{config_args} -o out.wav\n```\n\n```python\n"
+         "from kanitts.audio import write_wav\n"
+         + ("from kanitts.config import load_configs\n" if custom_codec else "")
+         + "from kanitts.inference import KaniTTS\n\n"
+         f"tts = KaniTTS.from_pretrained(\"{repo_id}\"{load_args})\n"
          f"result = tts.synthesize([\"{example}\"])[0]\n"
          "write_wav(\"out.wav\", result.audio, result.sample_rate)\n```\n\n"
          + ("A KaniTTS-2 model (speaker embedding, frame-level positions, learnable RoPE): give a reference "
@@ -373,7 +406,8 @@ def build_model_card(
             "-o out.wav`, with the speaker embedder in model_config.yaml); start the text with the language tag "
             "it was trained with (`en: text`). The checkpoint also loads in the `kani-tts-2` package."
             if kanitts2 else
-            "Start the text with the speaker prefix the model was trained with (`speaker: text`).")),
+            "Start the text with the speaker prefix the model was trained with (`speaker: text`).")
+         + _voice_usage(folder, repo_id, codec, kanitts2, config_args)),
         "## Training\n\n" + _table([
             ("base model", base_model or "n/a"),
             ("datasets", ", ".join(datasets) if datasets else "local data"),

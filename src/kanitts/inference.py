@@ -34,6 +34,8 @@ from kanitts.files import check_model_weights, corrupt_download, is_hub_id
 from kanitts.runtime import resolve_device, resolve_dtype
 from kanitts.tokens import TokenLayout
 
+MEAN_VOICE = "the mean embedding of the training clips"
+
 
 @dataclass
 class SynthesisResult:
@@ -166,8 +168,20 @@ class KaniTTS:
 
         ``voice`` is a reference clip (a path to an audio file, or a waveform at the codec's
         sample rate) or an embedding; else the ``speaker``'s mean embedding from training, else
-        the mean over all training clips.
+        the mean over all training clips. An embedding of another size than the model's speaker
+        projection reads (another embedder than the one it was trained with) is a UserError.
         """
+        embedding, source = self._find_voice(voice, speaker)
+        wanted = None if self.conditioning is None else self.conditioning.embedding_dim
+        if embedding is not None and wanted is not None and embedding.numel() != wanted:
+            raise UserError(
+                f"{source}: {embedding.numel()} values, but the model's speaker projection reads {wanted} "
+                "(config.json speaker_emb_dim, or the size of its training data's embeddings); embed the voice "
+                "with the embedder the model was trained with (model_config.yaml speaker_embedder, or its codec)"
+            )
+        return embedding, source
+
+    def _find_voice(self, voice: Any, speaker: str | None):
         import torch
 
         if voice is not None:
@@ -191,9 +205,18 @@ class KaniTTS:
         if speaker and f"speaker:{speaker}" in self.voices:
             return self.voices[f"speaker:{speaker}"], f"speaker {speaker}'s mean embedding"
         if "mean" in self.voices:
-            return self.voices["mean"], "the mean embedding of the training clips"
+            unknown = self.unknown_speaker(speaker)
+            return self.voices["mean"], MEAN_VOICE + (f" ({unknown})" if unknown else "")
         return None, ("no voice: give a reference clip (--voice ref.wav); this model has no training "
                       "speakers' embeddings")
+
+    def unknown_speaker(self, speaker: str | None) -> str | None:
+        """Why ``speaker`` has no mean embedding although the model knows training speakers
+        (a typo, or a name it never trained on), or None."""
+        known = [key.removeprefix("speaker:") for key in self.voices if key.startswith("speaker:")]
+        if not speaker or not known or {f"speaker:{speaker.lower()}", f"speaker:{speaker}"} & self.voices.keys():
+            return None
+        return f"{speaker!r} is not one of the model's training speakers ({', '.join(sorted(known))})"
 
     def _embed_voice(self, voice: Any):
         """A reference clip (file or waveform at the codec's rate) or an embedding, through the
@@ -386,6 +409,7 @@ class KaniTTS:
         if voices is not None and len(voices) != len(texts):
             raise ValueError(f"voices: {len(voices)} voices for {len(texts)} texts")
         embeddings, sources, voice_problems = None, [""] * len(texts), [None] * len(texts)
+        unknown = None  # why the named speaker has no voice of its own, for texts spoken in the mean one
         if self.takes_voice:
             given = [voice] if voices is None else list(voices)
             embeddings, sources, voice_problems = [], [], []
@@ -401,6 +425,8 @@ class KaniTTS:
                 voice_problems.append(problem)
             if voices is None:  # one voice for every text, embedded once
                 embeddings, sources, voice_problems = (x * len(texts) for x in (embeddings, sources, voice_problems))
+            if "mean" in self.voices:  # a misspelt --speaker is said, not silently the mean voice
+                unknown = self.unknown_speaker(speaker)
         elif voice is not None or voices is not None:
             self.voice_embedding(voice if voices is None else voices[0], speaker)  # the error: no embeddings
         batch_size = batch_size or self.generation.batch_size
@@ -422,6 +448,8 @@ class KaniTTS:
                 result.voice = "a zero embedding" if voice_problems[which] else sources[which]
                 if voice_problems[which]:
                     result.problems.append(voice_problems[which] + "; decoded with a zero embedding")
+                elif unknown and (voice if voices is None else voices[which]) is None:
+                    result.problems.append(f"speaker {unknown}: spoke in {MEAN_VOICE}")
             results.extend(chunk_results)
             bar.update(len(chunk))
         bar.close()

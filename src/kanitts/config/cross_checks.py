@@ -67,8 +67,8 @@ def cross_file_problems(configs: ConfigSet) -> list[str]:
 
 
 def cross_file_warnings(configs: ConfigSet) -> list[str]:
-    """What works but is likely not what was meant: reference-era trainer keys translated, and
-    eval prompts whose speaker no dataset defines."""
+    """What works but is likely not what was meant: reference-era trainer keys translated, frame
+    dedup on one-codebook (Kanade) data, and eval prompts whose speaker no dataset defines."""
     warnings: list[str] = []
     d = configs.config_dir
     if configs.experiments is not None:
@@ -76,6 +76,13 @@ def cross_file_warnings(configs: ConfigSet) -> list[str]:
         for i, exp in enumerate(configs.experiments.experiments):
             for note in translate_trainer_args(exp.trainer_args)[1]:
                 warnings.append(f"{filename}: experiments[{i}].{note}")
+    if configs.dataset is not None and configs.model is not None and configs.dataset.dedup_frames \
+            and configs.model.codec.num_codebooks == 1:
+        warnings.append(
+            f"{d / CONFIG_FILES['dataset']}: dedup_frames: true (the default) drops every token equal to the one "
+            f"before it, and with the one-token frames of {d / CONFIG_FILES['model']}'s {configs.model.codec.kind} "
+            "codec a repeat is a held sound, not a silence: set dedup_frames: false (docs/codecs.md)"
+        )
     if configs.eval_set is not None and configs.dataset is not None:
         speakers = {e.speaker_id.lower() for e in configs.dataset.hf_datasets if e.speaker_id}
         for s in configs.eval_set.sentences:

@@ -302,6 +302,9 @@ def layout_problems(settings: KaniTTS2Settings, layout: Any, where: str) -> list
         problems.append(
             f"{where}: config.json tokens_per_frame is {settings.tokens_per_frame}, but a frame of the codec has "
             f"{layout.num_codebooks} tokens (model_config.yaml codec.num_codebooks)"
+            + (" (the released KaniTTS-2 models write NanoCodec frames of 4 tokens: use them with codec.kind: "
+               "nanocodec; a KaniTTS-2 model for one-token codes such as Kanade's has tokens_per_frame: 1)"
+               if layout.num_codebooks == 1 else "")
         )
     if settings.speaker_slot_id != layout.speaker_slot:
         problems.append(

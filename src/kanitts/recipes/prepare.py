@@ -64,6 +64,21 @@ def configured_speaker_embedder(config_dir: Path) -> str | None:
     return None if section is None else section.weights
 
 
+def check_one_voice_embedding(options: PrepareOptions, spec: CodecSpec) -> None:
+    """A codec with its own voice embedding (Kanade) takes no speaker embedder: the data's
+    embedding column would be the codec's, and the embedder's work lost (model_config.yaml
+    refuses the two together for the same reason)."""
+    from kanitts.codecs import codec_entry
+
+    column = codec_entry(spec.kind).embedding_column
+    if options.speaker_embedder is not None and column is not None:
+        raise UserError(
+            f"--speaker-embedder {options.speaker_embedder}: the {spec.kind} codec writes its own global (speaker) "
+            f"embedding per clip ({column}), which is the voice its decoder and a conditioned model read; "
+            "drop --speaker-embedder (a speaker embedder is for NanoCodec data, KaniTTS-2)"
+        )
+
+
 def segmentation_defaults(options: PrepareOptions, config_dir: Path) -> PrepareOptions:
     """``options`` with the long-recording settings not given as flags taken from the ``prepare``
     section of ``dataset_config.yaml`` (the longest clip from its ``max_duration_sec``), where the
@@ -102,6 +117,7 @@ def run(
         options.speaker_embedder = configured_speaker_embedder(config_dir)
     spec = resolve_codec(config_dir, kind=codec, weights=codec_model, device=device, dtype=dtype)
     spec.validate()
+    check_one_voice_embedding(options, spec)
     result = prepare_dataset(options, spec)
     print(result.summary())
     return 0

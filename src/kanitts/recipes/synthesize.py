@@ -34,6 +34,10 @@ def run(*, text: str, model: str, output: Path, config_dir: Path, speaker: str |
             raise UserError(f"--voice {voice}: no such file")
     tts = KaniTTS.from_pretrained(model, codec=codec, model_cfg=configs.model, inference_cfg=configs.inference,
                                   device=device)
+    if voice is not None and tts.conditioning is None:
+        print(f"note: --voice {voice} sets the voice of the codec's decoder only: {model} has no speaker "
+              "slot (trained without training.speaker_conditioning: embedding), so its language model "
+              "speaks as it was trained", file=sys.stderr)
     result = tts.synthesize([text], speaker=speaker, voice=voice)[0]
     for problem in result.problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -42,4 +46,6 @@ def run(*, text: str, model: str, output: Path, config_dir: Path, speaker: str |
         return 1
     write_wav(output, result.audio, result.sample_rate)
     print(f"{output}: {result.duration_sec:.2f} s ({result.num_frames} frames)")
+    if result.voice:
+        print(f"voice: {result.voice}")
     return 0

@@ -53,7 +53,7 @@ from kanitts.sequences.cache import (
     load_cached,
     write_validation_sources,
 )
-from kanitts.sequences.columns import column_problems, rename_problems
+from kanitts.sequences.columns import codec_problems, column_problems, rename_problems
 from kanitts.sequences.sources import load_source
 from kanitts.sequences.steps import RowRules, apply_max_len, embedding_column, rows_matching, sequences_for_batch
 from kanitts.sequences.summary import (
@@ -138,6 +138,7 @@ def build_training_dataset(
         for entry, source in zip(dataset_cfg.hf_datasets, sources)
         for p in column_problems(entry, source, codec_layers, embedding_column(model_cfg, entry, source.column_names))
     ]
+    problems += [p for entry in dataset_cfg.hf_datasets for p in codec_problems(entry, model_cfg.codec)]
     carried = [
         embedding_column(model_cfg, e, s.column_names) is not None for e, s in zip(dataset_cfg.hf_datasets, sources)
     ]

@@ -6,6 +6,8 @@ config key; found in a worker process, it would cost a traceback after minutes o
 
 from __future__ import annotations
 
+from typing import Any
+
 import datasets
 import pyarrow as pa
 
@@ -86,3 +88,32 @@ def _has_kind(arrow_type: pa.DataType, kind: str) -> bool:
             or pa.types.is_fixed_size_list(arrow_type)
         ) and (pa.types.is_floating(arrow_type.value_type) or pa.types.is_integer(arrow_type.value_type))
     return True
+
+
+#: the record ``kanitts prepare`` writes in each dataset folder (kanitts.prepare.shards.SUMMARY_NAME;
+#: a test keeps the two equal, the layers keep prepare and sequences apart)
+PREPARE_RECORD = "kanitts_prepare.json"
+
+
+def codec_problems(entry: DatasetEntry, codec: Any) -> list[str]:
+    """Where the codec a dataset folder was prepared with disagrees with model_config.yaml's codec
+    section: its frame rate sets every duration (``max_duration_sec``, audio seconds), so a 25 Hz
+    Kanade dataset read as 12.5 Hz would be filtered and summed at twice its length."""
+    import json
+    from pathlib import Path
+
+    record = Path(entry.reponame).expanduser() / PREPARE_RECORD
+    try:
+        prepared = json.loads(record.read_text(encoding="utf-8"))["manifest"]["codec"]
+    except (OSError, ValueError, KeyError, TypeError):  # not prepared here, or an older record: nothing to compare
+        return []
+    problems = []
+    if prepared.get("kind") not in (None, codec.kind):
+        problems.append(f"codec.kind is {codec.kind}, the data was encoded with {prepared['kind']}")
+    rate = prepared.get("frame_rate")
+    if isinstance(rate, (int, float)) and abs(float(rate) - float(codec.fps)) > 1e-6:
+        problems.append(f"codec.fps is {codec.fps:g}, the data's codec makes {float(rate):g} frames per second")
+    return [
+        f"dataset {entry.label}: {p} ({record}); set model_config.yaml codec to the codec it was prepared with"
+        for p in problems
+    ]

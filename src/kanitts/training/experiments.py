@@ -181,7 +181,36 @@ def training_run(
         checkpoints_dir=checkpoints_dir,
         callbacks=callbacks,
         eval_dataset=eval_dataset,
+        prompt_prefixes=prompt_prefixes(configs.dataset),
     )
+
+
+def prompt_prefixes(dataset_cfg: Any) -> dict[str, list[str]]:
+    """The prompt prefixes the datasets train, lower-cased as the prompts have them: the
+    language tags (KaniTTS-2) and the speaker ids (KaniTTS v1 prefixes)."""
+    entries = dataset_cfg.hf_datasets if dataset_cfg is not None else []
+    return {
+        "language_tags": sorted({e.language_tag.lower() for e in entries if e.language_tag}),
+        "speakers": sorted({e.speaker_id.lower() for e in entries if e.speaker_id}),
+    }
+
+
+def upstream_prompt_settings(config: Any, prefixes: dict[str, list[str]], kanitts2: bool) -> None:
+    """Set the config.json keys the upstream ``kani-tts`` packages read to list a model's
+    prompt prefixes (kanitts-reference §2.6): ``language_settings`` (kani-tts-2) for a KaniTTS-2
+    model or language-tagged data, ``speaker_settings`` (kani-tts) for speaker-prefixed data.
+    Tags a base model already lists are kept."""
+    tags = prefixes.get("language_tags") or []
+    if kanitts2 or tags:
+        before = getattr(config, "language_settings", None)
+        listed = before.get("language_tags_list") if isinstance(before, dict) else None
+        tags = sorted({*tags, *(t for t in listed or [] if isinstance(t, str))})
+        config.language_settings = {"status": "available_language_tags" if tags else "no_language_tags",
+                                    "language_tags_list": tags}
+    speakers = prefixes.get("speakers") or []
+    if speakers:
+        config.speaker_settings = {"status": "multispeaker" if len(speakers) > 1 else "singlspeaker",
+                                   "speaker_list": speakers}
 
 
 def _build_dataset(configs: ConfigSet, tokenizer) -> tuple[Any, Any, str]:
@@ -215,6 +244,7 @@ class TrainingRun:
     checkpoints_dir: Path
     callbacks: Sequence[Any] = ()
     eval_dataset: Any = None
+    prompt_prefixes: dict[str, list[str]] = field(default_factory=dict)
 
     def train(
         self, experiment: Experiment, force: bool = False, callbacks: Sequence[Any] = ()
@@ -313,12 +343,13 @@ class TrainingRun:
             lora_args = lora_args.model_copy(update={"trainable_token_indices": {"embed_tokens": new_tokens}})
         conditioning = slot = None
         kanitts2 = getattr(model, "kanitts2", None)
-        dataset = self.dataset
+        dataset, eval_dataset = self.dataset, self.eval_dataset if has_validation else None
+        notes += _unused_option_notes(options, kanitts2)
         if kanitts2 is not None:
             from kanitts.conditioning import PROJECTION
             from kanitts.models.kanitts2 import rope_scale_modules
 
-            conditioning, slot, dataset = self._kanitts2_slot(model, options)
+            conditioning, slot = self._kanitts2_slot(model)
             saved = list(lora_args.modules_to_save or [])
             lora_args = lora_args.model_copy(
                 update={"modules_to_save": [*saved, PROJECTION, *rope_scale_modules(model)]}
@@ -329,6 +360,14 @@ class TrainingRun:
             conditioning, slot = self._speaker_slot(model, args.seed)
             saved = list(lora_args.modules_to_save or [])
             lora_args = lora_args.model_copy(update={"modules_to_save": [*saved, PROJECTION]})
+        elif options.speaker_embedding == "speaker_mean":
+            raise UserError(
+                f"experiments.yaml: experiment {experiment.model_id!r}: training.speaker_embedding: speaker_mean "
+                "chooses the embedding of a speaker-conditioned model, and this one reads none: set "
+                "training.speaker_conditioning: embedding, or use a KaniTTS-2 base model"
+            )
+        if options.speaker_embedding == "speaker_mean":
+            dataset, eval_dataset = with_speaker_means(dataset, eval_dataset)
         if options.packing:
             packed_attention = enable_exact_packing(model)
             if packed_attention != attention:
@@ -364,7 +403,7 @@ class TrainingRun:
             model=model,
             args=args,
             train_dataset=dataset,
-            eval_dataset=self.eval_dataset if has_validation else None,
+            eval_dataset=eval_dataset,
             data_collator=collator,
             callbacks=callbacks,
             max_tokens_per_batch=options.max_tokens_per_batch if options.packing else None,
@@ -460,9 +499,9 @@ class TrainingRun:
         conditioning = SpeakerConditioning.attach(model, len(first), self.layout.speaker_slot, seed=seed)
         return conditioning, SpeakerSlot(start_of_human=self.layout.start_of_human, slot=self.layout.speaker_slot)
 
-    def _kanitts2_slot(self, model, options):
+    def _kanitts2_slot(self, model):
         """A KaniTTS-2 base model's own slot (it is always speaker-conditioned), checked against
-        the token layout and the data's embeddings; the data with speaker means where asked."""
+        the token layout and the data's embeddings."""
         from kanitts.models.kanitts2 import layout_problems
         from kanitts.training.batching import SpeakerSlot
 
@@ -485,11 +524,8 @@ class TrainingRun:
                 f"{self.base_model!r} reads {settings.speaker_emb_dim} (config.json speaker_emb_dim): "
                 "compute them with the embedder the model was trained with"
             )
-        dataset = self.dataset
-        if options.speaker_embedding == "speaker_mean":
-            dataset = _with_speaker_means(dataset)
         slot = SpeakerSlot(start_of_human=self.layout.start_of_human, slot=self.layout.speaker_slot)
-        return model.speaker, slot, dataset
+        return model.speaker, slot
 
     def _save(self, model, experiment: Experiment, metrics: dict[str, Any], run_dir: Path, folder: Path) -> None:
         """Merged model (safetensors), tokenizer, experiment.yaml, metrics.json; the adapter if asked;
@@ -507,6 +543,7 @@ class TrainingRun:
         if conditioning is not None and getattr(merged, "kanitts2", None) is None:
             conditioning.save(merged, folder)  # a KaniTTS-2 checkpoint holds its projection itself
         save_speaker_means(speaker_means(self.dataset), folder)
+        upstream_prompt_settings(merged.config, self.prompt_prefixes, getattr(merged, "kanitts2", None) is not None)
         merged.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         record = {
@@ -521,16 +558,33 @@ class TrainingRun:
             shutil.copytree(run_dir / "runs", folder / "logs")
 
 
-def _with_speaker_means(dataset):
-    """The sequences with each clip's embedding replaced by its speaker's mean (speakerless clips:
-    the mean of all), as KaniTTS-2's speaker-averaged ``grouped_sp_emb`` data."""
+def with_speaker_means(dataset, eval_dataset=None):
+    """The training sequences with each clip's embedding replaced by its speaker's mean
+    (speakerless clips: the mean of all), as KaniTTS-2's speaker-averaged ``grouped_sp_emb``
+    data; and the held-out ones (if any) with the same training means, so the validation loss
+    measures the voices the model is trained and later speaks with (eval and ``--speaker`` use
+    these means too), not each held-out clip's own embedding."""
     from kanitts.conditioning import MEAN_KEY, speaker_means
 
     means = {key: value.tolist() for key, value in speaker_means(dataset).items()}
-    values = [means.get(f"speaker:{name}", means[MEAN_KEY]) if name else means[MEAN_KEY]
-              for name in dataset["speaker"]]
-    feature = dataset.features["speaker_embedding"]
-    return dataset.remove_columns("speaker_embedding").add_column("speaker_embedding", values, feature=feature)
+
+    def replaced(sequences):
+        if sequences is None or "speaker_embedding" not in sequences.column_names:
+            return sequences
+        values = [means.get(f"speaker:{name}", means[MEAN_KEY]) if name else means[MEAN_KEY]
+                  for name in sequences["speaker"]]
+        feature = sequences.features["speaker_embedding"]
+        return sequences.remove_columns("speaker_embedding").add_column("speaker_embedding", values, feature=feature)
+
+    return replaced(dataset), replaced(eval_dataset)
+
+
+def _unused_option_notes(options: Any, kanitts2: Any) -> list[str]:
+    """Notes for KaniTTS-2 options set on a model they do nothing for (said, not silently dropped)."""
+    if options.alpha_lr_ratio != 1.0 and (kanitts2 is None or not kanitts2.use_learnable_rope):
+        return [(f"training.alpha_lr_ratio {options.alpha_lr_ratio} has no effect: the base model has no "
+                 "learnable RoPE scales (a KaniTTS-2 config.json with use_learnable_rope: true)")]
+    return []
 
 
 def already_trained(model_id: str, final: Path) -> ExperimentResult:
