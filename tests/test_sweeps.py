@@ -366,3 +366,70 @@ def test_a_study_resumed_with_other_experiment_settings_says_what_changed(tmp_pa
         "model_id": "alice", "desc": "a new description changes nothing"}})
     assert settings_changes(study, later) == ["trainer_args.max_steps: 3 -> 8"]
     assert settings_changes(study, first) == []
+
+
+def test_top_k_cleanup_deletes_failed_trials_checkpoints_but_never_one_to_resume(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from kanitts.sweeps.checkpoints import keep_best_checkpoints
+
+    study = optuna.create_study(direction="minimize")
+
+    def trial(model_id, state, value=None, error=None, retry_history=None):
+        folder = tmp_path / model_id
+        (folder / "model.safetensors").parent.mkdir(exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+        attrs = {"model_id": model_id, "checkpoint": str(folder), **({"error": error} if error else {})}
+        system = {"retry_history": retry_history} if retry_history is not None else {}
+        study.add_trial(optuna.create_trial(state=state, value=value, user_attrs=attrs, system_attrs=system))
+
+    trial("best", TrialState.COMPLETE, 1.0)
+    trial("worse", TrialState.COMPLETE, 2.0)
+    trial("unscored", TrialState.FAIL, error="the transcriber could not be loaded")  # scoring failed: for good
+    trial("killed", TrialState.FAIL)  # killed while scoring: retried below, which resumes its checkpoint
+    trial("killed", TrialState.WAITING, retry_history=[3])
+    trial("interrupted", TrialState.FAIL)  # a Ctrl-C whose retry is about to be queued
+    for history in ([], [6], [6, 7], [6, 7, 8]):  # killed while scoring, retried, killed again, ...
+        trial("given_up", TrialState.FAIL, retry_history=history)
+    trial("scoring", TrialState.RUNNING)  # another process scores it now
+    trial("retried", TrialState.FAIL)  # killed, then its retry finished among the best
+    trial("retried", TrialState.COMPLETE, 0.5, retry_history=[11])
+
+    assert keep_best_checkpoints(study, 2, "wer", max_retries=3) == [
+        f"deleted {tmp_path / 'worse'} (trial 1, wer 2.0000: not among the best 2)",
+        (f"deleted {tmp_path / 'unscored'} (trial 2, failed (the transcriber could not be loaded): it has no value "
+         "to be among the best)"),
+        (f"deleted {tmp_path / 'given_up'} (trial 9, failed (interrupted, and retried 3 times): it has no value to "
+         "be among the best)"),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "interrupted", "killed", "retried", "scoring"]
+    assert all((tmp_path / name / "model.safetensors").is_file() for name in ("best", "killed", "retried"))
+    assert keep_best_checkpoints(study, 2, "wer", max_retries=3) == []  # nothing said twice
+
+
+def test_a_trial_whose_scoring_fails_loses_its_checkpoint_and_says_why(base, tmp_path, monkeypatch):
+    from kanitts.errors import UserError
+    from kanitts.sweeps.study import SweepStudy
+    from kanitts.training.experiments import default_checkpoints_dir, training_run
+
+    monkeypatch.chdir(tmp_path)
+    sweep = {"method": "grid", "parameters": {"trainer_args.learning_rate": [1e-3]}}
+    config_dir = _sweep_project(tmp_path, base, sweep, steps=1)
+    configs = load_configs(config_dir, kinds=("dataset", "experiments", "model", "eval"))
+    swept = configs.experiments.experiments[0]
+    swept = swept.model_copy(update={"sweep": swept.sweep.model_copy(update={"objective": "wer"})})
+    scored = []
+
+    def scorer(checkpoint, objective, folder):
+        scored.append((checkpoint, objective))
+        raise UserError("eval_config.yaml: intelligibility: the transcriber could not be loaded")
+
+    run = training_run(configs, default_checkpoints_dir(configs, None))
+    outcome = SweepStudy(swept, run, None, scorer).optimize()
+    checkpoint = tmp_path / "ck" / "alice-lr0.001"
+    assert scored == [(checkpoint, "wer")] and not checkpoint.exists()
+    assert (f"deleted {checkpoint} (trial 0, failed (eval_config.yaml: intelligibility: the transcriber could not "
+            "be loaded): it has no value to be among the best)") in outcome.messages
+    [trial] = _study(tmp_path).trials
+    assert trial.state.name == "FAIL" and not (tmp_path / "ck" / ".runs" / "alice-lr0.001").exists()

@@ -39,7 +39,7 @@ from kanitts.atomic import pid_is_running
 from kanitts.config import ConfigSet, Experiment, Sweep, point_model_id
 from kanitts.errors import UserError
 from kanitts.runtime import release_memory
-from kanitts.sweeps.checkpoints import CHECKPOINT_ATTR, keep_best_checkpoints
+from kanitts.sweeps.checkpoints import CHECKPOINT_ATTR, ERROR_ATTR, keep_best_checkpoints
 from kanitts.sweeps.pruning import TrialPruning
 from kanitts.sweeps.space import grid_search_space, suggest_parameters
 from kanitts.training.experiments import (
@@ -302,11 +302,11 @@ class SweepStudy:
         (or when trials keep failing)."""
         from optuna.trial import TrialState
 
-        for message in keep_best_checkpoints(study, self.sweep.keep_top_k, self.sweep.objective):
+        for message in keep_best_checkpoints(study, self.sweep.keep_top_k, self.sweep.objective, MAX_RETRIES):
             self._say(message)
         self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         if trial.state == TrialState.FAIL:
-            self._say(f"trial {trial.number} FAILED: {trial.user_attrs.get('error', 'see the message above')}")
+            self._say(f"trial {trial.number} FAILED: {trial.user_attrs.get(ERROR_ATTR, 'see the message above')}")
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             self._say(f"sweep {self.name}: {self.failures_in_a_row} trials failed in a row: stopping")
             study.stop()
@@ -321,7 +321,7 @@ class SweepStudy:
         retried = {n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if trial.user_attrs.get("pid") == os.getpid() and trial.number not in retried and (
-                "error" not in trial.user_attrs
+                ERROR_ATTR not in trial.user_attrs
             ):
                 retry_callback()(study, trial)
                 self._say(f"trial {trial.number} ({trial.user_attrs.get('model_id')}) interrupted: "
@@ -378,13 +378,17 @@ class SweepStudy:
                 release_memory()
             self._say(f"{model_id}: {self.sweep.objective} {value:.4f} (mean over {samples} eval-set sample(s))")
             return value
-        metrics = json.loads((result.path / METRICS_FILE).read_text())
-        value = objective_value(metrics, self.sweep.objective, self.sweep.resolved_direction)
+        try:  # a failure for good (its checkpoint can go), not one to retry
+            metrics = json.loads((result.path / METRICS_FILE).read_text())
+            value = objective_value(metrics, self.sweep.objective, self.sweep.resolved_direction)
+        except Exception as exc:
+            self._failed(trial, exc)
+            raise
         self._say(f"{model_id}: {self.sweep.objective} {value:.4f}")
         return value
 
     def _failed(self, trial, exc: Exception) -> None:
-        trial.set_user_attr("error", str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc))
+        trial.set_user_attr(ERROR_ATTR, str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc))
         if isinstance(exc, UserError):
             self.reported.trials.add(trial.number)
 
