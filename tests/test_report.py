@@ -192,6 +192,38 @@ def test_an_audio_path_outside_the_audio_folder_is_refused(constructed, tmp_path
         build_report(tmp_path / "eval_results.json", tmp_path / "report")
 
 
+def test_the_listening_report_and_the_sweep_reports_link_each_other(constructed, tmp_path, monkeypatch):
+    import optuna
+
+    from kanitts.config import EvalConfig
+    from kanitts.recipes import report as report_recipe
+    from kanitts.sweeps.report import write_report
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(constructed[0].parent, "audio")
+    eval_cfg = EvalConfig.model_validate({"paths": {"audio_output_dir": "audio", "report_dir": "out/report"}})
+    study = optuna.create_study(study_name="alice")
+    sweep_page = write_report(study, "eval_loss", Path("sweeps/alice")).folder / "index.html"
+    assert "Listening report" not in sweep_page.read_text()  # none yet: no link to nowhere
+    old_page = Path("sweeps/old/index.html")  # a sweep page of an older version: linked, left as it is
+    old_page.parent.mkdir()
+    old_page.write_text("<html><body>old</body></html>")
+
+    index = report_recipe.build(eval_cfg)
+    page = index.read_text(encoding="utf-8")
+    links = re.findall(r"<a href='([^']+)'>(alice|old)</a>", page)
+    assert links == [("../../sweeps/alice/index.html", "alice"), ("../../sweeps/old/index.html", "old")]
+    assert [(index.parent / href).resolve() for href, _ in links] == [sweep_page.resolve(), old_page.resolve()]
+    [back] = re.findall(r"<a href='([^']+)'>Listening report</a>", sweep_page.read_text())
+    assert back == "../../out/report/index.html" and (sweep_page.parent / back).resolve() == index.resolve()
+    assert old_page.read_text() == "<html><body>old</body></html>"
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # still nothing remote
+    assert sorted(p.name for p in index.parent.iterdir()) == ["audio", "index.html", "report.css", "report.js"]
+    # a sweep report written once the listening report exists links it at once
+    rewritten = write_report(study, "eval_loss", Path("sweeps/alice"), listening_report=index)
+    assert rewritten.listening_report == index and f"<a href='{back}'>" in sweep_page.read_text()
+
+
 # --- the report of a real eval run -----------------------------------------------------------------
 
 

@@ -10,7 +10,10 @@ sortable metric tables. Without JavaScript the page still shows the summary, the
 the experiment settings (rendered here); the rest needs the script.
 
 The audio (samples and the real speaker's references) is copied into ``audio/``; the style and
-the script are files next to the page: the folder can be zipped, mailed or served as is.
+the script are files next to the page: the folder can be zipped, mailed or served as is. The
+project's sweep reports, when there are any, are linked by relative paths (they stay where
+`kanitts sweep` writes them, beside the report folder: those links work from the project's
+folder on disk, the rest of the page anywhere).
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import shutil
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
+from urllib.parse import quote
 
 from kanitts.atomic import write_atomically
 from kanitts.config import EvalSentence
@@ -38,19 +44,33 @@ DATA_ELEMENT_ID = "report-data"
 REFERENCE_COLUMNS = {kind: (f"@{kind}", label) for kind, label in REFERENCE_LABELS.items()}
 
 
-def build_report(results_json: Path, report_dir: Path) -> Path:
+def build_report(results_json: Path, report_dir: Path, sweep_reports: Sequence[Path] = ()) -> Path:
     """Write the report folder for an ``eval_results.json``; returns the path of index.html.
 
-    The folder is built beside ``report_dir`` and swapped in whole: a failure leaves the
-    previous report as it was.
+    ``sweep_reports`` are the index.html pages of sweep reports to link. The folder is built
+    beside ``report_dir`` and swapped in whole: a failure leaves the previous report as it was.
     """
     results = read_results(results_json)
     audio_dir = Path(results_json).parent  # row["audio"] paths are relative to it
-    write_atomically(Path(report_dir), lambda folder: _write_report(results, audio_dir, folder))
+    sweeps = _sweep_links(Path(report_dir), sweep_reports)
+    write_atomically(Path(report_dir), lambda folder: _write_report(results, audio_dir, folder, sweeps))
     return Path(report_dir) / "index.html"
 
 
-def _write_report(results: dict[str, Any], audio_dir: Path, folder: Path) -> None:
+def relative_link(page: Path, from_folder: Path) -> str:
+    """The href of ``page`` in a page of ``from_folder``: relative, so it works from ``file://``
+    wherever the project folder sits."""
+    return quote(Path(os.path.relpath(Path(page).resolve(), Path(from_folder).resolve())).as_posix())
+
+
+def _sweep_links(report_dir: Path, pages: Sequence[Path]) -> str:
+    if not pages:
+        return ""
+    links = " · ".join(f"<a href='{_e(relative_link(p, report_dir))}'>{_e(Path(p).parent.name)}</a>" for p in pages)
+    return f"<p class='sweeps'>Sweeps (trials, best settings, plots): {links}</p>"
+
+
+def _write_report(results: dict[str, Any], audio_dir: Path, folder: Path, sweeps: str) -> None:
     (folder / "audio").mkdir(parents=True)
     listed = audio_dir / RESULTS_JSON
     for row in results["rows"]:
@@ -66,6 +86,7 @@ def _write_report(results: dict[str, Any], audio_dir: Path, folder: Path) -> Non
     page = Template((templates / "report.html").read_text(encoding="utf-8")).substitute(
         title=title,
         summary=_summary(results),
+        sweeps=sweeps,
         settings=_settings(results["models"]),
         failures=_failures(results["failures"]),
         data_id=DATA_ELEMENT_ID,

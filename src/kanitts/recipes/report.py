@@ -1,10 +1,15 @@
-"""`kanitts report`: (re)build the HTML listening report from the eval outputs on disk."""
+"""`kanitts report`: (re)build the HTML listening report from the eval outputs on disk.
+
+The project's sweep reports (``sweeps/<name>/index.html``) are linked from it, and each of them
+gets its link back to it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from kanitts.config import EvalConfig, load_configs
+from kanitts.config.schemas.sweep import SWEEPS_FOLDER
 from kanitts.errors import UserError
 from kanitts.evaluation.html_report import build_report
 from kanitts.evaluation.results import RESULTS_JSON
@@ -22,7 +27,14 @@ def build(eval_cfg: EvalConfig) -> Path:
     report_dir = check_report_dir(eval_cfg)
     if not results.is_file():
         raise UserError(f"no eval results at {results}: run `make eval` first")
-    return build_report(results, report_dir)
+    sweeps = sorted(Path(SWEEPS_FOLDER).glob("*/index.html"))
+    index = build_report(results, report_dir, sweeps)
+    if sweeps:
+        from kanitts.sweeps.report import link_listening_report  # the sweep stack, only when there are sweeps
+
+        for page in sweeps:
+            link_listening_report(page, index)
+    return index
 
 
 def run(*, config_dir: Path) -> int:

@@ -43,9 +43,11 @@ def run(
         # piped or logged, the table keeps its columns instead of folding to 80 characters
         console = Console() if sys.stdout.isatty() else Console(width=160)
         experiments = {e.sweep.study_label(e.model_id): e for e in configs.experiments.experiments if e.sweep}
+        listening_report = Path(configs.eval.paths.report_dir) / "index.html" if configs.eval else None
         for outcome in outcomes:
             sweep = experiments[outcome.name].sweep
-            report = write_report(open_study(sweep, outcome.name, outcome.storage), sweep.objective, outcome.report_dir)
+            report = write_report(open_study(sweep, outcome.name, outcome.storage), sweep.objective, outcome.report_dir,
+                                  listening_report)
             console.print(trials_table(report))
             if report.best:
                 settings = ", ".join(f"{k}={v}" for k, v in report.best["params"].items())

@@ -4,7 +4,8 @@ Read from the study's database alone, so the report of a study that other proces
 machines ran (or that is still running) is the same command. The folder
 (``sweeps/<name>/``) is self-contained: index.html, the PNG plots beside it, trials.csv and
 best.json. Plots are Optuna's own matplotlib ones (optimisation history, intermediate values,
-parameter importances), drawn only once there are enough finished trials for each.
+parameter importances), drawn only once there are enough finished trials for each. The page
+links the listening report (`kanitts report`) by a relative path when there is one.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from typing import Any
 
 from kanitts.atomic import atomic_file
 from kanitts.config.schemas.sweep import EVAL_SET_OBJECTIVES
+from kanitts.evaluation.html_report import relative_link
 from kanitts.sweeps.checkpoints import CHECKPOINT_ATTR
 
 TRIALS_FILE = "trials.csv"
 BEST_FILE = "best.json"
 INDEX_FILE = "index.html"
+# The listening report's link sits between these, so `kanitts report` can set it in a page
+# written before the listening report existed.
+LINK_START, LINK_END = "<!-- listening report -->", "<!-- /listening report -->"
 
 
 @dataclass
@@ -36,6 +41,7 @@ class SweepReport:
     folder: Path
     plots: list[str] = field(default_factory=list)
     plot_notes: list[str] = field(default_factory=list)
+    listening_report: Path | None = None
 
 
 def _trial_rows(study, objective: str) -> list[dict[str, Any]]:
@@ -58,8 +64,11 @@ def _trial_rows(study, objective: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_report(study, objective: str, folder: Path) -> SweepReport:
-    """The study's report into ``folder`` (made if need be); returns what it holds."""
+def write_report(study, objective: str, folder: Path, listening_report: Path | None = None) -> SweepReport:
+    """The study's report into ``folder`` (made if need be); returns what it holds.
+
+    ``listening_report`` (the listening report's index.html) is linked when it exists.
+    """
     from optuna.trial import TrialState
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,12 +79,39 @@ def write_report(study, objective: str, folder: Path) -> SweepReport:
         trial = study.best_trial
         best = {"trial": trial.number, "model_id": trial.user_attrs.get("model_id"), objective: trial.value,
                 "params": trial.params, "checkpoint": trial.user_attrs.get(CHECKPOINT_ATTR)}
-    report = SweepReport(study.study_name, objective, study.direction.name.lower(), rows, best, folder)
+    report = SweepReport(study.study_name, objective, study.direction.name.lower(), rows, best, folder,
+                         listening_report=listening_report if listening_report and listening_report.is_file() else None)
     _write_csv(rows, folder / TRIALS_FILE)
     _write_text(folder / BEST_FILE, json.dumps(best, indent=2) + "\n")
     _draw(study, objective, report)
     _write_text(folder / INDEX_FILE, _html(report))
     return report
+
+
+def link_listening_report(page: Path, listening_report: Path) -> bool:
+    """Sets the link to ``listening_report`` in a sweep report's ``page``; whether it changed.
+
+    Rewritten in place, between the page's own markers, rather than by rendering the page
+    again: that needs the study's database, which `kanitts report` does not open (it may be
+    another machine's). A page without the markers (from an older version) is left as it is.
+    """
+    text = page.read_text(encoding="utf-8")
+    start, end = text.find(LINK_START), text.find(LINK_END)
+    if start < 0 or end < start:
+        return False
+    linked = text[:start] + _listening_link(listening_report, page.parent) + text[end:]
+    if linked == text:
+        return False
+    _write_text(page, linked)
+    return True
+
+
+def _listening_link(listening_report: Path | None, folder: Path) -> str:
+    link = ""
+    if listening_report is not None:
+        href = html.escape(relative_link(listening_report, folder), quote=True)
+        link = f"<p><a href='{href}'>Listening report</a> (the eval set spoken by the evaluated models)</p>"
+    return f"{LINK_START}{link}"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -155,6 +191,7 @@ tr.pruned {{ color: #996; }} tr.fail {{ color: #b00; }} tr.running, tr.waiting {
 img {{ max-width: 100%; }}
 </style></head><body>
 <h1>Sweep {e(report.name)}</h1>
+{_listening_link(report.listening_report, report.folder)}{LINK_END}
 <p>Objective: {e(report.direction)} {e(report.objective)} ({e(_objective_note(report.objective))}).
 {len(report.rows)} trial(s); the study's database opens in
 <code>optuna-dashboard</code> as it is.</p>

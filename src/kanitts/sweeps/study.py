@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from kanitts.atomic import pid_is_running
 from kanitts.config import ConfigSet, Experiment, Sweep, point_model_id
+from kanitts.config.schemas.sweep import SWEEPS_FOLDER
 from kanitts.errors import UserError
 from kanitts.runtime import release_memory
 from kanitts.sweeps.checkpoints import CHECKPOINT_ATTR, ERROR_ATTR, keep_best_checkpoints
@@ -54,7 +55,6 @@ from kanitts.training.tracking import finish_active_runs
 if TYPE_CHECKING:
     from kanitts.sweeps.scoring import EvalSetScorer
 
-SWEEPS_FOLDER = "sweeps"
 # A trial retried after its process died is retried at most this often (then it stays failed).
 MAX_RETRIES = 3
 # Trials failing one after another (a broken setup, not a bad value): the sweep stops.

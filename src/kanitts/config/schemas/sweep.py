@@ -20,6 +20,9 @@ SWEEP_SECTIONS = ("lora_args", "trainer_args", "training")
 # Objectives scored on the trained model speaking the eval set (eval_set.yaml), as `kanitts eval`
 # scores each sample, the mean over the samples; and the direction that is better.
 EVAL_SET_OBJECTIVES = {"wer": "minimize", "cer": "minimize", "speaker_similarity": "maximize", "mos": "maximize"}
+# Where studies and their reports live by default (relative to where the command runs); here,
+# not in kanitts.sweeps, so the listening report finds the sweep reports without the training stack.
+SWEEPS_FOLDER = "sweeps"
 
 
 class Sweep(Strict):
