@@ -51,14 +51,11 @@ def kanade_tts(kanade_project, tmp_path_factory):
                                    inference_cfg=_config(), device="cpu")
 
 
-def _speech(server, **body) -> httpx.Response:
-    body = {"model": "tiny", "input": "Hello there.", "response_format": "pcm", "temperature": 0.9, **body}
-    return httpx.post(server.url + "/v1/audio/speech", json=body, timeout=60)
-
-
-def test_voices_per_row_in_one_batch_equal_each_alone(kanade_tts, kanade_project, monkeypatch):
+@pytest.fixture
+def voices_used(kanade_tts, monkeypatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(slots, decoded): the embeddings each batch of ``kanade_tts`` puts in the speaker slot, and
+    those its codec decodes with, one tensor per batch, in order."""
     tts = kanade_tts
-    clips = voice_clip_paths(_config(voice_clips={"narrator": "bob_1.wav"}).server, kanade_project.clips)
     slots, decoded = [], []
     conditioned = tts.conditioning.conditioned
     monkeypatch.setattr(tts.conditioning, "conditioned", lambda e: (slots.append(e.clone()), conditioned(e))[1])
@@ -69,6 +66,18 @@ def test_voices_per_row_in_one_batch_equal_each_alone(kanade_tts, kanade_project
         return decode(codes, lengths, global_embeddings)
 
     monkeypatch.setattr(tts.codec, "decode", spy_decode)
+    return slots, decoded
+
+
+def _speech(server, **body) -> httpx.Response:
+    body = {"model": "tiny", "input": "Hello there.", "response_format": "pcm", "temperature": 0.9, **body}
+    return httpx.post(server.url + "/v1/audio/speech", json=body, timeout=60)
+
+
+def test_voices_per_row_in_one_batch_equal_each_alone(kanade_tts, kanade_project, voices_used):
+    tts = kanade_tts
+    clips = voice_clip_paths(_config(voice_clips={"narrator": "bob_1.wav"}).server, kanade_project.clips)
+    slots, decoded = voices_used
     cfg = _config(max_batch_size=2, batch_wait_ms=10_000, voice_clips={"narrator": "bob_1.wav"})
     voices = ["alice", "narrator"]
     together: dict[str, bytes] = {}
@@ -148,21 +157,12 @@ def test_voice_clips_config_errors(kanade_project, tmp_path):
         _config(voice_clips={"a/b": "alice.wav"})
 
 
-def test_eval_speaks_each_sentence_in_its_speakers_voice(kanade_tts, monkeypatch):
+def test_eval_speaks_each_sentence_in_its_speakers_voice(kanade_tts, voices_used):
     from kanitts.config import EvalSentence
     from kanitts.evaluation.runner import speak_sentences
 
     tts = kanade_tts
-    slots, decoded = [], []
-    conditioned = tts.conditioning.conditioned
-    monkeypatch.setattr(tts.conditioning, "conditioned", lambda e: (slots.append(e.clone()), conditioned(e))[1])
-    decode = tts.codec.decode
-
-    def spy_decode(codes, lengths=None, global_embeddings=None):
-        decoded.append(global_embeddings.clone())
-        return decode(codes, lengths, global_embeddings)
-
-    monkeypatch.setattr(tts.codec, "decode", spy_decode)
+    slots, decoded = voices_used
     batch = [(EvalSentence("a", "alice: Hi there."), "s1"), (EvalSentence("b", "Bob: Hello."), "s2"),
              (EvalSentence("c", "Nobody knows."), "s3")]
     out = list(speak_sentences(tts, batch))
