@@ -65,23 +65,28 @@ SENTENCES = [
 ]
 
 
-def _clips(n: int) -> tuple[list[np.ndarray], str]:
-    espeak = shutil.which("espeak-ng")
-    if espeak:
-        import soundfile as sf
+# The two espeak-ng voices the clips take in turn (bench_segment's recording too).
+VOICES = ("en-us", "en-us+f3")
 
-        out = []
+
+def espeak_sentence(text: str, voice: str, folder: Path, speed: int | None = None) -> np.ndarray:
+    """``text`` spoken by espeak-ng (``speed`` in words per minute, else its default) as mono
+    float32 at ``SR``; the WAV goes through ``folder``."""
+    from kanitts.audio import load_audio, resample, to_mono
+
+    path = folder / "sentence.wav"
+    speed_option = ["-s", str(speed)] if speed is not None else []
+    subprocess.run(["espeak-ng", "-v", voice, *speed_option, "-w", str(path), text], check=True, capture_output=True)
+    samples, rate = load_audio(path)
+    return resample(to_mono(samples), rate, SR)
+
+
+def _clips(n: int) -> tuple[list[np.ndarray], str]:
+    if shutil.which("espeak-ng"):
         with tempfile.TemporaryDirectory() as tmp:
-            for i in range(n):
-                voice = ("en-us", "en-us+f3")[i % 2]
-                path = Path(tmp) / f"{i}.wav"
-                speed = str(140 + 15 * (i % 5))
-                subprocess.run([espeak, "-v", voice, "-s", speed, "-w", str(path), SENTENCES[i % len(SENTENCES)]],
-                               check=True, capture_output=True)
-                x, sr = sf.read(path, dtype="float32")
-                assert sr == SR
-                out.append(x)
-        return out, "espeak-ng (en-us, en-us+f3)"
+            out = [espeak_sentence(SENTENCES[i % len(SENTENCES)], VOICES[i % 2], Path(tmp), speed=140 + 15 * (i % 5))
+                   for i in range(n)]
+        return out, f"espeak-ng ({', '.join(VOICES)})"
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):

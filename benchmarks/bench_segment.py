@@ -37,7 +37,6 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,13 +47,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from bench_prepare import SENTENCES as PREPARE_SENTENCES  # noqa: E402
+from bench_prepare import SR, VOICES, espeak_sentence  # noqa: E402
+
 from kanitts.prepare.segmenting import cut_points, segment  # noqa: E402
 
-SR = 22050
 SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Speech synthesis on a small machine can still be tested quickly.",
-    "Please call Stella and ask her to bring these things with her from the store.",
+    *PREPARE_SENTENCES[:3],
     "A long recording is cut into clips at the natural pauses between sentences.",
     "Nobody expected the results to arrive so early in the morning.",
     "Every clip must be long enough to learn from but not too long.",
@@ -63,17 +62,13 @@ CUT = dict(min_duration=2.0, max_duration=12.0, target_duration=7.0, padding=0.2
 
 
 def _sentences(tmp: Path) -> list[np.ndarray]:
-    from kanitts.audio import load_audio, resample, to_mono, trim_silence
+    from kanitts.audio import trim_silence
 
     espeak = shutil.which("espeak-ng")
     out = []
     for k, text in enumerate(SENTENCES * 2):
         if espeak:
-            path = tmp / "s.wav"
-            voice = ("en-us", "en-us+f3")[k % 2]
-            subprocess.run([espeak, "-v", voice, "-w", str(path), text], check=True, capture_output=True)
-            samples, rate = load_audio(path)
-            out.append(trim_silence(resample(to_mono(samples), rate, SR), SR, keep_ms=10))
+            out.append(trim_silence(espeak_sentence(text, VOICES[k % 2], tmp), SR, keep_ms=10))
         else:  # speech-like: noise bursts shaped by a syllable-rate envelope
             rng = np.random.default_rng(k)
             t = np.arange(int(SR * (2.5 + k % 3))) / SR
