@@ -30,7 +30,8 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -343,15 +344,10 @@ class SweepStudy:
         pruning = TrialPruning(trial, self.sweep.pruning_metric, self.sweep.pruner_warmup_evaluations)
         start = time.perf_counter()
         try:
-            result = self.run.train(self.experiment.with_parameters(params, model_id), callbacks=[pruning])
-            if result.status == "failed":
-                raise RuntimeError(result.error)
-        except KeyboardInterrupt:
-            self.reported.trials.add(trial.number)
-            raise
-        except Exception as exc:
-            self._failed(trial, exc)
-            raise
+            with self._failures_recorded(trial):
+                result = self.run.train(self.experiment.with_parameters(params, model_id), callbacks=[pruning])
+                if result.status == "failed":
+                    raise RuntimeError(result.error)
         finally:
             finish_active_runs()
             release_memory()
@@ -366,26 +362,32 @@ class SweepStudy:
             raise KeyboardInterrupt
         trial.set_user_attr(CHECKPOINT_ATTR, str(result.path))
         if self.sweep.scores_eval_set:
-            try:
-                value, samples = self.scorer(result.path, self.sweep.objective, self.report_dir)
-            except KeyboardInterrupt:  # retried by the next run: its training is done, the scoring is redone
-                self.reported.trials.add(trial.number)
-                raise
-            except Exception as exc:
-                self._failed(trial, exc)
-                raise
+            try:  # a Ctrl-C here: the retry finds the training done and scores again
+                with self._failures_recorded(trial):
+                    value, samples = self.scorer(result.path, self.sweep.objective, self.report_dir)
             finally:
                 release_memory()
             self._say(f"{model_id}: {self.sweep.objective} {value:.4f} (mean over {samples} eval-set sample(s))")
             return value
-        try:  # a failure for good (its checkpoint can go), not one to retry
+        with self._failures_recorded(trial):
             metrics = json.loads((result.path / METRICS_FILE).read_text())
             value = objective_value(metrics, self.sweep.objective, self.sweep.resolved_direction)
+        self._say(f"{model_id}: {self.sweep.objective} {value:.4f}")
+        return value
+
+    @contextmanager
+    def _failures_recorded(self, trial) -> Iterator[None]:
+        """A Ctrl-C leaves the trial to resume (Optuna fails it, :meth:`_retry_own_failed` queues
+        it again, without Optuna's traceback); any other exception is the trial's error, a failure
+        for good (never retried; its checkpoint goes, see :mod:`kanitts.sweeps.checkpoints`)."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.reported.trials.add(trial.number)
+            raise
         except Exception as exc:
             self._failed(trial, exc)
             raise
-        self._say(f"{model_id}: {self.sweep.objective} {value:.4f}")
-        return value
 
     def _failed(self, trial, exc: Exception) -> None:
         trial.set_user_attr(ERROR_ATTR, str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc))
