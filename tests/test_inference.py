@@ -60,6 +60,31 @@ def test_prompt_is_the_reference_prompt(tts, tiny_tokenizer, tiny_layout):
     assert ids == [tiny_layout.start_of_human, *text_ids, tiny_layout.end_of_text, tiny_layout.end_of_human]
 
 
+def test_a_speaker_the_model_never_trained_as_a_prefix_is_left_out_and_said(tts, monkeypatch):
+    """A checkpoint's config.json record of its training prefixes decides the prompt; a speaker
+    outside it changes nothing for a model without voices, which the result says."""
+    from kanitts.inference import PROMPT_PREFIXES
+
+    def recorded(record, **upstream):
+        for key, value in {PROMPT_PREFIXES: record, **upstream}.items():
+            monkeypatch.setattr(tts.model.config, key, value, raising=False)
+        return KaniTTS(tts.model, tts.tokenizer, tts.codec, tts.layout, tts.generation, "ckpt")
+
+    model = recorded({"speakers": ["alice"], "language_tags": ["en"]})
+    assert model.prompt_ids("Hello.", "Alice") == tts.prompt_ids("Hello.", "alice")
+    assert model.prompt_text("Hello.", "EN") == "en: Hello."  # a language tag is a trained prefix too
+    [result] = model.synthesize(["Hello."], speaker="bob", max_new_tokens=6)
+    assert result.text == "Hello." and result.voice == ""
+    assert ("speaker 'bob' changes nothing: no 'bob:' prompt prefix (the model trained only with the prefixes "
+            "alice, en), and it takes no voice embedding") in result.problems
+    # the base model's own speakers (kani-tts's speaker_settings) are prefixes it still knows
+    based = recorded({"speakers": [], "language_tags": []},
+                     speaker_settings={"status": "singlspeaker", "speaker_list": ["Carol"]})
+    assert based.prompt_text("Hi", "carol") == "carol: Hi" and based.prompt_text("Hi", "bob") == "Hi"
+    with pytest.raises(UserError, match=rf"model 'ckpt': config.json {PROMPT_PREFIXES} must map speakers"):
+        recorded({"speakers": "alice"})
+
+
 def test_batched_generation_matches_one_prompt_at_a_time(tts):
     texts = ["Hi.", "The quick brown fox jumps over the lazy dog.", "alice: Please call Stella."]
     prompts = [tts.prompt_ids(t) for t in texts]
@@ -201,6 +226,25 @@ def test_cli_synthesize_writes_a_wav(tmp_path, tiny_tts, tiny_codec_dir):
     assert code == 0
     data, sr = sf.read(str(out))
     assert sr == 22050 and len(data) == 3 * SPF  # 14 tokens = 2 markers + 3 frames
+    # --seed: the same seed samples the same audio again, another seed other audio
+    seeded = {}
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        seeded[name] = tmp_path / f"{name}.wav"
+        assert main(["synthesize", "Hello there.", "--model", str(folder), "--seed", seed,
+                     "--config-dir", str(config_dir), "-o", str(seeded[name])]) == 0
+    audio = {name: sf.read(str(path))[0] for name, path in seeded.items()}
+    np.testing.assert_array_equal(audio["a"], audio["b"])
+    assert not np.array_equal(audio["a"], audio["c"])
+
+
+@pytest.mark.parametrize("seed", ["-1", "1.5", "seven", str(2**64)])
+def test_cli_synthesize_refuses_a_seed_that_is_not_a_whole_number(seed, capsys):
+    from kanitts.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synthesize", "Hello.", "--model", "m", "--seed", seed])
+    assert exit_info.value.code == 2
+    assert f"argument --seed: {seed!r} is not a whole number from 0 to 2**64 - 1" in capsys.readouterr().err
 
 
 def test_unsupported_device_is_named():

@@ -172,7 +172,9 @@ def conditioned_checkpoint(kanade_project, kanade_sequences, tmp_path_factory):
             "training": {"speaker_conditioning": "embedding", "packing": True, "max_tokens_per_batch": 512},
         }],
     })
-    configs = ConfigSet(config_dir=small, experiments=experiments, model=kanade_project.model_cfg)
+    # the data kanade_sequences was built from: speakers in a column, no speaker_id prefixes
+    dataset = DatasetConfig.model_validate({"hf_datasets": [{"reponame": str(kanade_project.data)}]})
+    configs = ConfigSet(config_dir=small, experiments=experiments, model=kanade_project.model_cfg, dataset=dataset)
     root = tmp_path_factory.mktemp("ckpt")
     [result] = run_experiments(configs, checkpoints_dir=root, train_dataset=kanade_sequences[0])
     assert result.status == "done", result.error
@@ -253,6 +255,68 @@ def test_voice_conditions_the_model_and_the_decoder(conditioned_checkpoint, kana
     assert tts.voice_embedding()[1] == "the mean embedding of the training clips"
 
 
+def test_speakers_get_the_prompt_prefix_only_where_training_had_it(conditioned_checkpoint, kanade_project,
+                                                                  tmp_path, monkeypatch):
+    """Trained without speaker prefixes: --speaker picks the mean voice, and the prompt stays
+    bare; a prefix-trained checkpoint keeps its prefix; one without the record (older) both."""
+    import json
+    import shutil
+
+    from kanitts.codecs import load_codec
+    from kanitts.config import InferenceConfig
+    from kanitts.errors import UserError
+    from kanitts.inference import PROMPT_PREFIXES, KaniTTS
+
+    folder = conditioned_checkpoint[0].path
+    config = json.loads((folder / "config.json").read_text())
+    assert config[PROMPT_PREFIXES] == {"language_tags": [], "speakers": []}
+    inference = InferenceConfig.model_validate(
+        {"model": {"torch_dtype": "float32"}, "generation": {"max_new_tokens": 6, "constrained_decoding": True}})
+    codec = load_codec("kanade", kanade_project.codec_dir, device="cpu")
+
+    def load(record):
+        copy = tmp_path / f"ckpt{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(folder, copy)
+        edited = {k: v for k, v in config.items() if k != PROMPT_PREFIXES}
+        if record is not None:
+            edited[PROMPT_PREFIXES] = record
+        (copy / "config.json").write_text(json.dumps(edited))
+        return KaniTTS.from_pretrained(copy, codec=codec, model_cfg=kanade_project.model_cfg,
+                                       inference_cfg=inference, device="cpu")
+
+    def spoken(tts, speaker):
+        """What the model read and the slot's embedding, for one synthesize(speaker=...)."""
+        seen = []
+        generate = tts.generate_ids
+        monkeypatch.setattr(tts, "generate_ids", lambda prompts, slots, **kw: seen.append((prompts, slots))
+                            or generate(prompts, slots, **kw))
+        [result] = tts.synthesize("Hello there.", speaker=speaker)
+        [(prompts, slots)] = seen
+        assert prompts == [tts.prompt_ids(result.text)]  # the prompt is that of the recorded text
+        return result, slots[0]
+
+    bare = KaniTTS.from_pretrained(folder, codec=codec, model_cfg=kanade_project.model_cfg,
+                                   inference_cfg=inference, device="cpu")
+    assert bare.prompt_ids("Hi", "Alice") == bare.prompt_ids("Hi")
+    result, slot = spoken(bare, "Alice")
+    assert result.text == "Hello there."
+    torch.testing.assert_close(slot, bare.voices["speaker:alice"])
+    assert result.voice == ("speaker alice's mean embedding; no 'alice:' prompt prefix "
+                            "(the model trained without prompt prefixes)")
+    assert not [p for p in result.problems if "speaker" in p]  # the expected case: nothing to warn of
+    prefixed = load({"speakers": ["alice", "bob"], "language_tags": []})
+    result, slot = spoken(prefixed, "Alice")
+    assert result.text == "alice: Hello there." and result.voice == "speaker alice's mean embedding"
+    torch.testing.assert_close(slot, prefixed.voices["speaker:alice"])
+    assert prefixed.prompt_text("Hi", "carol") == "Hi"  # a name it never read stays out of the prompt
+    older = load(None)
+    result, slot = spoken(older, "alice")
+    assert result.text == "alice: Hello there." and result.voice == "speaker alice's mean embedding"
+    torch.testing.assert_close(slot, older.voices["speaker:alice"])
+    with pytest.raises(UserError, match=f"config.json {PROMPT_PREFIXES} must map speakers and language_tags"):
+        load(["alice"])
+
+
 def _clip(path):
     from kanade_tokenizer.audio import load_audio
 
@@ -293,7 +357,8 @@ def test_cli_voice_and_its_errors(conditioned_checkpoint, kanade_project, tiny_t
     assert "voice: the mean embedding of the training clips ('carol' is not one" in said.out
     assert main([*args, "--speaker", "Alice"]) == 0
     said = capsys.readouterr()
-    assert "voice: speaker alice's mean embedding" in said.out and "warning: speaker" not in said.err
+    assert ("voice: speaker alice's mean embedding; no 'alice:' prompt prefix (the model trained without "
+            "prompt prefixes)") in said.out and "warning: speaker" not in said.err
     # a model without the slot: the voice reaches the decoder only, and the user is told
     assert main(["synthesize", "Hello.", "--model", str(kanade_project.base), "--config-dir", str(kanade),
                  "-o", str(out), "--voice", str(kanade_project.clips / "bob_0.wav")]) == 0

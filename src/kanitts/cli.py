@@ -132,7 +132,19 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
     from kanitts.recipes import synthesize
 
     return synthesize.run(text=args.text, model=args.model, output=args.output, config_dir=args.config_dir,
-                          speaker=args.speaker, codec=args.codec, device=args.device, voice=args.voice)
+                          speaker=args.speaker, codec=args.codec, device=args.device, voice=args.voice,
+                          seed=args.seed)
+
+
+def _seed(value: str) -> int:
+    """A seed for torch.manual_seed: a whole number in its range, else argparse's usage error."""
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number from 0 to 2**64 - 1")
+    return seed
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -207,9 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synthesize", help="speak a text with a checkpoint or base model into a WAV file")
     p.add_argument("text", help='what to say, e.g. "Hello there" (or "alice: Hello there")')
     p.add_argument("--model", required=True, help="checkpoint folder or Hub id")
-    p.add_argument("--speaker", default=None, help="speaker prefix the model was trained with (e.g. alice)")
+    p.add_argument("--speaker", default=None,
+                   help="training speaker (e.g. alice): its prompt prefix where the model trained with one, "
+                        "and its mean voice where the model takes a voice embedding")
     p.add_argument("--voice", type=Path, default=None,
                    help="reference clip to speak in the voice of (Kanade codec: codec.kind: kanade)")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="seed sampling and the vocoder's noise (Kanade HiFT): the same seed gives the same audio")
     p.add_argument("-o", "--output", type=Path, default=Path("out.wav"), help="WAV file to write")
     p.add_argument("--codec", default=None, help="codec weights (folder or Hub id); default: model_config.yaml")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: inference_config.yaml)")

@@ -15,6 +15,11 @@ KaniTTS checkpoint speaks here as it does there. What differs is how the work is
   reference clip (``voice=``, ``--voice ref.wav``), else the mean of the ``speaker``'s training
   clips, else of all training clips (saved with the checkpoint). It is what the codec decodes
   with, and what a speaker-conditioned model (:mod:`kanitts.conditioning`) reads in its slot.
+- **Prompt prefixes follow training.** A speaker picks a voice and, as in the reference, puts
+  ``speaker: `` before the text. A checkpoint that records the prefixes its training prompts
+  began with (:data:`PROMPT_PREFIXES`, written by training) gets only those: a model that knows
+  its speakers by embedding alone (or prompts by language tag) never reads a name it did not
+  train on. Without the record (base models, older checkpoints) every speaker is prefixed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from kanitts.runtime import resolve_device, resolve_dtype
 from kanitts.tokens import TokenLayout
 
 MEAN_VOICE = "the mean embedding of the training clips"
+#: config.json key of the prompt prefixes a checkpoint's training data used: {"speakers": [...],
+#: "language_tags": [...]}, lower-cased as in the prompts
+PROMPT_PREFIXES = "kanitts_prompt_prefixes"
 
 
 @dataclass
@@ -96,6 +104,8 @@ class KaniTTS:
         self.name_or_path = name_or_path
         pad = tokenizer.pad_token_id
         self.pad_token_id = layout.pad if pad is None else int(pad)
+        #: the prompt prefixes the model trained with (None: not recorded, every speaker is prefixed)
+        self.trained_prefixes = trained_prefixes(getattr(model, "config", None), name_or_path)
         _check_compatible(model, codec, layout, name_or_path)
         check_max_new_tokens(generation.max_new_tokens, layout, "inference_config.yaml: generation.max_new_tokens")
 
@@ -152,8 +162,37 @@ class KaniTTS:
     # --- prompts and generation -----------------------------------------------------------
 
     def prompt_ids(self, text: str, speaker: str | None = None) -> list[int]:
-        text_ids = self.tokenizer(self.layout.text_prompt(text, speaker)).input_ids
+        text_ids = self.tokenizer(self.prompt_text(text, speaker)).input_ids
         return self.layout.prompt_ids(text_ids, speaker_slot=self.conditioning is not None)
+
+    def prompt_text(self, text: str, speaker: str | None = None) -> str:
+        """The text the model reads for ``speaker`` saying ``text``: with the ``speaker: `` prefix
+        unless the checkpoint records that its training prompts never had it (:meth:`prefix_note`)."""
+        return self.layout.text_prompt(text, None if self.prefix_note(speaker) else speaker)
+
+    def prefix_note(self, speaker: str | None) -> str | None:
+        """Why the prompt leaves ``speaker``'s prefix out, or None when it has it (or there is no speaker).
+
+        Only a checkpoint whose config.json records its training prefixes leaves one out: a
+        name it never read as a prefix would be text it was not trained on, while the speaker's
+        voice still reaches it through the embedding (:meth:`voice_embedding`).
+        """
+        if not speaker or self.trained_prefixes is None or speaker.lower() in self.trained_prefixes:
+            return None
+        known = ", ".join(sorted(self.trained_prefixes))
+        return (f"no {speaker.lower() + ':'!r} prompt prefix (the model trained "
+                + (f"only with the prefixes {known})" if known else "without prompt prefixes)"))
+
+    def record_prefix(self, result: SynthesisResult, speaker: str | None) -> None:
+        """Say on ``result`` that ``speaker``'s prefix was left out: in its ``voice``, or, for a model
+        that takes no voice (the speaker then changes nothing), as a problem."""
+        note = self.prefix_note(speaker)
+        if note is None:
+            return
+        if result.voice:
+            result.voice += f"; {note}"
+        else:
+            result.problems.append(f"speaker {speaker!r} changes nothing: {note}, and it takes no voice embedding")
 
     # --- voices -----------------------------------------------------------------------------------
 
@@ -389,7 +428,8 @@ class KaniTTS:
         voices: Sequence[Any] | None = None,
         **generate_kwargs: Any,
     ) -> list[SynthesisResult]:
-        """Speak each text (``"speaker: "`` is prepended when ``speaker`` is given).
+        """Speak each text (``"speaker: "`` is prepended when ``speaker`` is given and the model
+        trained with that prefix: :meth:`prompt_text`).
 
         ``voice`` is a reference clip (audio file or waveform) or an embedding to speak in, for
         a codec with global embeddings (Kanade): see :meth:`voice_embedding`; ``voices`` gives
@@ -435,7 +475,7 @@ class KaniTTS:
         bar = tqdm(total=len(texts), unit="text", desc="synthesize", disable=not progress)
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start: start + batch_size])
-            spoken = [self.layout.text_prompt(t, speaker) for t in chunk]
+            spoken = [self.prompt_text(t, speaker) for t in chunk]
             chunk_voices = None if embeddings is None else torch.stack(embeddings[start: start + batch_size])
             slots = None if self.conditioning is None else chunk_voices
             generated = self.generate_ids([self.prompt_ids(t, speaker) for t in chunk], slots, **generate_kwargs)
@@ -450,6 +490,7 @@ class KaniTTS:
                     result.problems.append(voice_problems[which] + "; decoded with a zero embedding")
                 elif unknown and (voice if voices is None else voices[which]) is None:
                     result.problems.append(f"speaker {unknown}: spoke in {MEAN_VOICE}")
+                self.record_prefix(result, speaker)
             results.extend(chunk_results)
             bar.update(len(chunk))
         bar.close()
@@ -504,6 +545,29 @@ def _read_voice(path: str | Path, sample_rate: int):
         return load_audio(str(path), sample_rate)
     except (OSError, ValueError, RuntimeError) as exc:  # the file is the user's to fix
         raise UserError(f"voice clip {path}: cannot read it as audio ({exc})") from None
+
+
+def trained_prefixes(config: Any, name: str) -> frozenset[str] | None:
+    """The prompt prefixes (lower-cased) a checkpoint's config.json records for its training
+    prompts, with those its upstream keys list (``speaker_settings``, ``language_settings``: a base
+    model's own, which a fine-tune keeps knowing); None when it records none (a base model, a
+    checkpoint trained before the record). A malformed record is a UserError naming the key."""
+    record = getattr(config, PROMPT_PREFIXES, None)
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not all(
+        isinstance(names, list) and all(isinstance(n, str) for n in names) for names in record.values()
+    ):
+        raise UserError(
+            f"model {name!r}: config.json {PROMPT_PREFIXES} must map speakers and language_tags to lists of "
+            f"names, got {record!r}; fix it, or delete the key to prefix every speaker"
+        )
+    prefixes = {n.lower() for names in record.values() for n in names}
+    for key, listed in (("speaker_settings", "speaker_list"), ("language_settings", "language_tags_list")):
+        settings = getattr(config, key, None)
+        names = settings.get(listed) if isinstance(settings, dict) else None
+        prefixes.update(n.lower() for n in names or [] if isinstance(n, str))
+    return frozenset(prefixes)
 
 
 def _speaker_files(model: Any, name: str, layout: TokenLayout):

@@ -59,7 +59,6 @@ from kanitts.files import check_output_folder
 from kanitts.inference import KaniTTS, SynthesisResult
 from kanitts.redact import redact_secrets
 from kanitts.runtime import release_memory, resolve_device, scoped_seed
-from kanitts.tokens import TokenLayout
 
 BASE_ID = "base"
 SEED = 1234  # every model samples from the same seed, so a rerun with --force reproduces it
@@ -393,8 +392,9 @@ def speak_sentences(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
     speaker's voice: the speaker's mean embedding from training (all clips' mean for a sentence
     without a speaker, or one the model was not trained on); each result's ``voice`` says which.
     """
-    # "Alice: hi" is read as the model was trained: "alice: hi" (speaker ids are lower-cased).
-    texts = [TokenLayout.text_prompt(s.spoken_text, s.speaker) for s, _ in batch]
+    # "Alice: hi" is read as the model was trained: "alice: hi" (speaker ids are lower-cased), or
+    # "hi" when its training prompts had no such prefix (KaniTTS.prompt_text).
+    texts = [tts.prompt_text(s.spoken_text, s.speaker) for s, _ in batch]
     found = [tts.voice_embedding(speaker=s.speaker) for s, _ in batch] if tts.takes_voice else None
     voices = None if found is None else [embedding for embedding, _ in found]
     try:
@@ -409,9 +409,10 @@ def speak_sentences(tts: KaniTTS, batch: list[tuple[EvalSentence, str]]):
     takes = len(results) // len(batch)
     for i, item in enumerate(batch):
         mine = results[i * takes: (i + 1) * takes]
-        if found is not None and found[i][0] is not None:
-            for result in mine:  # where the embedding came from, not "the given embedding"
+        for result in mine:
+            if found is not None and found[i][0] is not None:  # where it came from, not "the given embedding"
                 result.voice = found[i][1]
+            tts.record_prefix(result, item[0].speaker)
         yield item, mine, None
 
 

@@ -11,10 +11,14 @@ from kanitts.config import load_configs
 from kanitts.errors import UserError
 from kanitts.files import check_output_file
 from kanitts.inference import KaniTTS, text_problem
+from kanitts.runtime import scoped_seed
 
 
 def run(*, text: str, model: str, output: Path, config_dir: Path, speaker: str | None = None,
-        codec: str | None = None, device: str | None = None, voice: Path | None = None) -> int:
+        codec: str | None = None, device: str | None = None, voice: Path | None = None,
+        seed: int | None = None) -> int:
+    """``seed`` seeds sampling and a stochastic vocoder's noise (Kanade's HiFT), as eval and the
+    server do, so one seed gives the same audio again; None draws fresh."""
     # The text, the output and the voice clip are checked before the model loads (seconds to minutes).
     problem = text_problem(text, speaker)
     if problem:
@@ -38,7 +42,9 @@ def run(*, text: str, model: str, output: Path, config_dir: Path, speaker: str |
         print(f"note: --voice {voice} sets the voice of the codec's decoder only: {model} has no speaker "
               "slot (trained without training.speaker_conditioning: embedding), so its language model "
               "speaks as it was trained", file=sys.stderr)
-    result = tts.synthesize([text], speaker=speaker, voice=voice)[0]
+    # generate takes no torch.Generator: the global one is seeded for this call, then given back
+    with scoped_seed(seed, device=str(tts.model.device)):
+        result = tts.synthesize([text], speaker=speaker, voice=voice)[0]
     for problem in result.problems:
         print(f"warning: {problem}", file=sys.stderr)
     if not result.ok:

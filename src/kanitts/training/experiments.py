@@ -181,7 +181,8 @@ def training_run(
         checkpoints_dir=checkpoints_dir,
         callbacks=callbacks,
         eval_dataset=eval_dataset,
-        prompt_prefixes=prompt_prefixes(configs.dataset),
+        # unknown when the data comes without its dataset_config.yaml: nothing is recorded then
+        prompt_prefixes=prompt_prefixes(configs.dataset) if configs.dataset is not None else {},
     )
 
 
@@ -529,7 +530,8 @@ class TrainingRun:
 
     def _save(self, model, experiment: Experiment, metrics: dict[str, Any], run_dir: Path, folder: Path) -> None:
         """Merged model (safetensors), tokenizer, experiment.yaml, metrics.json; the adapter if asked;
-        the speaker projection and the training speakers' mean embeddings when there are any.
+        the speaker projection and the training speakers' mean embeddings when there are any; the
+        prompt prefixes the data trained in config.json.
 
         TensorBoard event files, written under the run folder while training, move along into
         ``logs/`` so they outlive the run folder.
@@ -544,6 +546,10 @@ class TrainingRun:
             conditioning.save(merged, folder)  # a KaniTTS-2 checkpoint holds its projection itself
         save_speaker_means(speaker_means(self.dataset), folder)
         upstream_prompt_settings(merged.config, self.prompt_prefixes, getattr(merged, "kanitts2", None) is not None)
+        if self.prompt_prefixes:  # what inference prefixes prompts with (kanitts.inference.prompt_text)
+            from kanitts.inference import PROMPT_PREFIXES
+
+            setattr(merged.config, PROMPT_PREFIXES, self.prompt_prefixes)
         merged.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         record = {
