@@ -98,6 +98,20 @@ def test_seeded_decode_is_deterministic(hift):
     assert a.abs().max() <= 0.99 and a.std() > 0
 
 
+def test_unseeded_decode_repeats_under_the_seed_synthesize_sets(hift):
+    """`kanitts synthesize --seed` seeds torch's global generator for the call (generate takes no
+    generator); HiFT's noise, drawn from it when no generator is given, then repeats too."""
+    from kanitts.runtime import scoped_seed
+
+    mel = torch.randn(1, 16, 10, generator=torch.Generator().manual_seed(0))
+    decoded = []
+    for seed in (3, 3, 4):
+        with scoped_seed(seed):
+            decoded.append(vocode(hift, mel))
+    assert torch.equal(decoded[0], decoded[1])
+    assert not torch.equal(decoded[0], decoded[2])
+
+
 @pytest.mark.parametrize("frames", [1, 7])
 def test_output_length_is_frames_times_hop(hift, frames):
     audio = vocode(hift, torch.randn(2, 3, 16, frames))

@@ -129,6 +129,7 @@ def test_trained_checkpoints_reload_complete_in_the_upstream_layout(k2_project, 
         # what kani-tts-2 lists as the model's language tags (lower-cased, as in the prompts)
         assert config["language_settings"] == {"status": "available_language_tags", "language_tags_list": ["en"]}
         assert "speaker_settings" not in config  # no speaker prefixes trained
+        assert config["kanitts_prompt_prefixes"] == {"language_tags": ["en"], "speakers": []}  # what inference reads
         files = sorted(p.name for p in folder.glob("*.safetensors"))
         assert files == ["model.safetensors", "speaker_embeddings.safetensors"]
         weights = load_file(str(folder / "model.safetensors"))
@@ -230,9 +231,12 @@ def test_eval_speaks_every_sentence_in_its_speakers_voice_and_records_it(k2_proj
     assert not summary.failures, summary.failures
     voices = {(r["experiment_id"], r["sentence_id"]): r["voice"] for r in summary.rows}
     assert {model for model, _ in voices} == {"base", "padded", "packed"}
-    for model in ("padded", "packed"):  # the trained checkpoints hold the speakers' mean embeddings
-        assert voices[(model, "a")] == "speaker alice's mean embedding"
-        assert voices[(model, "b")] == "speaker bob's mean embedding"
+    # the trained checkpoints hold the speakers' mean embeddings; trained on "en: " prompts, they
+    # read no speaker prefix, and the record says so
+    for model in ("padded", "packed"):
+        unprefixed = "; no '{}:' prompt prefix (the model trained only with the prefixes en)"
+        assert voices[(model, "a")] == "speaker alice's mean embedding" + unprefixed.format("alice")
+        assert voices[(model, "b")] == "speaker bob's mean embedding" + unprefixed.format("bob")
         assert voices[(model, "c")] == "the mean embedding of the training clips"
     saved = json.loads(summary.results_json.read_text())
     assert [r["voice"] for r in saved["rows"]] == [r["voice"] for r in summary.rows]
@@ -292,6 +296,7 @@ def test_the_kanitts2_demo_configs_run_end_to_end(k2_project, tmp_path, capsys):
     checkpoint = tmp_path / "work" / "checkpoints" / only
     config_json = json.loads((checkpoint / "config.json").read_text())
     assert config_json["speaker_settings"] == {"status": "multispeaker", "speaker_list": ["alice", "bob"]}
+    assert config_json["kanitts_prompt_prefixes"]["speakers"] == ["alice", "bob"]  # their prefixes stay
     capsys.readouterr()
     out = tmp_path / "cloned.wav"
     assert main(["synthesize", "A voice from one reference clip.", "--model", str(checkpoint), "--voice",
