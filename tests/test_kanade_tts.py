@@ -447,6 +447,10 @@ def test_model_card_of_a_kanade_checkpoint_loads_as_it_says(conditioned_checkpoi
     assert 'kanitts synthesize "Hello, this is my new voice." --model me/cond --config-dir config' in card
     assert "--voice ref.wav -o out.wav` speaks in the voice of `ref.wav`" in card
     assert "and to the model's speaker slot" in card and "Training speakers" in card and "alice, bob" in card
+    assert "It was trained without prompt prefixes: give the text alone." in card  # alice: is a voice only
+    rows = [{"experiment_id": "cond", "sentence": "alice: Hi.", "duration_sec": 1.0, "chars_per_sec": 3.0,
+             "truncated": False, "voice": "speaker alice's mean embedding"}]
+    assert 'kanitts synthesize "Hello, this' in build_model_card(result.path, "me/cond", eval_rows=rows, codec=codec)
     # the Python usage, up to loading, with the checkpoint folder for the Hub id
     python = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     loading = python.split("result = ")[0].replace('"me/cond"', repr(str(result.path)))

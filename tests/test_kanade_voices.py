@@ -69,6 +69,23 @@ def voices_used(kanade_tts, monkeypatch) -> tuple[list[torch.Tensor], list[torch
     return slots, decoded
 
 
+def test_a_served_voice_gets_the_prompt_prefix_only_where_the_model_trained_with_it(kanade_tts, monkeypatch):
+    from kanitts.inference import PROMPT_PREFIXES, KaniTTS
+    from kanitts.serving.engine import model_voices
+
+    base = kanade_tts
+    monkeypatch.setattr(base.model.config, PROMPT_PREFIXES, {"speakers": ["bob"], "language_tags": []}, raising=False)
+    tts = KaniTTS(base.model, base.tokenizer, base.codec, base.layout, base.generation, "ckpt",
+                  base.conditioning, base.voices)
+    voices = model_voices(tts, _config().server, {})
+    assert voices["alice"].source == ("speaker alice's mean embedding; no 'alice:' prompt prefix "
+                                      "(the model trained only with the prefixes bob)")
+    assert voices["bob"].source == "speaker bob's mean embedding"
+    # what the engine prompts a request's rows with (prompt_ids of the voice's prefix)
+    assert tts.prompt_ids("Hi.", voices["alice"].prefix) == tts.prompt_ids("Hi.")
+    assert tts.prompt_ids("Hi.", voices["bob"].prefix) == tts.prompt_ids("bob: Hi.")
+
+
 def _speech(server, **body) -> httpx.Response:
     body = {"model": "tiny", "input": "Hello there.", "response_format": "pcm", "temperature": 0.9, **body}
     return httpx.post(server.url + "/v1/audio/speech", json=body, timeout=60)

@@ -308,6 +308,19 @@ def _is_kanitts2(folder: Path) -> bool:
         return False
 
 
+def _trained_prefixes(folder: Path) -> frozenset[str] | None:
+    """The prompt prefixes the checkpoint's config.json records for its training (None: none recorded)."""
+    from types import SimpleNamespace
+
+    from kanitts.inference import trained_prefixes
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a missing or broken config.json is check_checkpoint's to report
+        return None
+    return trained_prefixes(SimpleNamespace(**config), str(folder)) if isinstance(config, dict) else None
+
+
 def _voice_usage(folder: Path, repo_id: str, codec: CodecSection, kanitts2: bool, config_args: str) -> str:
     """How to choose the voice: a reference clip (a codec with a voice embedding, Kanade, or the
     model's speaker slot) and the training speakers' mean voices the checkpoint carries."""
@@ -373,7 +386,9 @@ def build_model_card(
     for key, label in (("train_runtime", "runtime (s)"), ("tokens_per_second", "tokens/s")):
         if isinstance(metrics.get(key), (int, float)):
             training_facts.append((label, f"{metrics[key]:.1f}"))
-    speakers = sorted({s for r in (eval_rows or []) if (s := EvalSentence("", r["sentence"]).speaker)})
+    prefixes = _trained_prefixes(folder)  # None: not recorded, any eval speaker is a prefix
+    speakers = sorted({s for r in (eval_rows or []) if (s := EvalSentence("", r["sentence"]).speaker)
+                       and (prefixes is None or s.lower() in prefixes)})
     example = f"{speakers[0]}: Hello, this is my new voice." if speakers else "Hello, this is my new voice."
     # a codec other than the default one is named in model_config.yaml, or the model loads with NanoCodec's
     custom_codec = codec.model_dump() != CodecSection().model_dump()
@@ -406,7 +421,10 @@ def build_model_card(
             "-o out.wav`, with the speaker embedder in model_config.yaml); start the text with the language tag "
             "it was trained with (`en: text`). The checkpoint also loads in the `kani-tts-2` package."
             if kanitts2 else
-            "Start the text with the speaker prefix the model was trained with (`speaker: text`).")
+            "Start the text with the speaker prefix the model was trained with (`speaker: text`)."
+            if prefixes is None else
+            f"Its training prompts began with {', '.join(f'`{p}: `' for p in sorted(prefixes))}: start the text "
+            "with one of them." if prefixes else "It was trained without prompt prefixes: give the text alone.")
          + _voice_usage(folder, repo_id, codec, kanitts2, config_args)),
         "## Training\n\n" + _table([
             ("base model", base_model or "n/a"),

@@ -83,8 +83,8 @@ def model_voices(tts: KaniTTS, config: ServerSection, clips: Mapping[str, Path])
     """The named voices of a model whose codec has a voice embedding (none for another codec).
 
     A clip of ``server.voice_clips`` is embedded here, once; a training speaker (and a name of
-    ``server.voices`` or ``server.default_voice``) speaks with its prefix and its mean embedding,
-    as ``synthesize --speaker``.
+    ``server.voices`` or ``server.default_voice``) speaks with its prefix (where the model trained
+    with it: :meth:`KaniTTS.prompt_text`) and its mean embedding, as ``synthesize --speaker``.
     """
     if not hasattr(tts.codec, "embed"):
         return {}
@@ -92,7 +92,8 @@ def model_voices(tts: KaniTTS, config: ServerSection, clips: Mapping[str, Path])
     speakers = [key.split(":", 1)[1] for key in tts.voices if key.startswith("speaker:")]
     for name in [*speakers, *config.voices, *([config.default_voice] if config.default_voice else [])]:
         embedding, source = tts.voice_embedding(speaker=name)
-        voices[name] = Voice(name, embedding, source)
+        note = tts.prefix_note(name)
+        voices[name] = Voice(name, embedding, f"{source}; {note}" if note else source)
     for name, path in clips.items():  # a configured clip wins over a speaker of the same name
         embedding, _ = tts.voice_embedding(path)
         voices[name] = Voice(None, embedding, f"the voice of the clip {Path(path).name}")
