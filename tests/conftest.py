@@ -130,6 +130,22 @@ def kanade_project(tmp_path_factory, tiny_kanade_dir):
 
 
 @pytest.fixture(scope="session")
+def kanade_sequences(kanade_project, tmp_path_factory):
+    """The training sequences of :func:`kanade_project`'s dataset, and the data step's report."""
+    from transformers import AutoTokenizer
+
+    from kanitts.config import DatasetConfig
+    from kanitts.sequences import build_training_dataset
+
+    cfg = DatasetConfig.model_validate({
+        "hf_datasets": [{"reponame": str(kanade_project.data)}], "dedup_frames": False,
+        "cache_dir": str(tmp_path_factory.mktemp("kanade_cache")),
+    })
+    tokenizer = AutoTokenizer.from_pretrained(str(kanade_project.base))
+    return build_training_dataset(cfg, kanade_project.model_cfg, tokenizer, num_proc=1)
+
+
+@pytest.fixture(scope="session")
 def evaluated_project(tmp_path_factory, tiny_tts, tiny_codec_dir):
     """(folder, EvalSummary): a small eval project, evaluated once with its report.
 

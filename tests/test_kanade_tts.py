@@ -10,20 +10,6 @@ import torch.nn.functional as F
 from kanitts.config import DatasetConfig
 
 
-@pytest.fixture(scope="module")
-def kanade_sequences(kanade_project, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from kanitts.sequences import build_training_dataset
-
-    cfg = DatasetConfig.model_validate({
-        "hf_datasets": [{"reponame": str(kanade_project.data)}], "dedup_frames": False,
-        "cache_dir": str(tmp_path_factory.mktemp("kanade_cache")),
-    })
-    tokenizer = AutoTokenizer.from_pretrained(str(kanade_project.base))
-    return build_training_dataset(cfg, kanade_project.model_cfg, tokenizer, num_proc=1)
-
-
 def test_prepare_writes_tokens_embedding_and_lengths(kanade_project, tiny_kanade):
     from datasets import load_from_disk
 

@@ -62,18 +62,9 @@ def handed(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def kanade_rows(kanade_project, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from kanitts.config import DatasetConfig
-    from kanitts.sequences import build_training_dataset
-
-    cfg = DatasetConfig.model_validate({
-        "hf_datasets": [{"reponame": str(kanade_project.data)}], "dedup_frames": False,
-        "cache_dir": str(tmp_path_factory.mktemp("policy_cache")),
-    })
-    tokenizer = AutoTokenizer.from_pretrained(str(kanade_project.base))
-    sequences, _ = build_training_dataset(cfg, kanade_project.model_cfg, tokenizer, num_proc=1)
+def kanade_rows(kanade_sequences):
+    """Four training rows and the rest as held-out rows."""
+    sequences, _ = kanade_sequences
     return sequences.select(range(4)), sequences.select(range(4, len(sequences)))
 
 
