@@ -20,7 +20,7 @@ help: ## show this list
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  $(YELLOW)make %-13s$(NC) %s\n", $$1, $$2}'
 	@printf "\nVariables: VENV=$(VENV) and NEWEST=1 (setup), CONFIG_DIR=$(CONFIG_DIR) (every pipeline target),\n"
 	@printf "           MODEL_ID, REPO, PRIVATE=1 (upload-model), TRIALS (sweep, sweep-demo),\n"
-	@printf "           INPUT, OUTPUT, SPEAKER, TRANSCRIBE_ONLY=1, PREPARE_ARGS (prepare), TEXT, MODEL, OUT (synthesize),\n"
+	@printf "           INPUT, OUTPUT, SPEAKER, TRANSCRIBE_ONLY=1, PREPARE_ARGS (prepare), TEXT, MODEL, OUT, VOICE, SEED (synthesize),\n"
 	@printf "           HOST, PORT (serve), YES=1 (clean-all)\n"
 
 $(PY):
@@ -60,8 +60,9 @@ report: $(PY) ## rebuild the HTML report from existing eval outputs
 	@$(KANITTS) report --config-dir $(CONFIG_DIR)
 
 synthesize: $(PY) ## speak TEXT with MODEL (a checkpoint folder or Hub id) into OUT (default out.wav)
-	@if [ -z "$(TEXT)" ] || [ -z "$(MODEL)" ]; then echo 'usage: make synthesize TEXT="alice: Hello" MODEL=checkpoints/<model_id> [OUT=out.wav]'; exit 2; fi
-	@$(KANITTS) synthesize "$(TEXT)" --model "$(MODEL)" --config-dir $(CONFIG_DIR) -o "$(or $(OUT),out.wav)"
+	@if [ -z "$(TEXT)" ] || [ -z "$(MODEL)" ]; then echo 'usage: make synthesize TEXT="alice: Hello" MODEL=checkpoints/<model_id> [OUT=out.wav] [VOICE=ref.wav] [SEED=N]'; exit 2; fi
+	@$(KANITTS) synthesize "$(TEXT)" --model "$(MODEL)" --config-dir $(CONFIG_DIR) -o "$(or $(OUT),out.wav)" \
+	  $(if $(VOICE),--voice "$(VOICE)") $(if $(SEED),--seed "$(SEED)")
 
 serve: $(PY) ## serve MODEL over HTTP: OpenAI speech API, streaming, a page at / [HOST=127.0.0.1 PORT=8000]
 	@if [ -z "$(MODEL)" ]; then echo 'usage: make serve MODEL=checkpoints/<model_id> [HOST=127.0.0.1] [PORT=8000]'; exit 2; fi
