@@ -251,7 +251,7 @@ def test_speakers_get_the_prompt_prefix_only_where_training_had_it(conditioned_c
     from kanitts.codecs import load_codec
     from kanitts.config import InferenceConfig
     from kanitts.errors import UserError
-    from kanitts.inference import PROMPT_PREFIXES, KaniTTS
+    from kanitts.inference import MEAN_VOICE, PROMPT_PREFIXES, KaniTTS
 
     folder = conditioned_checkpoint[0].path
     config = json.loads((folder / "config.json").read_text())
@@ -295,6 +295,11 @@ def test_speakers_get_the_prompt_prefix_only_where_training_had_it(conditioned_c
     assert result.text == "alice: Hello there." and result.voice == "speaker alice's mean embedding"
     torch.testing.assert_close(slot, prefixed.voices["speaker:alice"])
     assert prefixed.prompt_text("Hi", "carol") == "Hi"  # a name it never read stays out of the prompt
+    tagged = load({"speakers": [], "language_tags": ["en"]})  # a language tag is a prefix, not a misspelt speaker
+    result, slot = spoken(tagged, "en")
+    assert result.text == "en: Hello there." and result.voice == MEAN_VOICE
+    torch.testing.assert_close(slot, tagged.voices["mean"])
+    assert not [p for p in result.problems if "speaker" in p]
     older = load(None)
     result, slot = spoken(older, "alice")
     assert result.text == "alice: Hello there." and result.voice == "speaker alice's mean embedding"

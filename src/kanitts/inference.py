@@ -255,6 +255,8 @@ class KaniTTS:
         known = [key.removeprefix("speaker:") for key in self.voices if key.startswith("speaker:")]
         if not speaker or not known or {f"speaker:{speaker.lower()}", f"speaker:{speaker}"} & self.voices.keys():
             return None
+        if self.trained_prefixes and speaker.lower() in self.trained_prefixes:
+            return None  # a prefix it trained with (a language tag): the prompt is right, the voice the mean
         return f"{speaker!r} is not one of the model's training speakers ({', '.join(sorted(known))})"
 
     def _embed_voice(self, voice: Any):
